@@ -1,0 +1,36 @@
+//! Logging: `tracing` for the agent's own events, with `log` records (aya, aya-log's kernel
+//! messages) forwarded into it.
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Errors while setting up logging.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log filter {filter:?}: {source}")]
+    Filter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("a global logger is already installed")]
+    AlreadyInstalled,
+}
+
+/// Installs the global subscriber. `filter` is an `EnvFilter` directive such as `info` or
+/// `relay_user=debug,info`; `RUST_LOG` overrides it when set.
+pub fn init(filter: &str) -> Result<(), TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => from_env,
+        _ => filter.to_owned(),
+    };
+    let env_filter = EnvFilter::try_new(&filter).map_err(|source| TelemetryError::Filter {
+        filter: filter.clone(),
+        source,
+    })?;
+    // aya-log hands kernel log records to the `log` facade; forward them into tracing.
+    tracing_log::LogTracer::init().map_err(|_| TelemetryError::AlreadyInstalled)?;
+    fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)
+}

@@ -1,0 +1,6 @@
+//! Test support: network namespaces with veth links, processes inside them, and crafted frames.
+//!
+//! Every resource is owned by a guard that removes it on drop, so a failing test cleans up too.
+//! Addresses come from 198.18.0.0/15 and 2001:db8::/32 only.
+pub mod netns;
+pub mod packet;

@@ -1,0 +1,78 @@
+//! `cargo xtask`: every multi-step job of the project, in Rust.
+mod demo;
+mod setup;
+mod sh;
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "xturn's task runner")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install everything the build and the tests need (idempotent; quick when done).
+    Setup,
+    /// Check formatting and run clippy with warnings denied.
+    Lint,
+    /// Setup, lint, then every test: unit, eBPF (BPF_PROG_TEST_RUN) and network-namespace tests.
+    Test {
+        /// Skip the lint step.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments passed to the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Setup, build, then run the relay on a test topology of network namespaces and show traffic.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let started = Instant::now();
+    match cli.command {
+        Command::Setup => setup::run()?,
+        Command::Lint => lint()?,
+        Command::Test { no_lint, test_args } => test(no_lint, &test_args)?,
+        Command::Demo => demo::run()?,
+    }
+    eprintln!("xtask: done in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    sh::step("lint: cargo fmt --check");
+    sh::run(sh::cargo(&["fmt", "--all", "--", "--check"]))?;
+    sh::step("lint: cargo clippy --all-targets -D warnings");
+    sh::run(sh::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    Ok(())
+}
+
+fn test(no_lint: bool, test_args: &[String]) -> Result<()> {
+    setup::run()?;
+    if !no_lint {
+        lint()?;
+    }
+    sh::step("test: cargo test --workspace");
+    let mut args = vec!["test", "--workspace", "--all-targets"];
+    if !test_args.is_empty() {
+        args.push("--");
+        args.extend(test_args.iter().map(String::as_str));
+    }
+    sh::run(sh::cargo(&args))?;
+    Ok(())
+}
