@@ -1,3 +1,17 @@
 //! The xturn agent: STUN/TURN in userspace, the XDP fast path's loader, and their glue.
+//!
+//! - [`turn`]: the sans-IO TURN server (bytes, addresses and `now` in; commands out).
+//! - [`auth`]: long-term credentials, TURN REST API credentials, stateless nonces.
+//! - [`policy`]: which peers a client may reach (routes, clusters, the default deny list).
+//! - [`config`]: `xturnd`'s flags and YAML configuration file.
+//! - [`server`]: the tokio event loop that runs [`turn::Server`] over real sockets.
+//! - [`client`]: a TURN client, used by `xturnctl` and the tests.
+//! - [`ebpf`]: loading the XDP program and reading its maps.
+pub mod auth;
+pub mod client;
+pub mod config;
 pub mod ebpf;
+pub mod policy;
+pub mod server;
 pub mod telemetry;
+pub mod turn;

@@ -1,0 +1,1 @@
+//! Long-term credentials, TURN REST API credentials and stateless nonces (being written).

@@ -1,0 +1,1 @@
+//! A TURN client for xturnctl and the tests (being written).

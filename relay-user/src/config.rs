@@ -1,0 +1,1 @@
+//! xturnd configuration (being written).

@@ -1,0 +1,1 @@
+//! The tokio event loop (being written).
