@@ -67,6 +67,9 @@ fn test(no_lint: bool, test_args: &[String]) -> Result<()> {
     if !no_lint {
         lint()?;
     }
+    // The end-to-end tests start the real binaries (xturnd, xturnctl) from target/debug.
+    sh::step("test: cargo build --workspace --bins");
+    sh::run(sh::cargo(&["build", "--workspace", "--bins"]))?;
     sh::step("test: cargo test --workspace");
     let mut args = vec!["test", "--workspace", "--all-targets"];
     if !test_args.is_empty() {
