@@ -5,29 +5,58 @@
 #![no_std]
 
 /// Why the XDP program sent a packet where it did. Each variant indexes the per-CPU `STATS` array;
-/// the agent sums the CPUs and exports the totals as metrics.
+/// the agent sums the CPUs and exports the totals as metrics (label `reason`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed to the stack.
     NotIp = 0,
-    /// IPv4 or IPv6 but not UDP (ICMP, TCP, IPv6 extension headers): passed to the stack.
+    /// IPv4 or IPv6 but not UDP (ICMP, TCP, IPv6 extension headers): passed.
     NotUdp = 1,
-    /// A UDP datagram the fast path does not handle: passed to the stack.
+    /// A UDP datagram not addressed to a listener or a bound relayed address: passed.
     UdpPassed = 2,
-    /// A header was cut short: passed to the stack, which drops or answers it.
+    /// A header was cut short, or lengths disagree: passed to the stack, which drops it.
     Truncated = 3,
+    /// ChannelData relayed to a peer in the kernel.
+    RelayedToPeer = 4,
+    /// A peer's datagram relayed to its client as ChannelData in the kernel.
+    RelayedToClient = 5,
+    /// A STUN message (or anything not ChannelData) to a listener: passed to the agent.
+    ListenerPassed = 6,
+    /// ChannelData to a listener on a channel the kernel has no entry for: passed to the agent.
+    ChannelUnbound = 7,
+    /// ChannelData whose length field exceeds the datagram: dropped.
+    ChannelMalformed = 8,
+    /// The next hop could not be resolved (no route, no neighbour entry yet, needs
+    /// fragmentation, forwarding disabled): passed so the agent relays it.
+    NoRoute = 9,
+    /// IPv4 fragments and IPv4 headers with options: passed.
+    Unsupported = 10,
+    /// IPv4 UDP without a checksum relayed to IPv6, where one is mandatory: passed.
+    NoChecksum = 11,
+    /// A hairpin: ChannelData whose peer is another relayed address of this relay, relayed
+    /// straight to that allocation's client in the kernel.
+    RelayedHairpin = 12,
 }
 
 impl Reason {
     /// Number of reasons, i.e. the length of the `STATS` array.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 13;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NotIp,
         Reason::NotUdp,
         Reason::UdpPassed,
         Reason::Truncated,
+        Reason::RelayedToPeer,
+        Reason::RelayedToClient,
+        Reason::ListenerPassed,
+        Reason::ChannelUnbound,
+        Reason::ChannelMalformed,
+        Reason::NoRoute,
+        Reason::Unsupported,
+        Reason::NoChecksum,
+        Reason::RelayedHairpin,
     ];
 
     /// Index of this reason in the `STATS` array.
@@ -44,6 +73,15 @@ impl Reason {
             Reason::NotUdp => "not_udp",
             Reason::UdpPassed => "udp_passed",
             Reason::Truncated => "truncated",
+            Reason::RelayedToPeer => "relayed_to_peer",
+            Reason::RelayedToClient => "relayed_to_client",
+            Reason::ListenerPassed => "listener_passed",
+            Reason::ChannelUnbound => "channel_unbound",
+            Reason::ChannelMalformed => "channel_malformed",
+            Reason::NoRoute => "no_route",
+            Reason::Unsupported => "unsupported",
+            Reason::NoChecksum => "no_checksum",
+            Reason::RelayedHairpin => "relayed_hairpin",
         }
     }
 }
@@ -69,6 +107,124 @@ impl Counter {
     }
 }
 
+/// An IP address and UDP port as they sit in packets: a 16-byte address (IPv4 as IPv4-mapped
+/// IPv6, `::ffff:a.b.c.d`) and a big-endian port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub ip: [u8; 16],
+    pub port: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 18);
+
+impl Endpoint {
+    /// An IPv4 endpoint from its address bytes and big-endian port bytes.
+    #[inline(always)]
+    #[must_use]
+    pub const fn v4(ip: [u8; 4], port: [u8; 2]) -> Endpoint {
+        Endpoint {
+            ip: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3],
+            ],
+            port,
+        }
+    }
+
+    /// An IPv6 endpoint from its address bytes and big-endian port bytes.
+    #[inline(always)]
+    #[must_use]
+    pub const fn v6(ip: [u8; 16], port: [u8; 2]) -> Endpoint {
+        Endpoint { ip, port }
+    }
+
+    /// True if the address is IPv4 (stored IPv4-mapped).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_v4(&self) -> bool {
+        let ip = &self.ip;
+        ip[0] == 0
+            && ip[1] == 0
+            && ip[2] == 0
+            && ip[3] == 0
+            && ip[4] == 0
+            && ip[5] == 0
+            && ip[6] == 0
+            && ip[7] == 0
+            && ip[8] == 0
+            && ip[9] == 0
+            && ip[10] == 0xff
+            && ip[11] == 0xff
+    }
+
+    /// The IPv4 address bytes (meaningful only when [`Endpoint::is_v4`]).
+    #[inline(always)]
+    #[must_use]
+    pub const fn v4_octets(&self) -> [u8; 4] {
+        [self.ip[12], self.ip[13], self.ip[14], self.ip[15]]
+    }
+}
+
+/// Key of `CHANNELS`: ChannelData arriving from `client` at `listener` on `channel`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChannelKey {
+    pub client: Endpoint,
+    pub listener: Endpoint,
+    /// Channel number, big-endian.
+    pub channel: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<ChannelKey>() == 40);
+
+/// Value of `CHANNELS`: where the channel's data goes, and its counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelToPeer {
+    /// The allocation's relayed address: the new source.
+    pub relayed: Endpoint,
+    /// The peer: the new destination.
+    pub peer: Endpoint,
+    pub _pad: [u8; 4],
+    /// Datagrams and payload bytes relayed client → peer (updated atomically).
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ChannelToPeer>() == 56);
+
+/// Key of `PEERS`: a datagram arriving from `peer` at the relayed address `relayed`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub peer: Endpoint,
+    pub relayed: Endpoint,
+}
+
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 36);
+
+/// Value of `PEERS`: the client (and channel) that the peer's data goes to, and its counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerToClient {
+    /// The listener the client talks to: the new source.
+    pub listener: Endpoint,
+    /// The client: the new destination.
+    pub client: Endpoint,
+    /// Channel number, big-endian.
+    pub channel: [u8; 2],
+    pub _pad: [u8; 2],
+    /// Datagrams and payload bytes relayed peer → client (updated atomically).
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PeerToClient>() == 56);
+
+/// Default capacity of `CHANNELS` and `PEERS` (one entry per channel binding in each).
+pub const DEFAULT_MAX_CHANNELS: u32 = 1 << 20;
+
 /// Names of the maps and programs in the eBPF object, shared so a rename breaks the build, not the
 /// agent at run time.
 pub mod names {
@@ -78,13 +234,55 @@ pub mod names {
     pub const XDP_PASS_PROGRAM: &str = "xturn_xdp_pass";
     /// Per-CPU array of [`crate::Counter`], indexed by [`crate::Reason`].
     pub const STATS_MAP: &str = "STATS";
+    /// Hash map [`crate::ChannelKey`] → [`crate::ChannelToPeer`].
+    pub const CHANNELS_MAP: &str = "CHANNELS";
+    /// Hash map [`crate::PeerKey`] → [`crate::PeerToClient`].
+    pub const PEERS_MAP: &str = "PEERS";
+    /// Hash map [`crate::Endpoint`] → `u8` (1): the listener addresses, so ChannelData to them
+    /// without an entry is counted as unbound rather than as someone else's traffic.
+    pub const LISTENERS_MAP: &str = "LISTENERS";
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: `Counter` is `#[repr(C)]`, `Copy`, has no padding (two u64) and every bit pattern is
-    // a valid value.
+    // SAFETY (all impls): `#[repr(C)]`, `Copy`, only byte arrays and u64s laid out without
+    // padding (sizes pinned by the const assertions above), and every bit pattern is valid.
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::ChannelKey {}
+    unsafe impl aya::Pod for super::ChannelToPeer {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::PeerToClient {}
+}
+
+#[cfg(feature = "user")]
+mod convert {
+    use std::net::{IpAddr, SocketAddr};
+
+    use super::Endpoint;
+
+    extern crate std;
+
+    impl From<SocketAddr> for Endpoint {
+        fn from(addr: SocketAddr) -> Endpoint {
+            let port = addr.port().to_be_bytes();
+            match addr.ip() {
+                IpAddr::V4(v4) => Endpoint::v4(v4.octets(), port),
+                IpAddr::V6(v6) => Endpoint::v6(v6.octets(), port),
+            }
+        }
+    }
+
+    impl From<Endpoint> for SocketAddr {
+        fn from(e: Endpoint) -> SocketAddr {
+            let port = u16::from_be_bytes(e.port);
+            if e.is_v4() {
+                SocketAddr::from((e.v4_octets(), port))
+            } else {
+                SocketAddr::from((e.ip, port))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +301,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[cfg(feature = "user")]
+    #[test]
+    fn endpoints_round_trip_socket_addresses() {
+        extern crate std;
+        use std::net::SocketAddr;
+        for text in [
+            "198.18.0.1:3478",
+            "[2001:db8::1]:49152",
+            "[::ffff:198.18.0.1]:1",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let back = SocketAddr::from(Endpoint::from(addr));
+            // An IPv4-mapped IPv6 address comes back as plain IPv4: the kernel sees IPv4 then.
+            let expected = match addr {
+                SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::from((v4, v6.port())),
+                    None => addr,
+                },
+                SocketAddr::V4(_) => addr,
+            };
+            assert_eq!(back, expected);
+        }
+        assert!(Endpoint::v4([198, 18, 0, 1], [0, 1]).is_v4());
+        assert!(
+            !Endpoint::v6(
+                [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                [0, 1]
+            )
+            .is_v4()
+        );
     }
 
     #[test]

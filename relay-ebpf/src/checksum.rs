@@ -134,3 +134,245 @@ mod tests {
         }
     }
 }
+
+/// A running one's-complement sum for rewriting a UDP checksum without touching the payload:
+/// start from the old checksum, take out the words that leave the covered data, put in the words
+/// that join it. Everything is fixed-size so the verifier sees bounded work.
+#[derive(Clone, Copy, Debug)]
+pub struct Rewrite {
+    sum: u32,
+}
+
+impl Rewrite {
+    /// Starts from a checksum as stored in a header (its sum is the complement).
+    #[inline(always)]
+    #[must_use]
+    pub const fn from_checksum(check: u16) -> Rewrite {
+        Rewrite {
+            sum: (!check) as u32,
+        }
+    }
+
+    /// Adds a 16-bit word to the covered data.
+    #[inline(always)]
+    pub fn add(&mut self, word: u16) {
+        self.sum += word as u32;
+        self.sum = (self.sum & 0xffff) + (self.sum >> 16);
+    }
+
+    /// Removes a 16-bit word from the covered data (adds its complement).
+    #[inline(always)]
+    pub fn remove(&mut self, word: u16) {
+        self.add(!word);
+    }
+
+    /// Adds the big-endian words of `bytes` (even length).
+    #[inline(always)]
+    pub fn add_words<const N: usize>(&mut self, bytes: &[u8; N]) {
+        let mut i = 0;
+        while i + 1 < N {
+            self.add(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+            i += 2;
+        }
+    }
+
+    /// Removes the big-endian words of `bytes` (even length).
+    #[inline(always)]
+    pub fn remove_words<const N: usize>(&mut self, bytes: &[u8; N]) {
+        let mut i = 0;
+        while i + 1 < N {
+            self.remove(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+            i += 2;
+        }
+    }
+
+    /// The checksum to store: the complement of the folded sum, with 0 sent as 0xffff (a
+    /// transmitted 0 means "no checksum" in UDP over IPv4).
+    #[inline(always)]
+    #[must_use]
+    pub const fn checksum(&self) -> u16 {
+        let c = !fold(self.sum);
+        if c == 0 { 0xffff } else { c }
+    }
+}
+
+/// The UDP pseudo-header words of one side of a datagram: addresses, protocol and UDP length.
+/// IPv4 addresses are the last four bytes of `ip` when `v4` is set (IPv4-mapped form).
+#[inline(always)]
+pub fn pseudo_header(
+    r: &mut Rewrite,
+    v4: bool,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    udp_len: u16,
+    add: bool,
+) {
+    let mut step = |w: u16| if add { r.add(w) } else { r.remove(w) };
+    let start = if v4 { 12 } else { 0 };
+    let mut i = start;
+    while i < 16 {
+        step(u16::from_be_bytes([src[i], src[i + 1]]));
+        step(u16::from_be_bytes([dst[i], dst[i + 1]]));
+        i += 2;
+    }
+    // Protocol (17) and the length; for IPv6 the 32-bit length's high word is 0.
+    step(17);
+    step(udp_len);
+}
+
+/// The contribution of up to three padding bytes that follow `data_len` bytes of data which
+/// start at an even offset: with odd `data_len` the first padding byte shares a word with the
+/// last data byte (as its low half).
+#[inline(always)]
+pub fn remove_padding(r: &mut Rewrite, data_len: u16, padding: [u8; 3], pad_len: u8) {
+    let p = |i: u8| if i < pad_len { padding[i as usize] } else { 0 };
+    if data_len % 2 == 0 {
+        r.remove(u16::from_be_bytes([p(0), p(1)]));
+        r.remove(u16::from_be_bytes([p(2), 0]));
+    } else {
+        r.remove(u16::from(p(0)));
+        r.remove(u16::from_be_bytes([p(1), p(2)]));
+    }
+}
+
+#[cfg(test)]
+mod rewrite_tests {
+    use super::*;
+
+    fn mapped(v4: [u8; 4]) -> [u8; 16] {
+        let mut ip = [0u8; 16];
+        ip[10] = 0xff;
+        ip[11] = 0xff;
+        ip[12..].copy_from_slice(&v4);
+        ip
+    }
+
+    /// Full UDP checksum of a datagram (header with zero checksum + payload).
+    fn full(v4: bool, src: &[u8; 16], dst: &[u8; 16], udp: &[u8]) -> u16 {
+        let mut pseudo = Vec::new();
+        let s = if v4 { 12 } else { 0 };
+        pseudo.extend_from_slice(&src[s..]);
+        pseudo.extend_from_slice(&dst[s..]);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&u16::try_from(udp.len()).unwrap().to_be_bytes());
+        let c = !fold(sum_bytes(sum_bytes(0, &pseudo), udp));
+        if c == 0 { 0xffff } else { c }
+    }
+
+    fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        u
+    }
+
+    /// ChannelData (client → peer) to plain UDP, for every data length parity, padding length
+    /// and family combination: the incremental checksum equals a full recomputation.
+    #[test]
+    fn channel_data_to_udp_matches_full_checksum() {
+        let v6a: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let v6b: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        for data_len in [0u16, 1, 2, 3, 7, 100, 101] {
+            for pad_len in 0u8..=3 {
+                for (in_v4, out_v4) in [(true, true), (true, false), (false, true), (false, false)]
+                {
+                    let data: Vec<u8> = (0..data_len).map(|i| (i * 7 + 3) as u8).collect();
+                    let padding = [0xa5u8, 0x5a, 0xc3];
+                    let mut payload = vec![0x40, 0x01];
+                    payload.extend_from_slice(&data_len.to_be_bytes());
+                    payload.extend_from_slice(&data);
+                    payload.extend_from_slice(&padding[..pad_len as usize]);
+                    let (csrc, cdst) = if in_v4 {
+                        (mapped([198, 18, 1, 2]), mapped([198, 18, 1, 1]))
+                    } else {
+                        (v6a, v6b)
+                    };
+                    let (nsrc, ndst) = if out_v4 {
+                        (mapped([198, 18, 2, 1]), mapped([198, 18, 2, 2]))
+                    } else {
+                        (v6b, v6a)
+                    };
+                    let old = udp(40000, 3478, &payload);
+                    let old_check = full(in_v4, &csrc, &cdst, &old);
+                    let new = udp(50000, 3480, &data);
+
+                    let mut r = Rewrite::from_checksum(old_check);
+                    pseudo_header(
+                        &mut r,
+                        in_v4,
+                        &csrc,
+                        &cdst,
+                        u16::try_from(old.len()).unwrap(),
+                        false,
+                    );
+                    r.remove_words(&[0x9c, 0x40, 0x0d, 0x96]);
+                    r.remove(u16::try_from(old.len()).unwrap());
+                    r.remove_words(&[payload[0], payload[1], payload[2], payload[3]]);
+                    let mut pad = [0u8; 3];
+                    pad[..pad_len as usize].copy_from_slice(&padding[..pad_len as usize]);
+                    remove_padding(&mut r, data_len, pad, pad_len);
+                    pseudo_header(
+                        &mut r,
+                        out_v4,
+                        &nsrc,
+                        &ndst,
+                        u16::try_from(new.len()).unwrap(),
+                        true,
+                    );
+                    r.add_words(&[0xc3, 0x50, 0x0d, 0x98]);
+                    r.add(u16::try_from(new.len()).unwrap());
+                    assert_eq!(
+                        r.checksum(),
+                        full(out_v4, &nsrc, &ndst, &new),
+                        "data {data_len} pad {pad_len} v4 {in_v4}->{out_v4}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Plain UDP (peer → client) to ChannelData.
+    #[test]
+    fn udp_to_channel_data_matches_full_checksum() {
+        for data_len in [0u16, 1, 2, 99, 100] {
+            let data: Vec<u8> = (0..data_len).map(|i| (i * 13 + 1) as u8).collect();
+            let (psrc, pdst) = (mapped([198, 18, 2, 2]), mapped([198, 18, 2, 1]));
+            let (nsrc, ndst) = (mapped([198, 18, 1, 1]), mapped([198, 18, 1, 2]));
+            let old = udp(3480, 50000, &data);
+            let old_check = full(true, &psrc, &pdst, &old);
+            let mut cd = vec![0x40, 0x00];
+            cd.extend_from_slice(&data_len.to_be_bytes());
+            cd.extend_from_slice(&data);
+            let new = udp(3478, 40000, &cd);
+
+            let mut r = Rewrite::from_checksum(old_check);
+            pseudo_header(
+                &mut r,
+                true,
+                &psrc,
+                &pdst,
+                u16::try_from(old.len()).unwrap(),
+                false,
+            );
+            r.remove_words(&[old[0], old[1], old[2], old[3], old[4], old[5]]);
+            pseudo_header(
+                &mut r,
+                true,
+                &nsrc,
+                &ndst,
+                u16::try_from(new.len()).unwrap(),
+                true,
+            );
+            r.add_words(&[new[0], new[1], new[2], new[3], new[4], new[5]]);
+            r.add_words(&[cd[0], cd[1], cd[2], cd[3]]);
+            assert_eq!(
+                r.checksum(),
+                full(true, &nsrc, &ndst, &new),
+                "data {data_len}"
+            );
+        }
+    }
+}

@@ -2,12 +2,17 @@
 //!
 //! This is the only module that talks to the kernel's BPF subsystem. The object is built by
 //! `build.rs` and embedded in the binary.
+use std::net::SocketAddr;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    maps::{HashMap, MapData, MapError, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use relay_common::{Counter, Reason, names};
+use relay_common::{
+    ChannelKey, ChannelToPeer, Counter, DEFAULT_MAX_CHANNELS, Endpoint, PeerKey, PeerToClient,
+    Reason, names,
+};
 use tracing::{info, warn};
 
 /// The eBPF object built from `relay-ebpf`.
@@ -42,8 +47,49 @@ pub enum FastPathError {
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: MapError,
     },
+    #[error("map {name:?} is full ({capacity} entries); the binding stays in userspace")]
+    MapFull { name: &'static str, capacity: u32 },
+}
+
+/// One channel binding as the kernel sees it: ChannelData from `client` to `listener` on
+/// `channel` goes out from `relayed` to `peer`, and the peer's datagrams to `relayed` come back
+/// to the client on that channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChannelEntry {
+    pub client: SocketAddr,
+    pub listener: SocketAddr,
+    pub channel: u16,
+    pub relayed: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl ChannelEntry {
+    fn channel_key(&self) -> ChannelKey {
+        ChannelKey {
+            client: self.client.into(),
+            listener: self.listener.into(),
+            channel: self.channel.to_be_bytes(),
+            _pad: [0; 2],
+        }
+    }
+
+    fn peer_key(&self) -> PeerKey {
+        PeerKey {
+            peer: self.peer.into(),
+            relayed: self.relayed.into(),
+        }
+    }
+}
+
+/// What the kernel relayed for one channel binding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelCounters {
+    /// ChannelData relayed client → peer (payload bytes).
+    pub to_peer: Counter,
+    /// Datagrams relayed peer → client (payload bytes).
+    pub to_client: Counter,
 }
 
 /// How a program ended up attached to an interface.
@@ -77,20 +123,54 @@ pub struct TestRunOutcome {
 pub struct FastPath {
     ebpf: Ebpf,
     links: Vec<(String, &'static str, XdpLinkId)>,
+    stats: PerCpuArray<MapData, Counter>,
+    channels: HashMap<MapData, ChannelKey, ChannelToPeer>,
+    peers: HashMap<MapData, PeerKey, PeerToClient>,
+    listeners: HashMap<MapData, Endpoint, u8>,
+    capacity: u32,
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, FastPathError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(FastPathError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| FastPathError::Map { name, source })
 }
 
 impl FastPath {
-    /// Loads the embedded object and both programs into the kernel (not yet attached).
+    /// Loads the embedded object and both programs into the kernel (not yet attached), with
+    /// room for the default number of channel bindings.
     pub fn load() -> Result<Self, FastPathError> {
+        Self::load_with_capacity(DEFAULT_MAX_CHANNELS)
+    }
+
+    /// Like [`FastPath::load`], with room for `max_channels` channel bindings. The maps are not
+    /// preallocated: kernel memory follows the bindings actually installed.
+    pub fn load_with_capacity(max_channels: u32) -> Result<Self, FastPathError> {
         if OBJECT.is_empty() {
             return Err(FastPathError::NoObject);
         }
-        let ebpf = EbpfLoader::new()
+        let capacity = max_channels.max(1);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::CHANNELS_MAP, capacity)
+            .map_max_entries(names::PEERS_MAP, capacity)
             .load(OBJECT)
             .map_err(|e| FastPathError::Load(Box::new(e)))?;
+        let stats = take_map(&mut ebpf, names::STATS_MAP)?;
+        let channels = take_map(&mut ebpf, names::CHANNELS_MAP)?;
+        let peers = take_map(&mut ebpf, names::PEERS_MAP)?;
+        let listeners = take_map(&mut ebpf, names::LISTENERS_MAP)?;
         let mut fast_path = FastPath {
             ebpf,
             links: Vec::new(),
+            stats,
+            channels,
+            peers,
+            listeners,
+            capacity,
         };
         for name in [names::XDP_PROGRAM, names::XDP_PASS_PROGRAM] {
             fast_path
@@ -198,16 +278,11 @@ impl FastPath {
     /// The `STATS` counters, summed over CPUs, in [`Reason`] order.
     pub fn stats(&self) -> Result<Vec<(Reason, Counter)>, FastPathError> {
         let name = names::STATS_MAP;
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(FastPathError::MissingMap { name })?;
-        let array: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(map).map_err(|source| FastPathError::Map { name, source })?;
         Reason::ALL
             .iter()
             .map(|&reason| {
-                let per_cpu = array
+                let per_cpu = self
+                    .stats
                     .get(&reason.index(), 0)
                     .map_err(|source| FastPathError::Map { name, source })?;
                 let total = per_cpu
@@ -218,17 +293,111 @@ impl FastPath {
             .collect()
     }
 
-    /// Runs the fast path once on `frame` (an Ethernet frame) with `BPF_PROG_TEST_RUN`. Maps are
-    /// read and written as in real traffic.
-    pub fn test_run(&mut self, frame: &[u8]) -> Result<TestRunOutcome, FastPathError> {
+    /// The capacity of each channel map.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Tells the program that `listener` is one of ours, so ChannelData to it without an entry
+    /// is counted as unbound.
+    pub fn add_listener(&mut self, listener: SocketAddr) -> Result<(), FastPathError> {
+        let name = names::LISTENERS_MAP;
+        self.listeners
+            .insert(Endpoint::from(listener), 1, 0)
+            .map_err(|source| FastPathError::Map { name, source })
+    }
+
+    /// Installs both directions of a channel binding. Either both entries are installed or
+    /// neither is (a full map leaves the binding to userspace).
+    pub fn add_channel_binding(&mut self, entry: &ChannelEntry) -> Result<(), FastPathError> {
+        let to_peer = ChannelToPeer {
+            relayed: entry.relayed.into(),
+            peer: entry.peer.into(),
+            ..ChannelToPeer::default()
+        };
+        let to_client = PeerToClient {
+            listener: entry.listener.into(),
+            client: entry.client.into(),
+            channel: entry.channel.to_be_bytes(),
+            ..PeerToClient::default()
+        };
+        let capacity = self.capacity;
+        let full = |name| move |e: MapError| map_error(name, capacity, e);
+        self.peers
+            .insert(entry.peer_key(), to_client, 0)
+            .map_err(full(names::PEERS_MAP))?;
+        if let Err(e) = self.channels.insert(entry.channel_key(), to_peer, 0) {
+            let _ = self.peers.remove(&entry.peer_key());
+            return Err(full(names::CHANNELS_MAP)(e));
+        }
+        Ok(())
+    }
+
+    /// Removes both directions of a channel binding; entries already gone are not an error.
+    pub fn remove_channel_binding(&mut self, entry: &ChannelEntry) -> Result<(), FastPathError> {
+        let gone = |name: &'static str| {
+            move |e: MapError| match e {
+                MapError::KeyNotFound | MapError::ElementNotFound => Ok(()),
+                MapError::SyscallError(ref s)
+                    if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
+                source => Err(FastPathError::Map { name, source }),
+            }
+        };
+        let channels = self
+            .channels
+            .remove(&entry.channel_key())
+            .or_else(gone(names::CHANNELS_MAP));
+        let peers = self
+            .peers
+            .remove(&entry.peer_key())
+            .or_else(gone(names::PEERS_MAP));
+        channels.and(peers)
+    }
+
+    /// What the kernel relayed for `entry` so far, or `None` if it is not installed.
+    pub fn channel_counters(&self, entry: &ChannelEntry) -> Option<ChannelCounters> {
+        let to_peer = self.channels.get(&entry.channel_key(), 0).ok()?;
+        let to_client = self.peers.get(&entry.peer_key(), 0).ok()?;
+        Some(ChannelCounters {
+            to_peer: Counter {
+                packets: to_peer.packets,
+                bytes: to_peer.bytes,
+            },
+            to_client: Counter {
+                packets: to_client.packets,
+                bytes: to_client.bytes,
+            },
+        })
+    }
+
+    /// Runs the fast path once on `frame` (an Ethernet frame) with `BPF_PROG_TEST_RUN`, as if it
+    /// arrived on `ingress_ifindex` (an interface of the calling thread's network namespace; the
+    /// loopback device when `None`). Maps are read and written as in real traffic; nothing is
+    /// transmitted.
+    pub fn test_run(
+        &mut self,
+        frame: &[u8],
+        ingress_ifindex: Option<u32>,
+    ) -> Result<TestRunOutcome, FastPathError> {
         let name = names::XDP_PROGRAM;
-        // Room for a frame that grows (a ChannelData header prepended) by up to 256 bytes.
+        // Room for a frame that grows (a ChannelData header, an IPv6 header) by up to 256 bytes.
         let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex }: the kernel wants data = 0 and data_end = the frame's length.
+        let frame_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let ctx: Vec<u8> = [0, frame_len, 0, ingress_ifindex.unwrap_or(0), 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
         let program = self.xdp(name)?;
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ingress_ifindex.map(|_| ctx.as_slice()),
                 ..TestRunOptions::default()
             })
             .map_err(|source| FastPathError::Program { name, source })?;
@@ -237,6 +406,15 @@ impl FastPath {
             action: result.return_value,
             frame: out,
         })
+    }
+}
+
+fn map_error(name: &'static str, capacity: u32, e: MapError) -> FastPathError {
+    match e {
+        MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            FastPathError::MapFull { name, capacity }
+        }
+        source => FastPathError::Map { name, source },
     }
 }
 

@@ -4,3 +4,4 @@
 //! Addresses come from 198.18.0.0/15 and 2001:db8::/32 only.
 pub mod netns;
 pub mod packet;
+pub mod topology;

@@ -122,3 +122,104 @@ pub fn assert_udp4_checksums(frame: &[u8]) {
         "UDP checksum wrong"
     );
 }
+
+/// An Ethernet/IP/UDP frame taken apart, with its checksums verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpFrame {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// TTL or hop limit.
+    pub ttl: u8,
+    /// IPv4 TOS or IPv6 traffic class.
+    pub tos: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Parses an IPv4 or IPv6 UDP frame and panics unless every length and checksum is right.
+pub fn parse_udp_frame(frame: &[u8]) -> UdpFrame {
+    assert!(frame.len() >= 14, "frame too short");
+    let mut dmac = [0u8; 6];
+    let mut smac = [0u8; 6];
+    dmac.copy_from_slice(&frame[0..6]);
+    smac.copy_from_slice(&frame[6..12]);
+    let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+    let (src_ip, dst_ip, ttl, tos, udp, pseudo): (IpAddr, IpAddr, u8, u8, &[u8], Vec<u8>) =
+        match ether_type {
+            0x0800 => {
+                let ip = &frame[14..34];
+                assert_eq!(ip[0], 0x45, "IPv4 without options");
+                assert_eq!(checksum(ip), 0, "IPv4 header checksum");
+                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+                assert_eq!(
+                    14 + total,
+                    frame.len(),
+                    "IPv4 total length matches the frame"
+                );
+                assert_eq!(ip[9], 17, "UDP");
+                let udp = &frame[34..];
+                let mut pseudo = ip[12..20].to_vec();
+                pseudo.extend_from_slice(&[0, 17]);
+                pseudo.extend_from_slice(&u16::try_from(udp.len()).expect("fits").to_be_bytes());
+                let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+                let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+                (src.into(), dst.into(), ip[8], ip[1], udp, pseudo)
+            }
+            0x86dd => {
+                let ip = &frame[14..54];
+                assert_eq!(ip[0] >> 4, 6, "IPv6");
+                let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+                assert_eq!(
+                    54 + payload,
+                    frame.len(),
+                    "IPv6 payload length matches the frame"
+                );
+                assert_eq!(ip[6], 17, "UDP");
+                let udp = &frame[54..];
+                let mut pseudo = ip[8..40].to_vec();
+                pseudo.extend_from_slice(&u32::try_from(udp.len()).expect("fits").to_be_bytes());
+                pseudo.extend_from_slice(&[0, 0, 0, 17]);
+                let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+                let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+                let tc = (ip[0] << 4) | (ip[1] >> 4);
+                (
+                    Ipv6Addr::from(src).into(),
+                    Ipv6Addr::from(dst).into(),
+                    ip[7],
+                    tc,
+                    udp,
+                    pseudo,
+                )
+            }
+            other => panic!("not IP: ethertype {other:#06x}"),
+        };
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    assert_eq!(udp_len, udp.len(), "UDP length matches the IP length");
+    let check = u16::from_be_bytes([udp[6], udp[7]]);
+    if check != 0 || ether_type == 0x86dd {
+        assert_eq!(
+            !fold(sum_bytes(sum_bytes(0, &pseudo), udp)),
+            0,
+            "UDP checksum"
+        );
+    }
+    UdpFrame {
+        dmac,
+        smac,
+        src: SocketAddr::new(src_ip, u16::from_be_bytes([udp[0], udp[1]])),
+        dst: SocketAddr::new(dst_ip, u16::from_be_bytes([udp[2], udp[3]])),
+        ttl,
+        tos,
+        payload: udp[8..].to_vec(),
+    }
+}
+
+/// ChannelData: channel, length, data, then `padding` extra bytes.
+pub fn channel_data(channel: u16, data: &[u8], padding: &[u8]) -> Vec<u8> {
+    let mut m = channel.to_be_bytes().to_vec();
+    m.extend_from_slice(&u16::try_from(data.len()).expect("fits").to_be_bytes());
+    m.extend_from_slice(data);
+    m.extend_from_slice(padding);
+    m
+}

@@ -46,7 +46,7 @@ fn prog_test_run_classifies_crafted_frames() {
     ];
     for (what, frame, reason) in cases {
         let before = counter(&fast_path, reason);
-        let outcome = fast_path.test_run(&frame).expect("BPF_PROG_TEST_RUN");
+        let outcome = fast_path.test_run(&frame, None).expect("BPF_PROG_TEST_RUN");
         assert_eq!(outcome.action, XDP_PASS, "{what}: action");
         assert_eq!(outcome.frame, frame, "{what}: a passed frame is unchanged");
         let after = counter(&fast_path, reason);

@@ -1,0 +1,146 @@
+//! The end-to-end test topology: three namespaces, the relay in the middle.
+//!
+//! ```text
+//!  client ns                relay ns                       peer ns
+//!  xtc0 198.18.1.2   ──  xtr0 198.18.1.1  (listener)
+//!       2001:db8:1::2         2001:db8:1::1
+//!                           xtr1 198.18.2.1  (relayed)  ──  xtp0 198.18.2.2
+//!                                2001:db8:2::1                   2001:db8:2::2
+//! ```
+//! Clients talk only to the listener; peers only to relayed addresses. Nothing routes between
+//! the client and peer links, so every datagram that arrives was relayed by xturn.
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::netns::{ChildGuard, NetNs, veth};
+
+pub const LISTENER_V4: &str = "198.18.1.1";
+pub const LISTENER_V6: &str = "2001:db8:1::1";
+pub const CLIENT_V4: &str = "198.18.1.2";
+pub const CLIENT_V6: &str = "2001:db8:1::2";
+pub const RELAY_V4: &str = "198.18.2.1";
+pub const RELAY_V6: &str = "2001:db8:2::1";
+pub const PEER_V4: &str = "198.18.2.2";
+pub const PEER_V6: &str = "2001:db8:2::2";
+pub const TURN_PORT: u16 = 3478;
+
+/// The three namespaces and their links.
+pub struct Topology {
+    pub client: NetNs,
+    pub relay: NetNs,
+    pub peer: NetNs,
+}
+
+impl Topology {
+    pub fn new() -> Topology {
+        let client = NetNs::new("client");
+        let relay = NetNs::new("relay");
+        let peer = NetNs::new("peer");
+        veth(&client, "xtc0", &relay, "xtr0");
+        veth(&relay, "xtr1", &peer, "xtp0");
+        for (ns, ifname, v4, v6) in [
+            (&client, "xtc0", CLIENT_V4, CLIENT_V6),
+            (&relay, "xtr0", LISTENER_V4, LISTENER_V6),
+            (&relay, "xtr1", RELAY_V4, RELAY_V6),
+            (&peer, "xtp0", PEER_V4, PEER_V6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            // nodad: usable at once, without waiting for duplicate address detection.
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ]);
+        }
+        Topology {
+            client,
+            relay,
+            peer,
+        }
+    }
+
+    pub fn listener(v6: bool) -> SocketAddr {
+        let ip: IpAddr = if v6 { LISTENER_V6 } else { LISTENER_V4 }
+            .parse()
+            .expect("ip");
+        SocketAddr::new(ip, TURN_PORT)
+    }
+
+    /// Starts `xturnd ARGS` in the relay namespace and waits until it answers STUN on the IPv4
+    /// listener.
+    pub fn start_xturnd(&self, args: &[&str]) -> ChildGuard {
+        let mut guard = self.relay.spawn(&binary("xturnd").to_string_lossy(), args);
+        if !self.wait_for_stun(Self::listener(false), Duration::from_secs(10)) {
+            let status = guard.child().try_wait();
+            panic!("xturnd did not answer STUN within 10 s (exit status: {status:?})");
+        }
+        guard
+    }
+
+    /// Sends STUN Binding requests from the client namespace until one is answered.
+    pub fn wait_for_stun(&self, server: SocketAddr, within: Duration) -> bool {
+        self.client.within(|| {
+            let bind = if server.is_ipv6() {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let socket = UdpSocket::bind(bind).expect("bind probe socket");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            let deadline = Instant::now() + within;
+            let mut buf = [0u8; 1500];
+            while Instant::now() < deadline {
+                let _ = socket.send_to(&binding_request(), server);
+                if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                    // A Binding success response (0x0101) to our request.
+                    if n >= 20 && buf[0] == 0x01 && buf[1] == 0x01 {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A STUN Binding request with a fixed transaction id.
+pub fn binding_request() -> [u8; 20] {
+    let mut m = [0u8; 20];
+    m[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    m[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    m[8..20].copy_from_slice(b"xturn-probe!");
+    m
+}
+
+/// The path of a binary built from this workspace (`xturnd`, `xturnctl`), next to the test
+/// executable's directory. `cargo xtask test` builds them before running the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (`cargo build -p relay-user --bins`; `cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
