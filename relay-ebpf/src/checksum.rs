@@ -156,7 +156,7 @@ impl Rewrite {
     /// Adds a 16-bit word to the covered data.
     #[inline(always)]
     pub fn add(&mut self, word: u16) {
-        self.sum += word as u32;
+        self.sum += u32::from(word);
         self.sum = (self.sum & 0xffff) + (self.sum >> 16);
     }
 
@@ -226,7 +226,7 @@ pub fn pseudo_header(
 #[inline(always)]
 pub fn remove_padding(r: &mut Rewrite, data_len: u16, padding: [u8; 3], pad_len: u8) {
     let p = |i: u8| if i < pad_len { padding[i as usize] } else { 0 };
-    if data_len % 2 == 0 {
+    if data_len.is_multiple_of(2) {
         r.remove(u16::from_be_bytes([p(0), p(1)]));
         r.remove(u16::from_be_bytes([p(2), 0]));
     } else {

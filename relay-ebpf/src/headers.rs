@@ -96,7 +96,7 @@ impl UdpHdr {
 
     #[inline(always)]
     #[must_use]
-    pub const fn len(&self) -> u16 {
+    pub const fn length(&self) -> u16 {
         u16::from_be_bytes(self.len)
     }
 }

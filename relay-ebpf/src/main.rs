@@ -223,7 +223,8 @@ mod program {
         };
         // SAFETY: bounds checked by `ptr_at`.
         let header = unsafe { *header };
-        if header[0] & 0xf0 != 0x40 {
+        // Channels 0x4000–0x7FFF (RFC 5766's range, which RFC 8656 narrowed to 0x4FFF).
+        if header[0] & 0xc0 != 0x40 {
             return Outcome::Pass(Reason::ListenerPassed);
         }
         s.channel_key.client = s.datagram.src;
@@ -361,7 +362,7 @@ mod program {
                 let udp = ptr_at::<UdpHdr>(ctx, ETH_LEN + IPV4_LEN).ok_or(Reason::Truncated)?;
                 let udp = unsafe { *udp };
                 let total = usize::from(u16::from_be_bytes(ip.total_len));
-                let udp_len = udp.len();
+                let udp_len = udp.length();
                 if total < IPV4_LEN + UDP_LEN
                     || total > frame_len - ETH_LEN
                     || usize::from(udp_len) != total - IPV4_LEN
@@ -387,7 +388,7 @@ mod program {
                 let udp = ptr_at::<UdpHdr>(ctx, ETH_LEN + IPV6_LEN).ok_or(Reason::Truncated)?;
                 let udp = unsafe { *udp };
                 let payload = usize::from(u16::from_be_bytes(ip.payload_len));
-                let udp_len = udp.len();
+                let udp_len = udp.length();
                 if payload < UDP_LEN
                     || payload > frame_len - ETH_LEN - IPV6_LEN
                     || usize::from(udp_len) != payload

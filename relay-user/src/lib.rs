@@ -6,10 +6,12 @@
 //! - [`config`]: `xturnd`'s flags and YAML configuration file.
 //! - [`server`]: the tokio event loop that runs [`turn::Server`] over real sockets.
 //! - [`client`]: a TURN client, used by `xturnctl` and the tests.
+//! - [`dataplane`]: choosing XDP or userspace relaying, attaching to interfaces.
 //! - [`ebpf`]: loading the XDP program and reading its maps.
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod dataplane;
 pub mod ebpf;
 pub mod policy;
 pub mod server;

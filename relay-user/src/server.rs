@@ -1,1 +1,349 @@
-//! The tokio event loop (being written).
+//! The event loop: runs the sans-IO [`turn::Server`] over real UDP sockets.
+//!
+//! - Each listener has `threads` sockets bound with `SO_REUSEPORT`, each read by its own task, so
+//!   the kernel spreads clients over cores.
+//! - Each relayed address is a real UDP socket owned by its allocation, read by its own task.
+//! - A timer task drives expiry.
+//!
+//! The protocol state sits behind one mutex. A task locks it only to hand over one datagram (or
+//! tick) and to collect the resulting [`Command`]s; the commands are carried out after the lock is
+//! released. Sends use `try_send_to`: a full socket buffer drops the datagram, as UDP would.
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{net::UdpSocket, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use crate::turn::{self, BindFailure, ChannelBinding, Command, ListenerId};
+
+/// Largest datagram we read: bigger than any MTU, so nothing is truncated silently.
+const MAX_DATAGRAM: usize = 65_536;
+/// Socket buffer size asked for (the kernel caps it at `net.core.{r,w}mem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
+/// The timer wakes at least this often, so new deadlines are never missed by more than this.
+const MAX_TICK: Duration = Duration::from_millis(500);
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind listener {addr}: {source}")]
+    BindListener {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Something that wants to know when channels are bound and unbound (the XDP fast path).
+pub trait ChannelHook: Send + Sync + 'static {
+    fn channel_bound(&self, binding: &ChannelBinding);
+    fn channel_unbound(&self, binding: &ChannelBinding);
+}
+
+/// No fast path: every datagram is relayed in userspace.
+pub struct NoHook;
+
+impl ChannelHook for NoHook {
+    fn channel_bound(&self, _: &ChannelBinding) {}
+    fn channel_unbound(&self, _: &ChannelBinding) {}
+}
+
+/// What the server needs to start, besides the protocol state.
+pub struct ServerSpec {
+    /// Local address of each listener, indexed by [`ListenerId`].
+    pub listeners: Vec<SocketAddr>,
+    /// Sockets per listener (`SO_REUSEPORT`).
+    pub threads: usize,
+}
+
+struct RelaySocket {
+    socket: Arc<UdpSocket>,
+    reader: JoinHandle<()>,
+}
+
+struct Shared {
+    core: Mutex<turn::Server>,
+    /// First socket of each listener: replies go out through it.
+    listeners: Vec<Arc<UdpSocket>>,
+    relays: Mutex<HashMap<SocketAddr, RelaySocket>>,
+    hook: Arc<dyn ChannelHook>,
+}
+
+/// A running server. Dropping it stops every task.
+pub struct RunningServer {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl RunningServer {
+    /// Binds every listener and starts the tasks. Must be called inside a tokio runtime.
+    pub fn start(
+        core: turn::Server,
+        spec: &ServerSpec,
+        hook: Arc<dyn ChannelHook>,
+    ) -> Result<RunningServer, ServerError> {
+        let threads = spec.threads.max(1);
+        let mut per_listener = Vec::new();
+        let mut local_addrs = Vec::new();
+        for &addr in &spec.listeners {
+            let mut sockets = Vec::with_capacity(threads);
+            for _ in 0..threads {
+                let socket = bind_udp(addr, true)
+                    .map_err(|source| ServerError::BindListener { addr, source })?;
+                sockets.push(Arc::new(socket));
+            }
+            let local = sockets[0]
+                .local_addr()
+                .map_err(|source| ServerError::BindListener { addr, source })?;
+            info!(%local, sockets = sockets.len(), "listening (TURN over UDP)");
+            local_addrs.push(local);
+            per_listener.push(sockets);
+        }
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            listeners: per_listener.iter().map(|s| Arc::clone(&s[0])).collect(),
+            relays: Mutex::new(HashMap::new()),
+            hook,
+        });
+        let mut tasks = Vec::new();
+        for (index, sockets) in per_listener.into_iter().enumerate() {
+            let id = ListenerId(u16::try_from(index).unwrap_or(u16::MAX));
+            for socket in sockets {
+                tasks.push(tokio::spawn(listener_task(Arc::clone(&shared), id, socket)));
+            }
+        }
+        tasks.push(tokio::spawn(timer_task(Arc::clone(&shared))));
+        Ok(RunningServer {
+            shared,
+            tasks,
+            local_addrs,
+        })
+    }
+
+    /// The bound address of each listener (useful when a port 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Runs `f` with the protocol state locked (for stats and admin queries).
+    pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> T {
+        f(&lock(&self.shared.core))
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for (_, relay) in lock(&self.shared.relays).drain() {
+            relay.reader.abort();
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the protocol state is
+/// only changed through `&mut` methods that keep it consistent, so it stays usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn drain(core: &mut turn::Server, into: &mut VecDeque<Command>) {
+    while let Some(command) = core.poll_command() {
+        into.push_back(command);
+    }
+}
+
+async fn listener_task(shared: Arc<Shared>, listener: ListenerId, socket: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut commands = VecDeque::new();
+    loop {
+        let (len, client) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) => {
+                // ICMP errors surface here on some kernels; they concern one peer, not us.
+                debug!(error = %e, "listener receive error");
+                continue;
+            }
+        };
+        {
+            let mut core = lock(&shared.core);
+            core.handle_client_datagram(listener, client, &buf[..len], Instant::now());
+            drain(&mut core, &mut commands);
+        }
+        execute(&shared, &mut commands);
+    }
+}
+
+async fn relay_task(shared: Arc<Shared>, relayed: SocketAddr, socket: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut commands = VecDeque::new();
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) => {
+                debug!(%relayed, error = %e, "relay receive error");
+                continue;
+            }
+        };
+        {
+            let mut core = lock(&shared.core);
+            core.handle_peer_datagram(relayed, peer, &buf[..len], Instant::now());
+            drain(&mut core, &mut commands);
+        }
+        execute(&shared, &mut commands);
+    }
+}
+
+async fn timer_task(shared: Arc<Shared>) {
+    let mut commands = VecDeque::new();
+    loop {
+        let now = Instant::now();
+        let next = {
+            let mut core = lock(&shared.core);
+            core.handle_timeout(now);
+            drain(&mut core, &mut commands);
+            core.poll_timeout()
+        };
+        execute(&shared, &mut commands);
+        let wake = next
+            .map_or(now + MAX_TICK, |t| t.min(now + MAX_TICK))
+            .max(now);
+        tokio::time::sleep_until(wake.into()).await;
+    }
+}
+
+/// Carries out commands in order. Binding a relayed socket feeds its outcome back into the core,
+/// which may produce more commands; they join the queue.
+fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
+    while let Some(command) = commands.pop_front() {
+        match command {
+            Command::SendToClient {
+                listener,
+                client,
+                data,
+            } => {
+                if let Some(socket) = shared.listeners.get(usize::from(listener.0)) {
+                    send(socket, &data, client);
+                }
+            }
+            Command::SendToPeer {
+                relayed,
+                peer,
+                data,
+                dont_fragment,
+            } => {
+                let socket = lock(&shared.relays)
+                    .get(&relayed)
+                    .map(|r| Arc::clone(&r.socket));
+                match socket {
+                    Some(socket) => {
+                        if dont_fragment {
+                            set_dont_fragment(&socket, relayed);
+                        }
+                        send(&socket, &data, peer);
+                    }
+                    None => debug!(%relayed, "no relayed socket for a send"),
+                }
+            }
+            Command::BindRelay { addr } => {
+                let result = bind_relay(shared, addr);
+                let mut core = lock(&shared.core);
+                core.handle_relay_bound(addr, result, Instant::now());
+                drain(&mut core, commands);
+            }
+            Command::ReleaseRelay { addr } => {
+                if let Some(relay) = lock(&shared.relays).remove(&addr) {
+                    relay.reader.abort();
+                    debug!(%addr, "relayed socket released");
+                }
+            }
+            Command::ChannelBound(binding) => shared.hook.channel_bound(&binding),
+            Command::ChannelUnbound(binding) => shared.hook.channel_unbound(&binding),
+        }
+    }
+}
+
+fn bind_relay(shared: &Arc<Shared>, addr: SocketAddr) -> Result<(), BindFailure> {
+    let socket = match bind_udp(addr, false) {
+        Ok(socket) => Arc::new(socket),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(BindFailure::AddressInUse),
+        Err(e) => {
+            warn!(%addr, error = %e, "cannot bind a relayed socket");
+            return Err(BindFailure::Other);
+        }
+    };
+    let reader = tokio::spawn(relay_task(Arc::clone(shared), addr, Arc::clone(&socket)));
+    if let Some(old) = lock(&shared.relays).insert(addr, RelaySocket { socket, reader }) {
+        // The core never binds an address twice; if it did, the old reader must not linger.
+        old.reader.abort();
+    }
+    Ok(())
+}
+
+fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.try_send_to(data, to) {
+        debug!(%to, error = %e, "send dropped");
+    }
+}
+
+fn set_dont_fragment(socket: &UdpSocket, relayed: SocketAddr) {
+    use std::os::fd::AsRawFd as _;
+    let (level, name, value) = if relayed.is_ipv4() {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    } else {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: setsockopt on a socket we own, with a c_int value and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        debug!(%relayed, error = %io::Error::last_os_error(), "cannot set DONT-FRAGMENT");
+    }
+}
+
+/// A non-blocking UDP socket bound to `addr`, registered with tokio.
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    // Best effort: larger buffers absorb bursts; the kernel caps them.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// The wall clock and monotonic clock read together, for [`turn::Server::new`].
+pub fn clocks() -> (Instant, SystemTime) {
+    (Instant::now(), SystemTime::now())
+}

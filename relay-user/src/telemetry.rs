@@ -26,8 +26,8 @@ pub fn init(filter: &str) -> Result<(), TelemetryError> {
         filter: filter.clone(),
         source,
     })?;
-    // aya-log hands kernel log records to the `log` facade; forward them into tracing.
-    tracing_log::LogTracer::init().map_err(|_| TelemetryError::AlreadyInstalled)?;
+    // `try_init` also installs the `log` → tracing bridge (tracing-subscriber's `tracing-log`
+    // feature), so aya and aya-log's kernel records end up here too.
     fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)

@@ -183,7 +183,8 @@ fn both_directions_every_family_combination() {
             ),
         ];
         for (i, (client, listener, relayed, peer)) in cases.into_iter().enumerate() {
-            let channel = 0x4000 + u16::try_from(i).expect("small");
+            // Both ends of RFC 8656's range and RFC 5766 numbers (coturn's client uses them).
+            let channel = [0x4000, 0x4FFF, 0x7FD9, 0x5000][i];
             let e = entry(client, listener, channel, relayed, peer);
             fp.add_channel_binding(&e).expect("install binding");
             let data: Vec<u8> = (0..(100 + i)).map(|b| (b * 7) as u8).collect();

@@ -1,1 +1,0 @@
-//! A TURN client for xturnctl and the tests (being written).

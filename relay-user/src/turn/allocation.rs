@@ -1,0 +1,133 @@
+//! One [`Allocation`] (RFC 8656 §2.2): its relayed addresses, its [`Permission`]s and its
+//! channel bindings, with their expiry times.
+//!
+//! This is plain state with lookups; when things are created, refreshed or expire, and which
+//! commands that emits, is decided by `server`.
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use stun_codec::TransactionId;
+
+use super::{ChannelBinding, FiveTuple, ListenerId, RelayedAddress};
+
+/// A permission: the allocation may exchange data with this peer IP until `expires`.
+#[derive(Debug, Clone)]
+pub struct Permission {
+    pub(crate) expires: Instant,
+    /// When the timer for this permission is due (see `server` for the re-arming scheme).
+    pub(crate) timer_at: Instant,
+}
+
+impl Permission {
+    /// When the permission expires unless refreshed.
+    pub fn expires(&self) -> Instant {
+        self.expires
+    }
+}
+
+/// A channel number of an allocation, bound to a peer or cooling down after expiry.
+#[derive(Debug, Clone)]
+pub(crate) struct Channel {
+    pub(crate) peer: SocketAddr,
+    pub(crate) expires: Instant,
+    pub(crate) timer_at: Instant,
+    /// `false` once expired: for 5 more minutes neither the number nor the peer may be bound to
+    /// anything else (RFC 8656 §12), and no data flows.
+    pub(crate) bound: bool,
+}
+
+/// An allocation: relayed transport address(es) held for one client 5-tuple.
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub(crate) five_tuple: FiveTuple,
+    pub(crate) listener: ListenerId,
+    pub(crate) username: String,
+    /// One address, or two (IPv4 first) for a dual-stack allocation.
+    pub(crate) relayed: Vec<RelayedAddress>,
+    pub(crate) expires: Instant,
+    pub(crate) timer_at: Instant,
+    /// The Allocate that created it, to recognise retransmissions.
+    pub(crate) transaction_id: TransactionId,
+    pub(crate) permissions: HashMap<IpAddr, Permission>,
+    pub(crate) channels: HashMap<u16, Channel>,
+    pub(crate) channel_by_peer: HashMap<SocketAddr, u16>,
+}
+
+impl Allocation {
+    /// The client 5-tuple.
+    pub fn five_tuple(&self) -> FiveTuple {
+        self.five_tuple
+    }
+
+    /// The listener the client talks to.
+    pub fn listener(&self) -> ListenerId {
+        self.listener
+    }
+
+    /// The username that created it (later requests must use the same one).
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// Its relayed transport addresses.
+    pub fn relayed_addresses(&self) -> &[RelayedAddress] {
+        &self.relayed
+    }
+
+    /// When it expires unless refreshed.
+    pub fn expires(&self) -> Instant {
+        self.expires
+    }
+
+    /// Its permissions, by peer IP.
+    pub fn permissions(&self) -> impl Iterator<Item = (IpAddr, &Permission)> {
+        self.permissions.iter().map(|(ip, p)| (*ip, p))
+    }
+
+    /// Its bound channels (not those cooling down after expiry).
+    pub fn channel_bindings(&self) -> impl Iterator<Item = ChannelBinding> + '_ {
+        self.channels
+            .iter()
+            .filter(|(_, c)| c.bound)
+            .filter_map(|(number, c)| self.binding(*number, c.peer))
+    }
+
+    /// The relayed address of the same family as `peer`, if the allocation has one.
+    pub fn relayed_for(&self, peer: IpAddr) -> Option<SocketAddr> {
+        self.relayed
+            .iter()
+            .map(|r| r.0)
+            .find(|r| r.is_ipv4() == peer.is_ipv4())
+    }
+
+    pub(crate) fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&peer).is_some_and(|p| p.expires > now)
+    }
+
+    /// The peer of a bound, unexpired channel.
+    pub(crate) fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels
+            .get(&number)
+            .filter(|c| c.bound && c.expires > now)
+            .map(|c| c.peer)
+    }
+
+    /// The bound, unexpired channel to `peer`.
+    pub(crate) fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        let number = *self.channel_by_peer.get(&peer)?;
+        self.channel_peer(number, now).map(|_| number)
+    }
+
+    /// The [`ChannelBinding`] of `number` to `peer`.
+    pub(crate) fn binding(&self, number: u16, peer: SocketAddr) -> Option<ChannelBinding> {
+        Some(ChannelBinding {
+            listener: self.listener,
+            client: self.five_tuple.client,
+            server: self.five_tuple.server,
+            relayed: self.relayed_for(peer.ip())?,
+            peer,
+            channel: number,
+        })
+    }
+}

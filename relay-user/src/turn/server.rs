@@ -1,0 +1,1627 @@
+//! [`Server`]: request handling, the data paths, the two-phase relayed-port binding and timers.
+//!
+//! Timers: every allocation, permission, channel and reservation has one entry in a min-heap,
+//! at `timer_at`. Refreshing only moves `expires` later; when the entry comes due the item is
+//! either expired or the entry is pushed again at the new `expires`. An entry whose time is not
+//! its item's `timer_at` is stale and ignored. This keeps the heap at one live entry per item
+//! however often clients refresh.
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytecodec::{DecodeExt as _, EncodeExt as _};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use stun_codec::Attribute as _;
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5766::methods::{
+    ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
+};
+use stun_codec::rfc8656::attributes::AddressFamily;
+use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
+use tracing::{debug, info, warn};
+
+use super::allocation::{Allocation, Channel, Permission};
+use super::attributes::{
+    AdditionalAddressFamily, AddressErrorCode, Attribute, ChannelNumber, Data, DontFragment,
+    ErrorCode, EvenPort, IGNORED_REQUIRED, Lifetime, Nonce, PasswordAlgorithm, PasswordAlgorithms,
+    Realm, RequestedAddressFamily, RequestedTransport, ReservationToken, Software,
+    UnknownAttributes, UserHash, Username, XorMappedAddress, XorPeerAddress, XorRelayAddress,
+};
+use super::ports::Ports;
+use super::stats::Stats;
+use super::txcache::TransactionCache;
+use super::wire::{self, Demux, FrameError, Header, StunFrame};
+use super::{BindFailure, Command, FiveTuple, ListenerId, RelayedAddress, ServerConfig, Transport};
+use crate::auth::{self, Credentials, IntegrityAlgorithm, NonceCheck, NonceMint};
+use crate::policy::PeerPolicy;
+
+/// How many port choices one Allocate makes in all (each AddressInUse costs one) before 508.
+const MAX_BIND_ATTEMPTS: u32 = 16;
+/// How long the port held by EVEN-PORT's R bit waits for its RESERVATION-TOKEN (RFC 8656 §7.2).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// After a channel binding expires, neither its number nor its peer may be rebound to
+/// something else for this long (RFC 8656 §12).
+const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+/// Permissions one allocation may hold (beyond: 508), to bound memory per client.
+const MAX_PERMISSIONS_PER_ALLOCATION: usize = 1024;
+/// Transaction cache entries live a little longer than a client's last retransmission.
+const TX_CACHE_TTL: Duration = Duration::from_secs(40);
+const TX_CACHE_CAPACITY: usize = 8192;
+/// REQUESTED-TRANSPORT value of UDP.
+const PROTOCOL_UDP: u8 = 17;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Allocation(FiveTuple),
+    Permission(FiveTuple, IpAddr),
+    Channel(FiveTuple, u16),
+    Reservation(u64),
+}
+
+/// Who sent an authenticated request, and how to sign the response.
+#[derive(Debug, Clone)]
+struct AuthContext {
+    username: String,
+    key: Vec<u8>,
+    integrity: IntegrityAlgorithm,
+}
+
+/// What a request handler decided.
+#[derive(Debug)]
+enum Reply {
+    Success(Vec<Attribute>),
+    Error(u16, Vec<Attribute>),
+    /// The response comes later (an Allocate waiting for its relayed sockets).
+    Parked,
+}
+
+impl Reply {
+    fn error(code: u16) -> Self {
+        Reply::Error(code, Vec::new())
+    }
+}
+
+/// A port held by EVEN-PORT's R bit until claimed with RESERVATION-TOKEN or expired.
+#[derive(Debug)]
+struct Reservation {
+    addr: SocketAddr,
+    expires: Instant,
+}
+
+/// The relayed socket(s) of one address family of a parked Allocate.
+#[derive(Debug)]
+struct BindGroup {
+    family: AddressFamily,
+    ip: IpAddr,
+    /// The additional family of a dual-stack Allocate: if it fails, the Allocate still
+    /// succeeds with ADDRESS-ERROR-CODE.
+    optional: bool,
+    even: bool,
+    /// EVEN-PORT with R: the group is `port` and `port + 1`; the second is reserved.
+    pair: bool,
+    /// Addresses being bound, and whether their bind succeeded yet.
+    binds: Vec<(SocketAddr, bool)>,
+}
+
+/// An Allocate whose relayed sockets are being bound.
+#[derive(Debug)]
+struct PendingAllocate {
+    five_tuple: FiveTuple,
+    listener: ListenerId,
+    header: Header,
+    auth: AuthContext,
+    lifetime: Duration,
+    groups: Vec<BindGroup>,
+    attempts: u32,
+    /// Addresses that failed to bind: not tried again.
+    tried: HashSet<SocketAddr>,
+    address_error: Option<(AddressFamily, u16)>,
+}
+
+/// The sans-IO TURN server. See the [module documentation](super).
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    credentials: Credentials,
+    policy: PeerPolicy,
+    nonces: NonceMint,
+    rng: StdRng,
+    start: Instant,
+    start_unix: Duration,
+    software: Software,
+
+    allocations: HashMap<FiveTuple, Allocation>,
+    by_relayed: HashMap<SocketAddr, FiveTuple>,
+    /// Allocations and parked Allocates per user (see `Credentials::quota_key`).
+    per_user: HashMap<String, usize>,
+    pending: HashMap<u64, PendingAllocate>,
+    pending_by_tuple: HashMap<FiveTuple, u64>,
+    pending_by_addr: HashMap<SocketAddr, u64>,
+    next_pending: u64,
+    /// Binds still outstanding for Allocates that no longer need them: released on arrival.
+    abandoned: HashSet<SocketAddr>,
+    reservations: HashMap<u64, Reservation>,
+    ports: Ports,
+
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    tx_cache: TransactionCache,
+    commands: VecDeque<Command>,
+    stats: Stats,
+}
+
+fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        401 => "Unauthenticated",
+        403 => "Forbidden",
+        420 => "Unknown Attribute",
+        437 => "Allocation Mismatch",
+        438 => "Stale Nonce",
+        440 => "Address Family not Supported",
+        441 => "Wrong Credentials",
+        442 => "Unsupported Transport Protocol",
+        443 => "Peer Address Family Mismatch",
+        486 => "Allocation Quota Reached",
+        508 => "Insufficient Capacity",
+        _ => "Error",
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::V4
+    } else {
+        AddressFamily::V6
+    }
+}
+
+fn lifetime_attr(lifetime: Duration) -> Lifetime {
+    Lifetime::from_u32(u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX))
+}
+
+/// Schedules `timer` at `expires` unless a live entry already comes due no later.
+fn arm(
+    timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>,
+    timer_at: &mut Instant,
+    expires: Instant,
+    timer: Timer,
+) {
+    if expires < *timer_at {
+        *timer_at = expires;
+        timers.push(Reverse((expires, timer)));
+    }
+}
+
+/// The comprehension-required attributes of `message` that we do not understand.
+fn unknown_required(message: &Message<Attribute>) -> Vec<stun_codec::AttributeType> {
+    message
+        .unknown_attributes()
+        .map(|a| a.get_type())
+        .filter(|t| t.is_comprehension_required() && !IGNORED_REQUIRED.contains(&t.as_u16()))
+        .collect()
+}
+
+/// The allocation of `five_tuple`, if `auth` may use it: else 437 or 441.
+fn owned_allocation<'a>(
+    allocations: &'a mut HashMap<FiveTuple, Allocation>,
+    five_tuple: &FiveTuple,
+    auth: &AuthContext,
+) -> Result<&'a mut Allocation, Reply> {
+    match allocations.get_mut(five_tuple) {
+        None => Err(Reply::error(437)),
+        Some(allocation) if allocation.username != auth.username => Err(Reply::error(441)),
+        Some(allocation) => Ok(allocation),
+    }
+}
+
+fn decode(frame: &StunFrame<'_>) -> Option<Message<Attribute>> {
+    let bytes = frame.codec_bytes();
+    match MessageDecoder::<Attribute>::new().decode_from_bytes(&bytes) {
+        Ok(Ok(message)) => Some(message),
+        Ok(Err(broken)) => {
+            debug!(error = %broken.error(), "undecodable STUN attributes");
+            None
+        }
+        Err(error) => {
+            debug!(%error, "undecodable STUN message");
+            None
+        }
+    }
+}
+
+impl Server {
+    /// A server with no allocations. `nonce_key` keys the stateless nonces, `rng_seed` seeds
+    /// every random choice (ports, reservation tokens, transaction ids of Data indications),
+    /// `start` and `start_unix` are the same moment on the monotonic and the wall clock.
+    pub fn new(
+        config: ServerConfig,
+        credentials: Credentials,
+        policy: PeerPolicy,
+        nonce_key: [u8; 32],
+        rng_seed: u64,
+        start: Instant,
+        start_unix: SystemTime,
+    ) -> Self {
+        if credentials.realm() != config.realm {
+            warn!(
+                server_realm = %config.realm,
+                credentials_realm = %credentials.realm(),
+                "credentials were made for another realm: USERHASH lookups will fail"
+            );
+        }
+        let software: String = config.software.chars().take(127).collect();
+        let software = Software::new(software).unwrap_or(Software::new_static("xturn"));
+        let start_unix = start_unix.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Server {
+            ports: Ports::new(config.min_port, config.max_port),
+            config,
+            credentials,
+            policy,
+            nonces: NonceMint::new(&nonce_key),
+            rng: StdRng::seed_from_u64(rng_seed),
+            start,
+            start_unix,
+            software,
+            allocations: HashMap::new(),
+            by_relayed: HashMap::new(),
+            per_user: HashMap::new(),
+            pending: HashMap::new(),
+            pending_by_tuple: HashMap::new(),
+            pending_by_addr: HashMap::new(),
+            next_pending: 0,
+            abandoned: HashSet::new(),
+            reservations: HashMap::new(),
+            timers: BinaryHeap::new(),
+            tx_cache: TransactionCache::new(TX_CACHE_TTL, TX_CACHE_CAPACITY),
+            commands: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Number of allocations (not counting Allocates still binding their sockets).
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// The allocations.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    /// The allocation of a client 5-tuple.
+    pub fn allocation(&self, five_tuple: &FiveTuple) -> Option<&Allocation> {
+        self.allocations.get(five_tuple)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tx_cache_len(&self) -> usize {
+        self.tx_cache.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending.len() + self.pending_by_addr.len() + self.abandoned.len()
+    }
+
+    /// The next command for the I/O layer. Drain after every `handle_*` call.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When [`Server::handle_timeout`] should next be called: the earliest expiry of anything
+    /// (possibly a little early, never late).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        (self.start_unix + now.saturating_duration_since(self.start)).as_secs()
+    }
+
+    fn listener_name(&self, listener: ListenerId) -> &str {
+        self.config
+            .listeners
+            .get(usize::from(listener.0))
+            .map_or("", |l| l.name.as_str())
+    }
+
+    fn relay_ip(&self, family: AddressFamily) -> Option<IpAddr> {
+        match family {
+            AddressFamily::V4 => self.config.relay_ipv4.map(IpAddr::V4),
+            AddressFamily::V6 => self.config.relay_ipv6.map(IpAddr::V6),
+        }
+    }
+
+    /// max(default, min(requested, max)) as RFC 8656 §7.2 and §7.3 prescribe.
+    fn grant_lifetime(&self, requested: Option<Duration>) -> Duration {
+        match requested {
+            None => self.config.default_lifetime,
+            Some(r) => r
+                .min(self.config.max_lifetime)
+                .max(self.config.default_lifetime),
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Client datagrams
+    // ---------------------------------------------------------------------------------------
+
+    /// A UDP datagram from `client` arrived on listener `listener`.
+    pub fn handle_client_datagram(
+        &mut self,
+        listener: ListenerId,
+        client: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) {
+        let Some(server) = self
+            .config
+            .listeners
+            .get(usize::from(listener.0))
+            .map(|l| l.addr)
+        else {
+            warn!(?listener, "datagram on an unknown listener");
+            self.stats.malformed_dropped += 1;
+            return;
+        };
+        let five_tuple = FiveTuple {
+            client,
+            server,
+            transport: Transport::Udp,
+        };
+        match wire::demux(data) {
+            Demux::Stun => self.handle_stun(listener, five_tuple, data, now),
+            Demux::ChannelData => self.handle_client_channel_data(five_tuple, data, now),
+            Demux::Other => self.stats.malformed_dropped += 1,
+        }
+    }
+
+    fn handle_stun(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        data: &[u8],
+        now: Instant,
+    ) {
+        let frame = match StunFrame::parse(data) {
+            Ok(frame) => frame,
+            Err(FrameError::BadAttributes(header)) if header.class == MessageClass::Request => {
+                self.count_request(header);
+                self.respond(listener, five_tuple, header, Reply::error(400), None, None);
+                return;
+            }
+            Err(error) => {
+                debug!(client = %five_tuple.client, ?error, "dropping malformed STUN");
+                self.stats.malformed_dropped += 1;
+                return;
+            }
+        };
+        match frame.header.class {
+            MessageClass::Request => self.handle_request(listener, five_tuple, &frame, now),
+            MessageClass::Indication => self.handle_indication(listener, five_tuple, &frame, now),
+            MessageClass::SuccessResponse | MessageClass::ErrorResponse => {
+                self.stats.malformed_dropped += 1;
+            }
+        }
+    }
+
+    fn count_request(&mut self, header: Header) {
+        let counter = match header.method {
+            BINDING => &mut self.stats.binding_requests,
+            ALLOCATE => &mut self.stats.allocate_requests,
+            REFRESH => &mut self.stats.refresh_requests,
+            CREATE_PERMISSION => &mut self.stats.create_permission_requests,
+            CHANNEL_BIND => &mut self.stats.channel_bind_requests,
+            _ => &mut self.stats.other_requests,
+        };
+        *counter += 1;
+    }
+
+    fn handle_request(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        frame: &StunFrame<'_>,
+        now: Instant,
+    ) {
+        let header = frame.header;
+        self.count_request(header);
+        let key = (five_tuple, header.transaction_id, header.method);
+        if let Some(response) = self.tx_cache.get(&key, now) {
+            let data = response.to_vec();
+            self.stats.retransmissions_answered_from_cache += 1;
+            self.commands.push_back(Command::SendToClient {
+                listener,
+                client: five_tuple.client,
+                data,
+            });
+            return;
+        }
+        if let Some(id) = self.pending_by_tuple.get(&five_tuple)
+            && self
+                .pending
+                .get(id)
+                .is_some_and(|p| p.header.transaction_id == header.transaction_id)
+        {
+            // A retransmission while its relayed sockets are being bound: the answer is coming.
+            return;
+        }
+        let Some(message) = decode(frame) else {
+            self.respond(listener, five_tuple, header, Reply::error(400), None, None);
+            return;
+        };
+        if header.method == BINDING {
+            let reply = match unknown_required(&message) {
+                unknown if !unknown.is_empty() => {
+                    Reply::Error(420, vec![UnknownAttributes::new(unknown).into()])
+                }
+                _ => Reply::Success(vec![XorMappedAddress::new(five_tuple.client).into()]),
+            };
+            self.respond(listener, five_tuple, header, reply, None, None);
+            return;
+        }
+        if !matches!(
+            header.method,
+            ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
+        ) {
+            self.respond(listener, five_tuple, header, Reply::error(400), None, None);
+            return;
+        }
+        let auth = match self.authenticate(five_tuple.client, frame, &message, now) {
+            Ok(auth) => auth,
+            Err(reply) => {
+                self.respond(listener, five_tuple, header, reply, None, None);
+                return;
+            }
+        };
+        let unknown = unknown_required(&message);
+        let reply = if !unknown.is_empty() {
+            Reply::Error(420, vec![UnknownAttributes::new(unknown).into()])
+        } else {
+            match header.method {
+                ALLOCATE => self.allocate(listener, five_tuple, header, &message, &auth, now),
+                REFRESH => self.refresh(five_tuple, &message, &auth, now),
+                CREATE_PERMISSION => {
+                    self.create_permission(listener, five_tuple, &message, &auth, now)
+                }
+                _ => self.channel_bind(listener, five_tuple, &message, &auth, now),
+            }
+        };
+        if !matches!(reply, Reply::Parked) {
+            self.respond(listener, five_tuple, header, reply, Some(&auth), Some(now));
+        }
+    }
+
+    /// Encodes and sends a response; `cache_at`: remember it for retransmissions.
+    fn respond(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        header: Header,
+        reply: Reply,
+        auth: Option<&AuthContext>,
+        cache_at: Option<Instant>,
+    ) {
+        let (class, mut attributes) = match reply {
+            Reply::Success(attributes) => (MessageClass::SuccessResponse, attributes),
+            Reply::Error(code, attributes) => {
+                self.stats.count_error(code);
+                let mut all = Vec::with_capacity(attributes.len() + 1);
+                match ErrorCode::new(code, reason_phrase(code).to_owned()) {
+                    Ok(error) => all.push(error.into()),
+                    Err(error) => warn!(code, %error, "bad error code"),
+                }
+                all.extend(attributes);
+                (MessageClass::ErrorResponse, all)
+            }
+            Reply::Parked => return,
+        };
+        attributes.push(self.software.clone().into());
+        let mut message = Message::<Attribute>::new(class, header.method, header.transaction_id);
+        for attribute in attributes {
+            message.add_attribute(attribute);
+        }
+        let mut bytes = match MessageEncoder::<Attribute>::new().encode_into_bytes(message) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                warn!(%error, "could not encode a response");
+                return;
+            }
+        };
+        if let Some(auth) = auth {
+            wire::append_integrity(&mut bytes, auth.integrity, &auth.key);
+        }
+        wire::append_fingerprint(&mut bytes);
+        if let Some(now) = cache_at {
+            self.tx_cache.insert(
+                (five_tuple, header.transaction_id, header.method),
+                bytes.clone(),
+                now,
+            );
+        }
+        self.commands.push_back(Command::SendToClient {
+            listener,
+            client: five_tuple.client,
+            data: bytes,
+        });
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Authentication (RFC 8489 §9.2.4)
+    // ---------------------------------------------------------------------------------------
+
+    /// A 401 or 438 carrying what the client needs to (re)authenticate.
+    fn challenge(&self, code: u16, client: SocketAddr, unix_now: u64) -> Reply {
+        let mut attributes: Vec<Attribute> = Vec::with_capacity(3);
+        match Realm::new(self.config.realm.clone()) {
+            Ok(realm) => attributes.push(realm.into()),
+            Err(error) => warn!(%error, "realm cannot be sent"),
+        }
+        let expires = unix_now.saturating_add(self.config.nonce_lifetime.as_secs());
+        match Nonce::new(self.nonces.issue(client, expires)) {
+            Ok(nonce) => attributes.push(nonce.into()),
+            Err(error) => warn!(%error, "nonce cannot be sent"),
+        }
+        attributes.push(PasswordAlgorithms::new(&auth::PasswordAlgorithm::OFFERED).into());
+        Reply::Error(code, attributes)
+    }
+
+    fn authenticate(
+        &mut self,
+        client: SocketAddr,
+        frame: &StunFrame<'_>,
+        message: &Message<Attribute>,
+        now: Instant,
+    ) -> Result<AuthContext, Reply> {
+        let unix_now = self.unix_now(now);
+        let Some(integrity) = frame.integrity else {
+            return Err(self.challenge(401, client, unix_now));
+        };
+        let username = message.get_attribute::<Username>();
+        let userhash = message.get_attribute::<UserHash>();
+        let (Some(_), Some(nonce)) = (
+            message.get_attribute::<Realm>(),
+            message.get_attribute::<Nonce>(),
+        ) else {
+            return Err(Reply::error(400));
+        };
+        if username.is_some() == userhash.is_some() {
+            // Neither, or both.
+            return Err(Reply::error(400));
+        }
+        match self.nonces.check(nonce.value(), client, unix_now) {
+            NonceCheck::Valid => {}
+            NonceCheck::Stale | NonceCheck::Invalid => {
+                self.stats.stale_nonces += 1;
+                return Err(self.challenge(438, client, unix_now));
+            }
+        }
+        // The nonce is ours and announces PASSWORD-ALGORITHMS: guard against a downgrade.
+        let algorithm = match (
+            message.get_attribute::<PasswordAlgorithm>(),
+            message.get_attribute::<PasswordAlgorithms>(),
+        ) {
+            (None, None) => auth::PasswordAlgorithm::Md5,
+            (Some(chosen), Some(offered))
+                if *offered == PasswordAlgorithms::new(&auth::PasswordAlgorithm::OFFERED)
+                    && offered.contains(chosen) =>
+            {
+                chosen.algorithm().ok_or(Reply::error(400))?
+            }
+            _ => return Err(Reply::error(400)),
+        };
+        let username = match (username, userhash) {
+            (Some(username), _) => username.name().to_owned(),
+            (None, Some(hash)) => match self.credentials.username_by_hash(hash.hash()) {
+                Some(name) => name.to_owned(),
+                None => {
+                    self.stats.auth_failures += 1;
+                    debug!(%client, "unknown USERHASH");
+                    return Err(self.challenge(401, client, unix_now));
+                }
+            },
+            (None, None) => return Err(Reply::error(400)),
+        };
+        let keys = match self
+            .credentials
+            .keys(&username, &self.config.realm, algorithm, unix_now)
+        {
+            Ok(keys) => keys,
+            Err(error) => {
+                self.stats.auth_failures += 1;
+                debug!(%client, %error, "authentication failed");
+                return Err(self.challenge(401, client, unix_now));
+            }
+        };
+        match keys.into_iter().find(|key| frame.verify_integrity(key)) {
+            Some(key) => Ok(AuthContext {
+                username,
+                key,
+                integrity: integrity.algorithm,
+            }),
+            None => {
+                self.stats.auth_failures += 1;
+                debug!(%client, %username, "wrong message integrity");
+                Err(self.challenge(401, client, unix_now))
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Allocate (RFC 8656 §7.2) and the relayed-port binding
+    // ---------------------------------------------------------------------------------------
+
+    fn allocate(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        header: Header,
+        message: &Message<Attribute>,
+        auth: &AuthContext,
+        now: Instant,
+    ) -> Reply {
+        if let Some(allocation) = self.allocations.get(&five_tuple) {
+            if allocation.transaction_id == header.transaction_id
+                && allocation.username == auth.username
+            {
+                // A retransmission whose cached response is gone: answer from the allocation.
+                let lifetime = allocation.expires.saturating_duration_since(now);
+                let relayed = allocation.relayed.clone();
+                return Reply::Success(
+                    self.allocate_success(&relayed, lifetime, five_tuple, None, None),
+                );
+            }
+            return Reply::error(437);
+        }
+        if self.pending_by_tuple.contains_key(&five_tuple) {
+            return Reply::error(437);
+        }
+        let Some(transport) = message.get_attribute::<RequestedTransport>() else {
+            return Reply::error(400);
+        };
+        if transport.protocol() != PROTOCOL_UDP {
+            return Reply::error(442);
+        }
+        let token = message
+            .get_attribute::<ReservationToken>()
+            .map(ReservationToken::token);
+        let even_port = message
+            .get_attribute::<EvenPort>()
+            .map(EvenPort::is_requested);
+        let requested = message
+            .get_attribute::<RequestedAddressFamily>()
+            .map(RequestedAddressFamily::address_family);
+        let additional = message
+            .get_attribute::<AdditionalAddressFamily>()
+            .map(AdditionalAddressFamily::address_family);
+        if token.is_some() && (even_port.is_some() || requested.is_some() || additional.is_some()) {
+            return Reply::error(400);
+        }
+        if requested.is_some() && additional.is_some() {
+            return Reply::error(400);
+        }
+        if additional.is_some() && (additional != Some(AddressFamily::V6) || even_port.is_some()) {
+            return Reply::error(400);
+        }
+        let primary = requested.unwrap_or(AddressFamily::V4);
+        let primary_ip = self.relay_ip(primary);
+        if token.is_none() && primary_ip.is_none() {
+            return Reply::error(440);
+        }
+        if self
+            .per_user
+            .get(self.credentials.quota_key(&auth.username))
+            .copied()
+            .unwrap_or(0)
+            >= self.config.max_allocations_per_user
+        {
+            self.stats.quota_rejections += 1;
+            return Reply::error(486);
+        }
+        if self.allocations.len() + self.pending.len() >= self.config.max_allocations {
+            self.stats.quota_rejections += 1;
+            return Reply::error(508);
+        }
+        let lifetime =
+            self.grant_lifetime(message.get_attribute::<Lifetime>().map(Lifetime::lifetime));
+
+        if let Some(token) = token {
+            // The reserved socket is bound already: the allocation takes it over as it is.
+            let Some(reservation) = self.reservations.remove(&token) else {
+                return Reply::error(508);
+            };
+            let relayed = vec![RelayedAddress(reservation.addr)];
+            self.insert_allocation(
+                listener,
+                five_tuple,
+                header.transaction_id,
+                &auth.username,
+                relayed.clone(),
+                lifetime,
+                now,
+            );
+            return Reply::Success(
+                self.allocate_success(&relayed, lifetime, five_tuple, None, None),
+            );
+        }
+        let Some(primary_ip) = primary_ip else {
+            return Reply::error(440);
+        };
+
+        let mut groups = vec![BindGroup {
+            family: primary,
+            ip: primary_ip,
+            optional: false,
+            even: even_port.is_some(),
+            pair: even_port == Some(true),
+            binds: Vec::new(),
+        }];
+        let mut address_error = None;
+        if additional == Some(AddressFamily::V6) {
+            match self.relay_ip(AddressFamily::V6) {
+                Some(ip) => groups.push(BindGroup {
+                    family: AddressFamily::V6,
+                    ip,
+                    optional: true,
+                    even: false,
+                    pair: false,
+                    binds: Vec::new(),
+                }),
+                None => address_error = Some((AddressFamily::V6, 440)),
+            }
+        }
+        let tried = HashSet::new();
+        let mut kept = Vec::with_capacity(groups.len());
+        for mut group in groups {
+            if self.pick_ports(&mut group, &tried) {
+                kept.push(group);
+            } else if group.optional {
+                address_error = Some((group.family, 508));
+            } else {
+                for group in &kept {
+                    for (addr, _) in &group.binds {
+                        self.ports.release(*addr);
+                    }
+                }
+                debug!(client = %five_tuple.client, "no relayed port free");
+                return Reply::error(508);
+            }
+        }
+
+        let id = self.next_pending;
+        self.next_pending += 1;
+        for group in &kept {
+            for (addr, _) in &group.binds {
+                self.pending_by_addr.insert(*addr, id);
+                self.commands.push_back(Command::BindRelay { addr: *addr });
+            }
+        }
+        self.count_user(&auth.username);
+        self.pending_by_tuple.insert(five_tuple, id);
+        self.pending.insert(
+            id,
+            PendingAllocate {
+                five_tuple,
+                listener,
+                header,
+                auth: auth.clone(),
+                lifetime,
+                groups: kept,
+                attempts: 1,
+                tried,
+                address_error,
+            },
+        );
+        Reply::Parked
+    }
+
+    /// Chooses (and claims) the port(s) of `group`. `false` if none is free.
+    fn pick_ports(&mut self, group: &mut BindGroup, tried: &HashSet<SocketAddr>) -> bool {
+        let Some(port) = self
+            .ports
+            .pick(group.ip, group.even, group.pair, tried, &mut self.rng)
+        else {
+            return false;
+        };
+        group.binds = vec![(SocketAddr::new(group.ip, port), false)];
+        if group.pair
+            && let Some(next) = port.checked_add(1)
+        {
+            group.binds.push((SocketAddr::new(group.ip, next), false));
+        }
+        for (addr, _) in &group.binds {
+            self.ports.claim(*addr);
+        }
+        true
+    }
+
+    /// Outcome of a [`Command::BindRelay`].
+    pub fn handle_relay_bound(
+        &mut self,
+        addr: SocketAddr,
+        result: Result<(), BindFailure>,
+        now: Instant,
+    ) {
+        if result.is_err() {
+            self.stats.relay_bind_failures += 1;
+        }
+        if self.abandoned.remove(&addr) {
+            if result.is_ok() {
+                self.commands.push_back(Command::ReleaseRelay { addr });
+            }
+            self.ports.release(addr);
+            return;
+        }
+        let Some(id) = self.pending_by_addr.remove(&addr) else {
+            warn!(%addr, ?result, "bind outcome for an address nobody is binding");
+            if result.is_ok() && !self.ports.is_claimed(addr) {
+                self.commands.push_back(Command::ReleaseRelay { addr });
+            }
+            return;
+        };
+        let Some(mut pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let Some(index) = pending
+            .groups
+            .iter()
+            .position(|g| g.binds.iter().any(|(a, _)| *a == addr))
+        else {
+            self.pending.insert(id, pending);
+            return;
+        };
+        match result {
+            Ok(()) => {
+                for bind in &mut pending.groups[index].binds {
+                    if bind.0 == addr {
+                        bind.1 = true;
+                    }
+                }
+            }
+            Err(failure) => {
+                self.ports.release(addr);
+                pending.tried.insert(addr);
+                let mut group = pending.groups.remove(index);
+                // The rest of the group is useless without this address.
+                for (other, bound) in group.binds.drain(..) {
+                    if other == addr {
+                        continue;
+                    }
+                    if bound {
+                        self.ports.release(other);
+                        self.commands
+                            .push_back(Command::ReleaseRelay { addr: other });
+                    } else {
+                        self.pending_by_addr.remove(&other);
+                        self.abandoned.insert(other);
+                    }
+                }
+                let retried = failure == BindFailure::AddressInUse
+                    && pending.attempts < MAX_BIND_ATTEMPTS
+                    && self.pick_ports(&mut group, &pending.tried);
+                if retried {
+                    pending.attempts += 1;
+                    for (other, _) in &group.binds {
+                        self.pending_by_addr.insert(*other, id);
+                        self.commands.push_back(Command::BindRelay { addr: *other });
+                    }
+                    pending.groups.insert(index, group);
+                } else if group.optional {
+                    debug!(%addr, ?failure, "additional address family unavailable");
+                    pending.address_error = Some((group.family, 508));
+                } else {
+                    info!(%addr, ?failure, attempts = pending.attempts, "could not bind a relayed port");
+                    self.fail_pending(&pending);
+                    return;
+                }
+            }
+        }
+        let done = pending
+            .groups
+            .iter()
+            .all(|g| g.binds.iter().all(|(_, bound)| *bound));
+        if done {
+            self.complete_pending(&pending, now);
+        } else {
+            self.pending.insert(id, pending);
+        }
+    }
+
+    fn fail_pending(&mut self, pending: &PendingAllocate) {
+        for group in &pending.groups {
+            for (addr, bound) in &group.binds {
+                if *bound {
+                    self.ports.release(*addr);
+                    self.commands
+                        .push_back(Command::ReleaseRelay { addr: *addr });
+                } else {
+                    self.pending_by_addr.remove(addr);
+                    self.abandoned.insert(*addr);
+                }
+            }
+        }
+        self.pending_by_tuple.remove(&pending.five_tuple);
+        self.forget_user(&pending.auth.username);
+        // Not cached: a retransmission may try again.
+        self.respond(
+            pending.listener,
+            pending.five_tuple,
+            pending.header,
+            Reply::error(508),
+            Some(&pending.auth),
+            None,
+        );
+    }
+
+    fn complete_pending(&mut self, pending: &PendingAllocate, now: Instant) {
+        self.pending_by_tuple.remove(&pending.five_tuple);
+        let mut relayed = Vec::with_capacity(pending.groups.len());
+        let mut token = None;
+        for group in &pending.groups {
+            let Some((addr, _)) = group.binds.first() else {
+                continue;
+            };
+            relayed.push(RelayedAddress(*addr));
+            if let Some((reserved, _)) = group.binds.get(1) {
+                let mut value: u64 = self.rng.random();
+                while self.reservations.contains_key(&value) {
+                    value = self.rng.random();
+                }
+                let expires = now + RESERVATION_LIFETIME;
+                self.reservations.insert(
+                    value,
+                    Reservation {
+                        addr: *reserved,
+                        expires,
+                    },
+                );
+                self.timers
+                    .push(Reverse((expires, Timer::Reservation(value))));
+                token = Some(value);
+            }
+        }
+        // IPv4 first, as the RFC lists them.
+        relayed.sort_by_key(|r| r.0.is_ipv6());
+        // `per_user` already counts this allocation (since it was parked).
+        self.forget_user(&pending.auth.username);
+        self.insert_allocation(
+            pending.listener,
+            pending.five_tuple,
+            pending.header.transaction_id,
+            &pending.auth.username,
+            relayed.clone(),
+            pending.lifetime,
+            now,
+        );
+        let attributes = self.allocate_success(
+            &relayed,
+            pending.lifetime,
+            pending.five_tuple,
+            token,
+            pending.address_error,
+        );
+        self.respond(
+            pending.listener,
+            pending.five_tuple,
+            pending.header,
+            Reply::Success(attributes),
+            Some(&pending.auth),
+            Some(now),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_allocation(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        transaction_id: TransactionId,
+        username: &str,
+        relayed: Vec<RelayedAddress>,
+        lifetime: Duration,
+        now: Instant,
+    ) {
+        let expires = now + lifetime;
+        for r in &relayed {
+            self.by_relayed.insert(r.0, five_tuple);
+            self.ports.claim(r.0);
+        }
+        info!(client = %five_tuple.client, %username, relayed = ?relayed, "allocation created");
+        self.allocations.insert(
+            five_tuple,
+            Allocation {
+                five_tuple,
+                listener,
+                username: username.to_owned(),
+                relayed,
+                expires,
+                timer_at: expires,
+                transaction_id,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_by_peer: HashMap::new(),
+            },
+        );
+        self.timers
+            .push(Reverse((expires, Timer::Allocation(five_tuple))));
+        self.count_user(username);
+        self.stats.allocations_created += 1;
+    }
+
+    fn allocate_success(
+        &self,
+        relayed: &[RelayedAddress],
+        lifetime: Duration,
+        five_tuple: FiveTuple,
+        token: Option<u64>,
+        address_error: Option<(AddressFamily, u16)>,
+    ) -> Vec<Attribute> {
+        let mut attributes: Vec<Attribute> = relayed
+            .iter()
+            .map(|r| XorRelayAddress::new(r.0).into())
+            .collect();
+        attributes.push(lifetime_attr(lifetime).into());
+        if let Some(token) = token {
+            attributes.push(ReservationToken::new(token).into());
+        }
+        attributes.push(XorMappedAddress::new(five_tuple.client).into());
+        if let Some((family, code)) = address_error {
+            attributes.push(AddressErrorCode::new(family, code, reason_phrase(code)).into());
+        }
+        attributes
+    }
+
+    fn count_user(&mut self, username: &str) {
+        let key = self.credentials.quota_key(username).to_owned();
+        *self.per_user.entry(key).or_default() += 1;
+    }
+
+    fn forget_user(&mut self, username: &str) {
+        let key = self.credentials.quota_key(username);
+        if let Some(count) = self.per_user.get_mut(key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_user.remove(key);
+            }
+        }
+    }
+
+    /// Removes an allocation: its channels are unbound and its sockets released.
+    fn remove_allocation(&mut self, five_tuple: &FiveTuple, expired: bool) {
+        let Some(allocation) = self.allocations.remove(five_tuple) else {
+            return;
+        };
+        for (number, channel) in &allocation.channels {
+            if channel.bound
+                && let Some(binding) = allocation.binding(*number, channel.peer)
+            {
+                self.commands.push_back(Command::ChannelUnbound(binding));
+            }
+        }
+        for r in &allocation.relayed {
+            self.by_relayed.remove(&r.0);
+            self.ports.release(r.0);
+            self.commands.push_back(Command::ReleaseRelay { addr: r.0 });
+        }
+        self.forget_user(&allocation.username);
+        if expired {
+            self.stats.allocations_expired += 1;
+        } else {
+            self.stats.allocations_deleted += 1;
+        }
+        info!(client = %five_tuple.client, expired, "allocation removed");
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Refresh (§7.3), CreatePermission (§9), ChannelBind (§11)
+    // ---------------------------------------------------------------------------------------
+
+    fn refresh(
+        &mut self,
+        five_tuple: FiveTuple,
+        message: &Message<Attribute>,
+        auth: &AuthContext,
+        now: Instant,
+    ) -> Reply {
+        let requested = message.get_attribute::<Lifetime>().map(Lifetime::lifetime);
+        let lifetime = self.grant_lifetime(requested);
+        let allocation = match owned_allocation(&mut self.allocations, &five_tuple, auth) {
+            Ok(allocation) => allocation,
+            Err(reply) => return reply,
+        };
+        if let Some(family) = message.get_attribute::<RequestedAddressFamily>()
+            && !allocation
+                .relayed
+                .iter()
+                .any(|r| family_of(r.0.ip()) == family.address_family())
+        {
+            return Reply::error(443);
+        }
+        if requested == Some(Duration::ZERO) {
+            self.remove_allocation(&five_tuple, false);
+            return Reply::Success(vec![lifetime_attr(Duration::ZERO).into()]);
+        }
+        allocation.expires = now + lifetime;
+        arm(
+            &mut self.timers,
+            &mut allocation.timer_at,
+            allocation.expires,
+            Timer::Allocation(five_tuple),
+        );
+        Reply::Success(vec![lifetime_attr(lifetime).into()])
+    }
+
+    /// Installs or refreshes the permission for `peer` on `allocation`; `true` if it is new.
+    fn install_permission(
+        timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>,
+        allocation: &mut Allocation,
+        peer: IpAddr,
+        expires: Instant,
+    ) -> bool {
+        let five_tuple = allocation.five_tuple;
+        match allocation.permissions.get_mut(&peer) {
+            Some(permission) => {
+                permission.expires = expires;
+                arm(
+                    timers,
+                    &mut permission.timer_at,
+                    expires,
+                    Timer::Permission(five_tuple, peer),
+                );
+                false
+            }
+            None => {
+                allocation.permissions.insert(
+                    peer,
+                    Permission {
+                        expires,
+                        timer_at: expires,
+                    },
+                );
+                timers.push(Reverse((expires, Timer::Permission(five_tuple, peer))));
+                true
+            }
+        }
+    }
+
+    fn create_permission(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        message: &Message<Attribute>,
+        auth: &AuthContext,
+        now: Instant,
+    ) -> Reply {
+        let peers: Vec<IpAddr> = message
+            .attributes()
+            .filter_map(|a| match a {
+                Attribute::XorPeerAddress(peer) => Some(peer.address().ip()),
+                _ => None,
+            })
+            .collect();
+        let name = self.listener_name(listener).to_owned();
+        let allocation = match owned_allocation(&mut self.allocations, &five_tuple, auth) {
+            Ok(allocation) => allocation,
+            Err(reply) => return reply,
+        };
+        if peers.is_empty() {
+            return Reply::error(400);
+        }
+        if peers
+            .iter()
+            .any(|peer| allocation.relayed_for(*peer).is_none())
+        {
+            return Reply::error(443);
+        }
+        // All or nothing: check every peer before installing any.
+        if let Some(denied) = peers
+            .iter()
+            .find_map(|peer| self.policy.permits_ip(&name, *peer).err())
+        {
+            debug!(client = %five_tuple.client, %denied, "CreatePermission refused");
+            self.stats.peer_denied += 1;
+            return Reply::error(403);
+        }
+        let fresh: HashSet<&IpAddr> = peers
+            .iter()
+            .filter(|peer| !allocation.permissions.contains_key(peer))
+            .collect();
+        if allocation.permissions.len() + fresh.len() > MAX_PERMISSIONS_PER_ALLOCATION {
+            return Reply::error(508);
+        }
+        let expires = now + self.config.permission_lifetime;
+        for peer in peers {
+            if Self::install_permission(&mut self.timers, allocation, peer, expires) {
+                self.stats.permissions_created += 1;
+            }
+        }
+        Reply::Success(Vec::new())
+    }
+
+    fn channel_bind(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        message: &Message<Attribute>,
+        auth: &AuthContext,
+        now: Instant,
+    ) -> Reply {
+        let name = self.listener_name(listener).to_owned();
+        let channel_expires = now + self.config.channel_lifetime;
+        let permission_expires = now + self.config.permission_lifetime;
+        let allocation = match owned_allocation(&mut self.allocations, &five_tuple, auth) {
+            Ok(allocation) => allocation,
+            Err(reply) => return reply,
+        };
+        let (Some(number), Some(peer)) = (
+            message.get_attribute::<ChannelNumber>().copied(),
+            message
+                .get_attribute::<XorPeerAddress>()
+                .map(XorPeerAddress::address),
+        ) else {
+            return Reply::error(400);
+        };
+        if !number.is_valid() {
+            return Reply::error(400);
+        }
+        let number = number.value();
+        if allocation.relayed_for(peer.ip()).is_none() {
+            return Reply::error(443);
+        }
+        if let Err(denied) = self.policy.permits(&name, peer) {
+            debug!(client = %five_tuple.client, %denied, "ChannelBind refused");
+            self.stats.peer_denied += 1;
+            return Reply::error(403);
+        }
+        if allocation
+            .channels
+            .get(&number)
+            .is_some_and(|c| c.peer != peer)
+        {
+            return Reply::error(400);
+        }
+        if allocation
+            .channel_by_peer
+            .get(&peer)
+            .is_some_and(|bound| *bound != number)
+        {
+            return Reply::error(400);
+        }
+        let newly_bound = match allocation.channels.get_mut(&number) {
+            Some(channel) => {
+                channel.expires = channel_expires;
+                arm(
+                    &mut self.timers,
+                    &mut channel.timer_at,
+                    channel_expires,
+                    Timer::Channel(five_tuple, number),
+                );
+                let was_bound = channel.bound;
+                channel.bound = true;
+                !was_bound
+            }
+            None => {
+                allocation.channels.insert(
+                    number,
+                    Channel {
+                        peer,
+                        expires: channel_expires,
+                        timer_at: channel_expires,
+                        bound: true,
+                    },
+                );
+                allocation.channel_by_peer.insert(peer, number);
+                self.timers.push(Reverse((
+                    channel_expires,
+                    Timer::Channel(five_tuple, number),
+                )));
+                true
+            }
+        };
+        if Self::install_permission(&mut self.timers, allocation, peer.ip(), permission_expires) {
+            self.stats.permissions_created += 1;
+        }
+        if newly_bound {
+            self.stats.channels_bound += 1;
+            if let Some(binding) = allocation.binding(number, peer) {
+                self.commands.push_back(Command::ChannelBound(binding));
+            }
+        }
+        Reply::Success(Vec::new())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Data paths
+    // ---------------------------------------------------------------------------------------
+
+    fn handle_indication(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        frame: &StunFrame<'_>,
+        now: Instant,
+    ) {
+        if frame.header.method != SEND {
+            // Binding indications are keepalives; anything else has no meaning here.
+            return;
+        }
+        self.stats.send_indications += 1;
+        let Some(message) = decode(frame) else {
+            self.stats.malformed_dropped += 1;
+            return;
+        };
+        if !unknown_required(&message).is_empty() {
+            self.stats.malformed_dropped += 1;
+            return;
+        }
+        let Some(allocation) = self.allocations.get(&five_tuple) else {
+            self.stats.unknown_client_dropped += 1;
+            return;
+        };
+        let (Some(peer), Some(data)) = (
+            message
+                .get_attribute::<XorPeerAddress>()
+                .map(XorPeerAddress::address),
+            message.get_attribute::<Data>(),
+        ) else {
+            self.stats.malformed_dropped += 1;
+            return;
+        };
+        let Some(relayed) = allocation.relayed_for(peer.ip()) else {
+            self.stats.client_dropped_no_permission += 1;
+            return;
+        };
+        if let Err(denied) = self.policy.permits(self.listener_name(listener), peer) {
+            debug!(client = %five_tuple.client, %denied, "Send indication refused");
+            self.stats.peer_denied += 1;
+            return;
+        }
+        if !allocation.has_permission(peer.ip(), now) {
+            self.stats.client_dropped_no_permission += 1;
+            return;
+        }
+        let dont_fragment = message.get_attribute::<DontFragment>().is_some();
+        let data = data.data().to_vec();
+        self.stats.relayed_to_peer_packets += 1;
+        self.stats.relayed_to_peer_bytes += data.len() as u64;
+        self.commands.push_back(Command::SendToPeer {
+            relayed,
+            peer,
+            data,
+            dont_fragment,
+        });
+    }
+
+    fn handle_client_channel_data(&mut self, five_tuple: FiveTuple, data: &[u8], now: Instant) {
+        let channel_data = match wire::parse_channel_data(data) {
+            Ok(channel_data) => channel_data,
+            Err(error) => {
+                debug!(client = %five_tuple.client, ?error, "dropping malformed ChannelData");
+                self.stats.malformed_dropped += 1;
+                return;
+            }
+        };
+        let Some(allocation) = self.allocations.get(&five_tuple) else {
+            self.stats.unknown_client_dropped += 1;
+            return;
+        };
+        let Some(peer) = allocation.channel_peer(channel_data.channel, now) else {
+            self.stats.unbound_channel_dropped += 1;
+            return;
+        };
+        if !allocation.has_permission(peer.ip(), now) {
+            self.stats.client_dropped_no_permission += 1;
+            return;
+        }
+        let Some(relayed) = allocation.relayed_for(peer.ip()) else {
+            self.stats.client_dropped_no_permission += 1;
+            return;
+        };
+        self.stats.relayed_to_peer_packets += 1;
+        self.stats.relayed_to_peer_bytes += channel_data.data.len() as u64;
+        self.commands.push_back(Command::SendToPeer {
+            relayed,
+            peer,
+            data: channel_data.data.to_vec(),
+            dont_fragment: false,
+        });
+    }
+
+    /// A UDP datagram from `peer` arrived on the relayed socket bound at `relayed`.
+    pub fn handle_peer_datagram(
+        &mut self,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) {
+        let Some(allocation) = self
+            .by_relayed
+            .get(&relayed)
+            .and_then(|five_tuple| self.allocations.get(five_tuple))
+        else {
+            self.stats.peer_dropped_no_allocation += 1;
+            return;
+        };
+        if !allocation.has_permission(peer.ip(), now) {
+            self.stats.peer_dropped_no_permission += 1;
+            return;
+        }
+        let (listener, client) = (allocation.listener, allocation.five_tuple.client);
+        let bytes = match allocation.channel_to(peer, now) {
+            Some(number) => wire::encode_channel_data(number, data),
+            None => {
+                let transaction_id = TransactionId::new(self.rng.random());
+                data_indication(transaction_id, peer, data)
+            }
+        };
+        let Some(bytes) = bytes else {
+            debug!(%peer, len = data.len(), "peer datagram too large to relay");
+            self.stats.peer_dropped_oversized += 1;
+            return;
+        };
+        self.stats.relayed_to_client_packets += 1;
+        self.stats.relayed_to_client_bytes += data.len() as u64;
+        self.commands.push_back(Command::SendToClient {
+            listener,
+            client,
+            data: bytes,
+        });
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Timers
+    // ---------------------------------------------------------------------------------------
+
+    /// Expires whatever is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx_cache.prune(now);
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Allocation(five_tuple) => self.allocation_timer(five_tuple, at, now),
+                Timer::Permission(five_tuple, peer) => {
+                    self.permission_timer(five_tuple, peer, at, now);
+                }
+                Timer::Channel(five_tuple, number) => {
+                    self.channel_timer(five_tuple, number, at, now);
+                }
+                Timer::Reservation(token) => {
+                    if let Some(reservation) = self.reservations.get(&token)
+                        && reservation.expires <= now
+                    {
+                        let addr = reservation.addr;
+                        self.reservations.remove(&token);
+                        self.ports.release(addr);
+                        self.commands.push_back(Command::ReleaseRelay { addr });
+                    }
+                }
+            }
+        }
+    }
+
+    fn allocation_timer(&mut self, five_tuple: FiveTuple, at: Instant, now: Instant) {
+        let Some(allocation) = self.allocations.get_mut(&five_tuple) else {
+            return;
+        };
+        if allocation.timer_at != at {
+            return;
+        }
+        if allocation.expires <= now {
+            self.remove_allocation(&five_tuple, true);
+        } else {
+            allocation.timer_at = allocation.expires;
+            self.timers
+                .push(Reverse((allocation.expires, Timer::Allocation(five_tuple))));
+        }
+    }
+
+    fn permission_timer(&mut self, five_tuple: FiveTuple, peer: IpAddr, at: Instant, now: Instant) {
+        let Some(allocation) = self.allocations.get_mut(&five_tuple) else {
+            return;
+        };
+        let Some(permission) = allocation.permissions.get_mut(&peer) else {
+            return;
+        };
+        if permission.timer_at != at {
+            return;
+        }
+        if permission.expires > now {
+            permission.timer_at = permission.expires;
+            self.timers.push(Reverse((
+                permission.expires,
+                Timer::Permission(five_tuple, peer),
+            )));
+            return;
+        }
+        allocation.permissions.remove(&peer);
+        debug!(client = %five_tuple.client, %peer, "permission expired");
+        // Channels to that peer carry nothing without the permission: unbind them too.
+        let numbers: Vec<u16> = allocation
+            .channels
+            .iter()
+            .filter(|(_, c)| c.bound && c.peer.ip() == peer)
+            .map(|(n, _)| *n)
+            .collect();
+        for number in numbers {
+            self.unbind_channel(five_tuple, number, now);
+        }
+    }
+
+    fn channel_timer(&mut self, five_tuple: FiveTuple, number: u16, at: Instant, now: Instant) {
+        let Some(allocation) = self.allocations.get_mut(&five_tuple) else {
+            return;
+        };
+        let Some(channel) = allocation.channels.get_mut(&number) else {
+            return;
+        };
+        if channel.timer_at != at {
+            return;
+        }
+        if channel.expires > now {
+            channel.timer_at = channel.expires;
+            self.timers.push(Reverse((
+                channel.expires,
+                Timer::Channel(five_tuple, number),
+            )));
+        } else if channel.bound {
+            self.unbind_channel(five_tuple, number, now);
+        } else {
+            // The cool-down is over: number and peer are free again.
+            let peer = channel.peer;
+            allocation.channels.remove(&number);
+            allocation.channel_by_peer.remove(&peer);
+        }
+    }
+
+    /// Ends a channel binding: ChannelUnbound, then the cool-down.
+    fn unbind_channel(&mut self, five_tuple: FiveTuple, number: u16, now: Instant) {
+        let Some(allocation) = self.allocations.get_mut(&five_tuple) else {
+            return;
+        };
+        let Some(channel) = allocation.channels.get_mut(&number) else {
+            return;
+        };
+        channel.bound = false;
+        channel.expires = now + CHANNEL_COOLDOWN;
+        channel.timer_at = channel.expires;
+        let peer = channel.peer;
+        self.timers.push(Reverse((
+            channel.expires,
+            Timer::Channel(five_tuple, number),
+        )));
+        if let Some(binding) = allocation.binding(number, peer) {
+            debug!(client = %five_tuple.client, %peer, number, "channel unbound");
+            self.commands.push_back(Command::ChannelUnbound(binding));
+        }
+    }
+}
+
+/// A Data indication carrying `data` from `peer`; `None` if it does not fit a STUN message.
+fn data_indication(
+    transaction_id: TransactionId,
+    peer: SocketAddr,
+    data: &[u8],
+) -> Option<Vec<u8>> {
+    let mut message = Message::<Attribute>::new(MessageClass::Indication, DATA, transaction_id);
+    message.add_attribute(XorPeerAddress::new(peer));
+    message.add_attribute(Data::new(data.to_vec()).ok()?);
+    MessageEncoder::<Attribute>::new()
+        .encode_into_bytes(message)
+        .ok()
+}

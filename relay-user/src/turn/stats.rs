@@ -1,0 +1,117 @@
+//! Counters of what the TURN server did, for metrics and tests. Plain `u64`s that only grow.
+
+/// Counters of the TURN server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    // Requests (and indications) by method, counted when they parse.
+    pub binding_requests: u64,
+    pub allocate_requests: u64,
+    pub refresh_requests: u64,
+    pub create_permission_requests: u64,
+    pub channel_bind_requests: u64,
+    pub send_indications: u64,
+    /// Requests of a method the server does not implement (answered 400).
+    pub other_requests: u64,
+
+    // Error responses sent, by code.
+    pub error_400: u64,
+    pub error_401: u64,
+    pub error_403: u64,
+    pub error_420: u64,
+    pub error_437: u64,
+    pub error_438: u64,
+    pub error_440: u64,
+    pub error_441: u64,
+    pub error_442: u64,
+    pub error_443: u64,
+    pub error_486: u64,
+    pub error_508: u64,
+    /// Error responses with any other code.
+    pub error_other: u64,
+
+    pub allocations_created: u64,
+    pub allocations_expired: u64,
+    /// Deleted by a Refresh with LIFETIME 0.
+    pub allocations_deleted: u64,
+    /// New permissions (refreshes not counted).
+    pub permissions_created: u64,
+    /// New channel bindings (refreshes not counted).
+    pub channels_bound: u64,
+    /// Peers refused by the peer policy (403s and dropped Send indications).
+    pub peer_denied: u64,
+    /// Requests whose credentials were wrong, unknown or expired (401 after MESSAGE-INTEGRITY).
+    pub auth_failures: u64,
+    /// Requests with an expired or foreign NONCE (438).
+    pub stale_nonces: u64,
+    /// Client datagrams that are neither valid STUN nor valid ChannelData, and bad indications.
+    pub malformed_dropped: u64,
+    /// ChannelData or Send indications from a 5-tuple without an allocation.
+    pub unknown_client_dropped: u64,
+    /// ChannelData from a client on a channel number that is not bound.
+    pub unbound_channel_dropped: u64,
+    /// Send indications / ChannelData toward a peer without a permission.
+    pub client_dropped_no_permission: u64,
+    /// Peer datagrams on a relayed address without an allocation.
+    pub peer_dropped_no_allocation: u64,
+    /// Peer datagrams too large for a Data indication or ChannelData message.
+    pub peer_dropped_oversized: u64,
+    /// Peer datagrams from an address without a permission.
+    pub peer_dropped_no_permission: u64,
+    pub relayed_to_peer_packets: u64,
+    pub relayed_to_peer_bytes: u64,
+    pub relayed_to_client_packets: u64,
+    pub relayed_to_client_bytes: u64,
+    pub retransmissions_answered_from_cache: u64,
+    /// Allocates refused by a quota (486 per user, 508 in total).
+    pub quota_rejections: u64,
+    /// BindRelay outcomes that were failures.
+    pub relay_bind_failures: u64,
+}
+
+impl Stats {
+    /// Error responses by code, for exporters: `(code, count)`, `0` standing for "other".
+    pub fn error_responses(&self) -> [(u16, u64); 13] {
+        [
+            (400, self.error_400),
+            (401, self.error_401),
+            (403, self.error_403),
+            (420, self.error_420),
+            (437, self.error_437),
+            (438, self.error_438),
+            (440, self.error_440),
+            (441, self.error_441),
+            (442, self.error_442),
+            (443, self.error_443),
+            (486, self.error_486),
+            (508, self.error_508),
+            (0, self.error_other),
+        ]
+    }
+
+    /// Error responses sent with `code`.
+    pub fn error_count(&self, code: u16) -> u64 {
+        self.error_responses()
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map_or(self.error_other, |(_, n)| *n)
+    }
+
+    pub(crate) fn count_error(&mut self, code: u16) {
+        let counter = match code {
+            400 => &mut self.error_400,
+            401 => &mut self.error_401,
+            403 => &mut self.error_403,
+            420 => &mut self.error_420,
+            437 => &mut self.error_437,
+            438 => &mut self.error_438,
+            440 => &mut self.error_440,
+            441 => &mut self.error_441,
+            442 => &mut self.error_442,
+            443 => &mut self.error_443,
+            486 => &mut self.error_486,
+            508 => &mut self.error_508,
+            _ => &mut self.error_other,
+        };
+        *counter += 1;
+    }
+}

@@ -1,0 +1,237 @@
+//! The data paths: Send and Data indications, ChannelData both ways.
+use std::time::Duration;
+
+use stun_codec::rfc5766::methods::{CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
+
+use super::*;
+use crate::turn::attributes::{ChannelNumber, Data, DontFragment, XorPeerAddress};
+
+fn permit(h: &mut Harness, client: &mut Client, peer: SocketAddr) {
+    let r = h.ask(
+        client,
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new(peer).into()],
+    );
+    assert!(r.is_success());
+}
+
+fn send_indication(client: &mut Client, peer: SocketAddr, data: &[u8], df: bool) -> Vec<u8> {
+    let mut attributes: Vec<Attribute> = vec![
+        XorPeerAddress::new(peer).into(),
+        Data::new(data.to_vec()).unwrap().into(),
+    ];
+    if df {
+        attributes.push(DontFragment.into());
+    }
+    client.indication(SEND, attributes)
+}
+
+fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
+    let mut out = channel.to_be_bytes().to_vec();
+    out.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn send_indication_needs_a_permission_and_carries_df() {
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    // No allocation: dropped.
+    let bytes = send_indication(&mut client, peer(), b"x", false);
+    assert!(h.client_sends(client.addr, &bytes).is_empty());
+    assert_eq!(h.server.stats().unknown_client_dropped, 1);
+
+    let relayed = h.allocate(&mut client);
+    let bytes = send_indication(&mut client, peer(), b"hello", false);
+    assert!(h.client_sends(client.addr, &bytes).is_empty());
+    assert_eq!(h.server.stats().client_dropped_no_permission, 1);
+
+    permit(&mut h, &mut client, peer());
+    let bytes = send_indication(&mut client, peer(), b"hello", true);
+    assert_eq!(
+        h.client_sends(client.addr, &bytes),
+        vec![Command::SendToPeer {
+            relayed,
+            peer: peer(),
+            data: b"hello".to_vec(),
+            dont_fragment: true,
+        }]
+    );
+    let bytes = send_indication(&mut client, peer(), b"again", false);
+    assert!(matches!(
+        h.client_sends(client.addr, &bytes)[0],
+        Command::SendToPeer {
+            dont_fragment: false,
+            ..
+        }
+    ));
+    // Permissions are per IP: another port of the same host is fine.
+    let bytes = send_indication(&mut client, addr("203.0.113.5:1"), b"p", false);
+    assert_eq!(h.client_sends(client.addr, &bytes).len(), 1);
+    assert_eq!(h.server.stats().relayed_to_peer_packets, 3);
+    assert_eq!(h.server.stats().relayed_to_peer_bytes, 11);
+    assert_eq!(h.server.stats().send_indications, 5);
+    // Without DATA: dropped as malformed.
+    let bytes = client.indication(SEND, vec![XorPeerAddress::new(peer()).into()]);
+    assert!(h.client_sends(client.addr, &bytes).is_empty());
+    assert_eq!(h.server.stats().malformed_dropped, 1);
+}
+
+#[test]
+fn peer_data_becomes_data_indication_without_channel() {
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    let relayed = h.allocate(&mut client);
+    // No permission: dropped.
+    assert!(h.peer_sends(relayed, peer(), b"early").is_empty());
+    assert_eq!(h.server.stats().peer_dropped_no_permission, 1);
+    // Unknown relayed address: dropped.
+    assert!(
+        h.peer_sends(addr("198.51.100.1:1"), peer(), b"?")
+            .is_empty()
+    );
+    assert_eq!(h.server.stats().peer_dropped_no_allocation, 1);
+
+    permit(&mut h, &mut client, peer());
+    let commands = h.peer_sends(relayed, peer(), b"payload");
+    let sent = sent_to(&commands, client.addr);
+    assert_eq!(sent.len(), 1);
+    let message = decode_message(&sent[0]);
+    assert_eq!(message.class(), stun_codec::MessageClass::Indication);
+    assert_eq!(message.method(), DATA);
+    assert_eq!(
+        message.get_attribute::<XorPeerAddress>().unwrap().address(),
+        peer()
+    );
+    assert_eq!(message.get_attribute::<Data>().unwrap().data(), b"payload");
+    assert!(matches!(
+        commands[0],
+        Command::SendToClient { listener: MAIN, .. }
+    ));
+    assert_eq!(h.server.stats().relayed_to_client_packets, 1);
+    assert_eq!(h.server.stats().relayed_to_client_bytes, 7);
+}
+
+#[test]
+fn channel_data_both_ways() {
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    let relayed = h.allocate(&mut client);
+    let r = h.ask(
+        &mut client,
+        CHANNEL_BIND,
+        vec![
+            ChannelNumber::new(0x4001).into(),
+            XorPeerAddress::new(peer()).into(),
+        ],
+    );
+    assert!(r.is_success());
+
+    // Client → peer.
+    let commands = h.client_sends(client.addr, &channel_data(0x4001, b"abc"));
+    assert_eq!(
+        commands,
+        vec![Command::SendToPeer {
+            relayed,
+            peer: peer(),
+            data: b"abc".to_vec(),
+            dont_fragment: false,
+        }]
+    );
+    // With padding.
+    let mut padded = channel_data(0x4001, b"abc");
+    padded.push(0);
+    assert_eq!(h.client_sends(client.addr, &padded).len(), 1);
+    // Length says more than there is: dropped.
+    let mut short = channel_data(0x4001, b"abc");
+    short[3] = 9;
+    assert!(h.client_sends(client.addr, &short).is_empty());
+    assert_eq!(h.server.stats().malformed_dropped, 1);
+    // Unbound channel: dropped.
+    assert!(
+        h.client_sends(client.addr, &channel_data(0x4002, b"abc"))
+            .is_empty()
+    );
+    assert_eq!(h.server.stats().unbound_channel_dropped, 1);
+    // Another 5-tuple: no allocation.
+    assert!(
+        h.client_sends(addr("192.0.2.99:1"), &channel_data(0x4001, b"abc"))
+            .is_empty()
+    );
+    assert_eq!(h.server.stats().unknown_client_dropped, 1);
+
+    // Peer → client: ChannelData, unpadded.
+    let commands = h.peer_sends(relayed, peer(), b"hello");
+    assert_eq!(
+        sent_to(&commands, client.addr),
+        vec![vec![0x40, 0x01, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o']]
+    );
+    // Another port of the permitted peer has no channel: Data indication.
+    let sent = sent_to(
+        &h.peer_sends(relayed, addr("203.0.113.5:1"), b"x"),
+        client.addr,
+    );
+    assert_eq!(sent[0][0], 0x00);
+    // Empty payloads are fine.
+    assert_eq!(
+        h.client_sends(client.addr, &channel_data(0x4001, b""))
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn channel_data_does_not_refresh_permissions_or_channels() {
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    let relayed = h.allocate(&mut client);
+    h.ask(
+        &mut client,
+        REFRESH,
+        vec![crate::turn::attributes::Lifetime::from_u32(3600).into()],
+    );
+    h.ask(
+        &mut client,
+        CHANNEL_BIND,
+        vec![
+            ChannelNumber::new(0x4001).into(),
+            XorPeerAddress::new(peer()).into(),
+        ],
+    );
+    for _ in 0..29 {
+        h.advance(Duration::from_secs(10));
+        assert_eq!(
+            h.client_sends(client.addr, &channel_data(0x4001, b"k"))
+                .len(),
+            1
+        );
+        assert_eq!(h.peer_sends(relayed, peer(), b"k").len(), 1);
+    }
+    // 300 s after the bind the permission is gone regardless of the traffic, and the channel
+    // with it.
+    let commands = h.advance(Duration::from_secs(10));
+    assert!(
+        commands
+            .iter()
+            .any(|c| matches!(c, Command::ChannelUnbound(_)))
+    );
+    assert!(
+        h.client_sends(client.addr, &channel_data(0x4001, b"k"))
+            .is_empty()
+    );
+    assert!(h.peer_sends(relayed, peer(), b"k").is_empty());
+}
+
+#[test]
+fn oversized_peer_datagrams_are_dropped_not_panicking() {
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    let relayed = h.allocate(&mut client);
+    permit(&mut h, &mut client, peer());
+    let big = vec![7u8; 70_000];
+    assert!(h.peer_sends(relayed, peer(), &big).is_empty());
+    assert_eq!(h.server.stats().peer_dropped_oversized, 1);
+    let fits = vec![7u8; 65_000];
+    assert_eq!(h.peer_sends(relayed, peer(), &fits).len(), 1);
+}

@@ -1,0 +1,436 @@
+//! STUN and ChannelData framing on raw bytes.
+//!
+//! This module owns everything that has to look at the exact bytes of a datagram:
+//! demultiplexing (RFC 7983), the STUN header, walking attribute TLVs to find
+//! MESSAGE-INTEGRITY / MESSAGE-INTEGRITY-SHA256 / FINGERPRINT, the HMAC inputs of RFC 8489
+//! §14.5–14.6, CRC-32 fingerprints, and ChannelData (RFC 8656 §12.4). Typed attributes are
+//! left to `stun_codec`, which is only ever given the attributes that precede the first
+//! integrity attribute: what follows is ignored by the RFC, and keeping it away from the codec
+//! keeps hostile messages from making it re-encode the message once per attribute.
+use std::borrow::Cow;
+
+use stun_codec::{MessageClass, Method, TransactionId};
+
+use crate::auth::{self, IntegrityAlgorithm};
+
+/// Length of the STUN header.
+pub(crate) const HEADER_LEN: usize = 20;
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+pub(crate) const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+pub(crate) const ATTR_MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
+pub(crate) const ATTR_FINGERPRINT: u16 = 0x8028;
+const FINGERPRINT_XOR: u32 = 0x5354_554E;
+
+/// What the first byte of a client datagram says it is (RFC 7983 §7, minus DTLS and RTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Demux {
+    Stun,
+    ChannelData,
+    Other,
+}
+
+pub(crate) fn demux(data: &[u8]) -> Demux {
+    match data.first() {
+        Some(0..=3) => Demux::Stun,
+        // 64–79 per RFC 7983; up to 127 for RFC 5766 channel numbers (see ChannelNumber::MAX).
+        Some(64..=127) => Demux::ChannelData,
+        _ => Demux::Other,
+    }
+}
+
+/// The fixed part of a STUN message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub class: MessageClass,
+    pub method: Method,
+    pub transaction_id: TransactionId,
+}
+
+/// Why a datagram is not a usable STUN message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// Not STUN (bad cookie or length, truncated header): drop it.
+    NotStun,
+    /// The header is fine but the attributes cannot be walked, or integrity/fingerprint
+    /// attributes are malformed or misplaced: a request gets a 400.
+    BadAttributes(Header),
+    /// FINGERPRINT present and wrong: not a STUN message after all; drop it.
+    BadFingerprint,
+}
+
+/// A MESSAGE-INTEGRITY(-SHA256) attribute found in a message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IntegrityAttr<'a> {
+    pub algorithm: IntegrityAlgorithm,
+    /// Offset of the attribute's header in the message.
+    pub offset: usize,
+    pub tag: &'a [u8],
+}
+
+/// A STUN message whose framing has been validated.
+#[derive(Debug)]
+pub(crate) struct StunFrame<'a> {
+    bytes: &'a [u8],
+    pub header: Header,
+    /// Where the attributes given to `stun_codec` end: before the first integrity or
+    /// fingerprint attribute.
+    plain_end: usize,
+    /// The integrity attribute to verify: MESSAGE-INTEGRITY-SHA256 when present (RFC 8489
+    /// §9.2.4), else MESSAGE-INTEGRITY.
+    pub integrity: Option<IntegrityAttr<'a>>,
+}
+
+fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+    let b = bytes.get(at..at + 2)?;
+    Some(u16::from_be_bytes([b[0], b[1]]))
+}
+
+fn decode_type(message_type: u16) -> (MessageClass, Method) {
+    let class = ((message_type >> 4) & 0b01) | ((message_type >> 7) & 0b10);
+    let class = match class {
+        0 => MessageClass::Request,
+        1 => MessageClass::Indication,
+        2 => MessageClass::SuccessResponse,
+        _ => MessageClass::ErrorResponse,
+    };
+    let method =
+        (message_type & 0x000F) | ((message_type >> 1) & 0x0070) | ((message_type >> 2) & 0x0F80);
+    // 12 bits always fit a method.
+    let method = Method::new(method).unwrap_or(Method::from(0u8));
+    (class, method)
+}
+
+/// Parses the STUN header alone.
+pub(crate) fn parse_header(bytes: &[u8]) -> Result<Header, FrameError> {
+    if bytes.len() < HEADER_LEN || bytes[0] & 0xC0 != 0 || bytes[4..8] != MAGIC_COOKIE {
+        return Err(FrameError::NotStun);
+    }
+    let length = usize::from(be16(bytes, 2).ok_or(FrameError::NotStun)?);
+    // Over UDP a datagram holds exactly one message; its length is a multiple of 4.
+    if !length.is_multiple_of(4) || HEADER_LEN + length != bytes.len() {
+        return Err(FrameError::NotStun);
+    }
+    let message_type = be16(bytes, 0).ok_or(FrameError::NotStun)?;
+    let (class, method) = decode_type(message_type);
+    let mut tid = [0u8; 12];
+    tid.copy_from_slice(&bytes[8..20]);
+    Ok(Header {
+        class,
+        method,
+        transaction_id: TransactionId::new(tid),
+    })
+}
+
+impl<'a> StunFrame<'a> {
+    /// Validates the framing of `bytes` and locates the integrity attributes.
+    pub(crate) fn parse(bytes: &'a [u8]) -> Result<Self, FrameError> {
+        let header = parse_header(bytes)?;
+        let bad = FrameError::BadAttributes(header);
+        let mut offset = HEADER_LEN;
+        let mut plain_end = None;
+        let mut integrity: Option<IntegrityAttr<'a>> = None;
+        let mut seen_sha256 = false;
+        let mut fingerprint = None;
+        while offset < bytes.len() {
+            if fingerprint.is_some() {
+                // FINGERPRINT must be the last attribute.
+                return Err(bad);
+            }
+            let kind = be16(bytes, offset).ok_or(bad)?;
+            let len = usize::from(be16(bytes, offset + 2).ok_or(bad)?);
+            let value_start = offset + 4;
+            let next = value_start + ((len + 3) & !3);
+            if next > bytes.len() {
+                return Err(bad);
+            }
+            let value = &bytes[value_start..value_start + len];
+            match kind {
+                ATTR_MESSAGE_INTEGRITY if integrity.is_none() => {
+                    if len != 20 {
+                        return Err(bad);
+                    }
+                    integrity = Some(IntegrityAttr {
+                        algorithm: IntegrityAlgorithm::HmacSha1,
+                        offset,
+                        tag: value,
+                    });
+                    plain_end.get_or_insert(offset);
+                }
+                ATTR_MESSAGE_INTEGRITY_SHA256 if !seen_sha256 => {
+                    if !(16..=32).contains(&len) || !len.is_multiple_of(4) {
+                        return Err(bad);
+                    }
+                    seen_sha256 = true;
+                    // Preferred over MESSAGE-INTEGRITY, which may precede it.
+                    integrity = Some(IntegrityAttr {
+                        algorithm: IntegrityAlgorithm::HmacSha256 { len },
+                        offset,
+                        tag: value,
+                    });
+                    plain_end.get_or_insert(offset);
+                }
+                ATTR_FINGERPRINT => {
+                    if len != 4 {
+                        return Err(bad);
+                    }
+                    fingerprint = Some((offset, value));
+                    plain_end.get_or_insert(offset);
+                }
+                // Anything after an integrity attribute is ignored (RFC 8489 §14.5).
+                _ => {}
+            }
+            offset = next;
+        }
+        if let Some((at, value)) = fingerprint {
+            let expected = crc32(&bytes[..at]) ^ FINGERPRINT_XOR;
+            if value != expected.to_be_bytes() {
+                return Err(FrameError::BadFingerprint);
+            }
+        }
+        Ok(StunFrame {
+            bytes,
+            header,
+            plain_end: plain_end.unwrap_or(bytes.len()),
+            integrity,
+        })
+    }
+
+    /// The message as `stun_codec` should see it: the attributes before the first integrity
+    /// or fingerprint attribute, with the length field to match.
+    pub(crate) fn codec_bytes(&self) -> Cow<'a, [u8]> {
+        if self.plain_end == self.bytes.len() {
+            return Cow::Borrowed(self.bytes);
+        }
+        let mut out = self.bytes[..self.plain_end].to_vec();
+        set_length(&mut out, self.plain_end - HEADER_LEN);
+        Cow::Owned(out)
+    }
+
+    /// Does the integrity attribute verify under `key`?
+    pub(crate) fn verify_integrity(&self, key: &[u8]) -> bool {
+        let Some(attr) = self.integrity else {
+            return false;
+        };
+        // The HMAC covers everything before the attribute, with the length field set as if
+        // the attribute ended the message.
+        let mut input = self.bytes[..attr.offset].to_vec();
+        set_length(&mut input, attr.offset + 4 + attr.tag.len() - HEADER_LEN);
+        auth::verify_tag(attr.algorithm, key, &input, attr.tag)
+    }
+}
+
+fn set_length(message: &mut [u8], length: usize) {
+    // Callers only pass lengths of real messages (< 64 KiB).
+    let length = u16::try_from(length).unwrap_or(u16::MAX).to_be_bytes();
+    if let Some(field) = message.get_mut(2..4) {
+        field.copy_from_slice(&length);
+    }
+}
+
+/// Appends MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 under `key` to an encoded message.
+pub(crate) fn append_integrity(message: &mut Vec<u8>, algorithm: IntegrityAlgorithm, key: &[u8]) {
+    let tag_len = algorithm.tag_len();
+    let length = message.len() + 4 + tag_len - HEADER_LEN;
+    set_length(message, length);
+    let tag = algorithm.tag(key, message);
+    let kind = match algorithm {
+        IntegrityAlgorithm::HmacSha1 => ATTR_MESSAGE_INTEGRITY,
+        IntegrityAlgorithm::HmacSha256 { .. } => ATTR_MESSAGE_INTEGRITY_SHA256,
+    };
+    message.extend_from_slice(&kind.to_be_bytes());
+    message.extend_from_slice(&u16::try_from(tag_len).unwrap_or(32).to_be_bytes());
+    message.extend_from_slice(&tag);
+}
+
+/// Appends FINGERPRINT to an encoded message.
+pub(crate) fn append_fingerprint(message: &mut Vec<u8>) {
+    let length = message.len() + 8 - HEADER_LEN;
+    set_length(message, length);
+    let crc = crc32(message) ^ FINGERPRINT_XOR;
+    message.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
+    message.extend_from_slice(&4u16.to_be_bytes());
+    message.extend_from_slice(&crc.to_be_bytes());
+}
+
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+/// CRC-32 (ISO-HDLC, as in FINGERPRINT).
+pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!0u32, |crc, &b| {
+        CRC_TABLE[usize::from((crc as u8) ^ b)] ^ (crc >> 8)
+    })
+}
+
+/// A ChannelData message (RFC 8656 §12.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChannelData<'a> {
+    pub channel: u16,
+    pub data: &'a [u8],
+}
+
+/// Why a ChannelData message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChannelDataError {
+    /// Shorter than its header.
+    Truncated,
+    /// The length field says more than the datagram holds.
+    LengthOverrun,
+    /// More bytes follow the data than padding to 4 bytes explains.
+    TrailingBytes,
+}
+
+/// Parses a ChannelData message. Padding after the data is optional over UDP and ignored.
+pub(crate) fn parse_channel_data(bytes: &[u8]) -> Result<ChannelData<'_>, ChannelDataError> {
+    let (Some(channel), Some(length)) = (be16(bytes, 0), be16(bytes, 2)) else {
+        return Err(ChannelDataError::Truncated);
+    };
+    let length = usize::from(length);
+    let data = bytes
+        .get(4..4 + length)
+        .ok_or(ChannelDataError::LengthOverrun)?;
+    if bytes.len() > 4 + ((length + 3) & !3) {
+        return Err(ChannelDataError::TrailingBytes);
+    }
+    Ok(ChannelData { channel, data })
+}
+
+/// Encodes a ChannelData message, unpadded (UDP). `None` if `data` is too long for the length
+/// field.
+pub(crate) fn encode_channel_data(channel: u16, data: &[u8]) -> Option<Vec<u8>> {
+    let length = u16::try_from(data.len()).ok()?;
+    let mut out = Vec::with_capacity(4 + data.len());
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(data);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_known_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn demux_by_first_byte() {
+        assert_eq!(demux(&[0]), Demux::Stun);
+        assert_eq!(demux(&[3]), Demux::Stun);
+        assert_eq!(demux(&[4]), Demux::Other);
+        assert_eq!(demux(&[64]), Demux::ChannelData);
+        assert_eq!(demux(&[79]), Demux::ChannelData);
+        assert_eq!(demux(&[80]), Demux::ChannelData);
+        assert_eq!(demux(&[127]), Demux::ChannelData);
+        assert_eq!(demux(&[128]), Demux::Other);
+        assert_eq!(demux(&[]), Demux::Other);
+    }
+
+    #[test]
+    fn message_types_decode() {
+        assert_eq!(
+            decode_type(0x0001),
+            (MessageClass::Request, Method::new(1).unwrap())
+        );
+        assert_eq!(
+            decode_type(0x0113),
+            (MessageClass::ErrorResponse, Method::new(3).unwrap())
+        );
+        assert_eq!(
+            decode_type(0x0016),
+            (MessageClass::Indication, Method::new(6).unwrap())
+        );
+        assert_eq!(
+            decode_type(0x0109),
+            (MessageClass::SuccessResponse, Method::new(9).unwrap())
+        );
+    }
+
+    #[test]
+    fn channel_data_framing() {
+        let ok = [0x40, 0x00, 0x00, 0x03, 1, 2, 3];
+        assert_eq!(
+            parse_channel_data(&ok),
+            Ok(ChannelData {
+                channel: 0x4000,
+                data: &[1, 2, 3]
+            })
+        );
+        let padded = [0x40, 0x00, 0x00, 0x03, 1, 2, 3, 0];
+        assert_eq!(parse_channel_data(&padded).unwrap().data, &[1, 2, 3]);
+        let too_much = [0x40, 0x00, 0x00, 0x03, 1, 2, 3, 0, 0];
+        assert_eq!(
+            parse_channel_data(&too_much),
+            Err(ChannelDataError::TrailingBytes)
+        );
+        let short = [0x40, 0x00, 0x00, 0x05, 1, 2, 3];
+        assert_eq!(
+            parse_channel_data(&short),
+            Err(ChannelDataError::LengthOverrun)
+        );
+        assert_eq!(
+            parse_channel_data(&[0x40, 0]),
+            Err(ChannelDataError::Truncated)
+        );
+        assert_eq!(
+            encode_channel_data(0x4001, &[9, 9]).unwrap(),
+            [0x40, 0x01, 0, 2, 9, 9]
+        );
+        assert!(encode_channel_data(0x4001, &vec![0; 70_000]).is_none());
+    }
+
+    #[test]
+    fn frames_with_misplaced_fingerprint_are_bad() {
+        // Binding request with FINGERPRINT followed by another attribute.
+        let mut msg = vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+        msg.extend_from_slice(&[1; 12]);
+        append_fingerprint(&mut msg);
+        assert!(StunFrame::parse(&msg).is_ok());
+        let mut tampered = msg.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            StunFrame::parse(&tampered).unwrap_err(),
+            FrameError::BadFingerprint
+        );
+        msg.extend_from_slice(&[0x80, 0x22, 0, 0]);
+        let length = msg.len() - HEADER_LEN;
+        set_length(&mut msg, length);
+        assert!(matches!(
+            StunFrame::parse(&msg),
+            Err(FrameError::BadAttributes(_))
+        ));
+    }
+
+    #[test]
+    fn headers_are_validated() {
+        assert_eq!(parse_header(&[0; 19]), Err(FrameError::NotStun));
+        let mut msg = vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+        msg.extend_from_slice(&[1; 12]);
+        assert!(parse_header(&msg).is_ok());
+        msg[4] = 0;
+        assert_eq!(parse_header(&msg), Err(FrameError::NotStun));
+        msg[4] = 0x21;
+        msg.push(0);
+        assert_eq!(parse_header(&msg), Err(FrameError::NotStun));
+    }
+}
