@@ -27,6 +27,7 @@ mod program {
         maps::{HashMap, PerCpuArray},
         programs::XdpContext,
     };
+    use aya_log_ebpf::debug;
     use relay_common::{
         ChannelKey, ChannelToPeer, Counter, DEFAULT_MAX_CHANNELS, Endpoint, PeerKey, PeerToClient,
         Reason,
@@ -100,6 +101,14 @@ mod program {
             Outcome::Redirect(r, ifindex) => (r, unsafe { bpf_redirect(ifindex, 0) } as u32),
         };
         count(reason, len);
+        if reason == Reason::ChannelMalformed {
+            // Rare and ours: worth a record. The agent sets the level at load, so this costs
+            // nothing unless debug logging is on.
+            debug!(
+                &ctx,
+                "dropped ChannelData whose length exceeds its datagram ({} bytes)", len
+            );
+        }
         action
     }
 

@@ -112,7 +112,9 @@ fn attach(
                 interface,
                 "the peer of this paired interface (veth) is in another network namespace: if it \
                  is a veth, enable XDP or GRO on the peer (`ethtool -K <peer> gro on`) so \
-                 kernel-relayed frames are delivered"
+                 kernel-relayed frames are delivered, and turn its TX checksum offload off \
+                 (`ethtool -K <peer> tx off`): datagrams that cross a veth with a partial \
+                 checksum cannot be relayed correctly in XDP"
             );
         }
     }

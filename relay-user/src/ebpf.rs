@@ -154,7 +154,9 @@ impl FastPath {
             return Err(FastPathError::NoObject);
         }
         let capacity = max_channels.max(1);
+        let log_level = kernel_log_level();
         let mut ebpf = EbpfLoader::new()
+            .set_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries(names::CHANNELS_MAP, capacity)
             .map_max_entries(names::PEERS_MAP, capacity)
             .load(OBJECT)
@@ -407,6 +409,21 @@ impl FastPath {
             frame: out,
         })
     }
+}
+
+/// The most verbose level the program should emit, from the agent's tracing filter: records
+/// the agent would discard are never written to the kernel's log buffer.
+fn kernel_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    let level = match LevelFilter::current() {
+        LevelFilter::OFF => return 0,
+        LevelFilter::ERROR => aya_log::Level::Error,
+        LevelFilter::WARN => aya_log::Level::Warn,
+        LevelFilter::INFO => aya_log::Level::Info,
+        LevelFilter::DEBUG => aya_log::Level::Debug,
+        _ => aya_log::Level::Trace,
+    };
+    level as u8
 }
 
 fn map_error(name: &'static str, capacity: u32, e: MapError) -> FastPathError {

@@ -30,6 +30,7 @@ pub fn init(filter: &str) -> Result<(), TelemetryError> {
     // feature), so aya and aya-log's kernel records end up here too.
     fmt()
         .with_env_filter(env_filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)

@@ -84,6 +84,21 @@ impl NetNs {
         ChildGuard(Some(child))
     }
 
+    /// Like [`NetNs::spawn`], with stdout and stderr written to `log` (read it after the process
+    /// ends: a file never fills up and blocks the process the way an undrained pipe would).
+    pub fn spawn_logged(&self, program: &str, args: &[&str], log: &std::path::Path) -> ChildGuard {
+        let file = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let err = file.try_clone().expect("clone log file handle");
+        let child = self
+            .command(program, args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} in {}: {e}", self.name));
+        ChildGuard(Some(child))
+    }
+
     /// Runs `f` on a new thread that has entered this namespace; sockets and XDP attachments
     /// made there belong to the namespace.
     pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

@@ -76,7 +76,19 @@ impl Topology {
     /// Starts `xturnd ARGS` in the relay namespace and waits until it answers STUN on the IPv4
     /// listener.
     pub fn start_xturnd(&self, args: &[&str]) -> ChildGuard {
-        let mut guard = self.relay.spawn(&binary("xturnd").to_string_lossy(), args);
+        let guard = self.relay.spawn(&binary("xturnd").to_string_lossy(), args);
+        self.wait_for_xturnd(guard)
+    }
+
+    /// Like [`Topology::start_xturnd`], with xturnd's output written to `log`.
+    pub fn start_xturnd_logged(&self, args: &[&str], log: &std::path::Path) -> ChildGuard {
+        let guard = self
+            .relay
+            .spawn_logged(&binary("xturnd").to_string_lossy(), args, log);
+        self.wait_for_xturnd(guard)
+    }
+
+    fn wait_for_xturnd(&self, mut guard: ChildGuard) -> ChildGuard {
         if !self.wait_for_stun(Self::listener(false), Duration::from_secs(10)) {
             let status = guard.child().try_wait();
             panic!("xturnd did not answer STUN within 10 s (exit status: {status:?})");
@@ -109,6 +121,31 @@ impl Topology {
             }
             false
         })
+    }
+}
+
+/// Readies the topology for the XDP fast path:
+/// - forwarding on in the relay namespace (`bpf_fib_lookup` resolves next hops only for
+///   interfaces that forward);
+/// - GRO on at the outer veth ends, so frames the relay's XDP program redirects or transmits
+///   into a veth are delivered (a veth needs XDP or NAPI on the receiving end);
+/// - TX checksum offload off at the outer veth ends: a local socket's datagram crosses a veth
+///   with only a partial checksum (the skb says "to be completed"), which XDP cannot know; a
+///   NIC always delivers full checksums, and so do the test hosts then;
+/// - the relay's neighbour entries for client and peer resolved, so the first datagrams do not
+///   take the userspace path while ARP/ND runs.
+impl Topology {
+    pub fn prepare_for_xdp(&self) {
+        self.relay.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        self.relay
+            .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
+        self.client
+            .run("ethtool", &["-K", "xtc0", "tx", "off", "gro", "on"]);
+        self.peer
+            .run("ethtool", &["-K", "xtp0", "tx", "off", "gro", "on"]);
+        for ip in [CLIENT_V4, PEER_V4, CLIENT_V6, PEER_V6] {
+            self.relay.run("ping", &["-c", "1", "-W", "2", ip]);
+        }
     }
 }
 

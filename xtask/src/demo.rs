@@ -5,9 +5,10 @@
 //!  198.18.1.2                     198.18.1.1 (listener)          198.18.2.2 (echo peer)
 //!                                 198.18.2.1 (relayed)
 //! ```
-//! `xturnd` runs in the relay namespace with `--dataplane auto`; coturn's `turnutils_uclient` and
-//! `xturnctl ping` relay datagrams to an echo peer; `xturnd`'s log shows the XDP counters when it
-//! stops. Namespaces and processes are removed at the end, also on failure.
+//! `xturnd` runs in the relay namespace with `--dataplane xdp`; coturn's `turnutils_uclient` and
+//! `xturnctl ping` relay ChannelData to an echo peer, which the XDP program relays in the kernel;
+//! `xturnd` reports its XDP and userspace counters when it stops. Namespaces and processes are
+//! removed at the end, also on failure.
 use std::{
     process::{Child, Command, Stdio},
     thread,
@@ -112,9 +113,49 @@ pub fn run() -> Result<()> {
         ],
     ))?;
 
-    sh::step("demo: stopping xturnd (it logs its userspace and XDP counters)");
+    sh::step("demo: a Send-indication session (not ChannelData: relayed in userspace)");
+    sh::run(netns_cmd(
+        CLIENT,
+        "turnutils_uclient",
+        &[
+            "-s",
+            "-c",
+            "-u",
+            "demo",
+            "-w",
+            "demo-password",
+            "-e",
+            "198.18.2.2",
+            "-r",
+            "3480",
+            "-n",
+            "50",
+            "-m",
+            "1",
+            "-l",
+            "200",
+            "-z",
+            "5",
+            "198.18.1.1",
+        ],
+    ))?;
+
+    sh::step("demo: stopping xturnd; its report shows where each datagram was relayed");
     let output = xturnd.stop()?;
-    eprint!("{}", String::from_utf8_lossy(&output));
+    let log = String::from_utf8_lossy(&output);
+    eprint!("{log}");
+    let relayed_in_xdp = log
+        .lines()
+        .filter(|l| l.contains("XDP counter") && l.contains("relayed_to"))
+        .count();
+    if relayed_in_xdp == 0 || !log.contains("data plane: XDP") {
+        bail!("xturnd did not report XDP relaying; see its log above");
+    }
+    eprintln!(
+        "\ndemo: ChannelData went through the XDP program (the relayed_to_peer and \
+         relayed_to_client counters above); Send indications through userspace (the \
+         relayed_to_*_packets fields of the userspace counters)."
+    );
     Ok(())
 }
 
@@ -177,6 +218,25 @@ impl Topology {
         ] {
             ip(&["-n", ns, "addr", "add", cidr, "dev", ifname])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        }
+        // What the XDP fast path needs on veths (see docs/architecture.md, "Running on veths"):
+        // forwarding for bpf_fib_lookup, NAPI (GRO) on the receiving ends of redirected frames,
+        // and full checksums from the hosts' sockets (TX checksum offload off).
+        sh::run(netns_cmd(
+            RELAY,
+            "sysctl",
+            &["-qw", "net.ipv4.ip_forward=1"],
+        ))?;
+        for (ns, ifname) in [(CLIENT, "xtd-c0"), (PEER, "xtd-p0")] {
+            sh::run(netns_cmd(
+                ns,
+                "ethtool",
+                &["-K", ifname, "tx", "off", "gro", "off"],
+            ))?;
+            sh::run(netns_cmd(ns, "ethtool", &["-K", ifname, "gro", "on"]))?;
+        }
+        for ip in ["198.18.1.2", "198.18.2.2"] {
+            sh::run(netns_cmd(RELAY, "ping", &["-c", "1", "-W", "2", "-q", ip]))?;
         }
         Ok(topology)
     }
