@@ -156,7 +156,7 @@ impl FastPath {
         let capacity = max_channels.max(1);
         let log_level = kernel_log_level();
         let mut ebpf = EbpfLoader::new()
-            .set_global(aya_log::LEVEL, &log_level, true)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries(names::CHANNELS_MAP, capacity)
             .map_max_entries(names::PEERS_MAP, capacity)
             .load(OBJECT)
