@@ -111,10 +111,10 @@ fn attach(
             info!(
                 interface,
                 "the peer of this paired interface (veth) is in another network namespace: if it \
-                 is a veth, enable XDP or GRO on the peer (`ethtool -K <peer> gro on`) so \
-                 kernel-relayed frames are delivered, and turn its TX checksum offload off \
+                 is a veth, attach an XDP program to the peer (GRO on the peer is enough for \
+                 redirected frames but not for XDP_TX ones) and turn its TX checksum offload off \
                  (`ethtool -K <peer> tx off`): datagrams that cross a veth with a partial \
-                 checksum cannot be relayed correctly in XDP"
+                 checksum cannot be relayed correctly in XDP; see docs/architecture.md"
             );
         }
     }

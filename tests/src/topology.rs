@@ -127,15 +127,20 @@ impl Topology {
 /// Readies the topology for the XDP fast path:
 /// - forwarding on in the relay namespace (`bpf_fib_lookup` resolves next hops only for
 ///   interfaces that forward);
-/// - GRO on at the outer veth ends, so frames the relay's XDP program redirects or transmits
-///   into a veth are delivered (a veth needs XDP or NAPI on the receiving end);
+/// - an XDP program (xturn's pass-everything one) on the outer veth ends: frames the relay's
+///   program redirects into a veth are delivered only if the other end runs NAPI (GRO or XDP),
+///   and frames it sends back with `XDP_TX` (a hairpin) are flushed promptly only if the other
+///   end runs an XDP program — with GRO alone they wait for unrelated traffic;
 /// - TX checksum offload off at the outer veth ends: a local socket's datagram crosses a veth
 ///   with only a partial checksum (the skb says "to be completed"), which XDP cannot know; a
 ///   NIC always delivers full checksums, and so do the test hosts then;
 /// - the relay's neighbour entries for client and peer resolved, so the first datagrams do not
 ///   take the userspace path while ARP/ND runs.
 impl Topology {
-    pub fn prepare_for_xdp(&self) {
+    /// Returns the pass programs attached to the outer veth ends; keep it alive while the test
+    /// runs (dropping it detaches them).
+    #[must_use]
+    pub fn prepare_for_xdp(&self) -> Vec<relay_user::ebpf::FastPath> {
         self.relay.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         self.relay
             .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
@@ -146,6 +151,17 @@ impl Topology {
         for ip in [CLIENT_V4, PEER_V4, CLIENT_V6, PEER_V6] {
             self.relay.run("ping", &["-c", "1", "-W", "2", ip]);
         }
+        [(&self.client, "xtc0"), (&self.peer, "xtp0")]
+            .into_iter()
+            .map(|(ns, ifname)| {
+                ns.within(|| {
+                    let mut pass = relay_user::ebpf::FastPath::load_with_capacity(1)
+                        .expect("load the XDP program");
+                    pass.attach_pass(ifname).expect("attach the pass program");
+                    pass
+                })
+            })
+            .collect()
     }
 }
 

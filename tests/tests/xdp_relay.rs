@@ -161,7 +161,7 @@ fn xturnctl_ping(topology: &Topology, server: &str, peer: &str, mode: &str, coun
 #[test]
 fn bound_channels_are_relayed_in_the_kernel_and_the_rest_in_userspace() {
     let topology = Topology::new();
-    topology.prepare_for_xdp();
+    let _pass = topology.prepare_for_xdp();
     let _peers = start_echo_peers(&topology);
     let log = log_path("xdp-e2e");
     let relay = start_xdp_relay(&topology, &log, &[]);
@@ -263,7 +263,7 @@ fn bound_channels_are_relayed_in_the_kernel_and_the_rest_in_userspace() {
 #[test]
 fn an_expired_binding_stops_kernel_relaying() {
     let topology = Topology::new();
-    topology.prepare_for_xdp();
+    let _pass = topology.prepare_for_xdp();
     let _peers = start_echo_peers(&topology);
     let log = log_path("xdp-expiry");
     // Allocations live 2 s at most: the binding goes when the allocation expires.
@@ -386,7 +386,7 @@ fn auto_mode_falls_back_to_userspace_for_wildcard_listeners() {
 #[test]
 fn tcpdump_verifies_checksums_of_kernel_relayed_datagrams() {
     let topology = Topology::new();
-    topology.prepare_for_xdp();
+    let _pass = topology.prepare_for_xdp();
     let _peers = start_echo_peers(&topology);
     let log = log_path("xdp-tcpdump");
     let relay = start_xdp_relay(&topology, &log, &[]);
@@ -461,7 +461,7 @@ fn tcpdump_verifies_checksums_of_kernel_relayed_datagrams() {
 #[test]
 fn kernel_log_records_reach_the_agent_log() {
     let topology = Topology::new();
-    topology.prepare_for_xdp();
+    let _pass = topology.prepare_for_xdp();
     let _peers = start_echo_peers(&topology);
     let log = log_path("xdp-log");
     let relay = start_xdp_relay(&topology, &log, &["--log-level", "debug"]);
@@ -499,4 +499,84 @@ fn kernel_log_records_reach_the_agent_log() {
         log.contains("dropped ChannelData whose length exceeds its datagram"),
         "the XDP program's aya-log record is in xturnd's log:\n{log}"
     );
+}
+
+#[test]
+fn two_clients_of_one_relay_reach_each_other_through_the_kernel() {
+    // The common WebRTC case: both ends use the same relay, so each one's peer is the other's
+    // relayed address. The XDP program relays that hairpin without the stack.
+    let topology = Topology::new();
+    let _pass = topology.prepare_for_xdp();
+    let log = log_path("xdp-hairpin");
+    let relay = start_xdp_relay(&topology, &log, &[]);
+    let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
+    // Runs the exchange and returns how many round trips completed (no panics in here, so the
+    // relay's counters are collected whatever happens).
+    let rounds = topology.client.within(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let creds = || ClientCredentials::new("alice", "wonderland");
+            let mut a = TurnClient::connect(server, creds())
+                .await
+                .expect("connect a");
+            let mut b = TurnClient::connect(server, creds())
+                .await
+                .expect("connect b");
+            let relayed_a = a
+                .allocate(AllocateOptions::default())
+                .await
+                .expect("allocate a")
+                .relayed;
+            let relayed_b = b
+                .allocate(AllocateOptions::default())
+                .await
+                .expect("allocate b")
+                .relayed;
+            a.channel_bind(relayed_b, 0x4000).await.expect("a binds b");
+            b.channel_bind(relayed_a, 0x4001).await.expect("b binds a");
+            let mut rounds = 0;
+            for i in 0..20u8 {
+                a.send_channel(0x4000, &[i; 100]).await.expect("a sends");
+                match b.recv_timeout(Duration::from_secs(1)).await {
+                    Ok(got)
+                        if (got.peer, got.via, got.data.as_slice())
+                            == (relayed_a, Via::Channel(0x4001), &[i; 100][..]) => {}
+                    other => {
+                        eprintln!("round {i}: b got {other:?}");
+                        break;
+                    }
+                }
+                b.send_channel(0x4001, &[i; 60]).await.expect("b answers");
+                match a.recv_timeout(Duration::from_secs(1)).await {
+                    Ok(got)
+                        if (got.peer, got.via, got.data.as_slice())
+                            == (relayed_b, Via::Channel(0x4000), &[i; 60][..]) => {}
+                    other => {
+                        eprintln!("round {i}: a got {other:?}");
+                        break;
+                    }
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    });
+    let log = stop(relay, &log);
+    let counters: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("XDP counter") && !l.contains("packets=0"))
+        .collect();
+    assert_eq!(
+        rounds, 20,
+        "every round trip completed; XDP counters: {counters:#?}"
+    );
+    assert_eq!(
+        xdp_packets(&log, "relayed_hairpin"),
+        40,
+        "both directions hairpinned in XDP"
+    );
+    assert_eq!(userspace(&log, "relayed_to_peer_packets"), 0);
 }
