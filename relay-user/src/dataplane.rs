@@ -241,6 +241,20 @@ impl ChannelHook for XdpHook {
     }
 }
 
+/// Every address of every local interface (for the peer policy: the relay host's own
+/// addresses). Empty if the interfaces cannot be listed.
+pub fn local_addresses() -> Vec<IpAddr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter_map(|ifaddr| ifaddr.address.as_ref().and_then(sockaddr_ip))
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot list local addresses for the peer policy");
+            Vec::new()
+        }
+    }
+}
+
 /// Names of the interfaces that own one of `addresses` (all non-loopback interfaces of a family
 /// for its unspecified address).
 fn interfaces_owning(addresses: &[IpAddr]) -> Result<BTreeSet<String>, nix::Error> {

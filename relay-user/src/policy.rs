@@ -354,11 +354,21 @@ fn forbidden(canonical: IpAddr) -> Option<Forbidden> {
 /// Why the relay's own listener addresses are refused as peers.
 const OWN_LISTENER: &str = "the relay's own listener address (relaying to it would loop)";
 
+/// Why other ports on the relay host's own addresses are refused as peers.
+const OWN_HOST: &str = "an address of the relay host outside the relayed port range (it would \
+                        reach the host's own services)";
+
 /// The peer policy of the whole relay.
 #[derive(Debug, Clone, Default)]
 pub struct PeerPolicy {
     /// The relay's listener addresses, IPs canonicalised; refused as peers (address and port).
     own: Vec<SocketAddr>,
+    /// The relay host's own addresses, canonicalised: as peers they may only be reached on the
+    /// relayed port range (another allocation of this relay), never on other ports, where the
+    /// host's own services listen.
+    host_ips: Vec<IpAddr>,
+    /// The relayed port range, inclusive.
+    relay_ports: (u16, u16),
     /// Listeners with routes, mapped to the endpoints of all their routed clusters. A listener
     /// with routes whose clusters have no endpoints is present with an empty list (reaches
     /// nothing); a listener absent from the map has no routes (reaches everything not denied).
@@ -380,9 +390,30 @@ impl PeerPolicy {
         own.dedup();
         PeerPolicy {
             own,
+            host_ips: Vec::new(),
+            relay_ports: (0, u16::MAX),
             routed: HashMap::new(),
             allow_loopback: false,
         }
+    }
+
+    /// Declares the relay host's own addresses and the relayed port range: a peer on one of
+    /// those addresses is refused unless its port is in the range. Adds to earlier calls.
+    #[must_use]
+    pub fn own_host(
+        mut self,
+        ips: impl IntoIterator<Item = IpAddr>,
+        relay_ports: (u16, u16),
+    ) -> Self {
+        self.host_ips.extend(
+            ips.into_iter()
+                .map(canonical_ip)
+                .filter(|ip| !ip.is_unspecified()),
+        );
+        self.host_ips.sort_unstable();
+        self.host_ips.dedup();
+        self.relay_ports = relay_ports;
+        self
     }
 
     /// The policy `config` describes: its listeners' addresses are denied as peers (a wildcard
@@ -405,7 +436,15 @@ impl PeerPolicy {
                 _ => own.push(listener.addr),
             }
         }
-        let mut policy = PeerPolicy::open(own).allow_loopback(config.allow_loopback_peers);
+        let host_ips = config
+            .listeners
+            .iter()
+            .map(|l| l.addr.ip())
+            .chain(config.relay_ipv4.map(IpAddr::V4))
+            .chain(config.relay_ipv6.map(IpAddr::V6));
+        let mut policy = PeerPolicy::open(own)
+            .own_host(host_ips, (config.min_port, config.max_port))
+            .allow_loopback(config.allow_loopback_peers);
         for listener in &config.listeners {
             if listener.routes.is_empty() {
                 continue;
@@ -475,6 +514,14 @@ impl PeerPolicy {
             return Err(PeerDenied::DefaultDeny {
                 peer: peer.ip(),
                 why: OWN_LISTENER,
+            });
+        }
+        let (first, last) = self.relay_ports;
+        if self.host_ips.binary_search(&canonical).is_ok() && !(first..=last).contains(&peer.port())
+        {
+            return Err(PeerDenied::DefaultDeny {
+                peer: peer.ip(),
+                why: OWN_HOST,
             });
         }
         match self.routed.get(listener) {
@@ -645,6 +692,26 @@ mod tests {
                 Ok(()),
                 "{peer}"
             );
+        }
+    }
+
+    #[test]
+    fn the_relay_hosts_other_ports_are_denied_but_relayed_ports_are_not() {
+        let policy = PeerPolicy::open(vec![sa("198.18.1.1:3478")]).own_host(
+            ["198.18.1.1".parse().unwrap(), "198.18.2.1".parse().unwrap()],
+            (50000, 50999),
+        );
+        for denied in [
+            "198.18.2.1:161",
+            "198.18.2.1:22",
+            "198.18.1.1:53",
+            "[::ffff:198.18.2.1]:161",
+        ] {
+            assert!(policy.permits("l", sa(denied)).is_err(), "{denied}");
+        }
+        // Another allocation of this relay (the hairpin case) and foreign hosts stay reachable.
+        for allowed in ["198.18.2.1:50000", "198.18.2.1:50999", "198.18.2.2:161"] {
+            assert_eq!(policy.permits("l", sa(allowed)), Ok(()), "{allowed}");
         }
     }
 

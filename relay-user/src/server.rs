@@ -7,7 +7,8 @@
 //!
 //! The protocol state sits behind one mutex. A task locks it only to hand over one datagram (or
 //! tick) and to collect the resulting [`Command`]s; the commands are carried out after the lock is
-//! released. Sends use `try_send_to`: a full socket buffer drops the datagram, as UDP would.
+//! released. Sends are plain non-blocking `sendto`s: a full socket buffer drops the datagram,
+//! as UDP would.
 use std::{
     collections::{HashMap, VecDeque},
     io,
@@ -17,7 +18,10 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::{net::UdpSocket, task::JoinHandle};
+use tokio::{
+    net::UdpSocket,
+    task::{JoinHandle, JoinSet},
+};
 use tracing::{debug, info, warn};
 
 use crate::turn::{self, BindFailure, ChannelBinding, Command, ListenerId};
@@ -65,6 +69,8 @@ pub struct ServerSpec {
 struct RelaySocket {
     socket: Arc<UdpSocket>,
     reader: JoinHandle<()>,
+    /// Whether the socket is in "don't fragment" mode (IP_PMTUDISC_DO) right now.
+    dont_fragment: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Shared {
@@ -78,7 +84,7 @@ struct Shared {
 /// A running server. Dropping it stops every task.
 pub struct RunningServer {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: JoinSet<()>,
     local_addrs: Vec<SocketAddr>,
 }
 
@@ -112,14 +118,14 @@ impl RunningServer {
             relays: Mutex::new(HashMap::new()),
             hook,
         });
-        let mut tasks = Vec::new();
+        let mut tasks = JoinSet::new();
         for (index, sockets) in per_listener.into_iter().enumerate() {
             let id = ListenerId(u16::try_from(index).unwrap_or(u16::MAX));
             for socket in sockets {
-                tasks.push(tokio::spawn(listener_task(Arc::clone(&shared), id, socket)));
+                tasks.spawn(listener_task(Arc::clone(&shared), id, socket));
             }
         }
-        tasks.push(tokio::spawn(timer_task(Arc::clone(&shared))));
+        tasks.spawn(timer_task(Arc::clone(&shared)));
         Ok(RunningServer {
             shared,
             tasks,
@@ -132,6 +138,18 @@ impl RunningServer {
         &self.local_addrs
     }
 
+    /// Resolves when a listener or timer task has stopped. They loop forever, so this means one
+    /// panicked: the agent must not go on with a listener nobody reads or a timer that no
+    /// longer expires anything.
+    pub async fn task_failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Err(e)) if e.is_panic() => format!("a server task panicked: {e}"),
+            Some(Err(e)) => format!("a server task was cancelled: {e}"),
+            Some(Ok(())) => "a server task ended".to_owned(),
+            None => "no server task is running".to_owned(),
+        }
+    }
+
     /// Runs `f` with the protocol state locked (for stats and admin queries).
     pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> T {
         f(&lock(&self.shared.core))
@@ -140,9 +158,7 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.tasks.abort_all();
         for (_, relay) in lock(&self.shared.relays).drain() {
             relay.reader.abort();
         }
@@ -157,9 +173,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn drain(core: &mut turn::Server, into: &mut VecDeque<Command>) {
+/// Takes the core's commands. Channel hooks run here, under the core lock, so that bindings and
+/// unbindings reach the kernel in exactly the order the core decided them, whichever task
+/// carries out the rest; they are short map updates. Everything else is queued for `execute`.
+fn drain(core: &mut turn::Server, hook: &dyn ChannelHook, into: &mut VecDeque<Command>) {
     while let Some(command) = core.poll_command() {
-        into.push_back(command);
+        match command {
+            Command::ChannelBound(binding) => hook.channel_bound(&binding),
+            Command::ChannelUnbound(binding) => hook.channel_unbound(&binding),
+            other => into.push_back(other),
+        }
     }
 }
 
@@ -178,7 +201,7 @@ async fn listener_task(shared: Arc<Shared>, listener: ListenerId, socket: Arc<Ud
         {
             let mut core = lock(&shared.core);
             core.handle_client_datagram(listener, client, &buf[..len], Instant::now());
-            drain(&mut core, &mut commands);
+            drain(&mut core, shared.hook.as_ref(), &mut commands);
         }
         execute(&shared, &mut commands);
     }
@@ -198,7 +221,7 @@ async fn relay_task(shared: Arc<Shared>, relayed: SocketAddr, socket: Arc<UdpSoc
         {
             let mut core = lock(&shared.core);
             core.handle_peer_datagram(relayed, peer, &buf[..len], Instant::now());
-            drain(&mut core, &mut commands);
+            drain(&mut core, shared.hook.as_ref(), &mut commands);
         }
         execute(&shared, &mut commands);
     }
@@ -211,7 +234,7 @@ async fn timer_task(shared: Arc<Shared>) {
         let next = {
             let mut core = lock(&shared.core);
             core.handle_timeout(now);
-            drain(&mut core, &mut commands);
+            drain(&mut core, shared.hook.as_ref(), &mut commands);
             core.poll_timeout()
         };
         execute(&shared, &mut commands);
@@ -242,13 +265,17 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 data,
                 dont_fragment,
             } => {
-                let socket = lock(&shared.relays)
+                let relay = lock(&shared.relays)
                     .get(&relayed)
-                    .map(|r| Arc::clone(&r.socket));
-                match socket {
-                    Some(socket) => {
-                        if dont_fragment {
-                            set_dont_fragment(&socket, relayed);
+                    .map(|r| (Arc::clone(&r.socket), Arc::clone(&r.dont_fragment)));
+                match relay {
+                    Some((socket, mode)) => {
+                        // DONT-FRAGMENT applies to this datagram only: switch the socket's mode
+                        // when it differs (a syscall only on a change).
+                        if mode.swap(dont_fragment, std::sync::atomic::Ordering::Relaxed)
+                            != dont_fragment
+                        {
+                            set_dont_fragment(&socket, relayed, dont_fragment);
                         }
                         send(&socket, &data, peer);
                     }
@@ -259,7 +286,7 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 let result = bind_relay(shared, addr);
                 let mut core = lock(&shared.core);
                 core.handle_relay_bound(addr, result, Instant::now());
-                drain(&mut core, commands);
+                drain(&mut core, shared.hook.as_ref(), commands);
             }
             Command::ReleaseRelay { addr } => {
                 if let Some(relay) = lock(&shared.relays).remove(&addr) {
@@ -267,8 +294,8 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                     debug!(%addr, "relayed socket released");
                 }
             }
-            Command::ChannelBound(binding) => shared.hook.channel_bound(&binding),
-            Command::ChannelUnbound(binding) => shared.hook.channel_unbound(&binding),
+            // Applied in `drain`, under the core lock.
+            Command::ChannelBound(_) | Command::ChannelUnbound(_) => {}
         }
     }
 }
@@ -283,33 +310,50 @@ fn bind_relay(shared: &Arc<Shared>, addr: SocketAddr) -> Result<(), BindFailure>
         }
     };
     let reader = tokio::spawn(relay_task(Arc::clone(shared), addr, Arc::clone(&socket)));
-    if let Some(old) = lock(&shared.relays).insert(addr, RelaySocket { socket, reader }) {
+    let relay = RelaySocket {
+        socket,
+        reader,
+        dont_fragment: Arc::default(),
+    };
+    if let Some(old) = lock(&shared.relays).insert(addr, relay) {
         // The core never binds an address twice; if it did, the old reader must not linger.
         old.reader.abort();
     }
     Ok(())
 }
 
+/// A plain non-blocking `sendto`: a full socket buffer drops the datagram, as UDP would. Not
+/// tokio's `try_send_to`, which gives up without trying until its reactor has seen the socket
+/// become writable once, and so could drop the first datagrams of a new relayed socket.
 fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr) {
-    if let Err(e) = socket.try_send_to(data, to) {
+    if let Err(e) = socket2::SockRef::from(socket).send_to(data, &to.into()) {
         debug!(%to, error = %e, "send dropped");
     }
 }
 
-fn set_dont_fragment(socket: &UdpSocket, relayed: SocketAddr) {
+fn set_dont_fragment(socket: &UdpSocket, relayed: SocketAddr, on: bool) {
     use std::os::fd::AsRawFd as _;
-    let (level, name, value) = if relayed.is_ipv4() {
-        (
+    let (level, name, value) = match (relayed.is_ipv4(), on) {
+        (true, true) => (
             libc::IPPROTO_IP,
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DO,
-        )
-    } else {
-        (
+        ),
+        (true, false) => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_WANT,
+        ),
+        (false, true) => (
             libc::IPPROTO_IPV6,
             libc::IPV6_MTU_DISCOVER,
             libc::IPV6_PMTUDISC_DO,
-        )
+        ),
+        (false, false) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_WANT,
+        ),
     };
     // SAFETY: setsockopt on a socket we own, with a c_int value and its size.
     let rc = unsafe {

@@ -405,6 +405,8 @@ fn hostile_input_gets_errors_and_the_good_client_keeps_being_served() {
         "127.0.0.1:3480",
         "0.0.0.0:3480",
         "[::ffff:127.0.0.1]:3480",
+        // The relay host's own address on a port outside the relayed range (its own services).
+        "198.18.2.1:22",
         listener.as_str(),
     ] {
         let family = if forbidden.starts_with('[') {

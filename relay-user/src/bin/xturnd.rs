@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         eprintln!("xturnd: {e}");
         return ExitCode::from(2);
     }
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads.max(1))
         .enable_all()
@@ -73,7 +74,7 @@ async fn run(config: Config) -> Result<()> {
         listeners,
         threads: config.threads,
     };
-    let running = RunningServer::start(core, &spec, hook)?;
+    let mut running = RunningServer::start(core, &spec, hook)?;
     info!(
         listeners = ?running.local_addrs(),
         relay_ipv4 = ?config.relay_ipv4,
@@ -83,7 +84,10 @@ async fn run(config: Config) -> Result<()> {
         "xturnd ready"
     );
 
-    shutdown_signal().await?;
+    tokio::select! {
+        signal = shutdown_signal() => signal?,
+        failure = running.task_failed() => anyhow::bail!("{failure}; stopping so a supervisor can restart xturnd"),
+    }
     info!("shutting down");
     log_final_stats(&running, xdp_hook.as_deref());
     drop(running);
@@ -118,19 +122,27 @@ fn build_core(config: &Config) -> turn::Server {
     for secret in &config.auth_secrets {
         credentials = credentials.with_rest_secret(secret.clone());
     }
-    let policy = PeerPolicy::from_config(config);
+    // Besides the configured addresses, every address of this host is its own: a client must not
+    // reach the host's services through the relay (wildcard listeners, other NICs, VIPs).
+    let policy = PeerPolicy::from_config(config).own_host(
+        dataplane::local_addresses(),
+        (config.min_port, config.max_port),
+    );
 
     // Nonces are HMACs under a per-process key: they stay valid only while this process runs.
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut nonce_key = [0u8; 32];
     rng.fill_bytes(&mut nonce_key);
+    // The core's RNG picks relayed ports and RESERVATION-TOKENs: seed it with a full 256 bits.
+    let mut rng_seed = [0u8; 32];
+    rng.fill_bytes(&mut rng_seed);
     let (start, start_unix) = server::clocks();
     turn::Server::new(
         server_config,
         credentials,
         policy,
         nonce_key,
-        rng.next_u64(),
+        rng_seed,
         start,
         start_unix,
     )
@@ -161,6 +173,25 @@ fn log_final_stats(running: &RunningServer, xdp: Option<&XdpHook>) {
             }
         }
         Err(e) => error!(error = %e, "cannot read XDP counters"),
+    }
+}
+
+/// Every allocation holds a socket (two with dual stack or a reservation): lift the soft limit
+/// on open files to the hard one, so the default 1024 does not cap the relay far below
+/// `--max-allocations`.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! This is plain state with lookups; when things are created, refreshed or expire, and which
 //! commands that emits, is decided by `server`.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -52,6 +52,11 @@ pub struct Allocation {
     pub(crate) permissions: HashMap<IpAddr, Permission>,
     pub(crate) channels: HashMap<u16, Channel>,
     pub(crate) channel_by_peer: HashMap<SocketAddr, u16>,
+    /// `(peer IP, number)` of every channel: a permission's channels without a scan of all.
+    pub(crate) channel_ips: BTreeSet<(IpAddr, u16)>,
+    /// RESERVATION-TOKEN of the port reserved with it (EVEN-PORT with R): released with it
+    /// unless claimed first.
+    pub(crate) reservation: Option<u64>,
 }
 
 impl Allocation {
@@ -85,12 +90,46 @@ impl Allocation {
         self.permissions.iter().map(|(ip, p)| (*ip, p))
     }
 
-    /// Its bound channels (not those cooling down after expiry).
+    /// Its bound channels (not those cooling down after expiry). A channel whose peer's
+    /// permission has lapsed stays bound until its own lifetime ends (RFC 8656 §12) but relays
+    /// nothing until the permission is installed again.
     pub fn channel_bindings(&self) -> impl Iterator<Item = ChannelBinding> + '_ {
         self.channels
             .iter()
             .filter(|(_, c)| c.bound)
             .filter_map(|(number, c)| self.binding(*number, c.peer))
+    }
+
+    /// Bound channels to peers on `ip` (any port).
+    pub(crate) fn bindings_to(&self, ip: IpAddr) -> impl Iterator<Item = ChannelBinding> + '_ {
+        self.channel_ips
+            .range((ip, 0)..=(ip, u16::MAX))
+            .filter_map(|(_, number)| {
+                let channel = self.channels.get(number).filter(|c| c.bound)?;
+                self.binding(*number, channel.peer)
+            })
+    }
+
+    /// Bound channels that also have their permission: those the fast path relays (each
+    /// announced with `ChannelBound` and not yet withdrawn).
+    pub(crate) fn installed_bindings(&self) -> impl Iterator<Item = ChannelBinding> + '_ {
+        self.channel_bindings()
+            .filter(|b| self.permissions.contains_key(&b.peer.ip()))
+    }
+
+    /// Adds channel `number` (not present yet) with its indexes.
+    pub(crate) fn add_channel(&mut self, number: u16, channel: Channel) {
+        self.channel_by_peer.insert(channel.peer, number);
+        self.channel_ips.insert((channel.peer.ip(), number));
+        self.channels.insert(number, channel);
+    }
+
+    /// Removes channel `number` with its indexes.
+    pub(crate) fn remove_channel(&mut self, number: u16) {
+        if let Some(channel) = self.channels.remove(&number) {
+            self.channel_by_peer.remove(&channel.peer);
+            self.channel_ips.remove(&(channel.peer.ip(), number));
+        }
     }
 
     /// The relayed address of the same family as `peer`, if the allocation has one.

@@ -132,9 +132,13 @@ pub enum Command {
     BindRelay { addr: SocketAddr },
     /// Close the relayed socket at `addr` (allocation gone, or a reservation expired).
     ReleaseRelay { addr: SocketAddr },
-    /// A channel is now bound: the fast path may install its kernel entries.
+    /// A channel relays now: the fast path may install its kernel entries. Sent when it is
+    /// bound, and again when the permission of its peer is installed anew while it is still
+    /// bound.
     ChannelBound(ChannelBinding),
-    /// A channel is no longer bound: the fast path removes its kernel entries.
+    /// A channel relays no longer: the fast path removes its kernel entries. Sent when it
+    /// expires or its allocation goes, and when the permission of its peer expires (the
+    /// binding itself lasts until its own expiry; a new permission brings a `ChannelBound`).
     ChannelUnbound(ChannelBinding),
 }
 

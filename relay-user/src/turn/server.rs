@@ -1,12 +1,13 @@
 //! [`Server`]: request handling, the data paths, the two-phase relayed-port binding and timers.
 //!
-//! Timers: every allocation, permission, channel and reservation has one entry in a min-heap,
-//! at `timer_at`. Refreshing only moves `expires` later; when the entry comes due the item is
-//! either expired or the entry is pushed again at the new `expires`. An entry whose time is not
-//! its item's `timer_at` is stale and ignored. This keeps the heap at one live entry per item
-//! however often clients refresh.
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+//! Timers: every allocation, permission, channel and reservation has exactly one entry in an
+//! ordered set, at `(timer_at, Timer)`. Refreshing only moves `expires` later; when the entry
+//! comes due the item is either expired or the entry is inserted again at the new `expires`.
+//! Whoever removes an item (or moves its timer earlier) removes its entry too, so the set holds
+//! one entry per live item: its size follows live state, not how many items clients created and
+//! deleted (a heap with lazily skipped stale entries would grow with churn).
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,9 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use stun_codec::Attribute as _;
 use stun_codec::rfc5389::methods::BINDING;
-use stun_codec::rfc5766::methods::{
-    ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
-};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 use stun_codec::rfc8656::attributes::AddressFamily;
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
 use tracing::{debug, info, warn};
@@ -44,11 +43,21 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// After a channel binding expires, neither its number nor its peer may be rebound to
 /// something else for this long (RFC 8656 §12).
 const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
-/// Permissions one allocation may hold (beyond: 508), to bound memory per client.
+/// Permissions one allocation may hold (beyond: 508), whether made by CreatePermission or by
+/// ChannelBind, to bound memory per client.
 const MAX_PERMISSIONS_PER_ALLOCATION: usize = 1024;
+/// Channel numbers one allocation may hold, bound or cooling down (beyond: 508), to bound
+/// memory and kernel entries per client.
+const MAX_CHANNELS_PER_ALLOCATION: usize = 1024;
+/// Attribute types listed in UNKNOWN-ATTRIBUTES. RFC 8489 §14.9 does not bound the list, but a
+/// request can carry thousands of unknown attributes and the response (which gets cached)
+/// would grow with them; the first few distinct ones are all a client needs to see the problem.
+const MAX_UNKNOWN_ATTRIBUTES: usize = 16;
 /// Transaction cache entries live a little longer than a client's last retransmission.
 const TX_CACHE_TTL: Duration = Duration::from_secs(40);
 const TX_CACHE_CAPACITY: usize = 8192;
+/// Total response bytes the transaction cache holds, whatever the entry count.
+const TX_CACHE_MAX_BYTES: usize = 8 << 20;
 /// REQUESTED-TRANSPORT value of UDP.
 const PROTOCOL_UDP: u8 = 17;
 
@@ -83,11 +92,16 @@ impl Reply {
     }
 }
 
-/// A port held by EVEN-PORT's R bit until claimed with RESERVATION-TOKEN or expired.
+/// A port held by EVEN-PORT's R bit until claimed with RESERVATION-TOKEN, expired, or its
+/// allocation gone. It holds a socket, so it counts against its owner's quota and the total.
 #[derive(Debug)]
 struct Reservation {
     addr: SocketAddr,
     expires: Instant,
+    /// The allocation made together with it.
+    owner: FiveTuple,
+    /// Who made it, for the per-user quota.
+    username: String,
 }
 
 /// The relayed socket(s) of one address family of a parked Allocate.
@@ -118,6 +132,8 @@ struct PendingAllocate {
     /// Addresses that failed to bind: not tried again.
     tried: HashSet<SocketAddr>,
     address_error: Option<(AddressFamily, u16)>,
+    /// Quota slots it holds: 1, or 2 when it will also make a reservation (EVEN-PORT with R).
+    slots: usize,
 }
 
 /// The sans-IO TURN server. See the [module documentation](super).
@@ -139,13 +155,16 @@ pub struct Server {
     pending: HashMap<u64, PendingAllocate>,
     pending_by_tuple: HashMap<FiveTuple, u64>,
     pending_by_addr: HashMap<SocketAddr, u64>,
+    /// Sum of `slots` over `pending`, for the total quota.
+    pending_slots: usize,
     next_pending: u64,
     /// Binds still outstanding for Allocates that no longer need them: released on arrival.
     abandoned: HashSet<SocketAddr>,
     reservations: HashMap<u64, Reservation>,
     ports: Ports,
 
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// One entry per timed item; see the module documentation.
+    timers: BTreeSet<(Instant, Timer)>,
     tx_cache: TransactionCache,
     commands: VecDeque<Command>,
     stats: Stats,
@@ -181,26 +200,48 @@ fn lifetime_attr(lifetime: Duration) -> Lifetime {
     Lifetime::from_u32(u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX))
 }
 
-/// Schedules `timer` at `expires` unless a live entry already comes due no later.
+/// Schedules `timer` at `expires` unless its entry already comes due no later.
 fn arm(
-    timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>,
+    timers: &mut BTreeSet<(Instant, Timer)>,
     timer_at: &mut Instant,
     expires: Instant,
     timer: Timer,
 ) {
     if expires < *timer_at {
-        *timer_at = expires;
-        timers.push(Reverse((expires, timer)));
+        rearm(timers, timer_at, expires, timer);
     }
 }
 
-/// The comprehension-required attributes of `message` that we do not understand.
+/// Moves the entry of `timer` from `timer_at` to `at` (if it was popped already, just inserts).
+fn rearm(
+    timers: &mut BTreeSet<(Instant, Timer)>,
+    timer_at: &mut Instant,
+    at: Instant,
+    timer: Timer,
+) {
+    timers.remove(&(*timer_at, timer));
+    *timer_at = at;
+    timers.insert((at, timer));
+}
+
+/// The comprehension-required attributes of `message` that we do not understand: the first
+/// [`MAX_UNKNOWN_ATTRIBUTES`] distinct ones.
 fn unknown_required(message: &Message<Attribute>) -> Vec<stun_codec::AttributeType> {
-    message
+    let mut unknown: Vec<stun_codec::AttributeType> = Vec::new();
+    let required = message
         .unknown_attributes()
         .map(|a| a.get_type())
-        .filter(|t| t.is_comprehension_required() && !IGNORED_REQUIRED.contains(&t.as_u16()))
-        .collect()
+        .filter(|t| t.is_comprehension_required() && !IGNORED_REQUIRED.contains(&t.as_u16()));
+    for kind in required {
+        if unknown.len() == MAX_UNKNOWN_ATTRIBUTES {
+            break;
+        }
+        // Linear, but over at most MAX_UNKNOWN_ATTRIBUTES entries.
+        if !unknown.contains(&kind) {
+            unknown.push(kind);
+        }
+    }
+    unknown
 }
 
 /// The allocation of `five_tuple`, if `auth` may use it: else 437 or 441.
@@ -232,15 +273,16 @@ fn decode(frame: &StunFrame<'_>) -> Option<Message<Attribute>> {
 }
 
 impl Server {
-    /// A server with no allocations. `nonce_key` keys the stateless nonces, `rng_seed` seeds
-    /// every random choice (ports, reservation tokens, transaction ids of Data indications),
+    /// A server with no allocations. `nonce_key` keys the stateless nonces, `rng_seed` (256
+    /// bits, so that the stream cannot be recovered by trying seeds) seeds every random choice
+    /// (ports, reservation tokens, transaction ids of Data indications),
     /// `start` and `start_unix` are the same moment on the monotonic and the wall clock.
     pub fn new(
         config: ServerConfig,
         credentials: Credentials,
         policy: PeerPolicy,
         nonce_key: [u8; 32],
-        rng_seed: u64,
+        rng_seed: [u8; 32],
         start: Instant,
         start_unix: SystemTime,
     ) -> Self {
@@ -260,7 +302,7 @@ impl Server {
             credentials,
             policy,
             nonces: NonceMint::new(&nonce_key),
-            rng: StdRng::seed_from_u64(rng_seed),
+            rng: StdRng::from_seed(rng_seed),
             start,
             start_unix,
             software,
@@ -270,11 +312,12 @@ impl Server {
             pending: HashMap::new(),
             pending_by_tuple: HashMap::new(),
             pending_by_addr: HashMap::new(),
+            pending_slots: 0,
             next_pending: 0,
             abandoned: HashSet::new(),
             reservations: HashMap::new(),
-            timers: BinaryHeap::new(),
-            tx_cache: TransactionCache::new(TX_CACHE_TTL, TX_CACHE_CAPACITY),
+            timers: BTreeSet::new(),
+            tx_cache: TransactionCache::new(TX_CACHE_TTL, TX_CACHE_CAPACITY, TX_CACHE_MAX_BYTES),
             commands: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -315,6 +358,24 @@ impl Server {
         self.pending.len() + self.pending_by_addr.len() + self.abandoned.len()
     }
 
+    /// Entries in the timer set (one per allocation, permission, channel and reservation).
+    #[cfg(test)]
+    pub(crate) fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Live relayed-port reservations.
+    #[cfg(test)]
+    pub(crate) fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Bytes held by the transaction cache.
+    #[cfg(test)]
+    pub(crate) fn tx_cache_bytes(&self) -> usize {
+        self.tx_cache.bytes()
+    }
+
     /// The next command for the I/O layer. Drain after every `handle_*` call.
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
@@ -323,7 +384,7 @@ impl Server {
     /// When [`Server::handle_timeout`] should next be called: the earliest expiry of anything
     /// (possibly a little early, never late).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.first().map(|(at, _)| *at)
     }
 
     fn unix_now(&self, now: Instant) -> u64 {
@@ -720,17 +781,31 @@ impl Server {
         if token.is_none() && primary_ip.is_none() {
             return Reply::error(440);
         }
-        if self
-            .per_user
-            .get(self.credentials.quota_key(&auth.username))
-            .copied()
-            .unwrap_or(0)
-            >= self.config.max_allocations_per_user
-        {
+        let quota_key = self.credentials.quota_key(&auth.username);
+        // Quota slots this Allocate takes from the user and from the total: a reservation holds
+        // a socket like an allocation does, so EVEN-PORT with R needs two; claiming a token
+        // turns a slot that is counted already into the allocation.
+        let (user_slots, total_slots) = match token {
+            Some(token) => {
+                let Some(reservation) = self.reservations.get(&token) else {
+                    return Reply::error(508);
+                };
+                let same_user = self.credentials.quota_key(&reservation.username) == quota_key;
+                (usize::from(!same_user), 0)
+            }
+            None => {
+                let slots = 1 + usize::from(even_port == Some(true));
+                (slots, slots)
+            }
+        };
+        let user_count = self.per_user.get(quota_key).copied().unwrap_or(0);
+        if user_count + user_slots > self.config.max_allocations_per_user {
             self.stats.quota_rejections += 1;
             return Reply::error(486);
         }
-        if self.allocations.len() + self.pending.len() >= self.config.max_allocations {
+        if self.allocations.len() + self.pending_slots + self.reservations.len() + total_slots
+            > self.config.max_allocations
+        {
             self.stats.quota_rejections += 1;
             return Reply::error(508);
         }
@@ -739,7 +814,7 @@ impl Server {
 
         if let Some(token) = token {
             // The reserved socket is bound already: the allocation takes it over as it is.
-            let Some(reservation) = self.reservations.remove(&token) else {
+            let Some(reservation) = self.take_reservation(token) else {
                 return Reply::error(508);
             };
             let relayed = vec![RelayedAddress(reservation.addr)];
@@ -749,6 +824,7 @@ impl Server {
                 header.transaction_id,
                 &auth.username,
                 relayed.clone(),
+                None,
                 lifetime,
                 now,
             );
@@ -808,7 +884,8 @@ impl Server {
                 self.commands.push_back(Command::BindRelay { addr: *addr });
             }
         }
-        self.count_user(&auth.username);
+        self.count_user(&auth.username, user_slots);
+        self.pending_slots += user_slots;
         self.pending_by_tuple.insert(five_tuple, id);
         self.pending.insert(
             id,
@@ -822,6 +899,7 @@ impl Server {
                 attempts: 1,
                 tried,
                 address_error,
+                slots: user_slots,
             },
         );
         Reply::Parked
@@ -953,7 +1031,8 @@ impl Server {
             }
         }
         self.pending_by_tuple.remove(&pending.five_tuple);
-        self.forget_user(&pending.auth.username);
+        self.pending_slots = self.pending_slots.saturating_sub(pending.slots);
+        self.forget_user(&pending.auth.username, pending.slots);
         // Not cached: a retransmission may try again.
         self.respond(
             pending.listener,
@@ -967,6 +1046,9 @@ impl Server {
 
     fn complete_pending(&mut self, pending: &PendingAllocate, now: Instant) {
         self.pending_by_tuple.remove(&pending.five_tuple);
+        // The parked slots become the allocation and reservation, counted as they are made.
+        self.pending_slots = self.pending_slots.saturating_sub(pending.slots);
+        self.forget_user(&pending.auth.username, pending.slots);
         let mut relayed = Vec::with_capacity(pending.groups.len());
         let mut token = None;
         for group in &pending.groups {
@@ -985,23 +1067,24 @@ impl Server {
                     Reservation {
                         addr: *reserved,
                         expires,
+                        owner: pending.five_tuple,
+                        username: pending.auth.username.clone(),
                     },
                 );
-                self.timers
-                    .push(Reverse((expires, Timer::Reservation(value))));
+                self.timers.insert((expires, Timer::Reservation(value)));
+                self.count_user(&pending.auth.username, 1);
                 token = Some(value);
             }
         }
         // IPv4 first, as the RFC lists them.
         relayed.sort_by_key(|r| r.0.is_ipv6());
-        // `per_user` already counts this allocation (since it was parked).
-        self.forget_user(&pending.auth.username);
         self.insert_allocation(
             pending.listener,
             pending.five_tuple,
             pending.header.transaction_id,
             &pending.auth.username,
             relayed.clone(),
+            token,
             pending.lifetime,
             now,
         );
@@ -1030,6 +1113,7 @@ impl Server {
         transaction_id: TransactionId,
         username: &str,
         relayed: Vec<RelayedAddress>,
+        reservation: Option<u64>,
         lifetime: Duration,
         now: Instant,
     ) {
@@ -1052,11 +1136,12 @@ impl Server {
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
                 channel_by_peer: HashMap::new(),
+                channel_ips: BTreeSet::new(),
+                reservation,
             },
         );
-        self.timers
-            .push(Reverse((expires, Timer::Allocation(five_tuple))));
-        self.count_user(username);
+        self.timers.insert((expires, Timer::Allocation(five_tuple)));
+        self.count_user(username, 1);
         self.stats.allocations_created += 1;
     }
 
@@ -1083,39 +1168,87 @@ impl Server {
         attributes
     }
 
-    fn count_user(&mut self, username: &str) {
+    /// Adds `slots` to the quota count of `username`.
+    fn count_user(&mut self, username: &str, slots: usize) {
+        if slots == 0 {
+            return;
+        }
         let key = self.credentials.quota_key(username).to_owned();
-        *self.per_user.entry(key).or_default() += 1;
+        *self.per_user.entry(key).or_default() += slots;
     }
 
-    fn forget_user(&mut self, username: &str) {
+    /// Takes `slots` off the quota count of `username`.
+    fn forget_user(&mut self, username: &str, slots: usize) {
         let key = self.credentials.quota_key(username);
         if let Some(count) = self.per_user.get_mut(key) {
-            *count = count.saturating_sub(1);
+            *count = count.saturating_sub(slots);
             if *count == 0 {
                 self.per_user.remove(key);
             }
         }
     }
 
-    /// Removes an allocation: its channels are unbound and its sockets released.
+    /// Removes reservation `token` with its timer and its quota slot; the port stays claimed
+    /// (the caller either hands it to an allocation or releases it).
+    fn take_reservation(&mut self, token: u64) -> Option<Reservation> {
+        let reservation = self.reservations.remove(&token)?;
+        self.timers
+            .remove(&(reservation.expires, Timer::Reservation(token)));
+        self.forget_user(&reservation.username, 1);
+        Some(reservation)
+    }
+
+    /// Ends reservation `token` unclaimed: its socket is closed.
+    fn release_reservation(&mut self, token: u64) {
+        if let Some(reservation) = self.take_reservation(token) {
+            self.ports.release(reservation.addr);
+            self.commands.push_back(Command::ReleaseRelay {
+                addr: reservation.addr,
+            });
+        }
+    }
+
+    /// Removes an allocation: its channels are unbound, its timers dropped, and its sockets
+    /// (and a reservation it made that is still unclaimed) released.
     fn remove_allocation(&mut self, five_tuple: &FiveTuple, expired: bool) {
         let Some(allocation) = self.allocations.remove(five_tuple) else {
             return;
         };
+        // Only channels whose permission is installed have kernel entries to remove.
+        for binding in allocation.installed_bindings() {
+            self.commands.push_back(Command::ChannelUnbound(binding));
+        }
+        self.timers.remove(&(
+            allocation.timer_at,
+            Timer::Allocation(allocation.five_tuple),
+        ));
+        for (ip, permission) in &allocation.permissions {
+            self.timers.remove(&(
+                permission.timer_at,
+                Timer::Permission(allocation.five_tuple, *ip),
+            ));
+        }
         for (number, channel) in &allocation.channels {
-            if channel.bound
-                && let Some(binding) = allocation.binding(*number, channel.peer)
-            {
-                self.commands.push_back(Command::ChannelUnbound(binding));
-            }
+            self.timers.remove(&(
+                channel.timer_at,
+                Timer::Channel(allocation.five_tuple, *number),
+            ));
         }
         for r in &allocation.relayed {
             self.by_relayed.remove(&r.0);
             self.ports.release(r.0);
             self.commands.push_back(Command::ReleaseRelay { addr: r.0 });
         }
-        self.forget_user(&allocation.username);
+        // A token may have been claimed by now (and, however unlikely, its value reused).
+        if let Some(token) = allocation.reservation
+            && self
+                .reservations
+                .get(&token)
+                .is_some_and(|r| r.owner == allocation.five_tuple)
+        {
+            self.release_reservation(token);
+        }
+        self.forget_user(&allocation.username, 1);
         if expired {
             self.stats.allocations_expired += 1;
         } else {
@@ -1165,7 +1298,7 @@ impl Server {
 
     /// Installs or refreshes the permission for `peer` on `allocation`; `true` if it is new.
     fn install_permission(
-        timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>,
+        timers: &mut BTreeSet<(Instant, Timer)>,
         allocation: &mut Allocation,
         peer: IpAddr,
         expires: Instant,
@@ -1190,7 +1323,7 @@ impl Server {
                         timer_at: expires,
                     },
                 );
-                timers.push(Reverse((expires, Timer::Permission(five_tuple, peer))));
+                timers.insert((expires, Timer::Permission(five_tuple, peer)));
                 true
             }
         }
@@ -1234,9 +1367,10 @@ impl Server {
             self.stats.peer_denied += 1;
             return Reply::error(403);
         }
-        let fresh: HashSet<&IpAddr> = peers
+        let fresh: HashSet<IpAddr> = peers
             .iter()
             .filter(|peer| !allocation.permissions.contains_key(peer))
+            .copied()
             .collect();
         if allocation.permissions.len() + fresh.len() > MAX_PERMISSIONS_PER_ALLOCATION {
             return Reply::error(508);
@@ -1245,6 +1379,13 @@ impl Server {
         for peer in peers {
             if Self::install_permission(&mut self.timers, allocation, peer, expires) {
                 self.stats.permissions_created += 1;
+            }
+        }
+        // Channels still bound to those peers relay again (RFC 8656 §12: a channel outlives a
+        // lapse of its permission): their kernel entries come back.
+        for ip in &fresh {
+            for binding in allocation.bindings_to(*ip) {
+                self.commands.push_back(Command::ChannelBound(binding));
             }
         }
         Reply::Success(Vec::new())
@@ -1299,6 +1440,16 @@ impl Server {
         {
             return Reply::error(400);
         }
+        // The same memory bounds as CreatePermission, checked before anything changes.
+        let permitted = allocation.permissions.contains_key(&peer.ip());
+        if !allocation.channels.contains_key(&number)
+            && allocation.channels.len() >= MAX_CHANNELS_PER_ALLOCATION
+        {
+            return Reply::error(508);
+        }
+        if !permitted && allocation.permissions.len() >= MAX_PERMISSIONS_PER_ALLOCATION {
+            return Reply::error(508);
+        }
         let newly_bound = match allocation.channels.get_mut(&number) {
             Some(channel) => {
                 channel.expires = channel_expires;
@@ -1313,7 +1464,7 @@ impl Server {
                 !was_bound
             }
             None => {
-                allocation.channels.insert(
+                allocation.add_channel(
                     number,
                     Channel {
                         peer,
@@ -1322,22 +1473,24 @@ impl Server {
                         bound: true,
                     },
                 );
-                allocation.channel_by_peer.insert(peer, number);
-                self.timers.push(Reverse((
-                    channel_expires,
-                    Timer::Channel(five_tuple, number),
-                )));
+                self.timers
+                    .insert((channel_expires, Timer::Channel(five_tuple, number)));
                 true
             }
         };
-        if Self::install_permission(&mut self.timers, allocation, peer.ip(), permission_expires) {
+        let new_permission =
+            Self::install_permission(&mut self.timers, allocation, peer.ip(), permission_expires);
+        if new_permission {
             self.stats.permissions_created += 1;
+            // Every channel bound to that IP (this one included) relays again.
+            for binding in allocation.bindings_to(peer.ip()) {
+                self.commands.push_back(Command::ChannelBound(binding));
+            }
+        } else if newly_bound && let Some(binding) = allocation.binding(number, peer) {
+            self.commands.push_back(Command::ChannelBound(binding));
         }
         if newly_bound {
             self.stats.channels_bound += 1;
-            if let Some(binding) = allocation.binding(number, peer) {
-                self.commands.push_back(Command::ChannelBound(binding));
-            }
         }
         Reply::Success(Vec::new())
     }
@@ -1358,24 +1511,23 @@ impl Server {
             return;
         }
         self.stats.send_indications += 1;
-        let Some(message) = decode(frame) else {
-            self.stats.malformed_dropped += 1;
-            return;
+        let fields = match send_fields(frame) {
+            SendFields::Malformed => {
+                self.stats.malformed_dropped += 1;
+                return;
+            }
+            fields => fields,
         };
-        if !unknown_required(&message).is_empty() {
-            self.stats.malformed_dropped += 1;
-            return;
-        }
         let Some(allocation) = self.allocations.get(&five_tuple) else {
             self.stats.unknown_client_dropped += 1;
             return;
         };
-        let (Some(peer), Some(data)) = (
-            message
-                .get_attribute::<XorPeerAddress>()
-                .map(XorPeerAddress::address),
-            message.get_attribute::<Data>(),
-        ) else {
+        let SendFields::Complete {
+            peer,
+            data,
+            dont_fragment,
+        } = fields
+        else {
             self.stats.malformed_dropped += 1;
             return;
         };
@@ -1392,8 +1544,8 @@ impl Server {
             self.stats.client_dropped_no_permission += 1;
             return;
         }
-        let dont_fragment = message.get_attribute::<DontFragment>().is_some();
-        let data = data.data().to_vec();
+        // A borrowed payload is copied once here; a decoded one is moved.
+        let data = data.into_owned();
         self.stats.relayed_to_peer_packets += 1;
         self.stats.relayed_to_peer_bytes += data.len() as u64;
         self.commands.push_back(Command::SendToPeer {
@@ -1463,8 +1615,8 @@ impl Server {
         let bytes = match allocation.channel_to(peer, now) {
             Some(number) => wire::encode_channel_data(number, data),
             None => {
-                let transaction_id = TransactionId::new(self.rng.random());
-                data_indication(transaction_id, peer, data)
+                let transaction_id: [u8; 12] = self.rng.random();
+                wire::encode_data_indication(transaction_id, peer, data)
             }
         };
         let Some(bytes) = bytes else {
@@ -1488,11 +1640,11 @@ impl Server {
     /// Expires whatever is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx_cache.prune(now);
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+        while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             match timer {
                 Timer::Allocation(five_tuple) => self.allocation_timer(five_tuple, at, now),
                 Timer::Permission(five_tuple, peer) => {
@@ -1502,13 +1654,12 @@ impl Server {
                     self.channel_timer(five_tuple, number, at, now);
                 }
                 Timer::Reservation(token) => {
-                    if let Some(reservation) = self.reservations.get(&token)
-                        && reservation.expires <= now
+                    if self
+                        .reservations
+                        .get(&token)
+                        .is_some_and(|r| r.expires <= now)
                     {
-                        let addr = reservation.addr;
-                        self.reservations.remove(&token);
-                        self.ports.release(addr);
-                        self.commands.push_back(Command::ReleaseRelay { addr });
+                        self.release_reservation(token);
                     }
                 }
             }
@@ -1527,7 +1678,7 @@ impl Server {
         } else {
             allocation.timer_at = allocation.expires;
             self.timers
-                .push(Reverse((allocation.expires, Timer::Allocation(five_tuple))));
+                .insert((allocation.expires, Timer::Allocation(five_tuple)));
         }
     }
 
@@ -1543,23 +1694,17 @@ impl Server {
         }
         if permission.expires > now {
             permission.timer_at = permission.expires;
-            self.timers.push(Reverse((
-                permission.expires,
-                Timer::Permission(five_tuple, peer),
-            )));
+            self.timers
+                .insert((permission.expires, Timer::Permission(five_tuple, peer)));
             return;
         }
         allocation.permissions.remove(&peer);
         debug!(client = %five_tuple.client, %peer, "permission expired");
-        // Channels to that peer carry nothing without the permission: unbind them too.
-        let numbers: Vec<u16> = allocation
-            .channels
-            .iter()
-            .filter(|(_, c)| c.bound && c.peer.ip() == peer)
-            .map(|(n, _)| *n)
-            .collect();
-        for number in numbers {
-            self.unbind_channel(five_tuple, number, now);
+        // Channels to that peer carry nothing without the permission, so the fast path must
+        // drop their entries; but the bindings themselves last their own lifetime (RFC 8656
+        // §12), and a new permission makes them relay again.
+        for binding in allocation.bindings_to(peer) {
+            self.commands.push_back(Command::ChannelUnbound(binding));
         }
     }
 
@@ -1575,53 +1720,73 @@ impl Server {
         }
         if channel.expires > now {
             channel.timer_at = channel.expires;
-            self.timers.push(Reverse((
-                channel.expires,
-                Timer::Channel(five_tuple, number),
-            )));
+            self.timers
+                .insert((channel.expires, Timer::Channel(five_tuple, number)));
         } else if channel.bound {
-            self.unbind_channel(five_tuple, number, now);
+            // The binding ends; the cool-down begins.
+            channel.bound = false;
+            let peer = channel.peer;
+            rearm(
+                &mut self.timers,
+                &mut channel.timer_at,
+                now + CHANNEL_COOLDOWN,
+                Timer::Channel(five_tuple, number),
+            );
+            channel.expires = channel.timer_at;
+            debug!(client = %five_tuple.client, %peer, number, "channel unbound");
+            // Without its permission the channel's entries were withdrawn already.
+            if allocation.permissions.contains_key(&peer.ip())
+                && let Some(binding) = allocation.binding(number, peer)
+            {
+                self.commands.push_back(Command::ChannelUnbound(binding));
+            }
         } else {
             // The cool-down is over: number and peer are free again.
-            let peer = channel.peer;
-            allocation.channels.remove(&number);
-            allocation.channel_by_peer.remove(&peer);
-        }
-    }
-
-    /// Ends a channel binding: ChannelUnbound, then the cool-down.
-    fn unbind_channel(&mut self, five_tuple: FiveTuple, number: u16, now: Instant) {
-        let Some(allocation) = self.allocations.get_mut(&five_tuple) else {
-            return;
-        };
-        let Some(channel) = allocation.channels.get_mut(&number) else {
-            return;
-        };
-        channel.bound = false;
-        channel.expires = now + CHANNEL_COOLDOWN;
-        channel.timer_at = channel.expires;
-        let peer = channel.peer;
-        self.timers.push(Reverse((
-            channel.expires,
-            Timer::Channel(five_tuple, number),
-        )));
-        if let Some(binding) = allocation.binding(number, peer) {
-            debug!(client = %five_tuple.client, %peer, number, "channel unbound");
-            self.commands.push_back(Command::ChannelUnbound(binding));
+            allocation.remove_channel(number);
         }
     }
 }
 
-/// A Data indication carrying `data` from `peer`; `None` if it does not fit a STUN message.
-fn data_indication(
-    transaction_id: TransactionId,
-    peer: SocketAddr,
-    data: &[u8],
-) -> Option<Vec<u8>> {
-    let mut message = Message::<Attribute>::new(MessageClass::Indication, DATA, transaction_id);
-    message.add_attribute(XorPeerAddress::new(peer));
-    message.add_attribute(Data::new(data.to_vec()).ok()?);
-    MessageEncoder::<Attribute>::new()
-        .encode_into_bytes(message)
-        .ok()
+/// What a Send indication carries.
+enum SendFields<'a> {
+    /// Undecodable, or with comprehension-required attributes we do not know: dropped.
+    Malformed,
+    /// Decodable but without XOR-PEER-ADDRESS or DATA.
+    Incomplete,
+    Complete {
+        peer: SocketAddr,
+        data: Cow<'a, [u8]>,
+        dont_fragment: bool,
+    },
+}
+
+/// The fields of a Send indication: read straight from the datagram when it holds only the
+/// usual attributes (no decoder copy of the payload), else through `stun_codec`.
+fn send_fields<'a>(frame: &StunFrame<'a>) -> SendFields<'a> {
+    if let Some(send) = frame.simple_send() {
+        return SendFields::Complete {
+            peer: send.peer,
+            data: Cow::Borrowed(send.data),
+            dont_fragment: send.dont_fragment,
+        };
+    }
+    let Some(message) = decode(frame) else {
+        return SendFields::Malformed;
+    };
+    if !unknown_required(&message).is_empty() {
+        return SendFields::Malformed;
+    }
+    let (Some(peer), Some(data)) = (
+        message
+            .get_attribute::<XorPeerAddress>()
+            .map(XorPeerAddress::address),
+        message.get_attribute::<Data>(),
+    ) else {
+        return SendFields::Incomplete;
+    };
+    SendFields::Complete {
+        peer,
+        data: Cow::Owned(data.data().to_vec()),
+        dont_fragment: message.get_attribute::<DontFragment>().is_some(),
+    }
 }

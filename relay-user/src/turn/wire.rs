@@ -8,6 +8,7 @@
 //! integrity attribute: what follows is ignored by the RFC, and keeping it away from the codec
 //! keeps hostile messages from making it re-encode the message once per attribute.
 use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use stun_codec::{MessageClass, Method, TransactionId};
 
@@ -19,7 +20,14 @@ const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 pub(crate) const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 pub(crate) const ATTR_MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
 pub(crate) const ATTR_FINGERPRINT: u16 = 0x8028;
+const ATTR_XOR_PEER_ADDRESS: u16 = 0x0012;
+const ATTR_DATA: u16 = 0x0013;
+const ATTR_DONT_FRAGMENT: u16 = 0x001A;
 const FINGERPRINT_XOR: u32 = 0x5354_554E;
+/// Message type of a Data indication (method 0x007, class indication).
+const DATA_INDICATION: u16 = 0x0017;
+const FAMILY_IPV4: u8 = 0x01;
+const FAMILY_IPV6: u8 = 0x02;
 
 /// What the first byte of a client datagram says it is (RFC 7983 §7, minus DTLS and RTP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +73,15 @@ pub(crate) struct IntegrityAttr<'a> {
     /// Offset of the attribute's header in the message.
     pub offset: usize,
     pub tag: &'a [u8],
+}
+
+/// The fields of a Send indication made of the usual attributes only (see
+/// [`StunFrame::simple_send`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SimpleSend<'a> {
+    pub peer: SocketAddr,
+    pub data: &'a [u8],
+    pub dont_fragment: bool,
 }
 
 /// A STUN message whose framing has been validated.
@@ -206,6 +223,38 @@ impl<'a> StunFrame<'a> {
         Cow::Owned(out)
     }
 
+    /// The fields of a Send indication if its attributes (before any integrity or fingerprint)
+    /// are exactly one well-formed XOR-PEER-ADDRESS, one DATA and at most one empty
+    /// DONT-FRAGMENT, in any order; `None` for anything else, which the caller decodes with
+    /// `stun_codec` as usual. This is the common case on the data path, read in place so the
+    /// payload is copied only once, into the datagram for the peer.
+    pub(crate) fn simple_send(&self) -> Option<SimpleSend<'a>> {
+        let bytes: &'a [u8] = self.bytes;
+        let mut peer = None;
+        let mut data = None;
+        let mut dont_fragment = false;
+        let mut offset = HEADER_LEN;
+        while offset < self.plain_end {
+            let kind = be16(bytes, offset)?;
+            let len = usize::from(be16(bytes, offset + 2)?);
+            let value = bytes.get(offset + 4..offset + 4 + len)?;
+            match kind {
+                ATTR_XOR_PEER_ADDRESS if peer.is_none() => {
+                    peer = Some(xor_address(value, self.header.transaction_id)?);
+                }
+                ATTR_DATA if data.is_none() => data = Some(value),
+                ATTR_DONT_FRAGMENT if !dont_fragment && len == 0 => dont_fragment = true,
+                _ => return None,
+            }
+            offset += 4 + ((len + 3) & !3);
+        }
+        Some(SimpleSend {
+            peer: peer?,
+            data: data?,
+            dont_fragment,
+        })
+    }
+
     /// Does the integrity attribute verify under `key`?
     pub(crate) fn verify_integrity(&self, key: &[u8]) -> bool {
         let Some(attr) = self.integrity else {
@@ -225,6 +274,72 @@ fn set_length(message: &mut [u8], length: usize) {
     if let Some(field) = message.get_mut(2..4) {
         field.copy_from_slice(&length);
     }
+}
+
+/// The XOR mask of an address: the magic cookie, then (IPv6) the transaction id.
+fn xor_mask(transaction_id: TransactionId) -> [u8; 16] {
+    let mut mask = [0u8; 16];
+    mask[..4].copy_from_slice(&MAGIC_COOKIE);
+    mask[4..].copy_from_slice(transaction_id.as_bytes());
+    mask
+}
+
+/// Decodes an XOR-…-ADDRESS value; `None` unless the family and the length agree.
+fn xor_address(value: &[u8], transaction_id: TransactionId) -> Option<SocketAddr> {
+    let port = be16(value, 2)? ^ u16::from_be_bytes([MAGIC_COOKIE[0], MAGIC_COOKIE[1]]);
+    let mask = xor_mask(transaction_id);
+    let mut octets = [0u8; 16];
+    let address = value.get(4..)?;
+    for ((out, byte), m) in octets.iter_mut().zip(address).zip(mask) {
+        *out = byte ^ m;
+    }
+    let ip = match (value.get(1)?, address.len()) {
+        (&FAMILY_IPV4, 4) => IpAddr::V4(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3])),
+        (&FAMILY_IPV6, 16) => IpAddr::V6(Ipv6Addr::from(octets)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Encodes a Data indication from `peer` carrying `data` (XOR-PEER-ADDRESS, then DATA; no
+/// FINGERPRINT), written in one pass into one buffer. `None` if it does not fit a STUN
+/// message.
+pub(crate) fn encode_data_indication(
+    transaction_id: [u8; 12],
+    peer: SocketAddr,
+    data: &[u8],
+) -> Option<Vec<u8>> {
+    let (family, address_len): (u8, u16) = match peer.ip() {
+        IpAddr::V4(_) => (FAMILY_IPV4, 4),
+        IpAddr::V6(_) => (FAMILY_IPV6, 16),
+    };
+    let data_len = u16::try_from(data.len()).ok()?;
+    let padding = (4 - data.len() % 4) % 4;
+    // Two attribute headers, the address value (family, port, address), the padded data.
+    let attributes_len = 4 + 4 + usize::from(address_len) + 4 + data.len() + padding;
+    let message_len = u16::try_from(attributes_len).ok()?;
+    let mut out = Vec::with_capacity(HEADER_LEN + attributes_len);
+    out.extend_from_slice(&DATA_INDICATION.to_be_bytes());
+    out.extend_from_slice(&message_len.to_be_bytes());
+    out.extend_from_slice(&MAGIC_COOKIE);
+    out.extend_from_slice(&transaction_id);
+    // XOR-PEER-ADDRESS.
+    out.extend_from_slice(&ATTR_XOR_PEER_ADDRESS.to_be_bytes());
+    out.extend_from_slice(&(4 + address_len).to_be_bytes());
+    out.extend_from_slice(&[0, family]);
+    let port = peer.port() ^ u16::from_be_bytes([MAGIC_COOKIE[0], MAGIC_COOKIE[1]]);
+    out.extend_from_slice(&port.to_be_bytes());
+    let mask = xor_mask(TransactionId::new(transaction_id));
+    match peer.ip() {
+        IpAddr::V4(ip) => out.extend(ip.octets().iter().zip(mask).map(|(b, m)| b ^ m)),
+        IpAddr::V6(ip) => out.extend(ip.octets().iter().zip(mask).map(|(b, m)| b ^ m)),
+    }
+    // DATA, padded to 4 bytes.
+    out.extend_from_slice(&ATTR_DATA.to_be_bytes());
+    out.extend_from_slice(&data_len.to_be_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(&[0; 3][..padding]);
+    Some(out)
 }
 
 /// Appends MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 under `key` to an encoded message.
@@ -432,5 +547,134 @@ mod tests {
         msg[4] = 0x21;
         msg.push(0);
         assert_eq!(parse_header(&msg), Err(FrameError::NotStun));
+    }
+
+    /// The Data indication `stun_codec` would encode (what the server sent before).
+    fn codec_data_indication(tid: [u8; 12], peer: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+        use bytecodec::EncodeExt as _;
+        use stun_codec::MessageEncoder;
+        use stun_codec::rfc5766::methods::DATA;
+
+        use crate::turn::attributes::{Attribute, Data, XorPeerAddress};
+        let mut message = stun_codec::Message::<Attribute>::new(
+            MessageClass::Indication,
+            DATA,
+            TransactionId::new(tid),
+        );
+        message.add_attribute(XorPeerAddress::new(peer));
+        message.add_attribute(Data::new(data.to_vec()).ok()?);
+        MessageEncoder::<Attribute>::new()
+            .encode_into_bytes(message)
+            .ok()
+    }
+
+    #[test]
+    fn data_indications_match_the_codec_byte_for_byte() {
+        let tid = [0x5A, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xF0];
+        let peers: [SocketAddr; 3] = [
+            "203.0.113.5:6000".parse().unwrap(),
+            "[2001:db8:5::5]:1".parse().unwrap(),
+            "10.0.0.1:65535".parse().unwrap(),
+        ];
+        for peer in peers {
+            for len in [0, 1, 2, 3, 4, 5, 7, 8, 1200, 65_000] {
+                let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                let ours = encode_data_indication(tid, peer, &data).unwrap();
+                assert_eq!(
+                    Some(&ours),
+                    codec_data_indication(tid, peer, &data).as_ref()
+                );
+                assert!(StunFrame::parse(&ours).is_ok());
+            }
+        }
+        // Around what the 16-bit message length can say: refused exactly when the codec
+        // refuses (IPv4: 16 bytes of attribute overhead, IPv6: 28; DATA is padded).
+        for (peer, fits) in [(peers[0], 65_516), (peers[1], 65_504)] {
+            for len in [fits, fits + 1, fits + 3, fits + 4, 65_535, 65_536, 70_000] {
+                let data = vec![0; len];
+                let ours = encode_data_indication(tid, peer, &data);
+                assert_eq!(ours.is_some(), len <= fits, "{peer} {len}");
+                assert_eq!(
+                    ours,
+                    codec_data_indication(tid, peer, &data),
+                    "{peer} {len}"
+                );
+            }
+        }
+    }
+
+    fn send_indication(attributes: Vec<crate::turn::attributes::Attribute>) -> Vec<u8> {
+        use bytecodec::EncodeExt as _;
+        use stun_codec::MessageEncoder;
+        use stun_codec::rfc5766::methods::SEND;
+
+        use crate::turn::attributes::Attribute;
+        let mut message = stun_codec::Message::<Attribute>::new(
+            MessageClass::Indication,
+            SEND,
+            TransactionId::new([3; 12]),
+        );
+        for attribute in attributes {
+            message.add_attribute(attribute);
+        }
+        MessageEncoder::<Attribute>::new()
+            .encode_into_bytes(message)
+            .unwrap()
+    }
+
+    #[test]
+    fn simple_send_indications_are_read_in_place() {
+        use crate::turn::attributes::{Data, DontFragment, Software, XorPeerAddress};
+        let v4: SocketAddr = "203.0.113.5:6000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8:5::5]:1".parse().unwrap();
+        for peer in [v4, v6] {
+            let mut bytes = send_indication(vec![
+                XorPeerAddress::new(peer).into(),
+                Data::new(b"hello".to_vec()).unwrap().into(),
+            ]);
+            append_fingerprint(&mut bytes);
+            let send = StunFrame::parse(&bytes).unwrap().simple_send().unwrap();
+            assert_eq!(
+                send,
+                SimpleSend {
+                    peer,
+                    data: b"hello",
+                    dont_fragment: false
+                }
+            );
+        }
+        // Any order, with DONT-FRAGMENT.
+        let bytes = send_indication(vec![
+            Data::new(vec![1, 2, 3, 4]).unwrap().into(),
+            DontFragment.into(),
+            XorPeerAddress::new(v4).into(),
+        ]);
+        let send = StunFrame::parse(&bytes).unwrap().simple_send().unwrap();
+        assert_eq!(
+            (send.peer, send.data, send.dont_fragment),
+            (v4, &[1, 2, 3, 4][..], true)
+        );
+        // Anything else is left to the codec: another attribute, a duplicate, a missing one.
+        let other = send_indication(vec![
+            XorPeerAddress::new(v4).into(),
+            Data::new(vec![1]).unwrap().into(),
+            Software::new("x".to_owned()).unwrap().into(),
+        ]);
+        let twice = send_indication(vec![
+            XorPeerAddress::new(v4).into(),
+            XorPeerAddress::new(v6).into(),
+            Data::new(vec![1]).unwrap().into(),
+        ]);
+        let no_data = send_indication(vec![XorPeerAddress::new(v4).into()]);
+        for bytes in [other, twice, no_data] {
+            assert_eq!(StunFrame::parse(&bytes).unwrap().simple_send(), None);
+        }
+        // An IPv4 family with an IPv6-sized address.
+        let mut bad = send_indication(vec![
+            XorPeerAddress::new(v6).into(),
+            Data::new(vec![1]).unwrap().into(),
+        ]);
+        bad[HEADER_LEN + 5] = FAMILY_IPV4;
+        assert_eq!(StunFrame::parse(&bad).unwrap().simple_send(), None);
     }
 }

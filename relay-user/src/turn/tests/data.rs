@@ -208,8 +208,8 @@ fn channel_data_does_not_refresh_permissions_or_channels() {
         );
         assert_eq!(h.peer_sends(relayed, peer(), b"k").len(), 1);
     }
-    // 300 s after the bind the permission is gone regardless of the traffic, and the channel
-    // with it.
+    // 300 s after the bind the permission is gone regardless of the traffic: the channel is
+    // withdrawn from the fast path and relays nothing (it stays bound until its own expiry).
     let commands = h.advance(Duration::from_secs(10));
     assert!(
         commands
@@ -234,4 +234,49 @@ fn oversized_peer_datagrams_are_dropped_not_panicking() {
     assert_eq!(h.server.stats().peer_dropped_oversized, 1);
     let fits = vec![7u8; 65_000];
     assert_eq!(h.peer_sends(relayed, peer(), &fits).len(), 1);
+}
+
+/// Send indications with attributes beyond the usual three take the decoder path and behave
+/// the same; those with unknown comprehension-required attributes are dropped.
+#[test]
+fn send_indications_with_other_attributes_are_decoded() {
+    use crate::turn::attributes::Software;
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    let relayed = h.allocate(&mut client);
+    permit(&mut h, &mut client, peer());
+    let bytes = client.indication(
+        SEND,
+        vec![
+            Software::new("client".to_owned()).unwrap().into(),
+            XorPeerAddress::new(peer()).into(),
+            Data::new(b"decoded".to_vec()).unwrap().into(),
+            DontFragment.into(),
+        ],
+    );
+    assert_eq!(
+        h.client_sends(client.addr, &bytes),
+        vec![Command::SendToPeer {
+            relayed,
+            peer: peer(),
+            data: b"decoded".to_vec(),
+            dont_fragment: true,
+        }]
+    );
+    // The same payload with an unknown comprehension-required attribute: dropped.
+    let mut bytes = client.indication(
+        SEND,
+        vec![
+            XorPeerAddress::new(peer()).into(),
+            Data::new(b"x".to_vec()).unwrap().into(),
+        ],
+    );
+    // Drop the FINGERPRINT, add the unknown attribute, fix the length.
+    bytes.truncate(bytes.len() - 8);
+    bytes.extend_from_slice(&[0x7F, 0x01, 0, 0]);
+    let length = u16::try_from(bytes.len() - 20).unwrap().to_be_bytes();
+    bytes[2..4].copy_from_slice(&length);
+    assert!(h.client_sends(client.addr, &bytes).is_empty());
+    assert_eq!(h.server.stats().malformed_dropped, 1);
+    assert_eq!(h.server.stats().relayed_to_peer_packets, 1);
 }

@@ -8,6 +8,7 @@ mod allocate;
 mod auth;
 mod data;
 mod fuzz;
+mod limits;
 mod permissions;
 mod rfc5769;
 
@@ -324,7 +325,7 @@ impl Harness {
             credentials,
             PeerPolicy::open(vec![listener_addr()]),
             [42; 32],
-            7,
+            [7; 32],
             start,
             UNIX_EPOCH + Duration::from_secs(START_UNIX),
         );

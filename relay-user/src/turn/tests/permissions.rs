@@ -231,27 +231,145 @@ fn channels_expire_after_600_seconds_with_cooldown() {
     assert_eq!(bound(&commands).len(), 1);
 }
 
+fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
+    let mut out = channel.to_be_bytes().to_vec();
+    out.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Does ChannelData on `number` get through both ways?
+fn channel_relays(h: &mut Harness, client: &Client, relayed: SocketAddr, number: u16) -> bool {
+    let to_peer = h.client_sends(client.addr, &channel_data(number, b"up"));
+    let to_client = sent_to(&h.peer_sends(relayed, peer(), b"down"), client.addr);
+    let up = matches!(to_peer.as_slice(), [Command::SendToPeer { .. }]);
+    let down = to_client == vec![channel_data(number, b"down")];
+    assert_eq!(up, down, "one way only: {to_peer:?} {to_client:?}");
+    up
+}
+
+/// RFC 8656 §12: a channel binding lasts its own 600 s. When the permission of its peer
+/// lapses, nothing is relayed (and the fast path drops its entries), but a new permission
+/// before the channel expires brings it back.
 #[test]
-fn permission_expiry_unbinds_channels_of_that_peer() {
+fn permission_expiry_suspends_channels_until_a_new_permission() {
     let mut h = Harness::new();
     let mut client = Client::alice();
-    h.allocate(&mut client);
+    let relayed = h.allocate(&mut client);
     h.ask(
         &mut client,
         REFRESH,
         vec![crate::turn::attributes::Lifetime::from_u32(3600).into()],
     );
-    h.call(&mut client, CHANNEL_BIND, channel_bind(0x4000, peer()));
+    let commands = h.call(&mut client, CHANNEL_BIND, channel_bind(0x4000, peer()));
+    let binding = bound(&commands)[0];
+    assert!(channel_relays(&mut h, &client, relayed, 0x4000));
+
     let commands = h.advance(Duration::from_secs(300));
-    assert_eq!(unbound(&commands).len(), 1);
+    assert_eq!(unbound(&commands), vec![binding]);
+    assert!(!channel_relays(&mut h, &client, relayed, 0x4000));
+    // Still bound: the number cannot go to another peer, the peer not to another number.
+    let allocation = h.server.allocations().next().unwrap();
+    assert_eq!(
+        allocation.channel_bindings().collect::<Vec<_>>(),
+        vec![binding]
+    );
+    let r = h.ask(
+        &mut client,
+        CHANNEL_BIND,
+        channel_bind(0x4000, addr("203.0.113.9:1")),
+    );
+    assert_eq!(r.error_code(), Some(400));
+    let r = h.ask(&mut client, CHANNEL_BIND, channel_bind(0x4001, peer()));
+    assert_eq!(r.error_code(), Some(400));
+
+    // CreatePermission brings the channel back, kernel entries included.
+    h.advance(Duration::from_secs(100));
+    let commands = h.call(
+        &mut client,
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new(peer()).into()],
+    );
+    assert!(response_in(&commands, client.addr).is_success());
+    assert_eq!(bound(&commands), vec![binding]);
+    assert!(channel_relays(&mut h, &client, relayed, 0x4000));
+    // Refreshing that permission announces nothing new.
+    let commands = h.call(
+        &mut client,
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new(peer()).into()],
+    );
+    assert!(bound(&commands).is_empty());
+    assert_eq!(h.server.stats().channels_bound, 1);
+
+    // At 600 s the channel itself expires: withdrawn once, then the cool-down.
+    let commands = h.advance(Duration::from_secs(200));
+    assert_eq!(unbound(&commands), vec![binding]);
+    assert!(!channel_relays(&mut h, &client, relayed, 0x4000));
+    // A new permission does not revive an expired channel.
+    let commands = h.advance(Duration::from_secs(100));
+    assert!(unbound(&commands).is_empty());
+    let commands = h.call(
+        &mut client,
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new(peer()).into()],
+    );
+    assert!(bound(&commands).is_empty());
     // After the cool-down the number is free for anyone.
-    h.advance(Duration::from_secs(300));
+    h.advance(Duration::from_secs(200));
     let commands = h.call(
         &mut client,
         CHANNEL_BIND,
         channel_bind(0x4000, addr("203.0.113.9:1")),
     );
     assert_eq!(bound(&commands).len(), 1);
+}
+
+#[test]
+fn channel_bind_refresh_after_a_lapsed_permission_rebinds_every_channel_of_that_ip() {
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    let relayed = h.allocate(&mut client);
+    h.ask(
+        &mut client,
+        REFRESH,
+        vec![crate::turn::attributes::Lifetime::from_u32(3600).into()],
+    );
+    let same_host = addr("203.0.113.5:7000");
+    h.call(&mut client, CHANNEL_BIND, channel_bind(0x4000, peer()));
+    h.call(&mut client, CHANNEL_BIND, channel_bind(0x4001, same_host));
+    // The permission is per IP: both channels are withdrawn with it.
+    let commands = h.advance(Duration::from_secs(300));
+    assert_eq!(unbound(&commands).len(), 2);
+    let commands = h.call(&mut client, CHANNEL_BIND, channel_bind(0x4000, peer()));
+    assert!(response_in(&commands, client.addr).is_success());
+    let mut rebound: Vec<u16> = bound(&commands).iter().map(|b| b.channel).collect();
+    rebound.sort_unstable();
+    assert_eq!(rebound, vec![0x4000, 0x4001]);
+    assert!(channel_relays(&mut h, &client, relayed, 0x4000));
+    // Not new bindings, a new permission.
+    assert_eq!(h.server.stats().channels_bound, 2);
+    assert_eq!(h.server.stats().permissions_created, 2);
+
+    // An allocation deleted while its channel is suspended withdraws nothing twice.
+    let mut bob = Client::bob();
+    h.allocate(&mut bob);
+    h.ask(
+        &mut bob,
+        REFRESH,
+        vec![crate::turn::attributes::Lifetime::from_u32(3600).into()],
+    );
+    h.call(&mut bob, CHANNEL_BIND, channel_bind(0x4000, peer()));
+    let commands = h.advance(Duration::from_secs(300));
+    // Alice's permission (re-made at 300 s) lapses now too.
+    assert_eq!(unbound(&commands).len(), 3);
+    let commands = h.call(
+        &mut bob,
+        REFRESH,
+        vec![crate::turn::attributes::Lifetime::from_u32(0).into()],
+    );
+    assert!(unbound(&commands).is_empty());
+    assert_eq!(releases(&commands).len(), 1);
 }
 
 #[test]
