@@ -4,6 +4,7 @@
 //! - [`auth`]: long-term credentials, TURN REST API credentials, stateless nonces.
 //! - [`policy`]: which peers a client may reach (routes, clusters, the default deny list).
 //! - [`config`]: `xturnd`'s flags and YAML configuration file.
+//! - [`reload`]: what a configuration means at run time, and what a reload may change.
 //! - [`server`]: the tokio event loop that runs [`turn::Server`] over real sockets.
 //! - [`client`]: a TURN client, used by `xturnctl` and the tests.
 //! - [`dataplane`]: choosing XDP or userspace relaying, attaching to interfaces.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod dataplane;
 pub mod ebpf;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod turn;

@@ -333,6 +333,37 @@ impl Server {
         &self.stats
     }
 
+    /// Replaces the credentials (a configuration reload). Live allocations stay and keep
+    /// relaying; their next Refresh, CreatePermission or ChannelBind is checked against the new
+    /// credentials, so a removed user's allocations end at their next refresh or expiry. The
+    /// per-user quota counts are recomputed, since the new credentials may map usernames to
+    /// quota keys differently.
+    pub fn set_credentials(&mut self, credentials: Credentials) {
+        self.credentials = credentials;
+        let holders: Vec<(String, usize)> = self
+            .allocations
+            .values()
+            .map(|a| (a.username.clone(), 1))
+            .chain(self.reservations.values().map(|r| (r.username.clone(), 1)))
+            .chain(
+                self.pending
+                    .values()
+                    .map(|p| (p.auth.username.clone(), p.slots)),
+            )
+            .collect();
+        self.per_user.clear();
+        for (username, slots) in holders {
+            self.count_user(&username, slots);
+        }
+    }
+
+    /// Replaces the peer policy (a configuration reload). It applies to every later
+    /// CreatePermission, ChannelBind and Send; permissions and channels already granted stay
+    /// until they expire or are refreshed (a refresh is checked against the new policy).
+    pub fn set_policy(&mut self, policy: PeerPolicy) {
+        self.policy = policy;
+    }
+
     /// Number of allocations (not counting Allocates still binding their sockets).
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()

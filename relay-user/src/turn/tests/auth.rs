@@ -213,3 +213,34 @@ fn unauthenticated_requests_create_no_state() {
     assert_eq!(h.server.poll_timeout(), None);
     assert_eq!(h.server.tx_cache_len(), 0);
 }
+
+#[test]
+fn new_credentials_keep_live_allocations_and_apply_to_their_next_request() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice();
+    let mut bob = Client::bob();
+    h.allocate(&mut alice);
+    h.allocate(&mut bob);
+    // Reload: bob is gone, alice stays, carol arrives.
+    h.server.set_credentials(
+        Credentials::new(REALM)
+            .with_user("alice", "alice-pw")
+            .with_user("carol", "carol-pw"),
+    );
+    assert_eq!(
+        h.server.allocation_count(),
+        2,
+        "live allocations survive a reload"
+    );
+    assert!(h.ask(&mut alice, REFRESH, vec![]).is_success());
+    assert_eq!(h.ask(&mut bob, REFRESH, vec![]).error_code(), Some(401));
+    let mut carol = Client::new("198.51.100.7:40000", "carol", "carol-pw");
+    h.allocate(&mut carol);
+    assert_eq!(h.server.allocation_count(), 3);
+    // Quota counts were recomputed: deleting alice's allocation frees exactly her slot.
+    assert!(
+        h.ask(&mut alice, REFRESH, vec![Lifetime::from_u32(0).into()])
+            .is_success()
+    );
+    assert_eq!(h.server.allocation_count(), 2);
+}
