@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 pub use crate::dataplane::Dataplane;
 use crate::policy::Endpoint;
+pub use crate::telemetry::LogFormat;
 
 /// The standard TURN port, STUNner's default listener port.
 const DEFAULT_PORT: u16 = 3478;
@@ -33,6 +34,8 @@ const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
 const DEFAULT_MAX_ALLOCATIONS_PER_USER: usize = 100;
 const DEFAULT_LIFETIME_SECS: u32 = 600;
 const DEFAULT_MAX_LIFETIME_SECS: u32 = 3600;
+/// How long a SIGTERM waits for allocations to end (Kubernetes' default grace period is 30 s).
+const DEFAULT_DRAIN_TIMEOUT_SECS: u32 = 30;
 /// STUNner's default ports for an `http://` endpoint given without one.
 const DEFAULT_METRICS_PORT: u16 = 8080;
 const DEFAULT_HEALTH_PORT: u16 = 8086;
@@ -206,15 +209,30 @@ pub struct XturndArgs {
     #[arg(long)]
     pub allow_loopback_peers: bool,
 
-    /// Serve Prometheus metrics on this address. Default: the file's admin.metrics_endpoint,
-    /// else none.
-    #[arg(long, value_name = "ADDR:PORT", env = "XTURN_METRICS_LISTEN")]
+    /// Serve Prometheus metrics (/metrics) and the admin endpoint (/log-level) on this
+    /// address (alias: --metrics). Default: the file's admin.metrics_endpoint, else none.
+    #[arg(
+        long,
+        alias = "metrics",
+        value_name = "ADDR:PORT",
+        env = "XTURN_METRICS_LISTEN"
+    )]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Serve health checks (/live, /ready) on this address. Default: the file's
     /// admin.healthcheck_endpoint, else none.
     #[arg(long, value_name = "ADDR:PORT", env = "XTURN_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+
+    /// On SIGTERM (or SIGINT), refuse new allocations and keep relaying until every allocation
+    /// is gone or this many seconds have passed, then exit; 0 exits at once. A second signal
+    /// exits at once. Default: 30.
+    #[arg(long, value_name = "SECS", env = "XTURN_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<u32>,
+
+    /// Log line format: text or json (one JSON object per line). Default: text.
+    #[arg(long, value_enum, value_name = "FORMAT", env = "XTURN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// Passwords and secrets stay out of logs: only user names and the number of secrets show.
@@ -247,6 +265,8 @@ impl fmt::Debug for XturndArgs {
             .field("allow_loopback_peers", &self.allow_loopback_peers)
             .field("metrics_listen", &self.metrics_listen)
             .field("health_listen", &self.health_listen)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -450,6 +470,9 @@ pub struct Config {
     pub log_level: String,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
+    /// How long a shutdown waits for allocations to end; zero: not at all.
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
 }
 
 /// Passwords and secrets stay out of logs.
@@ -481,6 +504,8 @@ impl fmt::Debug for Config {
             .field("log_level", &self.log_level)
             .field("metrics_listen", &self.metrics_listen)
             .field("health_listen", &self.health_listen)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -639,6 +664,10 @@ pub fn resolve(
         log_level,
         metrics_listen,
         health_listen,
+        drain_timeout: Duration::from_secs(u64::from(
+            args.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS),
+        )),
+        log_format: args.log_format.unwrap_or_default(),
     })
 }
 
@@ -1600,6 +1629,36 @@ mod tests {
         assert_eq!(c.dataplane, Dataplane::Auto);
         assert_eq!(c.max_allocations_per_user, 100);
         assert_eq!(c.relay_ipv4, Some(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn operations_flags() {
+        let base = ["--listen", "127.0.0.1:3478", "--user", "a:b"];
+        let c = resolve_with(&base, None).unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.metrics_listen, None);
+
+        let mut flags = base.to_vec();
+        flags.extend([
+            "--drain-timeout",
+            "0",
+            "--log-format",
+            "json",
+            "--metrics",
+            "127.0.0.1:9100",
+        ]);
+        let c = resolve_with(&flags, None).unwrap();
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+
+        let mut flags = base.to_vec();
+        flags.extend(["--log-format", "xml"]);
+        assert!(
+            XturndArgs::try_parse_from(std::iter::once("xturnd").chain(flags.iter().copied()))
+                .is_err()
+        );
     }
 
     #[test]

@@ -9,11 +9,17 @@
 //! - [`client`]: a TURN client, used by `xturnctl` and the tests.
 //! - [`dataplane`]: choosing XDP or userspace relaying, attaching to interfaces.
 //! - [`ebpf`]: loading the XDP program and reading its maps.
+//! - [`metrics`]: Prometheus metrics, collected when scraped.
+//! - [`admin`]: the HTTP server for metrics, health checks and the log level.
+//! - [`telemetry`]: logging (text or JSON, filter changeable at run time).
+pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod ebpf;
+pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod server;

@@ -4,7 +4,7 @@
 //! running relay without touching live allocations. Everything that shapes sockets, keys or
 //! kernel maps (listeners' addresses, relay addresses and ports, the realm, threads, the data
 //! plane, lifetimes and quotas) needs a restart; a reload that changes those applies the rest and
-//! says which fields were left as they were.
+//! says which fields were left as they were. (The log level is applied by xturnd itself.)
 use std::net::IpAddr;
 
 use crate::{auth::Credentials, config::Config, policy::PeerPolicy};
@@ -70,7 +70,7 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
             .map(|l| (l.name.clone(), l.addr))
             .collect::<Vec<_>>()
     };
-    let restart_fields: [(&'static str, bool); 11] = [
+    let restart_fields: [(&'static str, bool); 10] = [
         ("listeners", addresses(old) != addresses(new)),
         ("realm", old.realm != new.realm),
         (
@@ -100,7 +100,6 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
             "admin endpoints",
             (old.metrics_listen, old.health_listen) != (new.metrics_listen, new.health_listen),
         ),
-        ("log level", old.log_level != new.log_level),
     ];
     for (field, changed) in restart_fields {
         if changed {

@@ -9,11 +9,17 @@
 //! tick) and to collect the resulting [`Command`]s; the commands are carried out after the lock is
 //! released. Sends are plain non-blocking `sendto`s: a full socket buffer drops the datagram,
 //! as UDP would.
+//!
+//! Every socket's datagrams are counted ([`IoCounters`], relaxed atomic adds) for metrics, which
+//! read them when scraped through a [`ServerHandle`].
 use std::{
     collections::{HashMap, VecDeque},
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -22,7 +28,7 @@ use tokio::{
     net::UdpSocket,
     task::{JoinHandle, JoinSet},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::turn::{self, BindFailure, ChannelBinding, Command, ListenerId};
 
@@ -73,12 +79,70 @@ struct RelaySocket {
     dont_fragment: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Datagrams and UDP payload bytes through a group of sockets, both ways.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    /// Sends the kernel refused (full socket buffer, unreachable, too big): the datagram is lost.
+    tx_errors: AtomicU64,
+}
+
+impl IoCounters {
+    fn received(&self, len: usize) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    fn sent(&self, len: usize, ok: bool) {
+        if ok {
+            self.tx_packets.fetch_add(1, Ordering::Relaxed);
+            self.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        } else {
+            self.tx_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> IoSnapshot {
+        IoSnapshot {
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            tx_errors: self.tx_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// [`IoCounters`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoSnapshot {
+    /// Datagrams received, and their UDP payload bytes.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Datagrams sent, and their UDP payload bytes.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Datagrams whose send failed.
+    pub tx_errors: u64,
+}
+
 struct Shared {
     core: Mutex<turn::Server>,
     /// First socket of each listener: replies go out through it.
     listeners: Vec<Arc<UdpSocket>>,
     relays: Mutex<HashMap<SocketAddr, RelaySocket>>,
     hook: Arc<dyn ChannelHook>,
+    /// Traffic of each listener's sockets, indexed by [`ListenerId`].
+    listener_io: Vec<IoCounters>,
+    /// Traffic of all relayed sockets together.
+    relay_io: IoCounters,
+    /// When the server started, and milliseconds from then to the timer task's last tick.
+    started: Instant,
+    last_tick_ms: AtomicU64,
 }
 
 /// A running server. Dropping it stops every task.
@@ -117,6 +181,10 @@ impl RunningServer {
             listeners: per_listener.iter().map(|s| Arc::clone(&s[0])).collect(),
             relays: Mutex::new(HashMap::new()),
             hook,
+            listener_io: per_listener.iter().map(|_| IoCounters::default()).collect(),
+            relay_io: IoCounters::default(),
+            started: Instant::now(),
+            last_tick_ms: AtomicU64::new(0),
         });
         let mut tasks = JoinSet::new();
         for (index, sockets) in per_listener.into_iter().enumerate() {
@@ -153,6 +221,57 @@ impl RunningServer {
     /// Runs `f` with the protocol state locked (for stats and admin queries).
     pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> T {
         f(&lock(&self.shared.core))
+    }
+
+    /// Runs `f` with the protocol state locked for changing (a configuration reload).
+    pub fn with_core_mut<T>(&self, f: impl FnOnce(&mut turn::Server) -> T) -> T {
+        f(&mut lock(&self.shared.core))
+    }
+
+    /// Starts or ends draining ([`turn::Server::set_draining`]).
+    pub fn set_draining(&self, draining: bool) {
+        lock(&self.shared.core).set_draining(draining);
+    }
+
+    /// A handle for observers (metrics, health checks) that does not keep the server alive.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+}
+
+/// Read access to a [`RunningServer`] for metrics and health checks. Every method returns
+/// `None` once the server is gone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Weak<Shared>,
+}
+
+impl ServerHandle {
+    /// Runs `f` with the protocol state locked. Keep `f` short: relaying waits meanwhile.
+    pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> Option<T> {
+        let shared = self.shared.upgrade()?;
+        Some(f(&lock(&shared.core)))
+    }
+
+    /// Traffic of each listener (indexed by [`ListenerId`]) and of the relayed sockets.
+    pub fn io(&self) -> Option<(Vec<IoSnapshot>, IoSnapshot)> {
+        let shared = self.shared.upgrade()?;
+        let listeners = shared
+            .listener_io
+            .iter()
+            .map(IoCounters::snapshot)
+            .collect();
+        Some((listeners, shared.relay_io.snapshot()))
+    }
+
+    /// How long ago the timer task last ran: it runs at least every 500 ms while the event
+    /// loop is healthy (and the protocol state is not stuck behind its lock).
+    pub fn since_last_tick(&self) -> Option<Duration> {
+        let shared = self.shared.upgrade()?;
+        let last = Duration::from_millis(shared.last_tick_ms.load(Ordering::Relaxed));
+        Some(shared.started.elapsed().saturating_sub(last))
     }
 }
 
@@ -194,10 +313,13 @@ async fn listener_task(shared: Arc<Shared>, listener: ListenerId, socket: Arc<Ud
             Ok(received) => received,
             Err(e) => {
                 // ICMP errors surface here on some kernels; they concern one peer, not us.
-                debug!(error = %e, "listener receive error");
+                trace!(error = %e, "listener receive error");
                 continue;
             }
         };
+        if let Some(io) = shared.listener_io.get(usize::from(listener.0)) {
+            io.received(len);
+        }
         {
             let mut core = lock(&shared.core);
             core.handle_client_datagram(listener, client, &buf[..len], Instant::now());
@@ -214,10 +336,11 @@ async fn relay_task(shared: Arc<Shared>, relayed: SocketAddr, socket: Arc<UdpSoc
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
             Err(e) => {
-                debug!(%relayed, error = %e, "relay receive error");
+                trace!(%relayed, error = %e, "relay receive error");
                 continue;
             }
         };
+        shared.relay_io.received(len);
         {
             let mut core = lock(&shared.core);
             core.handle_peer_datagram(relayed, peer, &buf[..len], Instant::now());
@@ -237,6 +360,9 @@ async fn timer_task(shared: Arc<Shared>) {
             drain(&mut core, shared.hook.as_ref(), &mut commands);
             core.poll_timeout()
         };
+        let tick_ms = u64::try_from(now.saturating_duration_since(shared.started).as_millis())
+            .unwrap_or(u64::MAX);
+        shared.last_tick_ms.store(tick_ms, Ordering::Relaxed);
         execute(&shared, &mut commands);
         let wake = next
             .map_or(now + MAX_TICK, |t| t.min(now + MAX_TICK))
@@ -255,8 +381,11 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 client,
                 data,
             } => {
-                if let Some(socket) = shared.listeners.get(usize::from(listener.0)) {
-                    send(socket, &data, client);
+                let index = usize::from(listener.0);
+                if let (Some(socket), Some(io)) =
+                    (shared.listeners.get(index), shared.listener_io.get(index))
+                {
+                    io.sent(data.len(), send(socket, &data, client));
                 }
             }
             Command::SendToPeer {
@@ -277,9 +406,9 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                         {
                             set_dont_fragment(&socket, relayed, dont_fragment);
                         }
-                        send(&socket, &data, peer);
+                        shared.relay_io.sent(data.len(), send(&socket, &data, peer));
                     }
-                    None => debug!(%relayed, "no relayed socket for a send"),
+                    None => trace!(%relayed, "no relayed socket for a send"),
                 }
             }
             Command::BindRelay { addr } => {
@@ -325,10 +454,12 @@ fn bind_relay(shared: &Arc<Shared>, addr: SocketAddr) -> Result<(), BindFailure>
 /// A plain non-blocking `sendto`: a full socket buffer drops the datagram, as UDP would. Not
 /// tokio's `try_send_to`, which gives up without trying until its reactor has seen the socket
 /// become writable once, and so could drop the first datagrams of a new relayed socket.
-fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr) {
-    if let Err(e) = socket2::SockRef::from(socket).send_to(data, &to.into()) {
-        debug!(%to, error = %e, "send dropped");
-    }
+/// Returns whether the kernel took the datagram (failures are counted, not logged: under
+/// overload they come one per datagram).
+fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
+    socket2::SockRef::from(socket)
+        .send_to(data, &to.into())
+        .is_ok()
 }
 
 fn set_dont_fragment(socket: &UdpSocket, relayed: SocketAddr, on: bool) {

@@ -38,6 +38,10 @@ fn start_xdp_relay(topology: &Topology, log: &std::path::Path, extra: &[&str]) -
         "50999",
         "--dataplane",
         "xdp",
+        // The tests stop xturnd with allocations still live: no drain (tests/tests/operations.rs
+        // tests draining).
+        "--drain-timeout",
+        "0",
     ];
     if !extra.contains(&"--log-level") {
         args.extend_from_slice(&["--log-level", "info"]);

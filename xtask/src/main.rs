@@ -1,4 +1,5 @@
 //! `cargo xtask`: every multi-step job of the project, in Rust.
+mod bench;
 mod demo;
 mod setup;
 mod sh;
@@ -32,6 +33,16 @@ enum Command {
     },
     /// Setup, build, then run the relay on a test topology of network namespaces and show traffic.
     Demo,
+    /// Setup, build, then benchmark xturnd (XDP and userspace), coturn and an XDP ceiling on one
+    /// namespace topology with the same traffic; writes bench/results/ and docs/benchmarks.md.
+    Bench {
+        /// A short run (under 2 minutes): 16 allocations, 100-byte payloads, 1.5 s phases.
+        #[arg(long)]
+        quick: bool,
+        /// Only these contenders (comma-separated: generator, ceiling, xdp, userspace, coturn).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,6 +53,7 @@ fn main() -> Result<()> {
         Command::Lint => lint()?,
         Command::Test { no_lint, test_args } => test(no_lint, &test_args)?,
         Command::Demo => demo::run()?,
+        Command::Bench { quick, only } => bench::run(&bench::Options { quick, only })?,
     }
     eprintln!("xtask: done in {:.1?}", started.elapsed());
     Ok(())

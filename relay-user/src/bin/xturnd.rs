@@ -1,23 +1,34 @@
-//! `xturnd`: the xturn TURN agent. See docs/configuration.md for flags and the config file.
+//! `xturnd`: the xturn TURN agent. See docs/configuration.md for flags and the config file,
+//! docs/metrics.md for metrics, health checks, draining and logging.
 use std::{
     net::{IpAddr, SocketAddr},
     process::ExitCode,
     sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use rand::{RngCore as _, SeedableRng as _};
 use relay_user::{
-    auth::Credentials,
+    admin::{self, AdminState, Phase},
     config::{self, Config, XturndArgs},
     dataplane::{self, XdpHook},
-    policy::PeerPolicy,
+    metrics::{MetricsSource, XdpMeter},
+    reload,
     server::{self, ChannelHook, NoHook, RunningServer, ServerSpec},
-    telemetry,
+    telemetry::{self, LogControl},
     turn::{self, Listener, ServerConfig},
 };
-use tracing::{error, info};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{error, info, warn};
+
+/// How often a drain checks whether the allocations are gone.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+/// Drain progress is logged when the count changes, at most this often...
+const DRAIN_LOG_MIN: Duration = Duration::from_secs(1);
+/// ... and at least this often.
+const DRAIN_LOG_MAX: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args = XturndArgs::parse();
@@ -28,10 +39,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = telemetry::init(&config.log_level) {
-        eprintln!("xturnd: {e}");
-        return ExitCode::from(2);
-    }
+    let log = match telemetry::init_agent(&config.log_level, config.log_format) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("xturnd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads.max(1))
@@ -39,7 +53,7 @@ fn main() -> ExitCode {
         .build();
     let result = runtime
         .context("cannot start the tokio runtime")
-        .and_then(|rt| rt.block_on(run(config)));
+        .and_then(|rt| rt.block_on(run(&args, config, log)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -49,7 +63,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> Result<()> {
+async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
+    // Signals are caught from the start: a SIGTERM while starting drains (nothing) and exits.
+    let mut signals = Signals::new()?;
+    // Health checks answer while the relay starts (/ready: 503 until it runs).
+    let admin = AdminState::new(Some(log));
+    let mut admin_servers = Vec::new();
+    for (addr, routes) in admin::plan(config.metrics_listen, config.health_listen) {
+        admin_servers.push(admin::serve(addr, routes, Arc::clone(&admin)).await?);
+    }
+
     let listeners: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
     let mut relay_ips: Vec<IpAddr> = Vec::new();
     relay_ips.extend(config.relay_ipv4.map(IpAddr::V4));
@@ -60,42 +83,154 @@ async fn run(config: Config) -> Result<()> {
         &relay_ips,
         config.xdp_max_channels,
     )?;
-    let xdp_hook = fast_path.map(|mut fast_path| {
+    // The XDP hook, metered: it remembers what removed bindings relayed, for the metrics.
+    let xdp = fast_path.map(|mut fast_path| {
         fast_path.spawn_logger();
-        Arc::new(XdpHook::new(fast_path))
+        Arc::new(XdpMeter::new(Arc::new(XdpHook::new(fast_path))))
     });
-    let hook: Arc<dyn ChannelHook> = match &xdp_hook {
-        Some(hook) => Arc::clone(hook) as Arc<dyn ChannelHook>,
+    let hook: Arc<dyn ChannelHook> = match &xdp {
+        Some(meter) => Arc::clone(meter) as Arc<dyn ChannelHook>,
         None => Arc::new(NoHook),
     };
 
-    let core = build_core(&config);
+    let host_ips = dataplane::local_addresses();
+    let core = build_core(&config, &host_ips);
     let spec = ServerSpec {
         listeners,
         threads: config.threads,
     };
     let mut running = RunningServer::start(core, &spec, hook)?;
+    let names = config.listeners.iter().map(|l| l.name.clone()).collect();
+    admin.set_running(
+        running.handle(),
+        MetricsSource::new(running.handle(), names, xdp.as_ref()),
+    );
     info!(
         listeners = ?running.local_addrs(),
         relay_ipv4 = ?config.relay_ipv4,
         relay_ipv6 = ?config.relay_ipv6,
         realm = %config.realm,
-        dataplane = if xdp_hook.is_some() { "xdp" } else { "userspace" },
+        dataplane = if xdp.is_some() { "xdp" } else { "userspace" },
+        admin = ?admin_servers.iter().map(admin::AdminServer::local_addr).collect::<Vec<_>>(),
         "xturnd ready"
     );
 
-    tokio::select! {
-        signal = shutdown_signal() => signal?,
-        failure = running.task_failed() => anyhow::bail!("{failure}; stopping so a supervisor can restart xturnd"),
+    let mut config = config;
+    // SIGHUP reloads the configuration, as does a change to the --config file.
+    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut watched = ConfigFile::new(args.config.as_deref());
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            signal = signals.recv() => {
+                info!(signal, "signal received: draining");
+                break;
+            }
+            _ = hangup.recv() => reload(args, &mut config, &running, &host_ips, &admin, "SIGHUP"),
+            _ = tick.tick() => {
+                if watched.changed() {
+                    reload(args, &mut config, &running, &host_ips, &admin, "config file changed");
+                }
+            }
+            failure = running.task_failed() => anyhow::bail!("{failure}; stopping so a supervisor can restart xturnd"),
+        }
     }
+    admin.set_phase(Phase::Draining);
+    running.set_draining(true);
+    drain(&mut running, &mut signals, config.drain_timeout).await?;
     info!("shutting down");
-    log_final_stats(&running, xdp_hook.as_deref());
+    log_final_stats(&running, xdp.as_deref());
+    drop(admin_servers);
     drop(running);
-    drop(xdp_hook);
+    drop(xdp);
     Ok(())
 }
 
-fn build_core(config: &Config) -> turn::Server {
+/// Waits, while the relay keeps relaying (and refuses new allocations), until no allocation
+/// is left, `timeout` has passed, or a second signal comes.
+async fn drain(
+    running: &mut RunningServer,
+    signals: &mut Signals,
+    timeout: Duration,
+) -> Result<()> {
+    let allocations = running.with_core(turn::Server::allocation_count);
+    if timeout.is_zero() {
+        info!(allocations, "drain timeout is 0: stopping at once");
+        return Ok(());
+    }
+    info!(
+        allocations,
+        timeout_secs = timeout.as_secs(),
+        "draining: not ready, new allocations refused (508), live allocations relayed until \
+         they end or the timeout passes; a second SIGTERM or SIGINT stops at once"
+    );
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let (mut reported, mut reported_at) = (allocations, start);
+    loop {
+        let now = Instant::now();
+        let left = running.with_core(turn::Server::allocation_count);
+        if left == 0 {
+            info!(
+                after_ms = now.duration_since(start).as_millis(),
+                "drained: no allocation left"
+            );
+            return Ok(());
+        }
+        if now >= deadline {
+            warn!(
+                allocations = left,
+                "drain timeout passed: stopping with allocations live"
+            );
+            return Ok(());
+        }
+        let since = now.duration_since(reported_at);
+        if (left != reported && since >= DRAIN_LOG_MIN) || since >= DRAIN_LOG_MAX {
+            info!(
+                allocations = left,
+                remaining_secs = deadline.duration_since(now).as_secs(),
+                "draining"
+            );
+            (reported, reported_at) = (left, now);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(DRAIN_POLL.min(deadline - now)) => {}
+            signal = signals.recv() => {
+                warn!(signal, allocations = left, "second signal: stopping at once");
+                return Ok(());
+            }
+            failure = running.task_failed() => {
+                anyhow::bail!("{failure} while draining");
+            }
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, both of which start a drain (and the second one ends it).
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+fn build_core(config: &Config, host_ips: &[IpAddr]) -> turn::Server {
     let listeners = config
         .listeners
         .iter()
@@ -115,19 +250,10 @@ fn build_core(config: &Config) -> turn::Server {
     server_config.max_allocations = config.max_allocations;
     server_config.max_allocations_per_user = config.max_allocations_per_user;
 
-    let mut credentials = Credentials::new(config.realm.clone());
-    for (name, password) in &config.users {
-        credentials = credentials.with_user(name.clone(), password.clone());
-    }
-    for secret in &config.auth_secrets {
-        credentials = credentials.with_rest_secret(secret.clone());
-    }
+    let credentials = reload::credentials(config);
     // Besides the configured addresses, every address of this host is its own: a client must not
     // reach the host's services through the relay (wildcard listeners, other NICs, VIPs).
-    let policy = PeerPolicy::from_config(config).own_host(
-        dataplane::local_addresses(),
-        (config.min_port, config.max_port),
-    );
+    let policy = reload::policy(config, host_ips);
 
     // Nonces are HMACs under a per-process key: they stay valid only while this process runs.
     let mut rng = rand::rngs::StdRng::from_os_rng();
@@ -148,13 +274,100 @@ fn build_core(config: &Config) -> turn::Server {
     )
 }
 
-fn log_final_stats(running: &RunningServer, xdp: Option<&XdpHook>) {
+/// How often the configuration file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// The configuration file's identity (modification time and size), to notice edits, renames
+/// into place and ConfigMap updates (which swap a symlink).
+struct ConfigFile {
+    path: Option<std::path::PathBuf>,
+    seen: Option<(std::time::SystemTime, u64)>,
+}
+
+impl ConfigFile {
+    fn new(path: Option<&std::path::Path>) -> ConfigFile {
+        let mut file = ConfigFile {
+            path: path.map(std::path::Path::to_path_buf),
+            seen: None,
+        };
+        file.seen = file.stamp();
+        file
+    }
+
+    fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let meta = std::fs::metadata(self.path.as_ref()?).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
+
+    /// True once per change of the file.
+    fn changed(&mut self) -> bool {
+        let now = self.stamp();
+        if now.is_some() && now != self.seen {
+            self.seen = now;
+            return true;
+        }
+        false
+    }
+}
+
+/// Reads the configuration again and applies what can change at run time: users, secrets,
+/// routes and clusters (live allocations stay), and the log level. An invalid configuration is
+/// rejected as a whole and the running one stays in force.
+fn reload(
+    args: &XturndArgs,
+    config: &mut Config,
+    running: &RunningServer,
+    host_ips: &[IpAddr],
+    admin: &AdminState,
+    trigger: &str,
+) {
+    let new = match config::load(args) {
+        Ok(new) => new,
+        Err(e) => {
+            error!(trigger, error = %e, "configuration reload rejected; the running configuration stays in force");
+            return;
+        }
+    };
+    let plan = reload::plan(config, &new, host_ips);
+    running.with_core_mut(|core| {
+        core.set_credentials(plan.credentials);
+        core.set_policy(plan.policy);
+    });
+    let mut applied = plan.applied;
+    if new.log_level != config.log_level {
+        match admin.log_control().map(|log| log.set(&new.log_level)) {
+            Some(Ok(())) => applied.push("log level"),
+            Some(Err(e)) => warn!(error = %e, "new log level refused"),
+            None => {}
+        }
+    }
+    info!(trigger, ?applied, "configuration reloaded");
+    if !plan.needs_restart.is_empty() {
+        warn!(
+            fields = ?plan.needs_restart,
+            "these changes take effect only after a restart; their running values stay"
+        );
+    }
+    config.users = new.users;
+    config.auth_secrets = new.auth_secrets;
+    config.clusters = new.clusters;
+    config.allow_loopback_peers = new.allow_loopback_peers;
+    config.log_level = new.log_level;
+    for listener in &mut config.listeners {
+        if let Some(updated) = new.listeners.iter().find(|l| l.name == listener.name) {
+            listener.routes.clone_from(&updated.routes);
+        }
+    }
+}
+
+fn log_final_stats(running: &RunningServer, xdp: Option<&XdpMeter>) {
     let allocations = running.with_core(turn::Server::allocation_count);
     let stats = running.with_core(|core| format!("{:?}", core.stats()));
     info!(allocations, %stats, "userspace counters");
-    let Some(xdp) = xdp else {
+    let Some(meter) = xdp else {
         return;
     };
+    let xdp = meter.hook();
     info!(
         installed = xdp.installed.load(Ordering::Relaxed),
         map_full = xdp.map_full.load(Ordering::Relaxed),
@@ -193,15 +406,4 @@ fn raise_open_files_limit() {
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
         }
     }
-}
-
-async fn shutdown_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => info!("SIGTERM received"),
-        _ = interrupt.recv() => info!("SIGINT received"),
-    }
-    Ok(())
 }

@@ -19,7 +19,7 @@ use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 use stun_codec::rfc8656::attributes::AddressFamily;
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::allocation::{Allocation, Channel, Permission};
 use super::attributes::{
@@ -168,6 +168,8 @@ pub struct Server {
     tx_cache: TransactionCache,
     commands: VecDeque<Command>,
     stats: Stats,
+    /// Draining (the agent is shutting down): new Allocates get 508, the rest goes on.
+    draining: bool,
 }
 
 fn reason_phrase(code: u16) -> &'static str {
@@ -320,6 +322,7 @@ impl Server {
             tx_cache: TransactionCache::new(TX_CACHE_TTL, TX_CACHE_CAPACITY, TX_CACHE_MAX_BYTES),
             commands: VecDeque::new(),
             stats: Stats::default(),
+            draining: false,
         }
     }
 
@@ -362,6 +365,19 @@ impl Server {
     /// until they expire or are refreshed (a refresh is checked against the new policy).
     pub fn set_policy(&mut self, policy: PeerPolicy) {
         self.policy = policy;
+    }
+
+    /// Starts (or ends) draining: while draining, every new Allocate is refused with 508
+    /// (Insufficient Capacity), so clients pick another relay, while existing allocations are
+    /// refreshed, get permissions and channels and relay as before. A retransmitted Allocate of
+    /// an allocation made before the drain is still answered with its success.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Whether the server is draining (see [`Server::set_draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Number of allocations (not counting Allocates still binding their sockets).
@@ -495,14 +511,16 @@ impl Server {
                 return;
             }
             Err(error) => {
-                debug!(client = %five_tuple.client, ?error, "dropping malformed STUN");
+                trace!(client = %five_tuple.client, ?error, "dropping malformed STUN");
                 self.stats.malformed_dropped += 1;
                 return;
             }
         };
         match frame.header.class {
             MessageClass::Request => self.handle_request(listener, five_tuple, &frame, now),
-            MessageClass::Indication => self.handle_indication(listener, five_tuple, &frame, now),
+            MessageClass::Indication => {
+                self.handle_indication(listener, five_tuple, &frame, data.len(), now);
+            }
             MessageClass::SuccessResponse | MessageClass::ErrorResponse => {
                 self.stats.malformed_dropped += 1;
             }
@@ -779,6 +797,10 @@ impl Server {
         }
         if self.pending_by_tuple.contains_key(&five_tuple) {
             return Reply::error(437);
+        }
+        if self.draining {
+            self.stats.drain_rejections += 1;
+            return Reply::error(508);
         }
         let Some(transport) = message.get_attribute::<RequestedTransport>() else {
             return Reply::error(400);
@@ -1530,11 +1552,13 @@ impl Server {
     // Data paths
     // ---------------------------------------------------------------------------------------
 
+    /// A client's indication; `wire_len` is the size of its datagram.
     fn handle_indication(
         &mut self,
         listener: ListenerId,
         five_tuple: FiveTuple,
         frame: &StunFrame<'_>,
+        wire_len: usize,
         now: Instant,
     ) {
         if frame.header.method != SEND {
@@ -1579,6 +1603,7 @@ impl Server {
         let data = data.into_owned();
         self.stats.relayed_to_peer_packets += 1;
         self.stats.relayed_to_peer_bytes += data.len() as u64;
+        self.stats.relayed_from_client_wire_bytes += wire_len as u64;
         self.commands.push_back(Command::SendToPeer {
             relayed,
             peer,
@@ -1591,7 +1616,7 @@ impl Server {
         let channel_data = match wire::parse_channel_data(data) {
             Ok(channel_data) => channel_data,
             Err(error) => {
-                debug!(client = %five_tuple.client, ?error, "dropping malformed ChannelData");
+                trace!(client = %five_tuple.client, ?error, "dropping malformed ChannelData");
                 self.stats.malformed_dropped += 1;
                 return;
             }
@@ -1614,6 +1639,7 @@ impl Server {
         };
         self.stats.relayed_to_peer_packets += 1;
         self.stats.relayed_to_peer_bytes += channel_data.data.len() as u64;
+        self.stats.relayed_from_client_wire_bytes += data.len() as u64;
         self.commands.push_back(Command::SendToPeer {
             relayed,
             peer,
@@ -1651,12 +1677,13 @@ impl Server {
             }
         };
         let Some(bytes) = bytes else {
-            debug!(%peer, len = data.len(), "peer datagram too large to relay");
+            trace!(%peer, len = data.len(), "peer datagram too large to relay");
             self.stats.peer_dropped_oversized += 1;
             return;
         };
         self.stats.relayed_to_client_packets += 1;
         self.stats.relayed_to_client_bytes += data.len() as u64;
+        self.stats.relayed_to_client_wire_bytes += bytes.len() as u64;
         self.commands.push_back(Command::SendToClient {
             listener,
             client,
@@ -1764,6 +1791,7 @@ impl Server {
                 Timer::Channel(five_tuple, number),
             );
             channel.expires = channel.timer_at;
+            self.stats.channels_expired += 1;
             debug!(client = %five_tuple.client, %peer, number, "channel unbound");
             // Without its permission the channel's entries were withdrawn already.
             if allocation.permissions.contains_key(&peer.ip())

@@ -37,6 +37,9 @@ pub struct Stats {
     pub permissions_created: u64,
     /// New channel bindings (refreshes not counted).
     pub channels_bound: u64,
+    /// Channel bindings that ended because their lifetime ran out (not counting those that
+    /// ended with their allocation).
+    pub channels_expired: u64,
     /// Peers refused by the peer policy (403s and dropped Send indications).
     pub peer_denied: u64,
     /// Requests whose credentials were wrong, unknown or expired (401 after MESSAGE-INTEGRITY).
@@ -57,13 +60,23 @@ pub struct Stats {
     pub peer_dropped_oversized: u64,
     /// Peer datagrams from an address without a permission.
     pub peer_dropped_no_permission: u64,
+    /// Datagrams relayed client → peer, and their data bytes (what the peer receives).
     pub relayed_to_peer_packets: u64,
     pub relayed_to_peer_bytes: u64,
+    /// The whole client datagrams those were relayed from: ChannelData messages with their
+    /// header and padding, Send indications with every attribute (UDP payload bytes).
+    pub relayed_from_client_wire_bytes: u64,
+    /// Datagrams relayed peer → client, and their data bytes (what the peer sent).
     pub relayed_to_client_packets: u64,
     pub relayed_to_client_bytes: u64,
+    /// The ChannelData messages and Data indications those went to the client in (UDP payload
+    /// bytes).
+    pub relayed_to_client_wire_bytes: u64,
     pub retransmissions_answered_from_cache: u64,
     /// Allocates refused by a quota (486 per user, 508 in total).
     pub quota_rejections: u64,
+    /// Allocates refused (508) because the server is draining.
+    pub drain_rejections: u64,
     /// BindRelay outcomes that were failures.
     pub relay_bind_failures: u64,
 }

@@ -7,6 +7,7 @@
 mod allocate;
 mod auth;
 mod data;
+mod drain;
 mod fuzz;
 mod limits;
 mod permissions;

@@ -1,0 +1,238 @@
+//! `xturn-bench`: the benchmark's load generator, echo and ceiling loader. `cargo xtask bench`
+//! runs it in network namespaces; see docs/benchmarks.md. Every subcommand is bounded in time
+//! and prints its results as JSON on stdout.
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use relay_user::bench::{
+    ceiling::{Ceiling, CeilingSpec},
+    cpu::CpuSpec,
+    echo::{self, EchoSpec},
+    load::{self, LoadSpec, PhaseSpec},
+};
+use relay_user::client::ClientCredentials;
+
+#[derive(Parser)]
+#[command(
+    name = "xturn-bench",
+    version,
+    about = "xturn's benchmark tools: load generator, echo, ceiling XDP program"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make N allocations with TURN handshakes, then send ChannelData in phases and report.
+    Load(LoadArgs),
+    /// Echo every datagram back to its sender, counting per phase, until SIGTERM.
+    Echo(EchoArgs),
+    /// Attach the ceiling XDP program until SIGTERM, then report its counters.
+    Ceiling(CeilingArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The relay's TURN listener.
+    #[arg(long)]
+    server: SocketAddr,
+    /// The peer the channels are bound to (the echo).
+    #[arg(long)]
+    peer: SocketAddr,
+    /// Long-term credential NAME:PASSWORD. Without it: raw mode, no TURN exchange.
+    #[arg(long)]
+    user: Option<String>,
+    /// Allocations (each with one channel), or sockets in raw mode.
+    #[arg(long, default_value_t = 16)]
+    allocations: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 32)]
+    setup_concurrency: usize,
+    /// A phase: max:PAYLOAD:SECONDS or rate:PAYLOAD:SECONDS:PER_SECOND. Repeatable, in order.
+    #[arg(long = "phase")]
+    phases: Vec<String>,
+    /// Datagrams per sendmmsg.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Datagrams in flight at most in a max phase (all allocations together).
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// A process whose threads' CPU time is the relay's (the relay, its NAPI threads).
+    /// Repeatable.
+    #[arg(long = "relay-pid")]
+    relay_pids: Vec<u32>,
+    /// The cores the relay is pinned to (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    relay_cpus: Vec<usize>,
+    /// The cores the load generator and echo are pinned to (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    load_cpus: Vec<usize>,
+    /// Counting continues this long after a phase stops sending.
+    #[arg(long, default_value_t = 300)]
+    drain_ms: u64,
+    /// Low-rate traffic before the first phase, not reported.
+    #[arg(long, default_value_t = 300)]
+    warmup_ms: u64,
+    /// Only time the allocations (then delete them); no data.
+    #[arg(long)]
+    setup_only: bool,
+    /// Upper bound for the whole run.
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+}
+
+#[derive(clap::Args)]
+struct EchoArgs {
+    #[arg(long)]
+    bind: SocketAddr,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Stop by itself after this long.
+    #[arg(long, default_value_t = 900)]
+    max_seconds: u64,
+}
+
+#[derive(clap::Args)]
+struct CeilingArgs {
+    /// The listener address clients send ChannelData to.
+    #[arg(long)]
+    listen: SocketAddrV4,
+    /// The (one) client IP.
+    #[arg(long)]
+    client_ip: Ipv4Addr,
+    /// The relayed address's IP (the client's port is reused as the relayed port).
+    #[arg(long)]
+    relay_ip: Ipv4Addr,
+    /// The (one) peer.
+    #[arg(long)]
+    peer: SocketAddrV4,
+    /// The channel number of the ChannelData sent back to clients.
+    #[arg(long, default_value_t = relay_user::bench::wire::CHANNEL)]
+    channel: u16,
+    /// Interfaces to attach to. Repeatable.
+    #[arg(long = "interface", required = true)]
+    interfaces: Vec<String>,
+    /// Detach by itself after this long.
+    #[arg(long, default_value_t = 900)]
+    max_seconds: u64,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn stop_on_signals() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.context("installing a signal handler")?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Load(args) => run_load(args),
+        Command::Echo(args) => run_echo(&args),
+        Command::Ceiling(args) => run_ceiling(args),
+    }
+}
+
+fn run_load(args: LoadArgs) -> Result<()> {
+    let credentials = match &args.user {
+        Some(user) => {
+            let (name, password) = user
+                .split_once(':')
+                .context("--user must be NAME:PASSWORD")?;
+            Some(ClientCredentials::new(name, password))
+        }
+        None => None,
+    };
+    let phases = args
+        .phases
+        .iter()
+        .map(|p| p.parse::<PhaseSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    if phases.is_empty() && !args.setup_only {
+        bail!("give at least one --phase, or --setup-only");
+    }
+    let spec = LoadSpec {
+        server: args.server,
+        credentials,
+        peer: args.peer,
+        allocations: args.allocations,
+        setup_concurrency: args.setup_concurrency,
+        phases,
+        batch: args.batch,
+        window: args.window,
+        cpu: CpuSpec {
+            relay_pids: args.relay_pids,
+            relay_cpus: args.relay_cpus,
+            load_cpus: args.load_cpus,
+        },
+        drain: Duration::from_millis(args.drain_ms),
+        warmup: Duration::from_millis(args.warmup_ms),
+        setup_only: args.setup_only,
+        max_total: Duration::from_secs(args.max_seconds),
+    };
+    let report = load::run(&spec)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn run_echo(args: &EchoArgs) -> Result<()> {
+    stop_on_signals()?;
+    let spec = EchoSpec {
+        bind: args.bind,
+        batch: args.batch,
+        max_duration: Duration::from_secs(args.max_seconds),
+    };
+    let socket = echo::bind(&spec).with_context(|| format!("binding {}", args.bind))?;
+    eprintln!("xturn-bench echo: ready on {}", args.bind);
+    let report = echo::run(&spec, &socket, &STOP)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn run_ceiling(args: CeilingArgs) -> Result<()> {
+    stop_on_signals()?;
+    let spec = CeilingSpec {
+        listener: args.listen,
+        client_ip: args.client_ip,
+        relay_ip: args.relay_ip,
+        peer: args.peer,
+        channel: args.channel,
+        interfaces: args.interfaces,
+    };
+    let mut ceiling = Ceiling::start(&spec)?;
+    eprintln!(
+        "xturn-bench ceiling: ready, attached {:?}",
+        ceiling.modes.as_slice()
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    while !STOP.load(Ordering::Relaxed) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counters = ceiling.counters()?;
+    ceiling.detach();
+    let modes: serde_json::Map<String, serde_json::Value> = ceiling
+        .modes
+        .iter()
+        .map(|(i, m)| (i.clone(), serde_json::Value::from(*m)))
+        .collect();
+    let report = serde_json::json!({ "counters": counters, "modes": modes });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

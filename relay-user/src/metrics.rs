@@ -1,0 +1,817 @@
+//! Prometheus metrics, collected when scraped.
+//!
+//! Nothing here runs per packet. The TURN core counts in plain integers ([`turn::Stats`]), the
+//! event loop in relaxed atomics ([`crate::server::IoCounters`]), the XDP program in its maps;
+//! a scrape takes a [`Snapshot`] of all of them ([`MetricsSource::gather`]) and renders it in
+//! the OpenMetrics text format with `prometheus-client` ([`render`]). docs/metrics.md lists
+//! every metric and says exactly what it counts.
+//!
+//! Relayed bytes in the kernel come from the per-binding counters of the XDP maps, which count
+//! the data of every datagram the program relayed: exact payload sizes, whatever the address
+//! family. Map entries go away with their binding, so [`XdpMeter`] sits between the TURN core
+//! and the [`XdpHook`], keeps the set of installed bindings, and adds a binding's counters to a
+//! running total just before the binding is removed.
+use std::{
+    collections::HashSet,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard, Weak, atomic::Ordering},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+use relay_common::{Counter, Reason};
+use tracing::warn;
+
+use crate::{
+    dataplane::XdpHook,
+    ebpf::{ChannelCounters, ChannelEntry},
+    server::{ChannelHook, IoSnapshot, ServerHandle},
+    turn::{self, ChannelBinding},
+};
+
+/// The HTTP `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Bytes of the ChannelData header (channel number and length) in front of relayed data.
+const CHANNEL_DATA_HEADER: u64 = 4;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn entry_of(binding: &ChannelBinding) -> ChannelEntry {
+    ChannelEntry {
+        client: binding.client,
+        listener: binding.server,
+        channel: binding.channel,
+        relayed: binding.relayed,
+        peer: binding.peer,
+    }
+}
+
+fn add(a: ChannelCounters, b: ChannelCounters) -> ChannelCounters {
+    ChannelCounters {
+        to_peer: a.to_peer.plus(b.to_peer),
+        to_client: a.to_client.plus(b.to_client),
+    }
+}
+
+fn max_counter(a: Counter, b: Counter) -> Counter {
+    Counter {
+        packets: a.packets.max(b.packets),
+        bytes: a.bytes.max(b.bytes),
+    }
+}
+
+/// The [`ChannelHook`] of the XDP data plane with metering: installs and removes bindings
+/// through the [`XdpHook`], and remembers what removed bindings relayed.
+pub struct XdpMeter {
+    hook: Arc<XdpHook>,
+    /// Bindings with entries in the kernel now.
+    live: Mutex<HashSet<ChannelEntry>>,
+    /// What bindings relayed before their entries were removed (or replaced).
+    retired: Mutex<ChannelCounters>,
+    /// The totals last reported: totals never go down (see [`XdpMeter::relayed`]).
+    reported: Mutex<ChannelCounters>,
+}
+
+impl XdpMeter {
+    pub fn new(hook: Arc<XdpHook>) -> XdpMeter {
+        XdpMeter {
+            hook,
+            live: Mutex::new(HashSet::new()),
+            retired: Mutex::new(ChannelCounters::default()),
+            reported: Mutex::new(ChannelCounters::default()),
+        }
+    }
+
+    /// The hook it wraps.
+    pub fn hook(&self) -> &Arc<XdpHook> {
+        &self.hook
+    }
+
+    /// Bindings installed in the kernel now.
+    pub fn installed_now(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// Adds what `entry` relayed so far to the retired total (before its entries go).
+    fn retire(&self, entry: &ChannelEntry) {
+        if let Some(counters) = self.hook.with_fast_path(|fp| fp.channel_counters(entry)) {
+            let mut retired = lock(&self.retired);
+            *retired = add(*retired, counters);
+        }
+    }
+
+    /// Everything the kernel relayed on channel bindings since the start: the retired total
+    /// plus the counters of every installed binding. A scrape reads two map entries per
+    /// installed binding, each under the fast path's lock on its own, so channel binds wait
+    /// for one lookup at most.
+    ///
+    /// The kernel adds to the per-binding counters without atomics, and a binding removed
+    /// during a scrape can be missed by it (and counted by the next): the totals are clamped
+    /// so they never go down, as Prometheus counters must not.
+    pub fn relayed(&self) -> ChannelCounters {
+        // Retired first: a binding retired after this read is still read live (or missed,
+        // never counted twice).
+        let retired = *lock(&self.retired);
+        let entries: Vec<ChannelEntry> = lock(&self.live).iter().copied().collect();
+        let live = entries
+            .iter()
+            .filter_map(|entry| self.hook.with_fast_path(|fp| fp.channel_counters(entry)))
+            .fold(ChannelCounters::default(), add);
+        let total = add(retired, live);
+        let mut reported = lock(&self.reported);
+        *reported = ChannelCounters {
+            to_peer: max_counter(reported.to_peer, total.to_peer),
+            to_client: max_counter(reported.to_client, total.to_client),
+        };
+        *reported
+    }
+}
+
+/// Called by the event loop under the TURN core's lock, so bindings come one at a time: the
+/// `installed` counter of the [`XdpHook`] tells whether this one made it into the kernel.
+impl ChannelHook for XdpMeter {
+    fn channel_bound(&self, binding: &ChannelBinding) {
+        let entry = entry_of(binding);
+        if lock(&self.live).contains(&entry) {
+            // Installing again resets the kernel's counters: keep what they hold.
+            self.retire(&entry);
+        }
+        let before = self.hook.installed.load(Ordering::Relaxed);
+        self.hook.channel_bound(binding);
+        let installed = self.hook.installed.load(Ordering::Relaxed) != before;
+        let mut live = lock(&self.live);
+        if installed {
+            live.insert(entry);
+        } else {
+            live.remove(&entry);
+        }
+    }
+
+    fn channel_unbound(&self, binding: &ChannelBinding) {
+        let entry = entry_of(binding);
+        let was_live = lock(&self.live).remove(&entry);
+        if was_live {
+            self.retire(&entry);
+        }
+        self.hook.channel_unbound(binding);
+    }
+}
+
+/// What the XDP data plane did, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdpSnapshot {
+    /// The program's `STATS` counters (frames and frame bytes per exit reason); empty if the
+    /// map could not be read.
+    pub reasons: Vec<(Reason, Counter)>,
+    /// Bindings with kernel entries now, and how many the maps hold.
+    pub bindings_installed: u64,
+    pub capacity: u64,
+    /// Bindings installed since the start, and those left to userspace (map full, other errors).
+    pub installs: u64,
+    pub map_full: u64,
+    pub install_errors: u64,
+    /// Datagrams and data bytes relayed on channel bindings, per direction.
+    pub relayed: ChannelCounters,
+}
+
+/// Everything the metrics show, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `xdp` or `userspace`.
+    pub dataplane: &'static str,
+    pub draining: bool,
+    pub allocations: u64,
+    pub permissions: u64,
+    pub channels: u64,
+    pub stats: turn::Stats,
+    /// Name and traffic of each listener.
+    pub listeners: Vec<(String, IoSnapshot)>,
+    /// Traffic of the relayed sockets.
+    pub relay_io: IoSnapshot,
+    pub xdp: Option<XdpSnapshot>,
+}
+
+impl Snapshot {
+    /// `stunner_bytes_received_total`: UDP payload bytes received from clients and peers and
+    /// relayed. A client's datagram counts whole (ChannelData header and data, or the whole
+    /// Send indication); a peer's datagram is all data. In the kernel, ChannelData padding (0–3
+    /// bytes, which clients rarely send over UDP) is not seen.
+    pub fn bytes_received(&self) -> u64 {
+        let userspace =
+            self.stats.relayed_from_client_wire_bytes + self.stats.relayed_to_client_bytes;
+        let kernel = self.xdp.as_ref().map_or(0, |x| {
+            x.relayed.to_peer.bytes
+                + CHANNEL_DATA_HEADER * x.relayed.to_peer.packets
+                + x.relayed.to_client.bytes
+        });
+        userspace + kernel
+    }
+
+    /// `stunner_bytes_sent_total`: UDP payload bytes sent to peers and clients while relaying:
+    /// the data to peers, the ChannelData messages or Data indications to clients.
+    pub fn bytes_sent(&self) -> u64 {
+        let userspace = self.stats.relayed_to_peer_bytes + self.stats.relayed_to_client_wire_bytes;
+        let kernel = self.xdp.as_ref().map_or(0, |x| {
+            x.relayed.to_peer.bytes
+                + x.relayed.to_client.bytes
+                + CHANNEL_DATA_HEADER * x.relayed.to_client.packets
+        });
+        userspace + kernel
+    }
+}
+
+/// Where a scrape reads from. It holds no strong reference to the relay or the data plane:
+/// they go (and XDP is detached) when the agent drops them, whatever the admin server does.
+pub struct MetricsSource {
+    server: ServerHandle,
+    listener_names: Vec<String>,
+    xdp: Option<Weak<XdpMeter>>,
+}
+
+impl MetricsSource {
+    /// `listener_names` in [`turn::ListenerId`] order; `xdp` when the XDP data plane runs.
+    pub fn new(
+        server: ServerHandle,
+        listener_names: Vec<String>,
+        xdp: Option<&Arc<XdpMeter>>,
+    ) -> MetricsSource {
+        MetricsSource {
+            server,
+            listener_names,
+            xdp: xdp.map(Arc::downgrade),
+        }
+    }
+
+    /// Reads every counter; `None` once the server is gone. It holds the TURN core's lock for
+    /// one pass over the allocations (to count permissions and channels) and makes a few BPF
+    /// syscalls per installed binding: run it off the async workers (`spawn_blocking`).
+    pub fn gather(&self) -> Option<Snapshot> {
+        let (allocations, permissions, channels, stats, draining) =
+            self.server.with_core(|core| {
+                let (permissions, channels) = core.allocations().fold((0u64, 0u64), |(p, c), a| {
+                    (
+                        p + a.permissions().count() as u64,
+                        c + a.channel_bindings().count() as u64,
+                    )
+                });
+                (
+                    core.allocation_count() as u64,
+                    permissions,
+                    channels,
+                    core.stats().clone(),
+                    core.is_draining(),
+                )
+            })?;
+        let (listener_io, relay_io) = self.server.io()?;
+        let listeners = self
+            .listener_names
+            .iter()
+            .cloned()
+            .zip(listener_io)
+            .collect();
+        let meter = match &self.xdp {
+            Some(weak) => Some(weak.upgrade()?),
+            None => None,
+        };
+        let xdp = meter.map(|meter| {
+            let hook = meter.hook();
+            let (reasons, capacity) = hook.with_fast_path(|fp| (fp.stats(), fp.capacity()));
+            let reasons = reasons.unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the XDP counters");
+                Vec::new()
+            });
+            XdpSnapshot {
+                reasons,
+                bindings_installed: meter.installed_now() as u64,
+                capacity: u64::from(capacity),
+                installs: hook.installed.load(Ordering::Relaxed),
+                map_full: hook.map_full.load(Ordering::Relaxed),
+                install_errors: hook.install_errors.load(Ordering::Relaxed),
+                relayed: meter.relayed(),
+            }
+        });
+        Some(Snapshot {
+            dataplane: if xdp.is_some() { "xdp" } else { "userspace" },
+            draining,
+            allocations,
+            permissions,
+            channels,
+            stats,
+            listeners,
+            relay_io,
+            xdp,
+        })
+    }
+}
+
+/// Renders `snapshot` in the OpenMetrics text format.
+pub fn render(snapshot: Snapshot) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snapshot)));
+    let mut out = String::with_capacity(16 << 10);
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// Labels as `prometheus-client` encodes them.
+type Labels = Vec<(&'static str, String)>;
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+/// Writes metric families (`name` without the `_total` the encoder appends to counters).
+struct Out<'a, 'b>(&'a mut DescriptorEncoder<'b>);
+
+impl Out<'_, '_> {
+    fn counter(&mut self, name: &'static str, help: &str, value: u64) -> fmt::Result {
+        self.0
+            .encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &str, value: u64) -> fmt::Result {
+        self.0
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&value)
+    }
+
+    fn counters(&mut self, name: &'static str, help: &str, rows: &[(Labels, u64)]) -> fmt::Result {
+        let mut metric = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, value) in rows {
+            metric
+                .encode_family(labels)?
+                .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+
+    fn info(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        labels: &impl EncodeLabelSet,
+    ) -> fmt::Result {
+        self.0
+            .encode_descriptor(name, help, None, MetricType::Info)?
+            .encode_info(labels)
+    }
+}
+
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        let st = &s.stats;
+        let mut out = Out(&mut encoder);
+
+        // STUNner's names: dashboards and autoscalers (KEDA) use them.
+        out.gauge(
+            "stunner_allocations_active",
+            "TURN allocations that exist now.",
+            s.allocations,
+        )?;
+        out.counter(
+            "stunner_connections",
+            "TURN allocations created since the start.",
+            st.allocations_created,
+        )?;
+        out.counter(
+            "stunner_bytes_received",
+            "UDP payload bytes received from clients and peers and relayed (userspace and XDP).",
+            s.bytes_received(),
+        )?;
+        out.counter(
+            "stunner_bytes_sent",
+            "UDP payload bytes sent to peers and clients while relaying (userspace and XDP).",
+            s.bytes_sent(),
+        )?;
+
+        out.info(
+            "xturn_dataplane",
+            "The data plane in use: xdp or userspace.",
+            &labels([("mode", s.dataplane)]),
+        )?;
+        out.info(
+            "xturn_build",
+            "The xturnd version.",
+            &labels([("version", env!("CARGO_PKG_VERSION"))]),
+        )?;
+        out.gauge(
+            "xturn_draining",
+            "1 while shutting down: new allocations are refused, live ones still relay.",
+            u64::from(s.draining),
+        )?;
+        out.gauge(
+            "xturn_permissions_active",
+            "Permissions that exist now.",
+            s.permissions,
+        )?;
+        out.gauge(
+            "xturn_channels_active",
+            "Channel bindings that exist now (not those cooling down after expiry).",
+            s.channels,
+        )?;
+        out.counters(
+            "xturn_allocations_ended",
+            "Allocations that ended, by how.",
+            &[
+                (labels([("reason", "expired")]), st.allocations_expired),
+                (labels([("reason", "deleted")]), st.allocations_deleted),
+            ],
+        )?;
+        out.counter(
+            "xturn_permissions_created",
+            "Permissions created (refreshes not counted).",
+            st.permissions_created,
+        )?;
+        out.counter(
+            "xturn_channels_bound",
+            "Channel bindings created (refreshes not counted).",
+            st.channels_bound,
+        )?;
+        out.counter(
+            "xturn_channels_expired",
+            "Channel bindings whose lifetime ran out.",
+            st.channels_expired,
+        )?;
+        out.counters(
+            "xturn_requests",
+            "STUN/TURN requests received, by method.",
+            &[
+                (labels([("method", "binding")]), st.binding_requests),
+                (labels([("method", "allocate")]), st.allocate_requests),
+                (labels([("method", "refresh")]), st.refresh_requests),
+                (
+                    labels([("method", "create_permission")]),
+                    st.create_permission_requests,
+                ),
+                (
+                    labels([("method", "channel_bind")]),
+                    st.channel_bind_requests,
+                ),
+                (labels([("method", "other")]), st.other_requests),
+            ],
+        )?;
+        out.counter(
+            "xturn_send_indications",
+            "Send indications received.",
+            st.send_indications,
+        )?;
+        let errors: Vec<(Labels, u64)> = st
+            .error_responses()
+            .iter()
+            .map(|(code, n)| {
+                let code = if *code == 0 {
+                    "other".to_owned()
+                } else {
+                    code.to_string()
+                };
+                (vec![("code", code)], *n)
+            })
+            .collect();
+        out.counters(
+            "xturn_error_responses",
+            "Error responses sent, by code.",
+            &errors,
+        )?;
+        out.counter(
+            "xturn_auth_failures",
+            "Requests with wrong, unknown or expired credentials.",
+            st.auth_failures,
+        )?;
+        out.counter(
+            "xturn_stale_nonces",
+            "Requests with an expired or foreign NONCE (438).",
+            st.stale_nonces,
+        )?;
+        out.counter(
+            "xturn_peer_denied",
+            "Peers refused by the peer policy (403s and dropped Send indications).",
+            st.peer_denied,
+        )?;
+        out.counters(
+            "xturn_allocations_refused",
+            "Allocates refused for capacity, by why.",
+            &[
+                (labels([("reason", "quota")]), st.quota_rejections),
+                (labels([("reason", "draining")]), st.drain_rejections),
+                (labels([("reason", "bind_failure")]), st.relay_bind_failures),
+            ],
+        )?;
+        out.counter(
+            "xturn_retransmissions_answered",
+            "Retransmitted requests answered from the transaction cache.",
+            st.retransmissions_answered_from_cache,
+        )?;
+        out.counters(
+            "xturn_dropped",
+            "Datagrams the userspace relay dropped, by why.",
+            &[
+                (labels([("reason", "malformed")]), st.malformed_dropped),
+                (
+                    labels([("reason", "unknown_client")]),
+                    st.unknown_client_dropped,
+                ),
+                (
+                    labels([("reason", "unbound_channel")]),
+                    st.unbound_channel_dropped,
+                ),
+                (
+                    labels([("reason", "client_no_permission")]),
+                    st.client_dropped_no_permission,
+                ),
+                (
+                    labels([("reason", "peer_no_allocation")]),
+                    st.peer_dropped_no_allocation,
+                ),
+                (
+                    labels([("reason", "peer_no_permission")]),
+                    st.peer_dropped_no_permission,
+                ),
+                (
+                    labels([("reason", "peer_oversized")]),
+                    st.peer_dropped_oversized,
+                ),
+            ],
+        )?;
+
+        // Relayed data by direction and data plane.
+        let kernel = s.xdp.as_ref().map(|x| x.relayed).unwrap_or_default();
+        let mut packets = vec![
+            (
+                labels([("direction", "to_peer"), ("dataplane", "userspace")]),
+                st.relayed_to_peer_packets,
+            ),
+            (
+                labels([("direction", "to_client"), ("dataplane", "userspace")]),
+                st.relayed_to_client_packets,
+            ),
+        ];
+        let mut bytes = vec![
+            (
+                labels([("direction", "to_peer"), ("dataplane", "userspace")]),
+                st.relayed_to_peer_bytes,
+            ),
+            (
+                labels([("direction", "to_client"), ("dataplane", "userspace")]),
+                st.relayed_to_client_bytes,
+            ),
+        ];
+        if s.xdp.is_some() {
+            packets.push((
+                labels([("direction", "to_peer"), ("dataplane", "xdp")]),
+                kernel.to_peer.packets,
+            ));
+            packets.push((
+                labels([("direction", "to_client"), ("dataplane", "xdp")]),
+                kernel.to_client.packets,
+            ));
+            bytes.push((
+                labels([("direction", "to_peer"), ("dataplane", "xdp")]),
+                kernel.to_peer.bytes,
+            ));
+            bytes.push((
+                labels([("direction", "to_client"), ("dataplane", "xdp")]),
+                kernel.to_client.bytes,
+            ));
+        }
+        out.counters(
+            "xturn_relayed_packets",
+            "Datagrams relayed, by direction and data plane.",
+            &packets,
+        )?;
+        out.counters(
+            "xturn_relayed_data_bytes",
+            "Application data bytes relayed (no TURN framing), by direction and data plane.",
+            &bytes,
+        )?;
+
+        // The agent's sockets.
+        let mut io_packets = Vec::new();
+        let mut io_bytes = Vec::new();
+        let mut io_errors = Vec::new();
+        for (name, io) in &s.listeners {
+            for (direction, p, b) in [
+                ("rx", io.rx_packets, io.rx_bytes),
+                ("tx", io.tx_packets, io.tx_bytes),
+            ] {
+                io_packets.push((labels([("listener", name), ("direction", direction)]), p));
+                io_bytes.push((labels([("listener", name), ("direction", direction)]), b));
+            }
+            io_errors.push((labels([("listener", name)]), io.tx_errors));
+        }
+        out.counters(
+            "xturn_listener_packets",
+            "Datagrams through each listener's sockets in userspace (STUN and relayed data).",
+            &io_packets,
+        )?;
+        out.counters(
+            "xturn_listener_bytes",
+            "UDP payload bytes through each listener's sockets in userspace.",
+            &io_bytes,
+        )?;
+        out.counters(
+            "xturn_listener_send_errors",
+            "Datagrams to clients the kernel refused to send (full socket buffer, ...).",
+            &io_errors,
+        )?;
+        let r = &s.relay_io;
+        out.counters(
+            "xturn_relay_socket_packets",
+            "Datagrams through the relayed sockets in userspace.",
+            &[
+                (labels([("direction", "rx")]), r.rx_packets),
+                (labels([("direction", "tx")]), r.tx_packets),
+            ],
+        )?;
+        out.counters(
+            "xturn_relay_socket_bytes",
+            "UDP payload bytes through the relayed sockets in userspace.",
+            &[
+                (labels([("direction", "rx")]), r.rx_bytes),
+                (labels([("direction", "tx")]), r.tx_bytes),
+            ],
+        )?;
+        out.counter(
+            "xturn_relay_socket_send_errors",
+            "Datagrams to peers the kernel refused to send.",
+            r.tx_errors,
+        )?;
+
+        let Some(x) = &s.xdp else {
+            return Ok(());
+        };
+        let reason_rows = |f: fn(&Counter) -> u64| -> Vec<(Labels, u64)> {
+            x.reasons
+                .iter()
+                .map(|(reason, counter)| (labels([("reason", reason.name())]), f(counter)))
+                .collect()
+        };
+        out.counters(
+            "xturn_xdp_packets",
+            "Frames the XDP program handled, by where they went (see docs/architecture.md).",
+            &reason_rows(|c| c.packets),
+        )?;
+        out.counters(
+            "xturn_xdp_bytes",
+            "Bytes of the frames the XDP program handled (Ethernet frames as received), by reason.",
+            &reason_rows(|c| c.bytes),
+        )?;
+        out.gauge(
+            "xturn_xdp_bindings_installed",
+            "Channel bindings with entries in the XDP maps now.",
+            x.bindings_installed,
+        )?;
+        out.gauge(
+            "xturn_xdp_bindings_capacity",
+            "Channel bindings the XDP maps hold at most (--xdp-max-channels).",
+            x.capacity,
+        )?;
+        out.counter(
+            "xturn_xdp_binding_installs",
+            "Channel bindings installed in the XDP maps since the start.",
+            x.installs,
+        )?;
+        out.counters(
+            "xturn_xdp_binding_install_failures",
+            "Channel bindings left to userspace relaying, by why.",
+            &[
+                (labels([("reason", "map_full")]), x.map_full),
+                (labels([("reason", "error")]), x.install_errors),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn value(text: &str, series: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    }
+
+    fn sample() -> Snapshot {
+        let mut stats = turn::Stats {
+            allocations_created: 7,
+            relayed_to_peer_packets: 2,
+            relayed_to_peer_bytes: 100,
+            relayed_from_client_wire_bytes: 108,
+            relayed_to_client_packets: 3,
+            relayed_to_client_bytes: 30,
+            relayed_to_client_wire_bytes: 42,
+            ..turn::Stats::default()
+        };
+        stats.count_error(401);
+        stats.count_error(599);
+        Snapshot {
+            dataplane: "userspace",
+            allocations: 3,
+            stats,
+            listeners: vec![(
+                "udp-0".to_owned(),
+                IoSnapshot {
+                    rx_packets: 5,
+                    rx_bytes: 500,
+                    ..IoSnapshot::default()
+                },
+            )],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn stunner_names_and_userspace_bytes() {
+        let text = render(sample()).unwrap();
+        assert_eq!(value(&text, "stunner_allocations_active"), 3);
+        assert_eq!(value(&text, "stunner_connections_total"), 7);
+        // Received: whole client datagrams (108) + peer data (30).
+        assert_eq!(value(&text, "stunner_bytes_received_total"), 138);
+        // Sent: data to peers (100) + messages to clients (42).
+        assert_eq!(value(&text, "stunner_bytes_sent_total"), 142);
+        assert_eq!(value(&text, "xturn_dataplane_info{mode=\"userspace\"}"), 1);
+        assert_eq!(value(&text, "xturn_error_responses_total{code=\"401\"}"), 1);
+        assert_eq!(
+            value(&text, "xturn_error_responses_total{code=\"other\"}"),
+            1
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xturn_listener_packets_total{listener=\"udp-0\",direction=\"rx\"}"
+            ),
+            5
+        );
+        assert!(text.contains("# TYPE stunner_allocations_active gauge"));
+        assert!(!text.contains("xturn_xdp_"), "no XDP metrics without XDP");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn kernel_bytes_add_the_channel_data_header_on_the_client_side() {
+        let mut snapshot = sample();
+        snapshot.dataplane = "xdp";
+        snapshot.xdp = Some(XdpSnapshot {
+            reasons: vec![(
+                Reason::RelayedToPeer,
+                Counter {
+                    packets: 10,
+                    bytes: 1460,
+                },
+            )],
+            bindings_installed: 2,
+            capacity: 1024,
+            relayed: ChannelCounters {
+                to_peer: Counter {
+                    packets: 10,
+                    bytes: 1000,
+                },
+                to_client: Counter {
+                    packets: 5,
+                    bytes: 400,
+                },
+            },
+            ..XdpSnapshot::default()
+        });
+        let text = render(snapshot).unwrap();
+        // Userspace 138 + client ChannelData (1000 + 4·10) + peer data 400.
+        assert_eq!(
+            value(&text, "stunner_bytes_received_total"),
+            138 + 1040 + 400
+        );
+        // Userspace 142 + data to peers 1000 + ChannelData to clients (400 + 4·5).
+        assert_eq!(value(&text, "stunner_bytes_sent_total"), 142 + 1000 + 420);
+        assert_eq!(value(&text, "xturn_dataplane_info{mode=\"xdp\"}"), 1);
+        assert_eq!(
+            value(&text, "xturn_xdp_packets_total{reason=\"relayed_to_peer\"}"),
+            10
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xturn_relayed_packets_total{direction=\"to_client\",dataplane=\"xdp\"}"
+            ),
+            5
+        );
+        assert_eq!(value(&text, "xturn_xdp_bindings_installed"), 2);
+        assert_eq!(value(&text, "xturn_xdp_bindings_capacity"), 1024);
+    }
+}

@@ -1,0 +1,1350 @@
+//! `cargo xtask bench`: every contender on the same topology, with the same traffic, in one run.
+//!
+//! ```text
+//!  xturn-bench-client        xturn-bench-relay                     xturn-bench-peer
+//!  xtb-c0 198.18.1.2  ──  xtb-r0 198.18.1.1 (listener :3478)
+//!                         xtb-r1 198.18.2.1 (relayed)        ──  xtb-p0 198.18.2.2 (echo :4000)
+//! ```
+//!
+//! The relay (whichever contender) and the NAPI threads of `xtb-r0`/`xtb-r1` are pinned to the
+//! last core; the load generator, the echo and the NAPI threads of `xtb-c0`/`xtb-p0` to the
+//! others. Every veth end has GRO on (NAPI) in threaded mode, so the receive work of each
+//! namespace runs in its own kernel threads and can be charged to whoever owns it; the outer
+//! ends have TX checksum offload off (see docs/architecture.md, "Running on veths"). The
+//! contenders and what is measured are described in docs/benchmarks.md. Namespaces and
+//! processes are removed at the end, also on failure.
+mod chart;
+mod report;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{setup, sh};
+
+const CLIENT_NS: &str = "xturn-bench-client";
+const RELAY_NS: &str = "xturn-bench-relay";
+const PEER_NS: &str = "xturn-bench-peer";
+const NAMESPACES: [&str; 3] = [CLIENT_NS, RELAY_NS, PEER_NS];
+
+const CLIENT_IP: &str = "198.18.1.2";
+const LISTENER_IP: &str = "198.18.1.1";
+const LISTENER: &str = "198.18.1.1:3478";
+const RELAY_IP: &str = "198.18.2.1";
+const PEER_IP: &str = "198.18.2.2";
+const PEER: &str = "198.18.2.2:4000";
+const REALM: &str = "bench.xturn";
+const USER: &str = "bench:bench-password";
+
+/// (namespace, interface) of every veth end; the relay's are the middle two.
+const LINKS: [(&str, &str); 4] = [
+    (CLIENT_NS, "xtb-c0"),
+    (RELAY_NS, "xtb-r0"),
+    (RELAY_NS, "xtb-r1"),
+    (PEER_NS, "xtb-p0"),
+];
+const RELAY_IFS: [&str; 2] = ["xtb-r0", "xtb-r1"];
+const LOAD_IFS: [&str; 2] = ["xtb-c0", "xtb-p0"];
+
+/// The offered rate of the fixed-rate phases (ChannelData per second, client → relay; as many
+/// come back). Moderate: every contender carries it without loss on this machine.
+const FIXED_RATE: u64 = 20_000;
+/// Datagrams in flight at most in a max phase: a veth's ring holds 256 frames, so a larger
+/// window only overflows it.
+const WINDOW: usize = 256;
+
+/// What `cargo xtask bench` was asked for.
+pub struct Options {
+    pub quick: bool,
+    /// Contender keys to run (all when empty).
+    pub only: Vec<String>,
+}
+
+/// The traffic matrix.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub allocations: Vec<usize>,
+    pub payloads: Vec<usize>,
+    pub phase_seconds: f64,
+    pub fixed_rate: u64,
+    pub window: usize,
+    pub setup_allocations: usize,
+    pub setup_concurrency: usize,
+    pub drain_ms: u64,
+    pub warmup_ms: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                allocations: vec![16],
+                payloads: vec![100],
+                phase_seconds: 1.5,
+                fixed_rate: FIXED_RATE,
+                window: WINDOW,
+                setup_allocations: 256,
+                setup_concurrency: 64,
+                drain_ms: 300,
+                warmup_ms: 300,
+            }
+        } else {
+            Plan {
+                allocations: vec![1, 16, 256],
+                payloads: vec![100, 1200],
+                phase_seconds: 4.0,
+                fixed_rate: FIXED_RATE,
+                window: WINDOW,
+                setup_allocations: 1000,
+                setup_concurrency: 64,
+                drain_ms: 300,
+                warmup_ms: 300,
+            }
+        }
+    }
+
+    /// The phases of one allocation count, in order: per payload, fixed rate then max.
+    fn phases(&self) -> Vec<String> {
+        let s = self.phase_seconds;
+        self.payloads
+            .iter()
+            .flat_map(|p| {
+                [
+                    format!("rate:{p}:{s}:{}", self.fixed_rate),
+                    format!("max:{p}:{s}"),
+                ]
+            })
+            .collect()
+    }
+
+    fn load_seconds(&self) -> u64 {
+        let phases = self.phases().len() as f64;
+        let per_phase = self.phase_seconds + self.drain_ms as f64 / 1000.0;
+        (phases * per_phase) as u64 + 60
+    }
+}
+
+/// How a contender relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// No relay: an echo where the relay's listener is. What the load side can do.
+    Generator,
+    /// The ceiling XDP program.
+    Ceiling,
+    XturnXdp,
+    XturnUserspace,
+    Coturn,
+}
+
+impl Kind {
+    fn turn(self) -> bool {
+        matches!(self, Kind::XturnXdp | Kind::XturnUserspace | Kind::Coturn)
+    }
+}
+
+struct Contender {
+    key: &'static str,
+    label: &'static str,
+    kind: Kind,
+}
+
+const CONTENDERS: [Contender; 5] = [
+    Contender {
+        key: "generator",
+        label: "load generator alone (echo in place of the relay)",
+        kind: Kind::Generator,
+    },
+    Contender {
+        key: "ceiling",
+        label: "ceiling (XDP rewrite, no lookups)",
+        kind: Kind::Ceiling,
+    },
+    Contender {
+        key: "xdp",
+        label: "xturnd --dataplane xdp",
+        kind: Kind::XturnXdp,
+    },
+    Contender {
+        key: "userspace",
+        label: "xturnd --dataplane userspace",
+        kind: Kind::XturnUserspace,
+    },
+    Contender {
+        key: "coturn",
+        label: "coturn turnserver",
+        kind: Kind::Coturn,
+    },
+];
+
+/// Which cores do what.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cores {
+    pub relay: Vec<usize>,
+    pub load: Vec<usize>,
+}
+
+impl Cores {
+    fn detect() -> Result<Cores> {
+        let n = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        if n < 2 {
+            bail!("the benchmark needs at least 2 CPUs (one for the relay, one for the load)");
+        }
+        Ok(Cores {
+            relay: vec![n - 1],
+            load: (0..n - 1).collect(),
+        })
+    }
+
+    fn list(cpus: &[usize]) -> String {
+        cpus.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Facts about the machine and the build, for the top of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    pub date: String,
+    pub command: String,
+    pub commit: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory: String,
+    pub virtualization: String,
+    pub rustc: String,
+    pub coturn: String,
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+    pub cores: Cores,
+}
+
+fn first_line(s: Option<String>) -> String {
+    s.and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Facts {
+    fn collect(command: String, cores: Cores) -> Facts {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let hypervisor = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .is_some_and(|l| l.split_whitespace().any(|f| f == "hypervisor"));
+        let memory = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            })
+            .map_or_else(
+                || "unknown".into(),
+                |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0),
+            );
+        let dirty = sh::output(sh::cmd(
+            "git",
+            &["-C", &sh::root().to_string_lossy(), "status", "--porcelain"],
+        ))
+        .is_some_and(|s| !s.trim().is_empty());
+        let commit = first_line(sh::output(sh::cmd(
+            "git",
+            &[
+                "-C",
+                &sh::root().to_string_lossy(),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ],
+        )));
+        Facts {
+            date: first_line(sh::output(sh::cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]))),
+            command,
+            commit: if dirty {
+                format!("{commit} (with uncommitted changes)")
+            } else {
+                commit
+            },
+            kernel: first_line(sh::output(sh::cmd("uname", &["-sr"]))),
+            cpu_model,
+            cpus: cores.relay.len() + cores.load.len(),
+            memory,
+            virtualization: if hypervisor {
+                "virtual machine (hypervisor flag set)".into()
+            } else {
+                "bare metal (no hypervisor flag)".into()
+            },
+            rustc: first_line(sh::output(sh::cmd("rustc", &["--version"]))),
+            coturn: format!(
+                "coturn {}",
+                first_line(sh::output(sh::cmd(
+                    "dpkg-query",
+                    &["-W", "-f=${Version}", "coturn"],
+                )))
+            ),
+            loadavg_start: loadavg(),
+            loadavg_end: String::new(),
+            cores,
+        }
+    }
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+// ---- what xturn-bench prints -------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize)]
+struct LoadOut {
+    setup: Option<SetupOut>,
+    phases: Vec<PhaseOut>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct SetupOut {
+    allocated: usize,
+    allocate_s: f64,
+    failed: usize,
+    allocations_per_s: f64,
+    first_error: Option<String>,
+    cpu: CpuOut,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PhaseOut {
+    id: u8,
+    kind: String,
+    offered_pps: Option<u64>,
+    payload: usize,
+    allocations: usize,
+    duration_s: f64,
+    window_s: f64,
+    sent: u64,
+    received: u64,
+    rtt: RttOut,
+    cpu: CpuOut,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RttOut {
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    p999_us: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct CpuOut {
+    relay_threads_s: Option<f64>,
+    relay_cores_busy_s: f64,
+    load_cores_busy_s: f64,
+    load_cores: usize,
+}
+
+impl CpuOut {
+    /// The relay's CPU: the run time of its threads (process and the NAPI threads of its
+    /// interfaces, where its share of the network stack and any XDP program run). This kernel
+    /// has no IRQ time accounting, so interrupts and softirqs are in the run time of the thread
+    /// they interrupted; the irq/softirq ticks of `/proc/stat` are not added (they would count
+    /// the same time twice) but kept in the JSON.
+    fn relay_s(&self) -> Option<f64> {
+        self.relay_threads_s
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct EchoOut {
+    phases: BTreeMap<u8, EchoCounts>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct EchoCounts {
+    received: u64,
+    echoed: u64,
+}
+
+// ---- results -----------------------------------------------------------------------------
+
+/// One phase of one contender, both directions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub contender: String,
+    pub allocations: usize,
+    pub payload: usize,
+    /// "rate" or "max".
+    pub kind: String,
+    pub offered_pps: Option<u64>,
+    pub duration_s: f64,
+    /// ChannelData the client sent.
+    pub sent: u64,
+    /// Relayed client → peer (what the echo received).
+    pub to_peer: u64,
+    /// Relayed peer → client (echoes the client received).
+    pub to_client: u64,
+    /// Relayed datagrams per second, both directions.
+    pub relayed_pps: f64,
+    /// Relayed payload (ChannelData data) in Gbit/s, both directions.
+    pub gbps: f64,
+    /// Round-trip loss: 1 - echoes received / sent.
+    pub loss: f64,
+    /// Client → peer: 1 - received by the echo / sent.
+    pub loss_to_peer: f64,
+    /// Peer → client: 1 - received by the client / echoed.
+    pub loss_to_client: f64,
+    pub relay_cpu_s: Option<f64>,
+    /// Relay CPU seconds per million relayed datagrams.
+    pub cpu_s_per_mpkt: Option<f64>,
+    /// Relay CPU / window: the share of its core the relay used.
+    pub relay_core_share: Option<f64>,
+    /// How busy the load cores were (ticks from /proc/stat), 0..=1.
+    pub load_core_busy: f64,
+    /// How busy the relay core was (ticks, whoever ran there), 0..=1.
+    pub relay_core_busy: f64,
+    /// The share of the relay core that others used (busy ticks beyond the relay's own time,
+    /// e.g. another build on the shared machine), 0..=1.
+    pub relay_core_others: f64,
+    pub rtt_p50_us: Option<f64>,
+    pub rtt_p99_us: Option<f64>,
+    pub rtt_p999_us: Option<f64>,
+}
+
+impl Measurement {
+    /// Relayed datagrams per relay CPU-second.
+    pub fn pkts_per_cpu_s(&self) -> Option<f64> {
+        self.cpu_s_per_mpkt.filter(|c| *c > 0.0).map(|c| 1e6 / c)
+    }
+}
+
+/// Allocation setup of one contender.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupResult {
+    pub allocations: usize,
+    pub failed: usize,
+    pub allocations_per_s: f64,
+    pub relay_cpu_us_per_allocation: Option<f64>,
+    /// The share of its core the relay used while the allocations were made.
+    pub relay_core_share: Option<f64>,
+    /// How busy the load cores were meanwhile.
+    pub load_core_busy: f64,
+    pub first_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContenderResult {
+    pub key: String,
+    pub label: String,
+    pub command: String,
+    pub measurements: Vec<Measurement>,
+    pub setup: Option<SetupResult>,
+    /// Where the datagrams went, from the relay's own counters.
+    pub check: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub quick: bool,
+    pub facts: Facts,
+    pub plan: Plan,
+    pub contenders: Vec<ContenderResult>,
+    pub elapsed_s: f64,
+}
+
+// ---- the run -----------------------------------------------------------------------------
+
+/// Binaries and places one run uses.
+struct Ctx {
+    bin: PathBuf,
+    run_dir: PathBuf,
+    plan: Plan,
+    cores: Cores,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let started = Instant::now();
+    let mut command = String::from("cargo xtask bench");
+    if opts.quick {
+        command.push_str(" --quick");
+    }
+    if !opts.only.is_empty() {
+        command.push_str(&format!(" --only {}", opts.only.join(",")));
+    }
+    for key in &opts.only {
+        if !CONTENDERS.iter().any(|c| c.key == key) {
+            bail!(
+                "unknown contender {key:?}; known: {}",
+                CONTENDERS.map(|c| c.key).join(", ")
+            );
+        }
+    }
+
+    setup::run()?;
+    sh::step("bench: building xturnd and xturn-bench (release)");
+    sh::run(sh::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "relay-user",
+        "--bins",
+    ]))?;
+    let bin = sh::root().join("target/release");
+    let cores = Cores::detect()?;
+    let mut facts = Facts::collect(command, cores.clone());
+    let run_dir = PathBuf::from("/tmp/xturn-bench-run");
+    let _ = fs::remove_dir_all(&run_dir);
+    fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let ctx = Ctx {
+        bin,
+        run_dir,
+        plan: Plan::new(opts.quick),
+        cores,
+    };
+
+    sh::step("bench: creating the topology (client ⇄ relay ⇄ peer namespaces)");
+    let topology = Topology::create()?;
+    let bpf_stats = BpfStats::enable();
+
+    let mut contenders = Vec::new();
+    for c in CONTENDERS
+        .iter()
+        .filter(|c| opts.only.is_empty() || opts.only.iter().any(|k| k == c.key))
+    {
+        sh::step(&format!("bench: {} ({})", c.key, c.label));
+        let t = Instant::now();
+        let result = run_contender(&ctx, c).unwrap_or_else(|e| {
+            eprintln!("bench: {} failed: {e:#}", c.key);
+            ContenderResult {
+                key: c.key.into(),
+                label: c.label.into(),
+                command: String::new(),
+                measurements: Vec::new(),
+                setup: None,
+                check: None,
+                error: Some(format!("{e:#}")),
+            }
+        });
+        eprintln!("bench: {} done in {:.1?}", c.key, t.elapsed());
+        contenders.push(result);
+    }
+    drop(bpf_stats);
+    drop(topology);
+    facts.loadavg_end = loadavg();
+
+    let report = Report {
+        quick: opts.quick,
+        facts,
+        plan: ctx.plan.clone(),
+        contenders,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    let out_dir = sh::root().join("bench/results");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let stem = if opts.quick { "quick" } else { "latest" };
+    let json_path = out_dir.join(format!("{stem}.json"));
+    fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let png_name = format!("{stem}.png");
+    let png_path = out_dir.join(&png_name);
+    let chart_note = chart::draw(&report, &png_path)?;
+    let markdown = report::markdown(&report, &png_name, &chart_note);
+    let md_path = out_dir.join(format!("{stem}.md"));
+    fs::write(&md_path, &markdown).with_context(|| format!("writing {}", md_path.display()))?;
+    eprintln!("\n{markdown}");
+    eprintln!(
+        "bench: wrote {}, {} and {}",
+        md_path.display(),
+        png_path.display(),
+        json_path.display()
+    );
+    if !opts.quick && opts.only.is_empty() {
+        let docs = sh::root().join("docs/benchmarks.md");
+        report::update_docs(&docs, &report, "../bench/results/latest.png", &chart_note)?;
+        eprintln!("bench: updated {}", docs.display());
+    }
+    let failed: Vec<&str> = report
+        .contenders
+        .iter()
+        .filter(|c| c.error.is_some())
+        .map(|c| c.key.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "contenders failed: {} (see above and {})",
+            failed.join(", "),
+            ctx.run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
+    let bin = |name: &str| ctx.bin.join(name).to_string_lossy().into_owned();
+    let relay_cpus = Cores::list(&ctx.cores.relay);
+    let load_cpus = Cores::list(&ctx.cores.load);
+    let pidfile = ctx.run_dir.join("turnserver.pid");
+    let userdb = ctx.run_dir.join("turndb");
+
+    let relay_cmd: Option<(String, Vec<String>)> = match c.kind {
+        Kind::Generator => None,
+        Kind::Ceiling => Some((
+            bin("xturn-bench"),
+            strings(&[
+                "ceiling",
+                "--listen",
+                LISTENER,
+                "--client-ip",
+                CLIENT_IP,
+                "--relay-ip",
+                RELAY_IP,
+                "--peer",
+                PEER,
+                "--interface",
+                RELAY_IFS[0],
+                "--interface",
+                RELAY_IFS[1],
+                "--max-seconds",
+                "900",
+            ]),
+        )),
+        Kind::XturnXdp | Kind::XturnUserspace => Some((
+            bin("xturnd"),
+            strings(&[
+                "--listen",
+                LISTENER,
+                "--relay-ip",
+                RELAY_IP,
+                "--realm",
+                REALM,
+                "--user",
+                USER,
+                "--dataplane",
+                if c.kind == Kind::XturnXdp {
+                    "xdp"
+                } else {
+                    "userspace"
+                },
+                "--threads",
+                "1",
+                "--max-allocations",
+                "100000",
+                "--max-allocations-per-user",
+                "100000",
+                "--log-level",
+                "warn,xturnd=info",
+            ]),
+        )),
+        Kind::Coturn => Some((
+            "turnserver".into(),
+            strings(&[
+                "-n",
+                "--listening-ip",
+                LISTENER_IP,
+                "--listening-port",
+                "3478",
+                "--relay-ip",
+                RELAY_IP,
+                "--min-port",
+                "49152",
+                "--max-port",
+                "65535",
+                "--realm",
+                REALM,
+                "--lt-cred-mech",
+                "--user",
+                USER,
+                "--relay-threads",
+                "0",
+                "--no-tcp",
+                "--no-tls",
+                "--no-dtls",
+                "--no-tcp-relay",
+                "--no-cli",
+                "--log-file",
+                "/dev/null",
+                "--simple-log",
+                "--no-stdout-log",
+                "--pidfile",
+                &pidfile.to_string_lossy(),
+                "--userdb",
+                &userdb.to_string_lossy(),
+            ]),
+        )),
+    };
+    let command = match &relay_cmd {
+        Some((program, args)) => format!(
+            "{} {}",
+            Path::new(program)
+                .file_name()
+                .map_or_else(|| program.clone(), |f| f.to_string_lossy().into_owned()),
+            args.join(" ")
+        ),
+        None => format!("xturn-bench echo --bind {LISTENER} (in the relay namespace)"),
+    };
+
+    let mut relay = match &relay_cmd {
+        Some((program, args)) => {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let log = ctx.run_dir.join(format!("{}-relay", c.key));
+            let proc = Proc::spawn(RELAY_NS, &relay_cpus, program, &args, &log)?;
+            if c.kind == Kind::Ceiling {
+                proc.wait_for_stderr("ready", Duration::from_secs(10))?;
+            } else {
+                wait_for_stun(ctx, &proc)?;
+            }
+            Some(proc)
+        }
+        None => None,
+    };
+
+    let mut measurements = Vec::new();
+    let mut to_peer_total = 0u64;
+    for &n in &ctx.plan.allocations {
+        let (echo_ns, echo_addr, echo_cpus) = if c.kind == Kind::Generator {
+            (RELAY_NS, LISTENER, &relay_cpus)
+        } else {
+            (PEER_NS, PEER, &load_cpus)
+        };
+        let echo_log = ctx.run_dir.join(format!("{}-echo-{n}", c.key));
+        let echo = Proc::spawn(
+            echo_ns,
+            echo_cpus,
+            &bin("xturn-bench"),
+            &["echo", "--bind", echo_addr, "--max-seconds", "900"],
+            &echo_log,
+        )?;
+        echo.wait_for_stderr("ready", Duration::from_secs(10))?;
+        pin_napi_threads(&ctx.cores)?;
+        let relay_pid = relay.as_ref().map_or(echo.pid(), Proc::pid);
+        let mut pids = vec![relay_pid];
+        pids.extend(napi_threads(&RELAY_IFS));
+
+        let mut args = strings(&[
+            "load",
+            "--server",
+            LISTENER,
+            "--peer",
+            PEER,
+            "--allocations",
+            &n.to_string(),
+            "--window",
+            &ctx.plan.window.to_string(),
+            "--relay-cpus",
+            &relay_cpus,
+            "--load-cpus",
+            &load_cpus,
+            "--drain-ms",
+            &ctx.plan.drain_ms.to_string(),
+            "--warmup-ms",
+            &ctx.plan.warmup_ms.to_string(),
+            "--setup-concurrency",
+            &ctx.plan.setup_concurrency.to_string(),
+            "--max-seconds",
+            &ctx.plan.load_seconds().to_string(),
+        ]);
+        if c.kind.turn() {
+            args.extend(strings(&["--user", USER]));
+        }
+        for phase in ctx.plan.phases() {
+            args.extend(["--phase".to_owned(), phase]);
+        }
+        for pid in &pids {
+            args.extend(["--relay-pid".to_owned(), pid.to_string()]);
+        }
+        let load: LoadOut = run_load(ctx, c.key, n, &args)?;
+        let echo_out: EchoOut = parse_json(&echo.stop()?.0, "the echo")?;
+        for phase in &load.phases {
+            let counts = echo_out.phases.get(&phase.id).copied().unwrap_or_default();
+            to_peer_total += counts.received;
+            measurements.push(measure(c.key, phase, counts));
+        }
+    }
+
+    let setup = if c.kind.turn() {
+        Some(setup_rate(ctx, c, relay.as_ref())?)
+    } else {
+        None
+    };
+
+    let program = matches!(c.kind, Kind::XturnXdp | Kind::Ceiling)
+        .then(xdp_program_stats)
+        .flatten();
+    let check = match relay.take() {
+        Some(proc) => {
+            let (stdout, stderr) = proc.stop()?;
+            let mut check = match c.kind {
+                Kind::XturnXdp => Some(xdp_check(&stderr, to_peer_total)),
+                Kind::Ceiling => Some(ceiling_check(&stdout, to_peer_total)),
+                _ => None,
+            };
+            if let (Some(check), Some(p)) = (check.as_mut(), &program) {
+                check.push_str(&format!("; {p}"));
+            }
+            check
+        }
+        None => None,
+    };
+    Ok(ContenderResult {
+        key: c.key.into(),
+        label: c.label.into(),
+        command,
+        measurements,
+        setup,
+        check,
+        error: None,
+    })
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Runs `xturn-bench load ARGS` in the client namespace and parses its report.
+fn run_load(ctx: &Ctx, key: &str, n: usize, args: &[String]) -> Result<LoadOut> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = ctx.run_dir.join(format!("{key}-load-{n}"));
+    let load_cpus = Cores::list(&ctx.cores.load);
+    let bin = ctx.bin.join("xturn-bench");
+    eprintln!(
+        "bench: {key}: {n} allocation(s), phases {:?}",
+        ctx.plan.phases()
+    );
+    let proc = Proc::spawn(CLIENT_NS, &load_cpus, &bin.to_string_lossy(), &args, &log)?;
+    let (stdout, stderr) = proc.wait(Duration::from_secs(ctx.plan.load_seconds() + 30))?;
+    if stdout.trim().is_empty() {
+        bail!("xturn-bench load printed nothing: {}", stderr.trim());
+    }
+    parse_json(&stdout, "xturn-bench load")
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).with_context(|| format!("parsing the report of {what}: {text}"))
+}
+
+fn measure(key: &str, p: &PhaseOut, echo: EchoCounts) -> Measurement {
+    let to_peer = echo.received;
+    let to_client = p.received;
+    let relayed = to_peer + to_client;
+    let duration = p.duration_s.max(1e-9);
+    let relay_cpu_s = p.cpu.relay_s();
+    let ratio = |a: u64, b: u64| if b > 0 { a as f64 / b as f64 } else { 0.0 };
+    Measurement {
+        contender: key.into(),
+        allocations: p.allocations,
+        payload: p.payload,
+        kind: p.kind.clone(),
+        offered_pps: p.offered_pps,
+        duration_s: p.duration_s,
+        sent: p.sent,
+        to_peer,
+        to_client,
+        relayed_pps: relayed as f64 / duration,
+        gbps: (relayed * p.payload as u64 * 8) as f64 / duration / 1e9,
+        loss: (1.0 - ratio(to_client, p.sent)).max(0.0),
+        loss_to_peer: (1.0 - ratio(to_peer, p.sent)).max(0.0),
+        loss_to_client: (1.0 - ratio(to_client, echo.echoed)).max(0.0),
+        relay_cpu_s,
+        cpu_s_per_mpkt: relay_cpu_s
+            .filter(|_| relayed > 0)
+            .map(|c| c / (relayed as f64 / 1e6)),
+        relay_core_share: relay_cpu_s.map(|c| c / p.window_s.max(1e-9)),
+        load_core_busy: p.cpu.load_cores_busy_s
+            / (p.window_s.max(1e-9) * p.cpu.load_cores.max(1) as f64),
+        relay_core_busy: p.cpu.relay_cores_busy_s / p.window_s.max(1e-9),
+        relay_core_others: ((p.cpu.relay_cores_busy_s - relay_cpu_s.unwrap_or(0.0))
+            / p.window_s.max(1e-9))
+        .max(0.0),
+        rtt_p50_us: p.rtt.p50_us,
+        rtt_p99_us: p.rtt.p99_us,
+        rtt_p999_us: p.rtt.p999_us,
+    }
+}
+
+/// Allocations per second with authentication, from `--setup-only`.
+fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupResult> {
+    let relay_cpus = Cores::list(&ctx.cores.relay);
+    let load_cpus = Cores::list(&ctx.cores.load);
+    let mut args = strings(&[
+        "load",
+        "--server",
+        LISTENER,
+        "--peer",
+        PEER,
+        "--user",
+        USER,
+        "--setup-only",
+        "--allocations",
+        &ctx.plan.setup_allocations.to_string(),
+        "--setup-concurrency",
+        &ctx.plan.setup_concurrency.to_string(),
+        "--relay-cpus",
+        &relay_cpus,
+        "--load-cpus",
+        &load_cpus,
+        "--max-seconds",
+        "120",
+    ]);
+    if let Some(relay) = relay {
+        args.extend(["--relay-pid".to_owned(), relay.pid().to_string()]);
+        for pid in napi_threads(&RELAY_IFS) {
+            args.extend(["--relay-pid".to_owned(), pid.to_string()]);
+        }
+    }
+    eprintln!(
+        "bench: {}: allocation setup rate ({} allocations, {} in flight)",
+        c.key, ctx.plan.setup_allocations, ctx.plan.setup_concurrency
+    );
+    let log = ctx.run_dir.join(format!("{}-setup", c.key));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let bin = ctx.bin.join("xturn-bench");
+    let proc = Proc::spawn(CLIENT_NS, &load_cpus, &bin.to_string_lossy(), &args, &log)?;
+    let (stdout, stderr) = proc.wait(Duration::from_secs(150))?;
+    if stdout.trim().is_empty() {
+        bail!(
+            "xturn-bench load --setup-only printed nothing: {}",
+            stderr.trim()
+        );
+    }
+    let out: LoadOut = parse_json(&stdout, "xturn-bench load --setup-only")?;
+    let setup = out.setup.context("no setup report")?;
+    Ok(SetupResult {
+        allocations: setup.allocated,
+        failed: setup.failed,
+        allocations_per_s: setup.allocations_per_s,
+        relay_cpu_us_per_allocation: setup
+            .cpu
+            .relay_s()
+            .filter(|_| setup.allocated > 0)
+            .map(|s| s / setup.allocated as f64 * 1e6),
+        relay_core_share: setup.cpu.relay_s().map(|s| s / setup.allocate_s.max(1e-9)),
+        load_core_busy: setup.cpu.load_cores_busy_s
+            / (setup.allocate_s.max(1e-9) * setup.cpu.load_cores.max(1) as f64),
+        first_error: setup.first_error,
+    })
+}
+
+/// What xturnd's XDP counters say about the client → peer datagrams.
+fn xdp_check(log: &str, to_peer: u64) -> String {
+    let packets = |reason: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("XDP counter") && l.contains(&format!("reason=\"{reason}\"")))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("packets="))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .sum()
+    };
+    let kernel = packets("relayed_to_peer");
+    let back = packets("relayed_to_client");
+    format!(
+        "XDP program relayed {kernel} datagrams client → peer and {back} peer → client; the \
+         echo received {to_peer} in the measured phases (warm-ups come on top)"
+    )
+}
+
+fn ceiling_check(stdout: &str, to_peer: u64) -> String {
+    #[derive(Deserialize)]
+    struct Out {
+        counters: BTreeMap<String, u64>,
+        modes: BTreeMap<String, String>,
+    }
+    match serde_json::from_str::<Out>(stdout) {
+        Ok(out) => format!(
+            "ceiling program counters {:?} (attached {:?}); the echo received {to_peer} in the \
+             measured phases",
+            out.counters, out.modes
+        ),
+        Err(e) => format!("ceiling report unreadable: {e}"),
+    }
+}
+
+/// The run time per packet of the XDP program(s) attached to the relay's interfaces, from
+/// `kernel.bpf_stats_enabled` (`bpftool prog show`): what the program itself costs.
+fn xdp_program_stats() -> Option<String> {
+    let mut ids = Vec::new();
+    for interface in RELAY_IFS {
+        let out = sh::output(netns_cmd(
+            RELAY_NS,
+            "bpftool",
+            &["-j", "net", "show", "dev", interface],
+        ))?;
+        let value: serde_json::Value = serde_json::from_str(&out).ok()?;
+        collect_prog_ids(&value, &mut ids);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut ns, mut runs, mut names) = (0u64, 0u64, Vec::new());
+    for id in ids {
+        let out = sh::output(sh::cmd(
+            "bpftool",
+            &["-j", "prog", "show", "id", &id.to_string()],
+        ))?;
+        let p: serde_json::Value = serde_json::from_str(&out).ok()?;
+        ns += p.get("run_time_ns").and_then(serde_json::Value::as_u64)?;
+        runs += p.get("run_cnt").and_then(serde_json::Value::as_u64)?;
+        if let Some(name) = p.get("name").and_then(serde_json::Value::as_str) {
+            names.push(name.to_owned());
+        }
+    }
+    (runs > 0).then(|| {
+        format!(
+            "the XDP program ({}) itself ran {:.0} ns per packet on average over {runs} runs \
+             (kernel.bpf_stats_enabled)",
+            names.join(", "),
+            ns as f64 / runs as f64
+        )
+    })
+}
+
+fn collect_prog_ids(value: &serde_json::Value, ids: &mut Vec<u64>) {
+    match value {
+        serde_json::Value::Array(items) => {
+            for item in items {
+                collect_prog_ids(item, ids);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            if map.contains_key("devname")
+                && let Some(id) = map.get("id").and_then(serde_json::Value::as_u64)
+            {
+                ids.push(id);
+            }
+            for (key, item) in map {
+                if key != "id" {
+                    collect_prog_ids(item, ids);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Binding requests from the client namespace until the relay answers (10 s at most).
+fn wait_for_stun(ctx: &Ctx, relay: &Proc) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let xturnctl = ctx.bin.join("xturnctl");
+    while Instant::now() < deadline {
+        let mut probe = Command::new("ip");
+        probe
+            .args(["netns", "exec", CLIENT_NS])
+            .arg(&xturnctl)
+            .args(["binding", "--server", LISTENER]);
+        if sh::succeeds(probe) {
+            return Ok(());
+        }
+        if relay.exited() {
+            bail!(
+                "the relay exited at start: {}",
+                fs::read_to_string(relay.log_path("err")).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the relay did not answer a STUN Binding within 10 s")
+}
+
+// ---- NAPI threads ------------------------------------------------------------------------
+
+/// The PIDs of the threaded-NAPI kernel threads of these interfaces (`napi/<if>-<id>`).
+fn napi_threads(interfaces: &[&str]) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if interfaces
+            .iter()
+            .any(|i| comm.trim().starts_with(&format!("napi/{i}-")))
+        {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// Pins the relay's NAPI threads to the relay core and the load side's to the load cores.
+fn pin_napi_threads(cores: &Cores) -> Result<()> {
+    for (ifs, cpus) in [(&RELAY_IFS, &cores.relay), (&LOAD_IFS, &cores.load)] {
+        let pids = napi_threads(ifs);
+        if pids.len() < ifs.len() {
+            bail!("threaded NAPI threads of {ifs:?} not found (found {pids:?})");
+        }
+        for pid in pids {
+            run_quiet(sh::cmd(
+                "taskset",
+                &["-pc", &Cores::list(cpus), &pid.to_string()],
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+// ---- topology and processes --------------------------------------------------------------
+
+/// Runs `cmd` with its output discarded unless it fails.
+fn run_quiet(mut cmd: Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} {:?} failed: {}{}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(())
+}
+
+fn netns_cmd(ns: &str, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, program]).args(args);
+    cmd
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run_quiet(sh::cmd("ip", args))
+}
+
+/// The benchmark's namespaces; deleted on drop.
+struct Topology;
+
+impl Topology {
+    fn create() -> Result<Topology> {
+        // Leftovers of an interrupted run would make `ip netns add` fail.
+        for ns in NAMESPACES {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let topology = Topology;
+        for ns in NAMESPACES {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&[
+            "link", "add", "xtb-c0", "netns", CLIENT_NS, "type", "veth", "peer", "name", "xtb-r0",
+            "netns", RELAY_NS,
+        ])?;
+        ip(&[
+            "link", "add", "xtb-r1", "netns", RELAY_NS, "type", "veth", "peer", "name", "xtb-p0",
+            "netns", PEER_NS,
+        ])?;
+        for ((ns, ifname), cidr) in LINKS.iter().zip([
+            "198.18.1.2/24",
+            "198.18.1.1/24",
+            "198.18.2.1/24",
+            "198.18.2.2/24",
+        ]) {
+            ip(&["-n", ns, "addr", "add", cidr, "dev", ifname])?;
+            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        }
+        // Forwarding in the relay namespace (bpf_fib_lookup needs it; the userspace relays do
+        // not care), for every contender alike.
+        run_quiet(netns_cmd(
+            RELAY_NS,
+            "sysctl",
+            &["-qw", "net.ipv4.ip_forward=1"],
+        ))?;
+        for (ns, ifname) in LINKS {
+            // GRO on every end gives each veth a NAPI instance, which the XDP path needs on the
+            // receiving ends of redirected frames and which lets the receive work run in a
+            // NAPI thread; TX checksum offload off on the outer ends (full checksums from the
+            // hosts' sockets, as a NIC delivers them).
+            let outer = LOAD_IFS.contains(&ifname);
+            let mut args = vec!["-K", ifname, "gro", "on"];
+            if outer {
+                args.extend(["tx", "off"]);
+            }
+            run_quiet(netns_cmd(ns, "ethtool", &args))?;
+            run_quiet(netns_cmd(
+                ns,
+                "sh",
+                &["-c", &format!("echo 1 > /sys/class/net/{ifname}/threaded")],
+            ))?;
+        }
+        for (ns, ip) in [
+            (RELAY_NS, CLIENT_IP),
+            (RELAY_NS, PEER_IP),
+            (CLIENT_NS, LISTENER_IP),
+            (PEER_NS, RELAY_IP),
+        ] {
+            run_quiet(netns_cmd(ns, "ping", &["-c", "1", "-W", "2", "-q", ip]))?;
+        }
+        Ok(topology)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in NAMESPACES {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        eprintln!("bench: namespaces removed");
+    }
+}
+
+/// `kernel.bpf_stats_enabled` on for the run (per-program run time in `bpftool prog show`),
+/// restored on drop.
+struct BpfStats(Option<String>);
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = fs::read_to_string(path).ok().map(|s| s.trim().to_owned());
+        if old.as_deref() != Some("1") && fs::write(path, "1").is_ok() {
+            return BpfStats(old);
+        }
+        BpfStats(None)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
+        }
+    }
+}
+
+/// A process in a namespace, pinned to some cores, its output in two files; killed on drop.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(ns: &str, cpus: &str, program: &str, args: &[&str], log: &Path) -> Result<Proc> {
+        let out = fs::File::create(log.with_extension("out"))?;
+        let err = fs::File::create(log.with_extension("err"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "taskset", "-c", cpus, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {program} in {ns}"))?;
+        Ok(Proc {
+            child: Some(child),
+            log: log.to_owned(),
+        })
+    }
+
+    fn log_path(&self, ext: &str) -> PathBuf {
+        self.log.with_extension(ext)
+    }
+
+    /// The process's PID (`ip netns exec` and `taskset` exec, so it is the program's own).
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn exited(&self) -> bool {
+        // try_wait needs &mut; a zombie shows up as state Z in /proc.
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z ")
+    }
+
+    fn wait_for_stderr(&self, needle: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let err = fs::read_to_string(self.log_path("err")).unwrap_or_default();
+            if err.contains(needle) {
+                return Ok(());
+            }
+            if self.exited() {
+                bail!("process exited at start: {}", err.trim());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("no {needle:?} from the process within {within:?}")
+    }
+
+    /// Waits for the process to end by itself (killing it after `within`); its output.
+    fn wait(mut self, within: Duration) -> Result<(String, String)> {
+        let mut child = self.child.take().context("already stopped")?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let (out, err) = self.output();
+                if !status.success() {
+                    bail!("exited with {status}: {}", err.trim());
+                }
+                return Ok((out, err));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("did not finish within {within:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then up to 10 s to exit (SIGKILL after); its output.
+    fn stop(mut self) -> Result<(String, String)> {
+        let mut child = self.child.take().context("already stopped")?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.wait();
+        Ok(self.output())
+    }
+
+    fn output(&self) -> (String, String) {
+        (
+            fs::read_to_string(self.log_path("out")).unwrap_or_default(),
+            fs::read_to_string(self.log_path("err")).unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
