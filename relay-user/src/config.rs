@@ -230,6 +230,17 @@ pub struct XturndArgs {
     #[arg(long, value_name = "SECS", env = "XTURN_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u32>,
 
+    /// Hitless restart: keep the allocation state (`state.json`) and the nonce key in this
+    /// directory, and adopt them when starting. Default: none (a restart ends every allocation).
+    #[arg(long, value_name = "DIR", env = "XTURN_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+
+    /// Hitless restart: pin the XDP maps and links in this directory, which must be on a bpffs
+    /// mount, and reuse them when starting, so the kernel relays while xturnd is down. Default:
+    /// none (nothing pinned; the program goes with the process).
+    #[arg(long, value_name = "DIR", env = "XTURN_BPF_PIN_DIR")]
+    pub bpf_pin_dir: Option<std::path::PathBuf>,
+
     /// Log line format: text or json (one JSON object per line). Default: text.
     #[arg(long, value_enum, value_name = "FORMAT", env = "XTURN_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -267,6 +278,8 @@ impl fmt::Debug for XturndArgs {
             .field("health_listen", &self.health_listen)
             .field("drain_timeout", &self.drain_timeout)
             .field("log_format", &self.log_format)
+            .field("state_dir", &self.state_dir)
+            .field("bpf_pin_dir", &self.bpf_pin_dir)
             .finish()
     }
 }
@@ -473,6 +486,10 @@ pub struct Config {
     /// How long a shutdown waits for allocations to end; zero: not at all.
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    /// Where the allocation state and nonce key are kept (`--state-dir`).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Where XDP maps and links are pinned (`--bpf-pin-dir`), on bpffs.
+    pub bpf_pin_dir: Option<std::path::PathBuf>,
 }
 
 /// Passwords and secrets stay out of logs.
@@ -506,6 +523,8 @@ impl fmt::Debug for Config {
             .field("health_listen", &self.health_listen)
             .field("drain_timeout", &self.drain_timeout)
             .field("log_format", &self.log_format)
+            .field("state_dir", &self.state_dir)
+            .field("bpf_pin_dir", &self.bpf_pin_dir)
             .finish()
     }
 }
@@ -668,6 +687,8 @@ pub fn resolve(
             args.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS),
         )),
         log_format: args.log_format.unwrap_or_default(),
+        state_dir: args.state_dir.clone(),
+        bpf_pin_dir: args.bpf_pin_dir.clone(),
     })
 }
 

@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -48,13 +49,14 @@ pub enum DataplaneError {
 
 /// Loads and attaches the fast path according to `mode`. `listeners` are the listener
 /// addresses (the kernel matches ChannelData on them, so they must be specific addresses);
-/// `relay_ips` the addresses relayed ports are bound on. Returns `None` when relaying stays in
-/// userspace.
+/// `relay_ips` the addresses relayed ports are bound on; `pin_dir`: pin maps and links there
+/// (see [`FastPath::load_pinned`]). Returns `None` when relaying stays in userspace.
 pub fn select(
     mode: Dataplane,
     listeners: &[SocketAddr],
     relay_ips: &[IpAddr],
     max_channels: u32,
+    pin_dir: Option<&Path>,
 ) -> Result<Option<FastPath>, DataplaneError> {
     if mode == Dataplane::Userspace {
         info!("data plane: userspace (as configured)");
@@ -70,7 +72,7 @@ pub fn select(
         let error = DataplaneError::NoInterface { addresses };
         return fallback(mode, error);
     }
-    match attach(&interfaces, listeners, max_channels) {
+    match attach(&interfaces, listeners, max_channels, pin_dir) {
         Ok(fast_path) => {
             info!(interfaces = ?interfaces, max_channels, "data plane: XDP");
             for interface in &interfaces {
@@ -94,8 +96,9 @@ fn attach(
     interfaces: &BTreeSet<String>,
     listeners: &[SocketAddr],
     max_channels: u32,
+    pin_dir: Option<&Path>,
 ) -> Result<FastPath, FastPathError> {
-    let mut fast_path = FastPath::load_with_capacity(max_channels)?;
+    let mut fast_path = FastPath::load_pinned(max_channels, pin_dir)?;
     for &listener in listeners {
         fast_path.add_listener(listener)?;
     }
@@ -194,6 +197,40 @@ impl XdpHook {
             .fast_path
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// After a restart that adopted allocations: makes the kernel's channel entries exactly
+    /// `bindings` (installing those missing, keeping those present with their counters,
+    /// removing the rest) and its listener entries exactly `listeners`. Returns the bindings
+    /// that have kernel entries now.
+    pub fn adopt(
+        &self,
+        bindings: &[ChannelBinding],
+        listeners: &[SocketAddr],
+    ) -> Vec<ChannelBinding> {
+        let mut installed = Vec::with_capacity(bindings.len());
+        self.with_fast_path(|fp| {
+            for binding in bindings {
+                let entry = Self::entry(binding);
+                match fp.ensure_channel_binding(&entry) {
+                    Ok(_) => installed.push(*binding),
+                    Err(e) => {
+                        warn!(error = %e, ?entry, "adopted channel not in XDP: relayed in userspace");
+                    }
+                }
+            }
+            let keep: Vec<ChannelEntry> = installed.iter().map(Self::entry).collect();
+            match fp.retain(&keep, listeners) {
+                Ok(removed) => info!(
+                    kept = keep.len(),
+                    removed, "XDP channel entries reconciled with the adopted allocations"
+                ),
+                Err(e) => warn!(error = %e, "cannot reconcile the XDP maps"),
+            }
+        });
+        self.installed
+            .fetch_add(installed.len() as u64, Ordering::Relaxed);
+        installed
     }
 
     fn entry(binding: &ChannelBinding) -> ChannelEntry {
@@ -300,7 +337,8 @@ mod tests {
 
     #[test]
     fn userspace_loads_nothing() {
-        let selected = select(Dataplane::Userspace, &[], &[], 16).expect("userspace always works");
+        let selected =
+            select(Dataplane::Userspace, &[], &[], 16, None).expect("userspace always works");
         assert!(selected.is_none());
     }
 }

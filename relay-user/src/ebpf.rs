@@ -2,12 +2,24 @@
 //!
 //! This is the only module that talks to the kernel's BPF subsystem. The object is built by
 //! `build.rs` and embedded in the binary.
-use std::net::SocketAddr;
+//!
+//! With a pin directory (`--bpf-pin-dir`, see [`FastPath::load_pinned`]) the maps and the XDP
+//! links are pinned there: a new process reuses the maps and swaps its program into the links
+//! atomically, so the kernel relays on while the agent restarts.
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use relay_common::{
     ChannelKey, ChannelToPeer, Counter, DEFAULT_MAX_CHANNELS, Endpoint, PeerKey, PeerToClient,
@@ -51,6 +63,12 @@ pub enum FastPathError {
     },
     #[error("map {name:?} is full ({capacity} entries); the binding stays in userspace")]
     MapFull { name: &'static str, capacity: u32 },
+    #[error("pinning the XDP link of {interface:?} at {path}: {message}")]
+    Pin {
+        interface: String,
+        path: PathBuf,
+        message: String,
+    },
 }
 
 /// One channel binding as the kernel sees it: ChannelData from `client` to `listener` on
@@ -99,6 +117,8 @@ pub enum AttachedMode {
     Driver,
     /// Generic XDP, run by the kernel's network stack after the driver.
     Generic,
+    /// The program replaced an earlier one in a pinned link, in whatever mode that link has.
+    Adopted,
 }
 
 impl std::fmt::Display for AttachedMode {
@@ -106,6 +126,7 @@ impl std::fmt::Display for AttachedMode {
         f.write_str(match self {
             AttachedMode::Driver => "native",
             AttachedMode::Generic => "generic",
+            AttachedMode::Adopted => "adopted pinned link",
         })
     }
 }
@@ -119,10 +140,20 @@ pub struct TestRunOutcome {
     pub frame: Vec<u8>,
 }
 
+/// A program attached to an interface by a [`FastPath`].
+enum Attachment {
+    /// Owned by the program: detached when it goes.
+    Owned(XdpLinkId),
+    /// Pinned at `path`: outlives the process until unpinned.
+    Pinned { link: FdLink, path: PathBuf },
+}
+
 /// The loaded XDP program and its maps.
 pub struct FastPath {
     ebpf: Ebpf,
-    links: Vec<(String, &'static str, XdpLinkId)>,
+    links: Vec<(String, &'static str, Attachment)>,
+    /// Where maps and links are pinned, if they are.
+    pin_dir: Option<PathBuf>,
     stats: PerCpuArray<MapData, Counter>,
     channels: HashMap<MapData, ChannelKey, ChannelToPeer>,
     peers: HashMap<MapData, PeerKey, PeerToClient>,
@@ -150,15 +181,30 @@ impl FastPath {
     /// Like [`FastPath::load`], with room for `max_channels` channel bindings. The maps are not
     /// preallocated: kernel memory follows the bindings actually installed.
     pub fn load_with_capacity(max_channels: u32) -> Result<Self, FastPathError> {
+        Self::load_pinned(max_channels, None)
+    }
+
+    /// Like [`FastPath::load_with_capacity`]; with `pin_dir` (a directory on bpffs) the
+    /// `CHANNELS`, `PEERS`, `LISTENERS` and `STATS` maps are those pinned there by an earlier
+    /// run (with their entries), or new ones pinned there, and [`FastPath::attach`] pins its
+    /// links there too. [`FastPath::detach_all`] (and dropping) removes every pin.
+    pub fn load_pinned(max_channels: u32, pin_dir: Option<&Path>) -> Result<Self, FastPathError> {
         if OBJECT.is_empty() {
             return Err(FastPathError::NoObject);
         }
         let capacity = max_channels.max(1);
         let log_level = kernel_log_level();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries(names::CHANNELS_MAP, capacity)
-            .map_max_entries(names::PEERS_MAP, capacity)
+            .map_max_entries(names::PEERS_MAP, capacity);
+        if let Some(dir) = pin_dir {
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| FastPathError::Load(Box::new(e)))?;
         let stats = take_map(&mut ebpf, names::STATS_MAP)?;
@@ -168,6 +214,7 @@ impl FastPath {
         let mut fast_path = FastPath {
             ebpf,
             links: Vec::new(),
+            pin_dir: pin_dir.map(Path::to_path_buf),
             stats,
             channels,
             peers,
@@ -244,6 +291,21 @@ impl FastPath {
         name: &'static str,
         interface: &str,
     ) -> Result<AttachedMode, FastPathError> {
+        if let Some(dir) = self.pin_dir.clone() {
+            return self.attach_pinned(name, interface, &dir);
+        }
+        let (link, mode) = self.attach_new(name, interface)?;
+        info!(interface, program = name, %mode, "XDP attached");
+        self.links
+            .push((interface.to_owned(), name, Attachment::Owned(link)));
+        Ok(mode)
+    }
+
+    fn attach_new(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+    ) -> Result<(XdpLinkId, AttachedMode), FastPathError> {
         let program = self.xdp(name)?;
         let (link, mode) = match program.attach(interface, XdpMode::Driver) {
             Ok(link) => (link, AttachedMode::Driver),
@@ -258,23 +320,177 @@ impl FastPath {
                 (link, AttachedMode::Generic)
             }
         };
-        info!(interface, program = name, %mode, "XDP attached");
-        self.links.push((interface.to_owned(), name, link));
+        Ok((link, mode))
+    }
+
+    /// Attaches with a link pinned in `dir`: if one is pinned there for `interface` already
+    /// (by an earlier run), the program replaces the old one in it atomically (no moment
+    /// without a program); else a new link is made and pinned.
+    fn attach_pinned(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        dir: &Path,
+    ) -> Result<AttachedMode, FastPathError> {
+        let path = dir.join(format!("link-{name}-{interface}"));
+        let pin_error = |message: String| FastPathError::Pin {
+            interface: interface.to_owned(),
+            path: path.clone(),
+            message,
+        };
+        if path.exists() {
+            match self.adopt_link(name, &path) {
+                Ok(link) => {
+                    info!(interface, program = name, path = %path.display(), "XDP program replaced in the pinned link");
+                    self.links.push((
+                        interface.to_owned(),
+                        name,
+                        Attachment::Pinned { link, path },
+                    ));
+                    return Ok(AttachedMode::Adopted);
+                }
+                Err(e) => {
+                    warn!(interface, path = %path.display(), error = %e, "pinned XDP link unusable: attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let (id, mode) = self.attach_new(name, interface)?;
+        let program = self.xdp(name)?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| pin_error(e.to_string()))?;
+        let link = FdLink::try_from(link).map_err(|e| {
+            pin_error(format!(
+                "{e} (the kernel attached XDP through netlink, which cannot be pinned)"
+            ))
+        })?;
+        let pinned = link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
+        info!(interface, program = name, %mode, path = %path.display(), "XDP attached and pinned");
+        self.links.push((
+            interface.to_owned(),
+            name,
+            Attachment::Pinned {
+                link: FdLink::from(pinned),
+                path,
+            },
+        ));
         Ok(mode)
     }
 
+    fn adopt_link(&mut self, name: &'static str, path: &Path) -> Result<FdLink, String> {
+        let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+        let program = self.xdp(name).map_err(|e| e.to_string())?;
+        let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
+        let link = program.take_link(id).map_err(|e| e.to_string())?;
+        FdLink::try_from(link).map_err(|e| e.to_string())
+    }
+
     /// Detaches every program this `FastPath` attached. Dropping it does the same.
+    /// With a pin directory, also unpins the links (the programs go) and the maps (freed when
+    /// the last user closes them): nothing is left behind.
     pub fn detach_all(&mut self) {
-        for (interface, name, link) in std::mem::take(&mut self.links) {
-            let detached = self.xdp(name).and_then(|p| {
-                p.detach(link)
-                    .map_err(|source| FastPathError::Program { name, source })
-            });
+        for (interface, name, attachment) in std::mem::take(&mut self.links) {
+            let detached = match attachment {
+                Attachment::Owned(link) => self.xdp(name).and_then(|p| {
+                    p.detach(link)
+                        .map_err(|source| FastPathError::Program { name, source })
+                }),
+                Attachment::Pinned { link, path } => {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        warn!(path = %path.display(), error = %e, "cannot unpin an XDP link");
+                    }
+                    // Closing the last descriptor of an unpinned link detaches it.
+                    drop(link);
+                    Ok(())
+                }
+            };
             match detached {
                 Ok(()) => info!(interface, program = name, "XDP detached"),
                 Err(e) => warn!(interface, program = name, error = %e, "XDP detach failed"),
             }
         }
+        if let Some(dir) = self.pin_dir.take() {
+            for name in PINNED_MAPS {
+                let path = dir.join(name);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => warn!(path = %path.display(), error = %e, "cannot unpin a map"),
+                }
+            }
+            info!(dir = %dir.display(), "XDP pins removed");
+        }
+    }
+
+    /// Installs `entry` unless both of its kernel entries are there already, as they are:
+    /// their counters are kept. Returns whether it installed anything.
+    pub fn ensure_channel_binding(&mut self, entry: &ChannelEntry) -> Result<bool, FastPathError> {
+        let present = self
+            .channels
+            .get(&entry.channel_key(), 0)
+            .is_ok_and(|v| v.relayed == entry.relayed.into() && v.peer == entry.peer.into())
+            && self.peers.get(&entry.peer_key(), 0).is_ok_and(|v| {
+                v.listener == entry.listener.into()
+                    && v.client == entry.client.into()
+                    && v.channel == entry.channel.to_be_bytes()
+            });
+        if present {
+            return Ok(false);
+        }
+        self.add_channel_binding(entry).map(|()| true)
+    }
+
+    /// Removes every channel entry that none of `keep` explains (left by an earlier run for
+    /// bindings that ended meanwhile), and every listener entry not in `listeners`. Returns
+    /// how many channel entries went (each direction counts).
+    pub fn retain(
+        &mut self,
+        keep: &[ChannelEntry],
+        listeners: &[SocketAddr],
+    ) -> Result<usize, FastPathError> {
+        let channel_keys: HashSet<ChannelKey> =
+            keep.iter().map(ChannelEntry::channel_key).collect();
+        let peer_keys: HashSet<PeerKey> = keep.iter().map(ChannelEntry::peer_key).collect();
+        let listener_keys: HashSet<Endpoint> =
+            listeners.iter().map(|l| Endpoint::from(*l)).collect();
+        let map_err = |name| move |source| FastPathError::Map { name, source };
+        let stale_channels: Vec<ChannelKey> = self
+            .channels
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::CHANNELS_MAP))?
+            .into_iter()
+            .filter(|k| !channel_keys.contains(k))
+            .collect();
+        let stale_peers: Vec<PeerKey> = self
+            .peers
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::PEERS_MAP))?
+            .into_iter()
+            .filter(|k| !peer_keys.contains(k))
+            .collect();
+        let stale_listeners: Vec<Endpoint> = self
+            .listeners
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::LISTENERS_MAP))?
+            .into_iter()
+            .filter(|k| !listener_keys.contains(k))
+            .collect();
+        let removed = stale_channels.len() + stale_peers.len();
+        for key in &stale_channels {
+            let _ = self.channels.remove(key);
+        }
+        for key in &stale_peers {
+            let _ = self.peers.remove(key);
+        }
+        for key in &stale_listeners {
+            let _ = self.listeners.remove(key);
+        }
+        Ok(removed)
     }
 
     /// The `STATS` counters, summed over CPUs, in [`Reason`] order.
@@ -410,6 +626,14 @@ impl FastPath {
         })
     }
 }
+
+/// The maps pinned in a pin directory, each under its own name.
+const PINNED_MAPS: [&str; 4] = [
+    names::CHANNELS_MAP,
+    names::PEERS_MAP,
+    names::LISTENERS_MAP,
+    names::STATS_MAP,
+];
 
 /// The most verbose level the program should emit, from the agent's tracing filter: records
 /// the agent would discard are never written to the kernel's log buffer.

@@ -23,5 +23,6 @@ pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod turn;

@@ -91,6 +91,13 @@ impl XdpMeter {
         }
     }
 
+    /// Reconciles the kernel with adopted allocations ([`XdpHook::adopt`]); the installed
+    /// bindings count as live.
+    pub fn adopt(&self, bindings: &[ChannelBinding], listeners: &[std::net::SocketAddr]) {
+        let installed = self.hook.adopt(bindings, listeners);
+        lock(&self.live).extend(installed.iter().map(entry_of));
+    }
+
     /// The hook it wraps.
     pub fn hook(&self) -> &Arc<XdpHook> {
         &self.hook

@@ -16,6 +16,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io,
     net::SocketAddr,
+    path::PathBuf,
     sync::{
         Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicU64, Ordering},
@@ -38,6 +39,8 @@ const MAX_DATAGRAM: usize = 65_536;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// The timer wakes at least this often, so new deadlines are never missed by more than this.
 const MAX_TICK: Duration = Duration::from_millis(500);
+/// The allocation state is written at most this often (and at most this long after a change).
+const STATE_DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,11 @@ pub struct ServerSpec {
     pub listeners: Vec<SocketAddr>,
     /// Sockets per listener (`SO_REUSEPORT`).
     pub threads: usize,
+    /// Relayed addresses of allocations the core adopted ([`turn::Server::restore`]): bound
+    /// before any listener is read; an address that cannot be bound drops its allocation.
+    pub restored: Vec<SocketAddr>,
+    /// Where to keep the allocation state ([`crate::state`]), written whenever it changes.
+    pub state_dir: Option<PathBuf>,
 }
 
 struct RelaySocket {
@@ -150,6 +158,9 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
     local_addrs: Vec<SocketAddr>,
+    /// Adopted allocations dropped because a relayed address could not be bound.
+    dropped: usize,
+    state_dir: Option<PathBuf>,
 }
 
 impl RunningServer {
@@ -186,7 +197,11 @@ impl RunningServer {
             started: Instant::now(),
             last_tick_ms: AtomicU64::new(0),
         });
+        let dropped = bind_restored(&shared, &spec.restored);
         let mut tasks = JoinSet::new();
+        if let Some(dir) = &spec.state_dir {
+            tasks.spawn(state_task(Arc::clone(&shared), dir.clone()));
+        }
         for (index, sockets) in per_listener.into_iter().enumerate() {
             let id = ListenerId(u16::try_from(index).unwrap_or(u16::MAX));
             for socket in sockets {
@@ -198,7 +213,23 @@ impl RunningServer {
             shared,
             tasks,
             local_addrs,
+            dropped,
+            state_dir: spec.state_dir.clone(),
         })
+    }
+
+    /// Adopted allocations dropped at start because a relayed address could not be bound.
+    pub fn adoption_dropped(&self) -> usize {
+        self.dropped
+    }
+
+    /// Writes the allocation state now (a clean shutdown), if there is a state directory.
+    pub fn save_state(&self) -> Result<(), crate::state::StateError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        let snapshot = lock(&self.shared.core).snapshot(Instant::now());
+        crate::state::save(dir, &snapshot)
     }
 
     /// The bound address of each listener (useful when a port 0 was asked for).
@@ -301,6 +332,62 @@ fn drain(core: &mut turn::Server, hook: &dyn ChannelHook, into: &mut VecDeque<Co
             Command::ChannelBound(binding) => hook.channel_bound(&binding),
             Command::ChannelUnbound(binding) => hook.channel_unbound(&binding),
             other => into.push_back(other),
+        }
+    }
+}
+
+/// Binds the relayed sockets of adopted allocations; an allocation whose address cannot be
+/// bound is dropped (its kernel entries removed, its other sockets closed). Returns how many
+/// were dropped.
+fn bind_restored(shared: &Arc<Shared>, restored: &[SocketAddr]) -> usize {
+    let mut dropped = 0;
+    let mut commands = VecDeque::new();
+    for &addr in restored {
+        if let Err(failure) = bind_relay(shared, addr) {
+            let mut core = lock(&shared.core);
+            if core.drop_restored(addr) {
+                warn!(%addr, ?failure, "adopted allocation dropped: its relayed address cannot be bound");
+                dropped += 1;
+            }
+            drain(&mut core, shared.hook.as_ref(), &mut commands);
+        }
+    }
+    execute(shared, &mut commands);
+    dropped
+}
+
+/// Writes the allocation state whenever it changed, at most every [`STATE_DEBOUNCE`]. The
+/// snapshot is taken under the core lock; serialising and writing happen outside it.
+async fn state_task(shared: Arc<Shared>, dir: PathBuf) {
+    let mut written: Option<u64> = None;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(STATE_DEBOUNCE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (version, snapshot) = {
+            let core = lock(&shared.core);
+            let version = core.state_version();
+            if written == Some(version) {
+                continue;
+            }
+            (version, core.snapshot(Instant::now()))
+        };
+        let target = dir.clone();
+        match tokio::task::spawn_blocking(move || crate::state::save(&target, &snapshot)).await {
+            Ok(Ok(())) => {
+                written = Some(version);
+                if failing {
+                    info!("allocation state written again");
+                    failing = false;
+                }
+            }
+            Ok(Err(e)) if !failing => {
+                warn!(error = %e, "cannot write the allocation state; retrying");
+                failing = true;
+            }
+            Ok(Err(_)) => {}
+            Err(e) => warn!(error = %e, "the state writer failed"),
         }
     }
 }

@@ -125,10 +125,20 @@ impl Plan {
             .collect()
     }
 
-    fn load_seconds(&self) -> u64 {
+    /// Time the phases of one allocation count take, retries not counted.
+    fn phases_seconds(&self) -> f64 {
         let phases = self.phases().len() as f64;
-        let per_phase = self.phase_seconds + self.drain_ms as f64 / 1000.0;
-        (phases * per_phase) as u64 + 60
+        phases * (self.phase_seconds + self.drain_ms as f64 / 1000.0)
+    }
+
+    /// Phases disturbed by other processes are run again within this budget (half the planned
+    /// time), which bounds the whole run.
+    fn retry_budget_seconds(&self) -> f64 {
+        self.phases_seconds() * 0.5
+    }
+
+    fn load_seconds(&self) -> u64 {
+        (self.phases_seconds() + self.retry_budget_seconds()) as u64 + 60
     }
 }
 
@@ -339,6 +349,7 @@ struct PhaseOut {
     window_s: f64,
     sent: u64,
     received: u64,
+    attempts: u32,
     rtt: RttOut,
     cpu: CpuOut,
 }
@@ -353,6 +364,8 @@ struct RttOut {
 #[derive(Debug, Clone, Deserialize)]
 struct CpuOut {
     relay_threads_s: Option<f64>,
+    relay_others: f64,
+    load_others: f64,
     relay_cores_busy_s: f64,
     load_cores_busy_s: f64,
     load_cores: usize,
@@ -411,7 +424,7 @@ pub struct Measurement {
     pub relay_cpu_s: Option<f64>,
     /// Relay CPU seconds per million relayed datagrams.
     pub cpu_s_per_mpkt: Option<f64>,
-    /// Relay CPU / window: the share of its core the relay used.
+    /// Relay CPU / sending time: the share of its core the relay used.
     pub relay_core_share: Option<f64>,
     /// How busy the load cores were (ticks from /proc/stat), 0..=1.
     pub load_core_busy: f64,
@@ -420,6 +433,10 @@ pub struct Measurement {
     /// The share of the relay core that others used (busy ticks beyond the relay's own time,
     /// e.g. another build on the shared machine), 0..=1.
     pub relay_core_others: f64,
+    /// The same for the load cores (beyond the generator, the echo and their NAPI threads).
+    pub load_core_others: f64,
+    /// Runs of the phase (more than one when others disturbed it; the least disturbed counts).
+    pub attempts: u32,
     pub rtt_p50_us: Option<f64>,
     pub rtt_p99_us: Option<f64>,
     pub rtt_p999_us: Option<f64>,
@@ -735,6 +752,10 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
         let relay_pid = relay.as_ref().map_or(echo.pid(), Proc::pid);
         let mut pids = vec![relay_pid];
         pids.extend(napi_threads(&RELAY_IFS));
+        let mut load_pids = napi_threads(&LOAD_IFS);
+        if c.kind != Kind::Generator {
+            load_pids.push(echo.pid());
+        }
 
         let mut args = strings(&[
             "load",
@@ -768,6 +789,13 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
         for pid in &pids {
             args.extend(["--relay-pid".to_owned(), pid.to_string()]);
         }
+        for pid in &load_pids {
+            args.extend(["--load-pid".to_owned(), pid.to_string()]);
+        }
+        args.extend([
+            "--retry-budget-s".to_owned(),
+            format!("{:.1}", ctx.plan.retry_budget_seconds()),
+        ]);
         let load: LoadOut = run_load(ctx, c.key, n, &args)?;
         let echo_out: EchoOut = parse_json(&echo.stop()?.0, "the echo")?;
         for phase in &load.phases {
@@ -864,13 +892,13 @@ fn measure(key: &str, p: &PhaseOut, echo: EchoCounts) -> Measurement {
         cpu_s_per_mpkt: relay_cpu_s
             .filter(|_| relayed > 0)
             .map(|c| c / (relayed as f64 / 1e6)),
-        relay_core_share: relay_cpu_s.map(|c| c / p.window_s.max(1e-9)),
-        load_core_busy: p.cpu.load_cores_busy_s
-            / (p.window_s.max(1e-9) * p.cpu.load_cores.max(1) as f64),
+        // Over the sending time: the drain after it is mostly idle.
+        relay_core_share: relay_cpu_s.map(|c| c / duration),
+        load_core_busy: p.cpu.load_cores_busy_s / (duration * p.cpu.load_cores.max(1) as f64),
         relay_core_busy: p.cpu.relay_cores_busy_s / p.window_s.max(1e-9),
-        relay_core_others: ((p.cpu.relay_cores_busy_s - relay_cpu_s.unwrap_or(0.0))
-            / p.window_s.max(1e-9))
-        .max(0.0),
+        relay_core_others: p.cpu.relay_others,
+        load_core_others: p.cpu.load_others,
+        attempts: p.attempts,
         rtt_p50_us: p.rtt.p50_us,
         rtt_p99_us: p.rtt.p99_us,
         rtt_p999_us: p.rtt.p999_us,

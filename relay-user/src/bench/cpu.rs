@@ -107,13 +107,18 @@ pub struct CpuSpec {
     pub relay_cpus: Vec<usize>,
     /// The cores the load generator and the echo are pinned to.
     pub load_cpus: Vec<usize>,
+    /// The load side's other processes (the echo, the NAPI threads of its interfaces); this
+    /// process is always counted.
+    pub load_pids: Vec<u32>,
 }
 
 /// A moment's counters.
 #[derive(Debug, Clone)]
 pub struct CpuSnapshot {
     relay_ns: Option<u64>,
+    load_ns: Option<u64>,
     ticks: Vec<(usize, CpuTicks)>,
+    at: std::time::Instant,
 }
 
 /// CPU use between two snapshots, in seconds.
@@ -130,6 +135,20 @@ pub struct CpuUse {
     pub load_cores_busy_s: f64,
     /// Number of load cores (to turn busy seconds into a utilisation).
     pub load_cores: usize,
+    /// Run time of the load side's threads (this process, the echo, their NAPI threads).
+    pub load_threads_s: Option<f64>,
+    /// Share of the relay's cores that other processes used (busy ticks beyond the relay's
+    /// threads), 0..=1 per core. Tick sampling makes it noisy by a few percent.
+    pub relay_others: f64,
+    /// Share of the load cores that other processes used, 0..=1 per core.
+    pub load_others: f64,
+}
+
+impl CpuUse {
+    /// The larger of the two interference shares.
+    pub fn interference(&self) -> f64 {
+        self.relay_others.max(self.load_others)
+    }
 }
 
 impl CpuSpec {
@@ -139,9 +158,17 @@ impl CpuSpec {
             .iter()
             .map(|&pid| process_run_ns(pid).ok())
             .sum::<Option<u64>>();
+        let load_ns = self
+            .load_pids
+            .iter()
+            .chain(std::iter::once(&std::process::id()))
+            .map(|&pid| process_run_ns(pid).ok())
+            .sum::<Option<u64>>();
         CpuSnapshot {
             relay_ns,
+            load_ns,
             ticks: cpu_ticks().unwrap_or_default(),
+            at: std::time::Instant::now(),
         }
     }
 
@@ -168,12 +195,23 @@ impl CpuSpec {
         };
         let relay = delta(&self.relay_cpus);
         let load = delta(&self.load_cpus);
-        let relay_threads_s = match (start.relay_ns, end.relay_ns) {
+        let seconds = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
             _ => None,
         };
+        let relay_threads_s = seconds(start.relay_ns, end.relay_ns);
+        let load_threads_s = seconds(start.load_ns, end.load_ns);
+        let window = end.at.duration_since(start.at).as_secs_f64().max(1e-9);
+        // Busy ticks beyond our own threads' run time: someone else on our cores.
+        let others = |busy_ticks: u64, ours: Option<f64>, cores: usize| -> f64 {
+            let busy = busy_ticks as f64 / hz;
+            ((busy - ours.unwrap_or(busy)) / (window * cores.max(1) as f64)).max(0.0)
+        };
         CpuUse {
             relay_threads_s,
+            load_threads_s,
+            relay_others: others(relay.busy(), relay_threads_s, self.relay_cpus.len()),
+            load_others: others(load.busy(), load_threads_s, self.load_cpus.len()),
             relay_cores_irq_s: (relay.irq + relay.softirq) as f64 / hz,
             relay_cores_busy_s: relay.busy() as f64 / hz,
             load_cores_busy_s: load.busy() as f64 / hz,

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Make N allocations with TURN handshakes, then send ChannelData in phases and report.
-    Load(LoadArgs),
+    Load(Box<LoadArgs>),
     /// Echo every datagram back to its sender, counting per phase, until SIGTERM.
     Echo(EchoArgs),
     /// Attach the ceiling XDP program until SIGTERM, then report its counters.
@@ -66,6 +66,20 @@ struct LoadArgs {
     /// Repeatable.
     #[arg(long = "relay-pid")]
     relay_pids: Vec<u32>,
+    /// A process of the load side besides this one (the echo, NAPI threads), to tell other
+    /// processes' use of the load cores apart. Repeatable.
+    #[arg(long = "load-pid")]
+    load_pids: Vec<u32>,
+    /// Run a phase again when other processes used more than this share of the relay's or the
+    /// load's cores during it (0..1).
+    #[arg(long, default_value_t = 0.15)]
+    interference_limit: f64,
+    /// Seconds all repeated phases together may take (0: never repeat).
+    #[arg(long, default_value_t = 0.0)]
+    retry_budget_s: f64,
+    /// Attempts per phase at most.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
     /// The cores the relay is pinned to (comma-separated).
     #[arg(long, value_delimiter = ',')]
     relay_cpus: Vec<usize>,
@@ -144,7 +158,7 @@ fn stop_on_signals() -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Load(args) => run_load(args),
+        Command::Load(args) => run_load(*args),
         Command::Echo(args) => run_echo(&args),
         Command::Ceiling(args) => run_ceiling(args),
     }
@@ -181,11 +195,15 @@ fn run_load(args: LoadArgs) -> Result<()> {
             relay_pids: args.relay_pids,
             relay_cpus: args.relay_cpus,
             load_cpus: args.load_cpus,
+            load_pids: args.load_pids,
         },
         drain: Duration::from_millis(args.drain_ms),
         warmup: Duration::from_millis(args.warmup_ms),
         setup_only: args.setup_only,
         max_total: Duration::from_secs(args.max_seconds),
+        interference_limit: args.interference_limit,
+        retry_budget: Duration::from_secs_f64(args.retry_budget_s.clamp(0.0, 3600.0)),
+        max_attempts: args.max_attempts,
     };
     let report = load::run(&spec)?;
     println!("{}", serde_json::to_string_pretty(&report)?);

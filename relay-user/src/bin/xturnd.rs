@@ -17,6 +17,7 @@ use relay_user::{
     metrics::{MetricsSource, XdpMeter},
     reload,
     server::{self, ChannelHook, NoHook, RunningServer, ServerSpec},
+    state,
     telemetry::{self, LogControl},
     turn::{self, Listener, ServerConfig},
 };
@@ -77,11 +78,19 @@ async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
     let mut relay_ips: Vec<IpAddr> = Vec::new();
     relay_ips.extend(config.relay_ipv4.map(IpAddr::V4));
     relay_ips.extend(config.relay_ipv6.map(IpAddr::V6));
+    if let Some(dir) = &config.bpf_pin_dir {
+        if config.dataplane == dataplane::Dataplane::Userspace {
+            warn!(dir = %dir.display(), "--bpf-pin-dir is ignored with --dataplane userspace");
+        } else {
+            state::check_bpffs(dir).context("--bpf-pin-dir")?;
+        }
+    }
     let fast_path = dataplane::select(
         config.dataplane,
         &listeners,
         &relay_ips,
         config.xdp_max_channels,
+        config.bpf_pin_dir.as_deref(),
     )?;
     // The XDP hook, metered: it remembers what removed bindings relayed, for the metrics.
     let xdp = fast_path.map(|mut fast_path| {
@@ -94,12 +103,40 @@ async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
     };
 
     let host_ips = dataplane::local_addresses();
-    let core = build_core(&config, &host_ips);
+    let mut core = build_core(&config, &host_ips)?;
+    let adopted = adopt_state(&config, &mut core);
+    if let Some(meter) = &xdp
+        && (adopted.is_some() || config.bpf_pin_dir.is_some())
+    {
+        // Before any listener reads: the kernel's entries become exactly the adopted ones.
+        meter.adopt(&core.installed_channel_bindings(), &listeners);
+    }
     let spec = ServerSpec {
         listeners,
         threads: config.threads,
+        restored: adopted
+            .as_ref()
+            .map(|a| a.relayed.clone())
+            .unwrap_or_default(),
+        state_dir: config.state_dir.clone(),
     };
     let mut running = RunningServer::start(core, &spec, hook)?;
+    if let Some(outcome) = &adopted {
+        let (allocations, channels) = running.with_core(|core| {
+            let channels: usize = core
+                .allocations()
+                .map(|a| a.channel_bindings().count())
+                .sum();
+            (core.allocation_count(), channels)
+        });
+        info!(
+            allocations,
+            channels,
+            dropped = running.adoption_dropped(),
+            skipped = outcome.skipped,
+            "adopted allocations from the state file"
+        );
+    }
     let names = config.listeners.iter().map(|l| l.name.clone()).collect();
     admin.set_running(
         running.handle(),
@@ -140,6 +177,9 @@ async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
     running.set_draining(true);
     drain(&mut running, &mut signals, config.drain_timeout).await?;
     info!("shutting down");
+    if let Err(e) = running.save_state() {
+        error!(error = %e, "cannot write the allocation state");
+    }
     log_final_stats(&running, xdp.as_deref());
     drop(admin_servers);
     drop(running);
@@ -230,7 +270,33 @@ impl Signals {
     }
 }
 
-fn build_core(config: &Config, host_ips: &[IpAddr]) -> turn::Server {
+/// With `--state-dir`, adopts the allocations of the state file into `core`. A missing file is a
+/// fresh start; an unreadable or corrupt one is logged and ignored (a fresh start too).
+fn adopt_state(config: &Config, core: &mut turn::Server) -> Option<turn::RestoreOutcome> {
+    let dir = config.state_dir.as_ref()?;
+    match state::load(dir) {
+        Ok(Some(snapshot)) => {
+            let outcome = core.restore(&snapshot, Instant::now());
+            info!(
+                allocations = outcome.allocations,
+                channels = outcome.channels,
+                skipped = outcome.skipped,
+                "allocation state read"
+            );
+            Some(outcome)
+        }
+        Ok(None) => {
+            info!(dir = %dir.display(), "no allocation state: fresh start");
+            None
+        }
+        Err(e) => {
+            error!(error = %e, "allocation state unusable: starting fresh");
+            None
+        }
+    }
+}
+
+fn build_core(config: &Config, host_ips: &[IpAddr]) -> Result<turn::Server> {
     let listeners = config
         .listeners
         .iter()
@@ -255,15 +321,20 @@ fn build_core(config: &Config, host_ips: &[IpAddr]) -> turn::Server {
     // reach the host's services through the relay (wildcard listeners, other NICs, VIPs).
     let policy = reload::policy(config, host_ips);
 
-    // Nonces are HMACs under a per-process key: they stay valid only while this process runs.
+    // Nonces are HMACs under a per-process key: they stay valid only while this process runs
+    // (or, with --state-dir, while the key file there is kept).
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut nonce_key = [0u8; 32];
     rng.fill_bytes(&mut nonce_key);
+    // With a state directory the key is kept there, so nonces survive a restart.
+    if let Some(dir) = &config.state_dir {
+        nonce_key = state::nonce_key(dir, nonce_key).context("--state-dir")?;
+    }
     // The core's RNG picks relayed ports and RESERVATION-TOKENs: seed it with a full 256 bits.
     let mut rng_seed = [0u8; 32];
     rng.fill_bytes(&mut rng_seed);
     let (start, start_unix) = server::clocks();
-    turn::Server::new(
+    Ok(turn::Server::new(
         server_config,
         credentials,
         policy,
@@ -271,7 +342,7 @@ fn build_core(config: &Config, host_ips: &[IpAddr]) -> turn::Server {
         rng_seed,
         start,
         start_unix,
-    )
+    ))
 }
 
 /// How often the configuration file is checked for changes.

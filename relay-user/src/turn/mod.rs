@@ -12,6 +12,7 @@
 //! - `allocation`: an [`Allocation`] with its permissions and channel bindings;
 //! - `ports`: choosing relayed ports;
 //! - `txcache`: responses kept for retransmitted requests;
+//! - `snapshot`: the [`Snapshot`] a restarted agent adopts;
 //! - `stats`: the [`Stats`] counters;
 //! - `server`: [`Server`] itself.
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,6 +23,7 @@ pub mod attributes;
 mod allocation;
 mod ports;
 mod server;
+mod snapshot;
 mod stats;
 mod txcache;
 mod wire;
@@ -31,6 +33,9 @@ mod tests;
 
 pub use allocation::{Allocation, Permission};
 pub use server::Server;
+pub use snapshot::{
+    AllocationState, ChannelState, PermissionState, RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
+};
 pub use stats::Stats;
 
 /// Index of a listener in [`ServerConfig::listeners`].

@@ -29,10 +29,16 @@ use super::attributes::{
     UnknownAttributes, UserHash, Username, XorMappedAddress, XorPeerAddress, XorRelayAddress,
 };
 use super::ports::Ports;
+use super::snapshot::{
+    AllocationState, ChannelState, PermissionState, RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
+};
 use super::stats::Stats;
 use super::txcache::TransactionCache;
 use super::wire::{self, Demux, FrameError, Header, StunFrame};
-use super::{BindFailure, Command, FiveTuple, ListenerId, RelayedAddress, ServerConfig, Transport};
+use super::{
+    BindFailure, ChannelBinding, Command, FiveTuple, ListenerId, RelayedAddress, ServerConfig,
+    Transport,
+};
 use crate::auth::{self, Credentials, IntegrityAlgorithm, NonceCheck, NonceMint};
 use crate::policy::PeerPolicy;
 
@@ -170,6 +176,8 @@ pub struct Server {
     stats: Stats,
     /// Draining (the agent is shutting down): new Allocates get 508, the rest goes on.
     draining: bool,
+    /// Bumped whenever state a [`Snapshot`] holds changes (see [`Server::state_version`]).
+    state_version: u64,
 }
 
 fn reason_phrase(code: u16) -> &'static str {
@@ -323,6 +331,7 @@ impl Server {
             commands: VecDeque::new(),
             stats: Stats::default(),
             draining: false,
+            state_version: 0,
         }
     }
 
@@ -609,6 +618,9 @@ impl Server {
                 _ => self.channel_bind(listener, five_tuple, &message, &auth, now),
             }
         };
+        if matches!(reply, Reply::Success(_)) {
+            self.touch();
+        }
         if !matches!(reply, Reply::Parked) {
             self.respond(listener, five_tuple, header, reply, Some(&auth), Some(now));
         }
@@ -1196,6 +1208,7 @@ impl Server {
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
         self.count_user(username, 1);
         self.stats.allocations_created += 1;
+        self.touch();
     }
 
     fn allocate_success(
@@ -1267,6 +1280,7 @@ impl Server {
         let Some(allocation) = self.allocations.remove(five_tuple) else {
             return;
         };
+        self.touch();
         // Only channels whose permission is installed have kernel entries to remove.
         for binding in allocation.installed_bindings() {
             self.commands.push_back(Command::ChannelUnbound(binding));
@@ -1757,6 +1771,7 @@ impl Server {
             return;
         }
         allocation.permissions.remove(&peer);
+        self.state_version = self.state_version.wrapping_add(1);
         debug!(client = %five_tuple.client, %peer, "permission expired");
         // Channels to that peer carry nothing without the permission, so the fast path must
         // drop their entries; but the bindings themselves last their own lifetime (RFC 8656
@@ -1783,6 +1798,7 @@ impl Server {
         } else if channel.bound {
             // The binding ends; the cool-down begins.
             channel.bound = false;
+            self.state_version = self.state_version.wrapping_add(1);
             let peer = channel.peer;
             rearm(
                 &mut self.timers,
@@ -1802,7 +1818,269 @@ impl Server {
         } else {
             // The cool-down is over: number and peer are free again.
             allocation.remove_channel(number);
+            self.state_version = self.state_version.wrapping_add(1);
         }
+    }
+}
+
+impl Server {
+    /// Marks the state a [`Snapshot`] holds as changed.
+    fn touch(&mut self) {
+        self.state_version = self.state_version.wrapping_add(1);
+    }
+
+    /// A number that changes whenever allocations, permissions or channels do (created,
+    /// refreshed, expired, deleted): the I/O layer writes a new [`Snapshot`] when it moves.
+    /// ChannelData and Send never change it.
+    pub fn state_version(&self) -> u64 {
+        self.state_version
+    }
+
+    /// Bound channels whose permission is installed: those the fast path relays. After a
+    /// [`Server::restore`] these are the kernel entries to keep.
+    pub fn installed_channel_bindings(&self) -> Vec<ChannelBinding> {
+        self.allocations
+            .values()
+            .flat_map(Allocation::installed_bindings)
+            .collect()
+    }
+
+    fn unix_ms(&self, at: Instant) -> u64 {
+        let unix = self.start_unix + at.saturating_duration_since(self.start);
+        u64::try_from(unix.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Every allocation with its permissions and channels, times in UNIX milliseconds.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut allocations: Vec<AllocationState> = self
+            .allocations
+            .values()
+            .map(|a| {
+                let mut permissions: Vec<PermissionState> = a
+                    .permissions
+                    .iter()
+                    .map(|(peer, p)| PermissionState {
+                        peer: *peer,
+                        expires_unix_ms: self.unix_ms(p.expires),
+                    })
+                    .collect();
+                permissions.sort_by_key(|p| p.peer);
+                let mut channels: Vec<ChannelState> = a
+                    .channels
+                    .iter()
+                    .map(|(number, c)| ChannelState {
+                        number: *number,
+                        peer: c.peer,
+                        expires_unix_ms: self.unix_ms(c.expires),
+                        bound: c.bound,
+                    })
+                    .collect();
+                channels.sort_by_key(|c| c.number);
+                let mut transaction_id = [0u8; 12];
+                transaction_id.copy_from_slice(a.transaction_id.as_bytes());
+                AllocationState {
+                    client: a.five_tuple.client,
+                    server: a.five_tuple.server,
+                    listener: a.listener.0,
+                    username: a.username.clone(),
+                    relayed: a.relayed.iter().map(|r| r.0).collect(),
+                    expires_unix_ms: self.unix_ms(a.expires),
+                    transaction_id,
+                    permissions,
+                    channels,
+                }
+            })
+            .collect();
+        allocations.sort_by_key(|a| (a.client, a.server));
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            taken_unix_ms: self.unix_ms(now),
+            allocations,
+        }
+    }
+
+    /// Adopts the allocations of `snapshot` (taken by an earlier run of the agent) into this
+    /// server, which should have none yet. Lifetimes run on from the snapshot's UNIX times, so
+    /// the time spent down counts: whatever expired meanwhile is left out. An allocation is
+    /// also left out when its listener is not the same, its relayed addresses are not on the
+    /// configured relay IPs, it clashes with one already here, or it is malformed. Quota counts
+    /// include the adopted allocations. No command is emitted: the kernel entries of adopted
+    /// channels are the caller's to reconcile ([`Server::installed_channel_bindings`]), and
+    /// every address of [`RestoreOutcome::relayed`] must be bound, or its allocation dropped
+    /// with [`Server::drop_restored`].
+    pub fn restore(&mut self, snapshot: &Snapshot, now: Instant) -> RestoreOutcome {
+        let mut outcome = RestoreOutcome::default();
+        if snapshot.version != SNAPSHOT_VERSION {
+            warn!(
+                version = snapshot.version,
+                "state of an unknown version: nothing adopted"
+            );
+            outcome.skipped = snapshot.allocations.len();
+            return outcome;
+        }
+        let now_ms = self.unix_ms(now);
+        // UNIX milliseconds to a monotonic instant; `None` once passed.
+        let at = |unix_ms: u64| {
+            (unix_ms > now_ms).then(|| now + Duration::from_millis(unix_ms - now_ms))
+        };
+        for state in &snapshot.allocations {
+            match self.restore_one(state, now, &at) {
+                Ok(channels) => {
+                    outcome.allocations += 1;
+                    outcome.channels += channels;
+                    outcome.relayed.extend(state.relayed.iter().copied());
+                }
+                Err(why) => {
+                    warn!(client = %state.client, why, "allocation not adopted");
+                    outcome.skipped += 1;
+                }
+            }
+        }
+        outcome
+    }
+
+    fn restore_one(
+        &mut self,
+        state: &AllocationState,
+        now: Instant,
+        at: &impl Fn(u64) -> Option<Instant>,
+    ) -> Result<usize, &'static str> {
+        let listener = ListenerId(state.listener);
+        let five_tuple = FiveTuple {
+            client: state.client,
+            server: state.server,
+            transport: Transport::Udp,
+        };
+        if self
+            .config
+            .listeners
+            .get(usize::from(state.listener))
+            .is_none_or(|l| l.addr != state.server)
+        {
+            return Err("its listener is not configured any more");
+        }
+        let expires = at(state.expires_unix_ms).ok_or("expired while the agent was down")?;
+        if self.allocations.contains_key(&five_tuple)
+            || self.pending_by_tuple.contains_key(&five_tuple)
+        {
+            return Err("the client has an allocation already");
+        }
+        if self.allocations.len() + self.pending_slots + self.reservations.len()
+            >= self.config.max_allocations
+        {
+            return Err("the allocation quota is full");
+        }
+        let valid_relayed = match state.relayed.as_slice() {
+            [one] => Some(*one),
+            [a, b] if a.is_ipv4() != b.is_ipv4() => Some(*a),
+            _ => None,
+        };
+        if valid_relayed.is_none() {
+            return Err("malformed relayed addresses");
+        }
+        for addr in &state.relayed {
+            if self.relay_ip(family_of(addr.ip())) != Some(addr.ip()) {
+                return Err("a relayed address is not on a configured relay IP");
+            }
+            if self.by_relayed.contains_key(addr) || self.ports.is_claimed(*addr) {
+                return Err("a relayed address is taken");
+            }
+        }
+        if state.permissions.len() > MAX_PERMISSIONS_PER_ALLOCATION
+            || state.channels.len() > MAX_CHANNELS_PER_ALLOCATION
+        {
+            return Err("too many permissions or channels");
+        }
+        let mut relayed: Vec<RelayedAddress> =
+            state.relayed.iter().map(|r| RelayedAddress(*r)).collect();
+        relayed.sort_by_key(|r| r.0.is_ipv6());
+        let mut allocation = Allocation {
+            five_tuple,
+            listener,
+            username: state.username.clone(),
+            relayed,
+            expires,
+            timer_at: expires,
+            transaction_id: TransactionId::new(state.transaction_id),
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            channel_by_peer: HashMap::new(),
+            channel_ips: BTreeSet::new(),
+            reservation: None,
+        };
+        let mut timers = Vec::new();
+        for permission in &state.permissions {
+            if allocation.relayed_for(permission.peer).is_none() {
+                return Err("a permission's family has no relayed address");
+            }
+            let Some(expires) = at(permission.expires_unix_ms) else {
+                continue;
+            };
+            allocation.permissions.insert(
+                permission.peer,
+                Permission {
+                    expires,
+                    timer_at: expires,
+                },
+            );
+            timers.push((expires, Timer::Permission(five_tuple, permission.peer)));
+        }
+        let mut bound = 0;
+        for channel in &state.channels {
+            if !(0x4000..=0x4FFF).contains(&channel.number)
+                || allocation.relayed_for(channel.peer.ip()).is_none()
+                || allocation.channels.contains_key(&channel.number)
+                || allocation.channel_by_peer.contains_key(&channel.peer)
+            {
+                return Err("a malformed or duplicate channel");
+            }
+            // A binding that expired while the agent was down is cooling down now.
+            let (expires, is_bound) = match (channel.bound, at(channel.expires_unix_ms)) {
+                (true, Some(expires)) => (expires, true),
+                (true, None) => {
+                    let cooldown = u64::try_from(CHANNEL_COOLDOWN.as_millis()).unwrap_or(u64::MAX);
+                    match at(channel.expires_unix_ms.saturating_add(cooldown)) {
+                        Some(expires) => (expires, false),
+                        None => continue,
+                    }
+                }
+                (false, Some(expires)) => (expires, false),
+                (false, None) => continue,
+            };
+            allocation.add_channel(
+                channel.number,
+                Channel {
+                    peer: channel.peer,
+                    expires,
+                    timer_at: expires,
+                    bound: is_bound,
+                },
+            );
+            timers.push((expires, Timer::Channel(five_tuple, channel.number)));
+            bound += usize::from(is_bound);
+        }
+        for r in &allocation.relayed {
+            self.by_relayed.insert(r.0, five_tuple);
+            self.ports.claim(r.0);
+        }
+        self.timers.insert((expires, Timer::Allocation(five_tuple)));
+        self.timers.extend(timers);
+        self.count_user(&state.username, 1);
+        self.allocations.insert(five_tuple, allocation);
+        self.touch();
+        debug!(client = %five_tuple.client, channels = bound, ?now, "allocation adopted");
+        Ok(bound)
+    }
+
+    /// Drops the adopted allocation that holds `relayed` (its socket could not be bound): its
+    /// channels are unbound (their kernel entries removed) and its other sockets released.
+    /// Returns whether there was one.
+    pub fn drop_restored(&mut self, relayed: SocketAddr) -> bool {
+        let Some(five_tuple) = self.by_relayed.get(&relayed).copied() else {
+            return false;
+        };
+        self.remove_allocation(&five_tuple, false);
+        true
     }
 }
 

@@ -11,6 +11,7 @@ mod drain;
 mod fuzz;
 mod limits;
 mod permissions;
+mod restore;
 mod rfc5769;
 
 use std::net::{IpAddr, SocketAddr};

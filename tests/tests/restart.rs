@@ -1,0 +1,289 @@
+//! Hitless restart: `xturnd --state-dir S --bpf-pin-dir P` is killed with SIGKILL in the middle
+//! of an offloaded ChannelData stream and started again. The pinned XDP program and maps relay
+//! on while it is down, so no datagram is lost; the new agent adopts the allocation, which can
+//! then be refreshed and deleted; after the delete the kernel relays no more. Needs root.
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
+use xturn_tests::{
+    netns::ChildGuard,
+    topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
+};
+
+const PEER_PORT: &str = "3480";
+const CHANNEL: u16 = 0x4000;
+/// The stream: this many datagrams, one every `INTERVAL`.
+const COUNT: u32 = 1000;
+const INTERVAL: Duration = Duration::from_millis(5);
+/// When xturnd is killed, after the stream starts.
+const KILL_AFTER: Duration = Duration::from_millis(1500);
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("xturn-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A private bpffs mounted on a scratch directory; unmounted and removed on drop (also when
+/// the test fails).
+struct BpfMount(TempDir);
+
+impl BpfMount {
+    fn new() -> BpfMount {
+        let dir = TempDir::new("bpffs");
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t bpf failed: {status}");
+        BpfMount(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0.0
+    }
+}
+
+impl Drop for BpfMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.path()).status();
+    }
+}
+
+fn log_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("xturn-{}-{name}.log", std::process::id()))
+}
+
+fn payload(seq: u32) -> Vec<u8> {
+    let mut data = seq.to_be_bytes().to_vec();
+    data.extend((0..96u32).map(|i| (seq.wrapping_mul(31).wrapping_add(i) & 0xff) as u8));
+    data
+}
+
+#[test]
+fn a_killed_agent_restarts_without_losing_offloaded_packets() {
+    let topology = Topology::new();
+    let _pass = topology.prepare_for_xdp();
+    let _peer = topology
+        .peer
+        .spawn("turnutils_peer", &["-L", PEER_V4, "-p", PEER_PORT]);
+    let bpffs = BpfMount::new();
+    let state = TempDir::new("state");
+    let pin_dir = bpffs.path().to_string_lossy().into_owned();
+    let state_dir = state.0.to_string_lossy().into_owned();
+    let args = [
+        "--listen",
+        "198.18.1.1:3478",
+        "--relay-ip",
+        RELAY_V4,
+        "--realm",
+        "xturn.test",
+        "--user",
+        "alice:wonderland",
+        "--min-port",
+        "50000",
+        "--max-port",
+        "50999",
+        "--dataplane",
+        "xdp",
+        "--drain-timeout",
+        "0",
+        "--log-level",
+        "info",
+        "--state-dir",
+        &state_dir,
+        "--bpf-pin-dir",
+        &pin_dir,
+    ];
+    let (log1, log2) = (log_path("restart-1"), log_path("restart-2"));
+    let first = topology.start_xturnd_logged(&args, &log1);
+
+    let peer: SocketAddr = format!("{PEER_V4}:{PEER_PORT}").parse().expect("peer");
+    let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
+    let (bound_tx, bound_rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+
+    let (second, outcome) = std::thread::scope(|s| {
+        // Kills the agent (SIGKILL: ChildGuard's drop) mid-stream and starts it again.
+        let restarter = s.spawn(|| {
+            let bound_rx = bound_rx;
+            bound_rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the client bound its channel");
+            std::thread::sleep(KILL_AFTER);
+            drop(first);
+            let second: ChildGuard = topology.start_xturnd_logged(&args, &log2);
+            let _ = ready_tx.send(());
+            second
+        });
+        let outcome = topology.client.within(|| {
+            let ready_rx = ready_rx;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut client =
+                    TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
+                        .await
+                        .expect("connect");
+                client
+                    .allocate(AllocateOptions::default())
+                    .await
+                    .expect("allocate");
+                client.channel_bind(peer, CHANNEL).await.expect("bind");
+                // Wait for the offload: the first echo.
+                let mut warm = false;
+                for _ in 0..20 {
+                    client
+                        .send_channel(CHANNEL, b"warm-up")
+                        .await
+                        .expect("send");
+                    if client
+                        .recv_timeout(Duration::from_millis(200))
+                        .await
+                        .is_ok()
+                    {
+                        warm = true;
+                        break;
+                    }
+                }
+                assert!(warm, "no echo before the stream");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while client.recv_timeout(Duration::from_millis(50)).await.is_ok() {}
+                let _ = bound_tx.send(());
+
+                let mut received = BTreeSet::new();
+                let mut corrupt = 0u32;
+                let start = Instant::now();
+                let stream_end = start + INTERVAL * COUNT + Duration::from_millis(1000);
+                let mut next = 0u32;
+                while Instant::now() < stream_end {
+                    let due = start + INTERVAL * next;
+                    if next < COUNT && Instant::now() >= due {
+                        client
+                            .send_channel(CHANNEL, &payload(next))
+                            .await
+                            .expect("send");
+                        next += 1;
+                        continue;
+                    }
+                    let wake = if next < COUNT { due } else { stream_end };
+                    let wait = wake.saturating_duration_since(Instant::now());
+                    if let Ok(r) = client
+                        .recv_timeout(wait.max(Duration::from_millis(1)))
+                        .await
+                    {
+                        let seq = r
+                            .data
+                            .get(..4)
+                            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                        match seq {
+                            Some(seq)
+                                if r.via == Via::Channel(CHANNEL) && r.data == payload(seq) =>
+                            {
+                                received.insert(seq);
+                            }
+                            _ => corrupt += 1,
+                        }
+                    }
+                }
+
+                ready_rx
+                    .recv_timeout(Duration::from_secs(15))
+                    .expect("xturnd restarted");
+                let refreshed = client.refresh(Duration::from_secs(300)).await;
+                let deleted = client.delete().await;
+                // After the delete the kernel entries are gone: nothing comes back.
+                let mut after_delete = 0;
+                for i in 0..5u32 {
+                    client
+                        .send_channel(CHANNEL, &payload(COUNT + i))
+                        .await
+                        .expect("send");
+                    if client
+                        .recv_timeout(Duration::from_millis(200))
+                        .await
+                        .is_ok()
+                    {
+                        after_delete += 1;
+                    }
+                }
+                (received, corrupt, refreshed, deleted, after_delete)
+            })
+        });
+        let second = restarter.join().expect("restarter");
+        (second, outcome)
+    });
+    let (received, corrupt, refreshed, deleted, after_delete) = outcome;
+    let first_log = std::fs::read_to_string(&log1).unwrap_or_default();
+    let out = second.terminate();
+    let second_log = std::fs::read_to_string(&log2).unwrap_or_default();
+    let _ = std::fs::remove_file(&log1);
+    let _ = std::fs::remove_file(&log2);
+    let context = format!("first xturnd:\n{first_log}\nsecond xturnd:\n{second_log}");
+
+    let missing: Vec<u32> = (0..COUNT).filter(|s| !received.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {COUNT} echoes lost (first: {:?}):\n{context}",
+        missing.len(),
+        missing.iter().take(20).collect::<Vec<_>>()
+    );
+    assert_eq!(corrupt, 0, "corrupt echoes:\n{context}");
+    let adopted = second_log
+        .lines()
+        .find(|l| l.contains("adopted allocations from the state file"))
+        .unwrap_or_else(|| panic!("no adoption logged:\n{context}"));
+    assert!(
+        adopted.contains("allocations=1") && adopted.contains("channels=1"),
+        "{adopted}"
+    );
+    assert!(
+        second_log.contains("XDP program replaced in the pinned link"),
+        "the second agent reused the pinned link:\n{context}"
+    );
+    assert!(
+        refreshed.is_ok(),
+        "refresh after restart: {refreshed:?}\n{context}"
+    );
+    assert!(
+        deleted.is_ok(),
+        "delete after restart: {deleted:?}\n{context}"
+    );
+    assert_eq!(after_delete, 0, "relayed after delete:\n{context}");
+    assert!(
+        out.status.success(),
+        "second xturnd exits cleanly: {:?}",
+        out.status
+    );
+    // A clean stop leaves no pin behind.
+    let left: Vec<_> = std::fs::read_dir(bpffs.path())
+        .expect("read pin dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // The kernel's own bpffs entries (BPF preload), not ours.
+        .filter(|name| !name.ends_with(".debug"))
+        .collect();
+    assert!(left.is_empty(), "pins left after SIGTERM: {left:?}");
+}
