@@ -10,9 +10,11 @@
 //! the data of every datagram the program relayed: exact payload sizes, whatever the address
 //! family. Map entries go away with their binding, so [`XdpMeter`] sits between the TURN core
 //! and the [`XdpHook`], keeps the set of installed bindings, and adds a binding's counters to a
-//! running total just before the binding is removed.
+//! running total just before the binding is removed. Each binding carries the cluster its
+//! traffic counts for (a slot of [`turn::Stats::clusters`], resolved by the TURN core when the
+//! channel was bound), so kernel traffic is split by cluster exactly as userspace traffic is.
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     fmt,
     sync::{Arc, Mutex, MutexGuard, Weak, atomic::Ordering},
 };
@@ -69,25 +71,48 @@ fn max_counter(a: Counter, b: Counter) -> Counter {
     }
 }
 
+fn max_counters(a: ChannelCounters, b: ChannelCounters) -> ChannelCounters {
+    ChannelCounters {
+        to_peer: max_counter(a.to_peer, b.to_peer),
+        to_client: max_counter(a.to_client, b.to_client),
+    }
+}
+
+/// Adds `counters` to `slot` of `by_cluster`, growing it as needed.
+fn add_to(by_cluster: &mut Vec<ChannelCounters>, slot: usize, counters: ChannelCounters) {
+    if by_cluster.len() <= slot {
+        by_cluster.resize(slot + 1, ChannelCounters::default());
+    }
+    by_cluster[slot] = add(by_cluster[slot], counters);
+}
+
+/// What the kernel relayed on channel bindings: in all, and per cluster slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Relayed {
+    total: ChannelCounters,
+    /// Indexed by cluster slot ([`turn::Stats::clusters`]); slots past its end relayed nothing.
+    by_cluster: Vec<ChannelCounters>,
+}
+
 /// The [`ChannelHook`] of the XDP data plane with metering: installs and removes bindings
 /// through the [`XdpHook`], and remembers what removed bindings relayed.
 pub struct XdpMeter {
     hook: Arc<XdpHook>,
-    /// Bindings with entries in the kernel now.
-    live: Mutex<HashSet<ChannelEntry>>,
+    /// Bindings with entries in the kernel now, with their cluster slots.
+    live: Mutex<HashMap<ChannelEntry, usize>>,
     /// What bindings relayed before their entries were removed (or replaced).
-    retired: Mutex<ChannelCounters>,
+    retired: Mutex<Relayed>,
     /// The totals last reported: totals never go down (see [`XdpMeter::relayed`]).
-    reported: Mutex<ChannelCounters>,
+    reported: Mutex<Relayed>,
 }
 
 impl XdpMeter {
     pub fn new(hook: Arc<XdpHook>) -> XdpMeter {
         XdpMeter {
             hook,
-            live: Mutex::new(HashSet::new()),
-            retired: Mutex::new(ChannelCounters::default()),
-            reported: Mutex::new(ChannelCounters::default()),
+            live: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Relayed::default()),
+            reported: Mutex::new(Relayed::default()),
         }
     }
 
@@ -95,7 +120,7 @@ impl XdpMeter {
     /// bindings count as live.
     pub fn adopt(&self, bindings: &[ChannelBinding], listeners: &[std::net::SocketAddr]) {
         let installed = self.hook.adopt(bindings, listeners);
-        lock(&self.live).extend(installed.iter().map(entry_of));
+        lock(&self.live).extend(installed.iter().map(|b| (entry_of(b), b.cluster)));
     }
 
     /// The hook it wraps.
@@ -108,11 +133,13 @@ impl XdpMeter {
         lock(&self.live).len()
     }
 
-    /// Adds what `entry` relayed so far to the retired total (before its entries go).
-    fn retire(&self, entry: &ChannelEntry) {
+    /// Adds what `entry` relayed so far to the retired totals of all and of cluster slot
+    /// `cluster` (before its entries go).
+    fn retire(&self, entry: &ChannelEntry, cluster: usize) {
         if let Some(counters) = self.hook.with_fast_path(|fp| fp.channel_counters(entry)) {
             let mut retired = lock(&self.retired);
-            *retired = add(*retired, counters);
+            retired.total = add(retired.total, counters);
+            add_to(&mut retired.by_cluster, cluster, counters);
         }
     }
 
@@ -125,21 +152,34 @@ impl XdpMeter {
     /// during a scrape can be missed by it (and counted by the next): the totals are clamped
     /// so they never go down, as Prometheus counters must not.
     pub fn relayed(&self) -> ChannelCounters {
+        self.relayed_by_cluster().0
+    }
+
+    /// [`XdpMeter::relayed`], and the same split by cluster slot (a binding counts for the
+    /// slot it was bound with; the vector ends after the last slot with traffic).
+    pub fn relayed_by_cluster(&self) -> (ChannelCounters, Vec<ChannelCounters>) {
         // Retired first: a binding retired after this read is still read live (or missed,
         // never counted twice).
-        let retired = *lock(&self.retired);
-        let entries: Vec<ChannelEntry> = lock(&self.live).iter().copied().collect();
-        let live = entries
-            .iter()
-            .filter_map(|entry| self.hook.with_fast_path(|fp| fp.channel_counters(entry)))
-            .fold(ChannelCounters::default(), add);
-        let total = add(retired, live);
+        let mut now = lock(&self.retired).clone();
+        let entries: Vec<(ChannelEntry, usize)> =
+            lock(&self.live).iter().map(|(e, c)| (*e, *c)).collect();
+        for (entry, cluster) in &entries {
+            if let Some(counters) = self.hook.with_fast_path(|fp| fp.channel_counters(entry)) {
+                now.total = add(now.total, counters);
+                add_to(&mut now.by_cluster, *cluster, counters);
+            }
+        }
         let mut reported = lock(&self.reported);
-        *reported = ChannelCounters {
-            to_peer: max_counter(reported.to_peer, total.to_peer),
-            to_client: max_counter(reported.to_client, total.to_client),
-        };
-        *reported
+        reported.total = max_counters(reported.total, now.total);
+        if reported.by_cluster.len() < now.by_cluster.len() {
+            reported
+                .by_cluster
+                .resize(now.by_cluster.len(), ChannelCounters::default());
+        }
+        for (slot, counters) in now.by_cluster.iter().enumerate() {
+            reported.by_cluster[slot] = max_counters(reported.by_cluster[slot], *counters);
+        }
+        (reported.total, reported.by_cluster.clone())
     }
 }
 
@@ -148,16 +188,17 @@ impl XdpMeter {
 impl ChannelHook for XdpMeter {
     fn channel_bound(&self, binding: &ChannelBinding) {
         let entry = entry_of(binding);
-        if lock(&self.live).contains(&entry) {
+        let previous = lock(&self.live).get(&entry).copied();
+        if let Some(cluster) = previous {
             // Installing again resets the kernel's counters: keep what they hold.
-            self.retire(&entry);
+            self.retire(&entry, cluster);
         }
         let before = self.hook.installed.load(Ordering::Relaxed);
         self.hook.channel_bound(binding);
         let installed = self.hook.installed.load(Ordering::Relaxed) != before;
         let mut live = lock(&self.live);
         if installed {
-            live.insert(entry);
+            live.insert(entry, binding.cluster);
         } else {
             live.remove(&entry);
         }
@@ -166,8 +207,8 @@ impl ChannelHook for XdpMeter {
     fn channel_unbound(&self, binding: &ChannelBinding) {
         let entry = entry_of(binding);
         let was_live = lock(&self.live).remove(&entry);
-        if was_live {
-            self.retire(&entry);
+        if let Some(cluster) = was_live {
+            self.retire(&entry, cluster);
         }
         self.hook.channel_unbound(binding);
     }
@@ -188,6 +229,8 @@ pub struct XdpSnapshot {
     pub install_errors: u64,
     /// Datagrams and data bytes relayed on channel bindings, per direction.
     pub relayed: ChannelCounters,
+    /// The same per cluster slot ([`turn::Stats::clusters`]); may be shorter than the slots.
+    pub relayed_by_cluster: Vec<ChannelCounters>,
 }
 
 /// Everything the metrics show, read at one moment.
@@ -296,6 +339,7 @@ impl MetricsSource {
                 warn!(error = %e, "cannot read the XDP counters");
                 Vec::new()
             });
+            let (relayed, relayed_by_cluster) = meter.relayed_by_cluster();
             XdpSnapshot {
                 reasons,
                 bindings_installed: meter.installed_now() as u64,
@@ -303,7 +347,8 @@ impl MetricsSource {
                 installs: hook.installed.load(Ordering::Relaxed),
                 map_full: hook.map_full.load(Ordering::Relaxed),
                 install_errors: hook.install_errors.load(Ordering::Relaxed),
-                relayed: meter.relayed(),
+                relayed,
+                relayed_by_cluster,
             }
         });
         Some(Snapshot {
@@ -607,6 +652,43 @@ impl Collector for SnapshotCollector {
             &bytes,
         )?;
 
+        // Relayed data by cluster, both data planes together.
+        let mut cluster_packets = Vec::with_capacity(2 * st.clusters.len());
+        let mut cluster_bytes = Vec::with_capacity(2 * st.clusters.len());
+        for (slot, cluster) in st.clusters.iter().enumerate() {
+            let kernel = s
+                .xdp
+                .as_ref()
+                .and_then(|x| x.relayed_by_cluster.get(slot).copied())
+                .unwrap_or_default();
+            for (direction, p, b) in [
+                (
+                    "to_peer",
+                    cluster.to_peer_packets + kernel.to_peer.packets,
+                    cluster.to_peer_bytes + kernel.to_peer.bytes,
+                ),
+                (
+                    "to_client",
+                    cluster.to_client_packets + kernel.to_client.packets,
+                    cluster.to_client_bytes + kernel.to_client.bytes,
+                ),
+            ] {
+                let row = labels([("cluster", &cluster.name), ("direction", direction)]);
+                cluster_packets.push((row.clone(), p));
+                cluster_bytes.push((row, b));
+            }
+        }
+        out.counters(
+            "xturn_cluster_packets",
+            "Datagrams relayed, by cluster of the peer (\"\": none) and direction (userspace and XDP).",
+            &cluster_packets,
+        )?;
+        out.counters(
+            "xturn_cluster_bytes",
+            "Application data bytes relayed, by cluster of the peer (\"\": none) and direction (userspace and XDP).",
+            &cluster_bytes,
+        )?;
+
         // The agent's sockets.
         let mut io_packets = Vec::new();
         let mut io_bytes = Vec::new();
@@ -729,6 +811,18 @@ mod tests {
         };
         stats.count_error(401);
         stats.count_error(599);
+        stats.clusters = vec![
+            turn::ClusterTraffic {
+                to_peer_packets: 2,
+                to_peer_bytes: 100,
+                ..turn::ClusterTraffic::new("")
+            },
+            turn::ClusterTraffic {
+                to_client_packets: 3,
+                to_client_bytes: 30,
+                ..turn::ClusterTraffic::new("media")
+            },
+        ];
         Snapshot {
             dataplane: "userspace",
             allocations: 3,
@@ -767,6 +861,20 @@ mod tests {
             ),
             5
         );
+        assert_eq!(
+            value(
+                &text,
+                "xturn_cluster_packets_total{cluster=\"\",direction=\"to_peer\"}"
+            ),
+            2
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xturn_cluster_bytes_total{cluster=\"media\",direction=\"to_client\"}"
+            ),
+            30
+        );
         assert!(text.contains("# TYPE stunner_allocations_active gauge"));
         assert!(!text.contains("xturn_xdp_"), "no XDP metrics without XDP");
         assert!(text.ends_with("# EOF\n"));
@@ -796,6 +904,19 @@ mod tests {
                     bytes: 400,
                 },
             },
+            relayed_by_cluster: vec![
+                ChannelCounters::default(),
+                ChannelCounters {
+                    to_peer: Counter {
+                        packets: 10,
+                        bytes: 1000,
+                    },
+                    to_client: Counter {
+                        packets: 5,
+                        bytes: 400,
+                    },
+                },
+            ],
             ..XdpSnapshot::default()
         });
         let text = render(snapshot).unwrap();
@@ -820,5 +941,27 @@ mod tests {
         );
         assert_eq!(value(&text, "xturn_xdp_bindings_installed"), 2);
         assert_eq!(value(&text, "xturn_xdp_bindings_capacity"), 1024);
+        // Per cluster: userspace plus the kernel's slot 1 ("media").
+        assert_eq!(
+            value(
+                &text,
+                "xturn_cluster_packets_total{cluster=\"media\",direction=\"to_client\"}"
+            ),
+            3 + 5
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xturn_cluster_bytes_total{cluster=\"media\",direction=\"to_peer\"}"
+            ),
+            1000
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xturn_cluster_bytes_total{cluster=\"\",direction=\"to_peer\"}"
+            ),
+            100
+        );
     }
 }

@@ -373,6 +373,13 @@ pub struct PeerPolicy {
     /// with routes whose clusters have no endpoints is present with an empty list (reaches
     /// nothing); a listener absent from the map has no routes (reaches everything not denied).
     routed: HashMap<String, Vec<Endpoint>>,
+    /// The names of the clusters, for metrics: [`PeerPolicy::cluster_of`] answers an index
+    /// into it.
+    cluster_names: Vec<String>,
+    /// Listeners with routes, mapped to the endpoints of their routed clusters, each with the
+    /// index of its cluster in `cluster_names`, in the clusters' order. Only for attributing
+    /// traffic to clusters: what a listener may reach is `routed`.
+    cluster_routes: HashMap<String, Vec<(usize, Endpoint)>>,
     /// Test-only override letting loopback peers through the default deny list.
     allow_loopback: bool,
 }
@@ -393,6 +400,8 @@ impl PeerPolicy {
             host_ips: Vec::new(),
             relay_ports: (0, u16::MAX),
             routed: HashMap::new(),
+            cluster_names: Vec::new(),
+            cluster_routes: HashMap::new(),
             allow_loopback: false,
         }
     }
@@ -445,19 +454,77 @@ impl PeerPolicy {
         let mut policy = PeerPolicy::open(own)
             .own_host(host_ips, (config.min_port, config.max_port))
             .allow_loopback(config.allow_loopback_peers);
+        // Every configured cluster has a name (and metrics), routed or not.
+        for cluster in &config.clusters {
+            policy.cluster_index(&cluster.name);
+        }
         for listener in &config.listeners {
             if listener.routes.is_empty() {
                 continue;
             }
-            let endpoints = config
+            // A routed listener whose clusters have no endpoints reaches nothing.
+            policy = policy.route(listener.name.clone(), Vec::new());
+            for cluster in config
                 .clusters
                 .iter()
                 .filter(|cluster| listener.routes.contains(&cluster.name))
-                .flat_map(|cluster| cluster.endpoints.iter().copied())
-                .collect::<Vec<_>>();
-            policy = policy.route(listener.name.clone(), endpoints);
+            {
+                policy = policy.route_cluster(
+                    listener.name.clone(),
+                    &cluster.name,
+                    cluster.endpoints.clone(),
+                );
+            }
         }
         policy
+    }
+
+    /// Restricts `listener` to `endpoints` (added to any it already has, as [`route`]
+    /// does), and attributes the traffic to peers they cover to cluster `cluster` (see
+    /// [`PeerPolicy::cluster_of`]). Clusters are matched in the order they were first named.
+    ///
+    /// [`route`]: PeerPolicy::route
+    pub fn route_cluster(
+        mut self,
+        listener: impl Into<String>,
+        cluster: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Self {
+        let listener = listener.into();
+        let index = self.cluster_index(cluster);
+        let routes = self.cluster_routes.entry(listener.clone()).or_default();
+        routes.extend(endpoints.iter().map(|e| (index, *e)));
+        routes.sort_by_key(|(index, _)| *index);
+        self.route(listener, endpoints)
+    }
+
+    /// The index of cluster `name` in [`PeerPolicy::cluster_names`], added if new.
+    fn cluster_index(&mut self, name: &str) -> usize {
+        match self.cluster_names.iter().position(|n| n == name) {
+            Some(index) => index,
+            None => {
+                self.cluster_names.push(name.to_owned());
+                self.cluster_names.len() - 1
+            }
+        }
+    }
+
+    /// The names of the clusters, indexed by what [`PeerPolicy::cluster_of`] answers.
+    pub fn cluster_names(&self) -> &[String] {
+        &self.cluster_names
+    }
+
+    /// For metrics: the index (into [`PeerPolicy::cluster_names`]) of the first cluster routed
+    /// from `listener` with an endpoint covering `peer` (address and port, either as given or
+    /// canonicalised, as [`PeerPolicy::permits`] matches). `None` when the listener has no
+    /// routes or no routed cluster covers the peer. It does not judge the deny list.
+    pub fn cluster_of(&self, listener: &str, peer: SocketAddr) -> Option<usize> {
+        let routes = self.cluster_routes.get(listener)?;
+        let canonical = SocketAddr::new(canonical_ip(peer.ip()), peer.port());
+        routes
+            .iter()
+            .find(|(_, e)| e.contains(peer) || e.contains(canonical))
+            .map(|(index, _)| *index)
     }
 
     /// Restricts `listener` to `endpoints` (added to any it already has). A listener given an
@@ -943,6 +1010,29 @@ mod tests {
         );
         assert_eq!(canonical_ip(ip("2001:db8::1")), ip("2001:db8::1"));
         assert_eq!(canonical_ip(ip("1.2.3.4")), ip("1.2.3.4"));
+    }
+
+    #[test]
+    fn cluster_of_names_the_first_covering_cluster() {
+        let policy = open()
+            .route_cluster("media", "rtp", vec![ep("10.0.0.0/8:5000-6000")])
+            .route_cluster("media", "wide", vec![ep("10.0.0.0/8")])
+            .route_cluster("other", "wide", vec![ep("192.0.2.0/24")])
+            .route("plain", vec![ep("198.18.0.0/15")]);
+        assert_eq!(policy.cluster_names(), ["rtp", "wide"]);
+        assert_eq!(policy.cluster_of("media", sa("10.1.2.3:5000")), Some(0));
+        assert_eq!(
+            policy.cluster_of("media", sa("[::ffff:10.1.2.3]:5000")),
+            Some(0)
+        );
+        assert_eq!(policy.cluster_of("media", sa("10.1.2.3:7000")), Some(1));
+        assert_eq!(policy.cluster_of("media", sa("192.0.2.1:7000")), None);
+        assert_eq!(policy.cluster_of("other", sa("192.0.2.1:7000")), Some(1));
+        assert_eq!(policy.cluster_of("plain", sa("198.18.0.1:7000")), None);
+        assert_eq!(policy.cluster_of("nope", sa("10.1.2.3:5000")), None);
+        // Routing is unchanged by the cluster names.
+        assert_eq!(policy.permits("media", sa("10.1.2.3:7000")), Ok(()));
+        assert!(policy.permits("media", sa("192.0.2.1:7000")).is_err());
     }
 
     /// A random address in one of the forbidden IPv4 ranges.

@@ -339,6 +339,21 @@ fn userspace_metrics_count_relayed_traffic() {
         ),
         (N * SIZE + 5 * IND_SIZE) as u64
     );
+    // No routes: all of it counts for no cluster (cluster="").
+    assert_eq!(
+        metric(
+            m,
+            "xturn_cluster_packets_total{cluster=\"\",direction=\"to_peer\"}"
+        ),
+        (N + 5) as u64
+    );
+    assert_eq!(
+        metric(
+            m,
+            "xturn_cluster_bytes_total{cluster=\"\",direction=\"to_client\"}"
+        ),
+        (N * SIZE + 5 * IND_SIZE) as u64
+    );
     assert_eq!(metric(m, "xturn_channels_active"), 1);
     assert_eq!(metric(m, "xturn_channels_bound_total"), 1);
     assert_eq!(metric(m, "xturn_permissions_active"), 1);
@@ -461,6 +476,21 @@ fn xdp_metrics_count_kernel_relayed_traffic() {
         ),
         0
     );
+    // Kernel traffic counts per cluster too: no routes, so cluster="".
+    assert_eq!(
+        metric(
+            m,
+            "xturn_cluster_packets_total{cluster=\"\",direction=\"to_client\"}"
+        ),
+        N as u64
+    );
+    assert_eq!(
+        metric(
+            m,
+            "xturn_cluster_bytes_total{cluster=\"\",direction=\"to_peer\"}"
+        ),
+        (N * SIZE) as u64
+    );
     assert_eq!(metric(m, "stunner_allocations_active"), 1);
     assert_eq!(metric(m, "stunner_connections_total"), 1);
     // All of it in the kernel: ChannelData (4 + data) in and data out each way.
@@ -473,6 +503,14 @@ fn xdp_metrics_count_kernel_relayed_traffic() {
     assert_eq!(metric(m, "xturn_xdp_bindings_installed"), 0);
     assert_eq!(metric(m, "stunner_bytes_received_total"), both);
     assert_eq!(metric(m, "stunner_bytes_sent_total"), both);
+    // Retired bindings keep their cluster's counts.
+    assert_eq!(
+        metric(
+            m,
+            "xturn_cluster_bytes_total{cluster=\"\",direction=\"to_peer\"}"
+        ),
+        (N * SIZE) as u64
+    );
 
     // A hairpin: two clients of this relay, each the other's peer. Each datagram is one
     // client → peer leg and one peer → client leg, as it would be in userspace.

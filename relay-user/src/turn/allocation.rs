@@ -35,6 +35,8 @@ pub(crate) struct Channel {
     /// `false` once expired: for 5 more minutes neither the number nor the peer may be bound to
     /// anything else (RFC 8656 §12), and no data flows.
     pub(crate) bound: bool,
+    /// The slot in `Stats::clusters` its traffic counts for, resolved when it was bound.
+    pub(crate) cluster: usize,
 }
 
 /// An allocation: relayed transport address(es) held for one client 5-tuple.
@@ -144,18 +146,23 @@ impl Allocation {
         self.permissions.get(&peer).is_some_and(|p| p.expires > now)
     }
 
-    /// The peer of a bound, unexpired channel.
-    pub(crate) fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+    /// The peer and cluster slot of a bound, unexpired channel.
+    pub(crate) fn channel_peer_cluster(
+        &self,
+        number: u16,
+        now: Instant,
+    ) -> Option<(SocketAddr, usize)> {
         self.channels
             .get(&number)
             .filter(|c| c.bound && c.expires > now)
-            .map(|c| c.peer)
+            .map(|c| (c.peer, c.cluster))
     }
 
-    /// The bound, unexpired channel to `peer`.
-    pub(crate) fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+    /// The bound, unexpired channel to `peer`, with its cluster slot.
+    pub(crate) fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<(u16, usize)> {
         let number = *self.channel_by_peer.get(&peer)?;
-        self.channel_peer(number, now).map(|_| number)
+        self.channel_peer_cluster(number, now)
+            .map(|(_, cluster)| (number, cluster))
     }
 
     /// The [`ChannelBinding`] of `number` to `peer`.
@@ -167,6 +174,7 @@ impl Allocation {
             relayed: self.relayed_for(peer.ip())?,
             peer,
             channel: number,
+            cluster: self.channels.get(&number).map_or(0, |c| c.cluster),
         })
     }
 }

@@ -36,7 +36,7 @@ pub use server::Server;
 pub use snapshot::{
     AllocationState, ChannelState, PermissionState, RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
 };
-pub use stats::Stats;
+pub use stats::{ClusterTraffic, Stats};
 
 /// Index of a listener in [`ServerConfig::listeners`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,6 +157,9 @@ pub struct ChannelBinding {
     pub relayed: SocketAddr,
     pub peer: SocketAddr,
     pub channel: u16,
+    /// The cluster its traffic counts for: a slot of [`Stats::clusters`] (0 is no cluster),
+    /// resolved by the peer policy in force when the channel was bound.
+    pub cluster: usize,
 }
 
 /// The transport between client and server.

@@ -148,6 +148,8 @@ pub struct Server {
     config: ServerConfig,
     credentials: Credentials,
     policy: PeerPolicy,
+    /// The slot in `stats.clusters` of each of the policy's clusters (by its index).
+    cluster_slots: Vec<usize>,
     nonces: NonceMint,
     rng: StdRng,
     start: Instant,
@@ -267,6 +269,26 @@ fn owned_allocation<'a>(
     }
 }
 
+/// The slot in `Stats::clusters` of the traffic a client on `listener` relays with `peer`: its
+/// cluster's by `policy` (whose cluster indexes `slots` maps), or 0 when it has none.
+fn cluster_slot(policy: &PeerPolicy, slots: &[usize], listener: &str, peer: SocketAddr) -> usize {
+    policy
+        .cluster_of(listener, peer)
+        .and_then(|index| slots.get(index).copied())
+        .unwrap_or(0)
+}
+
+/// Registers the clusters of `policy` in `stats` and answers the slot of each.
+fn cluster_slots(stats: &mut Stats, policy: &PeerPolicy) -> Vec<usize> {
+    // Slot 0, no cluster, comes first.
+    stats.cluster_slot("");
+    policy
+        .cluster_names()
+        .iter()
+        .map(|name| stats.cluster_slot(name))
+        .collect()
+}
+
 fn decode(frame: &StunFrame<'_>) -> Option<Message<Attribute>> {
     let bytes = frame.codec_bytes();
     match MessageDecoder::<Attribute>::new().decode_from_bytes(&bytes) {
@@ -306,11 +328,14 @@ impl Server {
         let software: String = config.software.chars().take(127).collect();
         let software = Software::new(software).unwrap_or(Software::new_static("xturn"));
         let start_unix = start_unix.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut stats = Stats::default();
+        let cluster_slots = cluster_slots(&mut stats, &policy);
         Server {
             ports: Ports::new(config.min_port, config.max_port),
             config,
             credentials,
             policy,
+            cluster_slots,
             nonces: NonceMint::new(&nonce_key),
             rng: StdRng::from_seed(rng_seed),
             start,
@@ -329,7 +354,7 @@ impl Server {
             timers: BTreeSet::new(),
             tx_cache: TransactionCache::new(TX_CACHE_TTL, TX_CACHE_CAPACITY, TX_CACHE_MAX_BYTES),
             commands: VecDeque::new(),
-            stats: Stats::default(),
+            stats,
             draining: false,
             state_version: 0,
         }
@@ -372,7 +397,13 @@ impl Server {
     /// Replaces the peer policy (a configuration reload). It applies to every later
     /// CreatePermission, ChannelBind and Send; permissions and channels already granted stay
     /// until they expire or are refreshed (a refresh is checked against the new policy).
+    ///
+    /// Traffic is attributed to clusters (`Stats::clusters`) by the policy in force when its
+    /// channel was bound (or, for Send and Data indications, when it is relayed): channels
+    /// bound before the reload keep counting for the cluster they were bound under. New
+    /// clusters get new slots; those the new policy drops keep theirs.
     pub fn set_policy(&mut self, policy: PeerPolicy) {
+        self.cluster_slots = cluster_slots(&mut self.stats, &policy);
         self.policy = policy;
     }
 
@@ -1493,6 +1524,7 @@ impl Server {
             self.stats.peer_denied += 1;
             return Reply::error(403);
         }
+        let cluster = cluster_slot(&self.policy, &self.cluster_slots, &name, peer);
         if allocation
             .channels
             .get(&number)
@@ -1528,6 +1560,10 @@ impl Server {
                 );
                 let was_bound = channel.bound;
                 channel.bound = true;
+                if !was_bound {
+                    // Bound anew (after its cooldown): counted by the policy in force now.
+                    channel.cluster = cluster;
+                }
                 !was_bound
             }
             None => {
@@ -1538,6 +1574,7 @@ impl Server {
                         expires: channel_expires,
                         timer_at: channel_expires,
                         bound: true,
+                        cluster,
                     },
                 );
                 self.timers
@@ -1613,10 +1650,18 @@ impl Server {
             self.stats.client_dropped_no_permission += 1;
             return;
         }
+        // Send is the slow path: its cluster is looked up per indication.
+        let cluster = cluster_slot(
+            &self.policy,
+            &self.cluster_slots,
+            self.listener_name(listener),
+            peer,
+        );
         // A borrowed payload is copied once here; a decoded one is moved.
         let data = data.into_owned();
         self.stats.relayed_to_peer_packets += 1;
         self.stats.relayed_to_peer_bytes += data.len() as u64;
+        self.stats.count_cluster_to_peer(cluster, data.len());
         self.stats.relayed_from_client_wire_bytes += wire_len as u64;
         self.commands.push_back(Command::SendToPeer {
             relayed,
@@ -1639,7 +1684,8 @@ impl Server {
             self.stats.unknown_client_dropped += 1;
             return;
         };
-        let Some(peer) = allocation.channel_peer(channel_data.channel, now) else {
+        let Some((peer, cluster)) = allocation.channel_peer_cluster(channel_data.channel, now)
+        else {
             self.stats.unbound_channel_dropped += 1;
             return;
         };
@@ -1653,6 +1699,8 @@ impl Server {
         };
         self.stats.relayed_to_peer_packets += 1;
         self.stats.relayed_to_peer_bytes += channel_data.data.len() as u64;
+        self.stats
+            .count_cluster_to_peer(cluster, channel_data.data.len());
         self.stats.relayed_from_client_wire_bytes += data.len() as u64;
         self.commands.push_back(Command::SendToPeer {
             relayed,
@@ -1683,11 +1731,19 @@ impl Server {
             return;
         }
         let (listener, client) = (allocation.listener, allocation.five_tuple.client);
-        let bytes = match allocation.channel_to(peer, now) {
-            Some(number) => wire::encode_channel_data(number, data),
+        let (bytes, cluster) = match allocation.channel_to(peer, now) {
+            Some((number, cluster)) => (wire::encode_channel_data(number, data), cluster),
             None => {
+                // Data indications are the slow path: their cluster is looked up per datagram.
+                let cluster = cluster_slot(
+                    &self.policy,
+                    &self.cluster_slots,
+                    self.listener_name(listener),
+                    peer,
+                );
                 let transaction_id: [u8; 12] = self.rng.random();
-                wire::encode_data_indication(transaction_id, peer, data)
+                let bytes = wire::encode_data_indication(transaction_id, peer, data);
+                (bytes, cluster)
             }
         };
         let Some(bytes) = bytes else {
@@ -1697,6 +1753,7 @@ impl Server {
         };
         self.stats.relayed_to_client_packets += 1;
         self.stats.relayed_to_client_bytes += data.len() as u64;
+        self.stats.count_cluster_to_client(cluster, data.len());
         self.stats.relayed_to_client_wire_bytes += bytes.len() as u64;
         self.commands.push_back(Command::SendToClient {
             listener,
@@ -2054,6 +2111,12 @@ impl Server {
                     expires,
                     timer_at: expires,
                     bound: is_bound,
+                    cluster: cluster_slot(
+                        &self.policy,
+                        &self.cluster_slots,
+                        self.listener_name(listener),
+                        channel.peer,
+                    ),
                 },
             );
             timers.push((expires, Timer::Channel(five_tuple, channel.number)));

@@ -79,6 +79,35 @@ pub struct Stats {
     pub drain_rejections: u64,
     /// BindRelay outcomes that were failures.
     pub relay_bind_failures: u64,
+    /// Relayed traffic per cluster, indexed by cluster slot: slot 0 is `""` (peers outside
+    /// every routed cluster, and listeners without routes), then every cluster any peer policy
+    /// in force has named, in the order first seen. Slots are never removed or renamed, so a
+    /// configuration reload that drops or renames a cluster leaves its counters (which stop
+    /// growing). Empty only in a `Stats::default()`.
+    pub clusters: Vec<ClusterTraffic>,
+}
+
+/// Traffic relayed in userspace for one cluster (see [`Stats::clusters`]): datagrams and their
+/// data bytes (what the peer receives, or what it sent), as `relayed_to_*_packets` and
+/// `relayed_to_*_bytes` count them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterTraffic {
+    /// The cluster's name; `""` for slot 0.
+    pub name: String,
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+}
+
+impl ClusterTraffic {
+    /// No traffic yet, for cluster `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        ClusterTraffic {
+            name: name.into(),
+            ..ClusterTraffic::default()
+        }
+    }
 }
 
 impl Stats {
@@ -107,6 +136,37 @@ impl Stats {
             .iter()
             .find(|(c, _)| *c == code)
             .map_or(self.error_other, |(_, n)| *n)
+    }
+
+    /// Counts a datagram of `bytes` data bytes relayed to a peer of the cluster in `slot`.
+    pub(crate) fn count_cluster_to_peer(&mut self, slot: usize, bytes: usize) {
+        if let Some(cluster) = self.clusters.get_mut(slot) {
+            cluster.to_peer_packets += 1;
+            cluster.to_peer_bytes += bytes as u64;
+        }
+    }
+
+    /// Counts a datagram of `bytes` data bytes relayed to a client from a peer of the cluster
+    /// in `slot`.
+    pub(crate) fn count_cluster_to_client(&mut self, slot: usize, bytes: usize) {
+        if let Some(cluster) = self.clusters.get_mut(slot) {
+            cluster.to_client_packets += 1;
+            cluster.to_client_bytes += bytes as u64;
+        }
+    }
+
+    /// The slot of cluster `name`, added (with no traffic) if new.
+    pub(crate) fn cluster_slot(&mut self, name: &str) -> usize {
+        if self.clusters.is_empty() {
+            self.clusters.push(ClusterTraffic::new(""));
+        }
+        match self.clusters.iter().position(|c| c.name == name) {
+            Some(index) => index,
+            None => {
+                self.clusters.push(ClusterTraffic::new(name));
+                self.clusters.len() - 1
+            }
+        }
     }
 
     pub(crate) fn count_error(&mut self, code: u16) {

@@ -280,3 +280,142 @@ fn send_indications_with_other_attributes_are_decoded() {
     assert_eq!(h.server.stats().malformed_dropped, 1);
     assert_eq!(h.server.stats().relayed_to_peer_packets, 1);
 }
+
+/// `(name, to_peer packets, to_peer bytes, to_client packets, to_client bytes)` per slot.
+fn cluster_counts(h: &Harness) -> Vec<(String, u64, u64, u64, u64)> {
+    h.server
+        .stats()
+        .clusters
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.to_peer_packets,
+                c.to_peer_bytes,
+                c.to_client_packets,
+                c.to_client_bytes,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn relayed_traffic_is_counted_per_cluster() {
+    let ep = |s: &str| s.parse::<crate::policy::Endpoint>().unwrap();
+    // Two clusters routed from "main" (the first covering a peer wins), one from a listener
+    // this server does not have.
+    let policy = PeerPolicy::open(vec![listener_addr()])
+        .route_cluster("main", "rtp", vec![ep("203.0.113.0/24:6000")])
+        .route_cluster("main", "media", vec![ep("203.0.113.0/24")])
+        .route_cluster("edge", "other", vec![ep("10.0.0.0/8")]);
+    let mut h = Harness::with_policy(config(), credentials(), policy);
+    let row = |name: &str, counts: [u64; 4]| {
+        let [a, b, c, d] = counts;
+        (name.to_owned(), a, b, c, d)
+    };
+    assert_eq!(
+        cluster_counts(&h),
+        vec![
+            row("", [0; 4]),
+            row("rtp", [0; 4]),
+            row("media", [0; 4]),
+            row("other", [0; 4]),
+        ]
+    );
+
+    let mut client = Client::alice();
+    let relayed = h.allocate(&mut client);
+    // A channel to a peer of "rtp", resolved when bound.
+    let commands = h.call(
+        &mut client,
+        CHANNEL_BIND,
+        vec![
+            ChannelNumber::new(0x4001).into(),
+            XorPeerAddress::new(peer()).into(),
+        ],
+    );
+    assert!(response_in(&commands, client.addr).is_success());
+    let bound: Vec<usize> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::ChannelBound(b) => Some(b.cluster),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bound, vec![1]);
+    assert_eq!(
+        h.client_sends(client.addr, &channel_data(0x4001, b"abcd"))
+            .len(),
+        1
+    );
+    assert_eq!(
+        sent_to(&h.peer_sends(relayed, peer(), b"xy"), client.addr).len(),
+        1
+    );
+    // Send and Data indications to and from another port: "media".
+    let other_port = addr("203.0.113.5:7000");
+    let bytes = send_indication(&mut client, other_port, b"hello", false);
+    assert_eq!(h.client_sends(client.addr, &bytes).len(), 1);
+    assert_eq!(
+        sent_to(&h.peer_sends(relayed, other_port, b"abc"), client.addr).len(),
+        1
+    );
+    assert_eq!(
+        cluster_counts(&h),
+        vec![
+            row("", [0; 4]),
+            row("rtp", [1, 4, 1, 2]),
+            row("media", [1, 5, 1, 3]),
+            row("other", [0; 4]),
+        ]
+    );
+
+    // A reload drops the routes of "main" and names a new cluster: the channel keeps counting
+    // for the cluster it was bound under, indications count for no cluster, and the old
+    // clusters keep their counters.
+    h.server.set_policy(
+        PeerPolicy::open(vec![listener_addr()])
+            .route_cluster("edge", "other", vec![ep("10.0.0.0/8")])
+            .route_cluster("edge", "new", vec![ep("10.0.0.0/8")]),
+    );
+    assert_eq!(
+        h.client_sends(client.addr, &channel_data(0x4001, b"abcdef"))
+            .len(),
+        1
+    );
+    let bytes = send_indication(&mut client, other_port, b"hi", false);
+    assert_eq!(h.client_sends(client.addr, &bytes).len(), 1);
+    assert_eq!(
+        sent_to(&h.peer_sends(relayed, other_port, b"z"), client.addr).len(),
+        1
+    );
+    assert_eq!(
+        cluster_counts(&h),
+        vec![
+            row("", [1, 2, 1, 1]),
+            row("rtp", [2, 10, 1, 2]),
+            row("media", [1, 5, 1, 3]),
+            row("other", [0; 4]),
+            row("new", [0; 4]),
+        ]
+    );
+    // Every relayed datagram counted for exactly one cluster.
+    let stats = h.server.stats();
+    let clusters = &stats.clusters;
+    assert_eq!(
+        clusters.iter().map(|c| c.to_peer_packets).sum::<u64>(),
+        stats.relayed_to_peer_packets
+    );
+    assert_eq!(
+        clusters.iter().map(|c| c.to_peer_bytes).sum::<u64>(),
+        stats.relayed_to_peer_bytes
+    );
+    assert_eq!(
+        clusters.iter().map(|c| c.to_client_packets).sum::<u64>(),
+        stats.relayed_to_client_packets
+    );
+    assert_eq!(
+        clusters.iter().map(|c| c.to_client_bytes).sum::<u64>(),
+        stats.relayed_to_client_bytes
+    );
+}

@@ -321,11 +321,15 @@ impl Harness {
     }
 
     pub fn with(config: ServerConfig, credentials: Credentials) -> Self {
+        Harness::with_policy(config, credentials, PeerPolicy::open(vec![listener_addr()]))
+    }
+
+    pub fn with_policy(config: ServerConfig, credentials: Credentials, policy: PeerPolicy) -> Self {
         let start = Instant::now();
         let server = Server::new(
             config,
             credentials,
-            PeerPolicy::open(vec![listener_addr()]),
+            policy,
             [42; 32],
             [7; 32],
             start,

@@ -152,6 +152,7 @@ fn channel_bind_rules() {
         relayed,
         peer: peer(),
         channel: 0x4000,
+        cluster: 0,
     };
     assert_eq!(bound(&commands), vec![expected]);
     // It also installed the permission.
