@@ -28,29 +28,26 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{setup, sh};
+use crate::{
+    setup, sh,
+    topology::{CLIENT_IP, LISTENER_IP, Names, RELAY_IP, Topology, netns_cmd, run_quiet},
+};
 
 const CLIENT_NS: &str = "xturn-bench-client";
 const RELAY_NS: &str = "xturn-bench-relay";
 const PEER_NS: &str = "xturn-bench-peer";
-const NAMESPACES: [&str; 3] = [CLIENT_NS, RELAY_NS, PEER_NS];
+const NAMES: Names = Names {
+    client: CLIENT_NS,
+    relay: RELAY_NS,
+    peer: PEER_NS,
+    links: ["xtb-c0", "xtb-r0", "xtb-r1", "xtb-p0"],
+};
 
-const CLIENT_IP: &str = "198.18.1.2";
-const LISTENER_IP: &str = "198.18.1.1";
 const LISTENER: &str = "198.18.1.1:3478";
-const RELAY_IP: &str = "198.18.2.1";
-const PEER_IP: &str = "198.18.2.2";
 const PEER: &str = "198.18.2.2:4000";
 const REALM: &str = "bench.xturn";
 const USER: &str = "bench:bench-password";
 
-/// (namespace, interface) of every veth end; the relay's are the middle two.
-const LINKS: [(&str, &str); 4] = [
-    (CLIENT_NS, "xtb-c0"),
-    (RELAY_NS, "xtb-r0"),
-    (RELAY_NS, "xtb-r1"),
-    (PEER_NS, "xtb-p0"),
-];
 const RELAY_IFS: [&str; 2] = ["xtb-r0", "xtb-r1"];
 const LOAD_IFS: [&str; 2] = ["xtb-c0", "xtb-p0"];
 
@@ -536,7 +533,7 @@ pub fn run(opts: &Options) -> Result<()> {
     };
 
     sh::step("bench: creating the topology (client ⇄ relay ⇄ peer namespaces)");
-    let topology = Topology::create()?;
+    let topology = Topology::create(&NAMES, true)?;
     let bpf_stats = BpfStats::enable();
 
     let mut contenders = Vec::new();
@@ -1135,113 +1132,6 @@ fn pin_napi_threads(cores: &Cores) -> Result<()> {
 }
 
 // ---- topology and processes --------------------------------------------------------------
-
-/// Runs `cmd` with its output discarded unless it fails.
-fn run_quiet(mut cmd: Command) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} {:?} failed: {}{}",
-            cmd.get_program(),
-            cmd.get_args().collect::<Vec<_>>(),
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
-    Ok(())
-}
-
-fn netns_cmd(ns: &str, program: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, program]).args(args);
-    cmd
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    run_quiet(sh::cmd("ip", args))
-}
-
-/// The benchmark's namespaces; deleted on drop.
-struct Topology;
-
-impl Topology {
-    fn create() -> Result<Topology> {
-        // Leftovers of an interrupted run would make `ip netns add` fail.
-        for ns in NAMESPACES {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let topology = Topology;
-        for ns in NAMESPACES {
-            ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        ip(&[
-            "link", "add", "xtb-c0", "netns", CLIENT_NS, "type", "veth", "peer", "name", "xtb-r0",
-            "netns", RELAY_NS,
-        ])?;
-        ip(&[
-            "link", "add", "xtb-r1", "netns", RELAY_NS, "type", "veth", "peer", "name", "xtb-p0",
-            "netns", PEER_NS,
-        ])?;
-        for ((ns, ifname), cidr) in LINKS.iter().zip([
-            "198.18.1.2/24",
-            "198.18.1.1/24",
-            "198.18.2.1/24",
-            "198.18.2.2/24",
-        ]) {
-            ip(&["-n", ns, "addr", "add", cidr, "dev", ifname])?;
-            ip(&["-n", ns, "link", "set", ifname, "up"])?;
-        }
-        // Forwarding in the relay namespace (bpf_fib_lookup needs it; the userspace relays do
-        // not care), for every contender alike.
-        run_quiet(netns_cmd(
-            RELAY_NS,
-            "sysctl",
-            &["-qw", "net.ipv4.ip_forward=1"],
-        ))?;
-        for (ns, ifname) in LINKS {
-            // GRO on every end gives each veth a NAPI instance, which the XDP path needs on the
-            // receiving ends of redirected frames and which lets the receive work run in a
-            // NAPI thread; TX checksum offload off on the outer ends (full checksums from the
-            // hosts' sockets, as a NIC delivers them).
-            let outer = LOAD_IFS.contains(&ifname);
-            let mut args = vec!["-K", ifname, "gro", "on"];
-            if outer {
-                args.extend(["tx", "off"]);
-            }
-            run_quiet(netns_cmd(ns, "ethtool", &args))?;
-            run_quiet(netns_cmd(
-                ns,
-                "sh",
-                &["-c", &format!("echo 1 > /sys/class/net/{ifname}/threaded")],
-            ))?;
-        }
-        for (ns, ip) in [
-            (RELAY_NS, CLIENT_IP),
-            (RELAY_NS, PEER_IP),
-            (CLIENT_NS, LISTENER_IP),
-            (PEER_NS, RELAY_IP),
-        ] {
-            run_quiet(netns_cmd(ns, "ping", &["-c", "1", "-W", "2", "-q", ip]))?;
-        }
-        Ok(topology)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in NAMESPACES {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        eprintln!("bench: namespaces removed");
-    }
-}
 
 /// `kernel.bpf_stats_enabled` on for the run (per-program run time in `bpftool prog show`),
 /// restored on drop.

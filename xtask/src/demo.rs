@@ -17,12 +17,20 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{setup, sh};
+use crate::{
+    setup, sh,
+    topology::{Names, Topology, netns_cmd},
+};
 
-const NAMESPACES: [&str; 3] = ["xturn-demo-client", "xturn-demo-relay", "xturn-demo-peer"];
-const CLIENT: &str = NAMESPACES[0];
-const RELAY: &str = NAMESPACES[1];
-const PEER: &str = NAMESPACES[2];
+const CLIENT: &str = "xturn-demo-client";
+const RELAY: &str = "xturn-demo-relay";
+const PEER: &str = "xturn-demo-peer";
+const NAMES: Names = Names {
+    client: CLIENT,
+    relay: RELAY,
+    peer: PEER,
+    links: ["xtd-c0", "xtd-r0", "xtd-r1", "xtd-p0"],
+};
 
 pub fn run() -> Result<()> {
     setup::run()?;
@@ -37,16 +45,16 @@ pub fn run() -> Result<()> {
     let bin = sh::root().join("target/release");
 
     sh::step("demo: creating the topology (client ⇄ relay ⇄ peer namespaces)");
-    let topology = Topology::create()?;
+    let _topology = Topology::create(&NAMES, false)?;
 
     sh::step("demo: starting the echo peer and xturnd");
-    let _peer = topology.spawn(
+    let _peer = spawn(
         PEER,
         "turnutils_peer",
         &["-L", "198.18.2.2", "-p", "3480"],
         false,
     )?;
-    let xturnd = topology.spawn(
+    let xturnd = spawn(
         RELAY,
         &bin.join("xturnd").to_string_lossy(),
         &[
@@ -59,7 +67,9 @@ pub fn run() -> Result<()> {
             "--user",
             "demo:demo-password",
             "--dataplane",
-            "auto",
+            "xdp",
+            "--drain-timeout",
+            "0",
             "--log-level",
             "info",
         ],
@@ -159,16 +169,6 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    sh::run(sh::cmd("ip", args))
-}
-
-fn netns_cmd(ns: &str, program: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, program]).args(args);
-    cmd
-}
-
 fn wait_for_stun(bin: &std::path::Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -185,84 +185,19 @@ fn wait_for_stun(bin: &std::path::Path) -> Result<()> {
     bail!("xturnd did not answer a STUN Binding within 10 s")
 }
 
-/// The demo namespaces; deleted on drop.
-struct Topology;
-
-impl Topology {
-    fn create() -> Result<Topology> {
-        // Leftovers of an interrupted demo would make `ip netns add` fail.
-        for ns in NAMESPACES {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let topology = Topology;
-        for ns in NAMESPACES {
-            ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        ip(&[
-            "link", "add", "xtd-c0", "netns", CLIENT, "type", "veth", "peer", "name", "xtd-r0",
-            "netns", RELAY,
-        ])?;
-        ip(&[
-            "link", "add", "xtd-r1", "netns", RELAY, "type", "veth", "peer", "name", "xtd-p0",
-            "netns", PEER,
-        ])?;
-        for (ns, ifname, cidr) in [
-            (CLIENT, "xtd-c0", "198.18.1.2/24"),
-            (RELAY, "xtd-r0", "198.18.1.1/24"),
-            (RELAY, "xtd-r1", "198.18.2.1/24"),
-            (PEER, "xtd-p0", "198.18.2.2/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", cidr, "dev", ifname])?;
-            ip(&["-n", ns, "link", "set", ifname, "up"])?;
-        }
-        // What the XDP fast path needs on veths (see docs/architecture.md, "Running on veths"):
-        // forwarding for bpf_fib_lookup, NAPI (GRO) on the receiving ends of redirected frames,
-        // and full checksums from the hosts' sockets (TX checksum offload off).
-        sh::run(netns_cmd(
-            RELAY,
-            "sysctl",
-            &["-qw", "net.ipv4.ip_forward=1"],
-        ))?;
-        for (ns, ifname) in [(CLIENT, "xtd-c0"), (PEER, "xtd-p0")] {
-            sh::run(netns_cmd(
-                ns,
-                "ethtool",
-                &["-K", ifname, "tx", "off", "gro", "off"],
-            ))?;
-            sh::run(netns_cmd(ns, "ethtool", &["-K", ifname, "gro", "on"]))?;
-        }
-        for ip in ["198.18.1.2", "198.18.2.2"] {
-            sh::run(netns_cmd(RELAY, "ping", &["-c", "1", "-W", "2", "-q", ip]))?;
-        }
-        Ok(topology)
+/// Starts `program ARGS` in namespace `ns`, its output captured or discarded.
+fn spawn(ns: &str, program: &str, args: &[&str], capture: bool) -> Result<Process> {
+    let mut cmd = netns_cmd(ns, program, args);
+    cmd.stdin(Stdio::null());
+    if capture {
+        cmd.stderr(Stdio::piped()).stdout(Stdio::piped());
+    } else {
+        cmd.stderr(Stdio::null()).stdout(Stdio::null());
     }
-
-    fn spawn(&self, ns: &str, program: &str, args: &[&str], capture: bool) -> Result<Process> {
-        let mut cmd = netns_cmd(ns, program, args);
-        cmd.stdin(Stdio::null());
-        if capture {
-            cmd.stderr(Stdio::piped()).stdout(Stdio::piped());
-        } else {
-            cmd.stderr(Stdio::null()).stdout(Stdio::null());
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {program} in {ns}"))?;
-        Ok(Process(Some(child)))
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in NAMESPACES {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        eprintln!("demo: namespaces removed");
-    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {program} in {ns}"))?;
+    Ok(Process(Some(child)))
 }
 
 /// A process in a namespace, killed on drop.

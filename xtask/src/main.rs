@@ -3,6 +3,7 @@ mod bench;
 mod demo;
 mod setup;
 mod sh;
+mod topology;
 
 use std::time::Instant;
 
