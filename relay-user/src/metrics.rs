@@ -540,10 +540,16 @@ impl Collector for SnapshotCollector {
             "Error responses sent, by code.",
             &errors,
         )?;
-        out.counter(
+        let auth_failures: Vec<_> = st
+            .auth_failures_by_reason
+            .by_reason()
+            .into_iter()
+            .map(|(reason, n)| (vec![("reason", reason.to_owned())], n))
+            .collect();
+        out.counters(
             "xturn_auth_failures",
-            "Requests with wrong, unknown or expired credentials.",
-            st.auth_failures,
+            "Requests with wrong, unknown or expired credentials, by reason.",
+            &auth_failures,
         )?;
         out.counter(
             "xturn_stale_nonces",

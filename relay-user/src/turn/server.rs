@@ -781,6 +781,7 @@ impl Server {
                 Some(name) => name.to_owned(),
                 None => {
                     self.stats.auth_failures += 1;
+                    self.stats.auth_failures_by_reason.unknown_userhash += 1;
                     debug!(%client, "unknown USERHASH");
                     return Err(self.challenge(401, client, unix_now));
                 }
@@ -794,6 +795,14 @@ impl Server {
             Ok(keys) => keys,
             Err(error) => {
                 self.stats.auth_failures += 1;
+                match error {
+                    auth::AuthError::Expired { .. } => {
+                        self.stats.auth_failures_by_reason.expired += 1;
+                    }
+                    auth::AuthError::UnknownUser(_) => {
+                        self.stats.auth_failures_by_reason.unknown_user += 1;
+                    }
+                }
                 debug!(%client, %error, "authentication failed");
                 return Err(self.challenge(401, client, unix_now));
             }
@@ -806,6 +815,7 @@ impl Server {
             }),
             None => {
                 self.stats.auth_failures += 1;
+                self.stats.auth_failures_by_reason.wrong_integrity += 1;
                 debug!(%client, %username, "wrong message integrity");
                 Err(self.challenge(401, client, unix_now))
             }

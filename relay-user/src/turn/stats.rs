@@ -44,6 +44,8 @@ pub struct Stats {
     pub peer_denied: u64,
     /// Requests whose credentials were wrong, unknown or expired (401 after MESSAGE-INTEGRITY).
     pub auth_failures: u64,
+    /// `auth_failures` by reason.
+    pub auth_failures_by_reason: AuthFailures,
     /// Requests with an expired or foreign NONCE (438).
     pub stale_nonces: u64,
     /// Client datagrams that are neither valid STUN nor valid ChannelData, and bad indications.
@@ -186,5 +188,30 @@ impl Stats {
             _ => &mut self.error_other,
         };
         *counter += 1;
+    }
+}
+
+/// Authentication failures by reason (they add up to `Stats::auth_failures`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthFailures {
+    /// Neither a static user nor a valid TURN REST username.
+    pub unknown_user: u64,
+    /// A TURN REST username whose expiry has passed.
+    pub expired: u64,
+    /// MESSAGE-INTEGRITY(-SHA256) did not verify with the user's key: a wrong password.
+    pub wrong_integrity: u64,
+    /// A USERHASH that matches no static user.
+    pub unknown_userhash: u64,
+}
+
+impl AuthFailures {
+    /// (label, count) pairs for metrics.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("unknown_user", self.unknown_user),
+            ("expired", self.expired),
+            ("wrong_integrity", self.wrong_integrity),
+            ("unknown_userhash", self.unknown_userhash),
+        ]
     }
 }

@@ -59,6 +59,8 @@ fn wrong_password_and_unknown_user_are_401() {
         Some(401)
     );
     assert_eq!(h.server.stats().auth_failures, 2);
+    let reasons = h.server.stats().auth_failures_by_reason;
+    assert_eq!((reasons.wrong_integrity, reasons.unknown_user), (1, 1));
     assert_eq!(h.server.allocation_count(), 0);
 }
 
@@ -112,6 +114,8 @@ fn rest_credentials_valid_expired_and_wrong() {
         Some(401)
     );
     assert_eq!(h.server.stats().auth_failures, 3);
+    let reasons = h.server.stats().auth_failures_by_reason;
+    assert_eq!((reasons.expired, reasons.wrong_integrity), (2, 1));
 }
 
 #[test]
@@ -198,6 +202,7 @@ fn userhash_for_static_users_only() {
         Some(401)
     );
     assert_eq!(h.server.stats().auth_failures, 1);
+    assert_eq!(h.server.stats().auth_failures_by_reason.unknown_userhash, 1);
 }
 
 #[test]
