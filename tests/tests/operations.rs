@@ -22,6 +22,7 @@ use relay_user::client::{
     proto::{TransactionId, build_send_indication},
 };
 use xturn_tests::{
+    clients::block_on,
     netns::{ChildGuard, NetNs},
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
@@ -173,13 +174,7 @@ fn in_client<T: Send, F: std::future::Future<Output = T>>(
     topology: &Topology,
     f: impl FnOnce() -> F + Send,
 ) -> T {
-    topology.client.within(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f())
-    })
+    topology.client.within(|| block_on(f()))
 }
 
 async fn connect() -> TurnClient {

@@ -9,6 +9,7 @@ use std::{
 
 use relay_user::client::{AllocateOptions, ClientCredentials, ClientError, TurnClient};
 use xturn_tests::{
+    clients::block_on,
     netns::ChildGuard,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
@@ -109,11 +110,7 @@ fn reload_applies_users_and_routes_keeps_allocations_and_rejects_bad_files() {
     let peer: SocketAddr = format!("{PEER_V4}:3480").parse().expect("peer");
 
     topology.client.within(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        block_on(async {
             // alice, live across every reload below.
             let mut alice = TurnClient::connect(server, ClientCredentials::new("alice", "one"))
                 .await

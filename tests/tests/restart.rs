@@ -13,6 +13,7 @@ use std::{
 
 use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
 use xturn_tests::{
+    clients::{block_on, log_path},
     netns::ChildGuard,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
@@ -68,10 +69,6 @@ impl Drop for BpfMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.path()).status();
     }
-}
-
-fn log_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("xturn-{}-{name}.log", std::process::id()))
 }
 
 fn payload(seq: u32) -> Vec<u8> {
@@ -138,11 +135,7 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
         });
         let outcome = topology.client.within(|| {
             let ready_rx = ready_rx;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
+            block_on(async {
                 let mut client =
                     TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
                         .await

@@ -9,6 +9,7 @@ use std::{
 };
 
 use xturn_tests::{
+    clients::{PEER_PORT, UclientTotals, start_echo_peers, uclient},
     netns::ChildGuard,
     topology::{LISTENER_V4, LISTENER_V6, PEER_V4, PEER_V6, RELAY_V4, RELAY_V6, Topology, binary},
 };
@@ -17,7 +18,6 @@ const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
 const REST_SECRET: &str = "rest-api-secret";
 const REALM: &str = "xturn.test";
-const PEER_PORT: &str = "3480";
 
 /// `xturnd` on both listener families, relaying on both families, userspace data plane.
 fn start_relay(topology: &Topology) -> ChildGuard {
@@ -49,64 +49,9 @@ fn start_relay(topology: &Topology) -> ChildGuard {
     ])
 }
 
-/// coturn's UDP echo peers on both peer addresses.
-fn start_echo_peers(topology: &Topology) -> Vec<ChildGuard> {
-    [PEER_V4, PEER_V6]
-        .iter()
-        .map(|ip| {
-            topology
-                .peer
-                .spawn("turnutils_peer", &["-L", ip, "-p", PEER_PORT])
-        })
-        .collect()
-}
-
 fn assert_alive(relay: &mut ChildGuard) {
     let status = relay.child().try_wait().expect("query xturnd");
     assert!(status.is_none(), "xturnd exited: {status:?}");
-}
-
-struct UclientResult {
-    sent: u64,
-    received: u64,
-    lost: u64,
-}
-
-/// Runs `turnutils_uclient ARGS SERVER` in the client namespace and parses its totals.
-fn uclient(topology: &Topology, args: &[&str], server: &str) -> UclientResult {
-    let mut all: Vec<&str> = args.to_vec();
-    all.push(server);
-    let out = timeout_output(&topology.client.command("turnutils_uclient", &all), 60);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let field = |key: &str| -> Option<u64> {
-        text.lines()
-            .rev()
-            .filter(|l| !l.contains("msz="))
-            .filter_map(|l| l.split(key).nth(1))
-            .filter_map(|rest| {
-                rest.trim_start()
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|n| n.parse().ok())
-            })
-            .next()
-    };
-    match (
-        field("tot_send_msgs="),
-        field("tot_recv_msgs="),
-        field("Total lost packets"),
-    ) {
-        (Some(sent), Some(received), Some(lost)) => UclientResult {
-            sent,
-            received,
-            lost,
-        },
-        _ => panic!("turnutils_uclient {args:?} {server} gave no totals:\n{text}"),
-    }
 }
 
 /// Runs a command with a time limit (it is killed after `secs`).
@@ -118,7 +63,7 @@ fn timeout_output(cmd: &Command, secs: u64) -> Output {
     full.output().expect("run command under timeout")
 }
 
-fn assert_no_loss(what: &str, r: &UclientResult, expected_sent: u64) {
+fn assert_no_loss(what: &str, r: &UclientTotals, expected_sent: u64) {
     assert_eq!(r.sent, expected_sent, "{what}: sent");
     assert_eq!(r.received, r.sent, "{what}: every echo came back");
     assert_eq!(r.lost, 0, "{what}: Total lost packets");

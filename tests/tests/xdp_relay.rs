@@ -4,19 +4,16 @@
 //!
 //! The counters come from xturnd's own report when it stops (its `XDP counter` and `userspace
 //! counters` log lines), so the test sees what an operator would.
-use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
 use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
 use xturn_tests::{
+    clients::{
+        PEER_PORT, UclientTotals, block_on, log_path, number_after, start_echo_peers, uclient,
+    },
     netns::ChildGuard,
     topology::{LISTENER_V4, LISTENER_V6, PEER_V4, PEER_V6, RELAY_V4, RELAY_V6, Topology, binary},
 };
-
-const PEER_PORT: &str = "3480";
-
-fn log_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("xturn-{}-{name}.log", std::process::id()))
-}
 
 fn start_xdp_relay(topology: &Topology, log: &std::path::Path, extra: &[&str]) -> ChildGuard {
     let mut args = vec![
@@ -50,17 +47,6 @@ fn start_xdp_relay(topology: &Topology, log: &std::path::Path, extra: &[&str]) -
     topology.start_xturnd_logged(&args, log)
 }
 
-fn start_echo_peers(topology: &Topology) -> Vec<ChildGuard> {
-    [PEER_V4, PEER_V6]
-        .iter()
-        .map(|ip| {
-            topology
-                .peer
-                .spawn("turnutils_peer", &["-L", ip, "-p", PEER_PORT])
-        })
-        .collect()
-}
-
 /// Stops xturnd and returns its log.
 fn stop(relay: ChildGuard, log: &std::path::Path) -> String {
     let out = relay.terminate();
@@ -88,39 +74,6 @@ fn userspace(log: &str, field: &str) -> u64 {
         .filter(|l| l.contains("userspace counters"))
         .find_map(|l| number_after(l, &format!("{field}: ")))
         .unwrap_or_else(|| panic!("no userspace counter {field} in:\n{log}"))
-}
-
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn uclient(topology: &Topology, args: &[&str], server: &str) -> (u64, u64, u64) {
-    let mut all = vec!["60", "turnutils_uclient"];
-    all.extend_from_slice(args);
-    all.push(server);
-    let out = topology
-        .client
-        .command("timeout", &all)
-        .output()
-        .expect("run uclient");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let last = |key: &str| {
-        text.lines()
-            .rev()
-            .filter(|l| !l.contains("msz="))
-            .find_map(|l| number_after(l, key))
-            .unwrap_or_else(|| panic!("uclient gave no {key}:\n{text}"))
-    };
-    (
-        last("tot_send_msgs="),
-        last("tot_recv_msgs="),
-        last("Total lost packets "),
-    )
 }
 
 fn xturnctl_ping(topology: &Topology, server: &str, peer: &str, mode: &str, count: &str) {
@@ -171,7 +124,11 @@ fn bound_channels_are_relayed_in_the_kernel_and_the_rest_in_userspace() {
     let relay = start_xdp_relay(&topology, &log, &[]);
 
     // Channels: coturn's client over IPv4, xturnctl over IPv6 (and IPv4 client → IPv6 relay).
-    let (sent, received, lost) = uclient(
+    let UclientTotals {
+        sent,
+        received,
+        lost,
+    } = uclient(
         &topology,
         &[
             "-u",
@@ -216,7 +173,11 @@ fn bound_channels_are_relayed_in_the_kernel_and_the_rest_in_userspace() {
     let channel_datagrams = 50 + 100 + 100;
 
     // Send indications are not ChannelData: they go through userspace.
-    let (sent, received, lost) = uclient(
+    let UclientTotals {
+        sent,
+        received,
+        lost,
+    } = uclient(
         &topology,
         &[
             "-s",
@@ -280,11 +241,7 @@ fn an_expired_binding_stops_kernel_relaying() {
     let peer: SocketAddr = format!("{PEER_V4}:{PEER_PORT}").parse().expect("peer");
     let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
     let (relayed_before, after_expiry) = topology.client.within(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        block_on(async {
             let mut client =
                 TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
                     .await
@@ -472,11 +429,7 @@ fn kernel_log_records_reach_the_agent_log() {
     let peer: SocketAddr = format!("{PEER_V4}:{PEER_PORT}").parse().expect("peer");
     let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
     topology.client.within(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        block_on(async {
             let mut client =
                 TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
                     .await
@@ -517,11 +470,7 @@ fn two_clients_of_one_relay_reach_each_other_through_the_kernel() {
     // Runs the exchange and returns how many round trips completed (no panics in here, so the
     // relay's counters are collected whatever happens).
     let rounds = topology.client.within(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        block_on(async {
             let creds = || ClientCredentials::new("alice", "wonderland");
             let mut a = TurnClient::connect(server, creds())
                 .await
