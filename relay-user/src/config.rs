@@ -692,6 +692,34 @@ pub fn resolve(
     })
 }
 
+/// Checks a case-insensitive choice field: absent, empty or `accepted.0` passes; `unsupported.0`
+/// is a known value we do not support yet (error with the hint `unsupported.1`); anything else is
+/// invalid (`accepted.1` names what it is).
+fn check_choice(
+    field: &str,
+    value: Option<&str>,
+    accepted: (&str, &str),
+    unsupported: (&'static str, &'static str),
+) -> Result<(), ConfigError> {
+    let upper = value.map(str::to_ascii_uppercase);
+    match upper.as_deref() {
+        None | Some("") => Ok(()),
+        Some(v) if v == accepted.0 => Ok(()),
+        Some(v) if v == unsupported.0 => {
+            Err(self::unsupported(field, unsupported.0, unsupported.1))
+        }
+        Some(_) => Err(invalid(
+            field.to_owned(),
+            format!(
+                "{} {:?} (expected {})",
+                accepted.1,
+                value.unwrap_or_default(),
+                accepted.0
+            ),
+        )),
+    }
+}
+
 fn resolve_clusters(clusters: &[FileCluster]) -> Result<Vec<ClusterConfig>, ConfigError> {
     let mut resolved: Vec<ClusterConfig> = Vec::with_capacity(clusters.len());
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -712,54 +740,21 @@ fn resolve_clusters(clusters: &[FileCluster]) -> Result<Vec<ClusterConfig>, Conf
                 format!("{name:?} is also the name of clusters[{first}]"),
             ));
         }
-        match cluster
-            .kind
-            .as_deref()
-            .map(str::to_ascii_uppercase)
-            .as_deref()
-        {
-            None | Some("" | "STATIC") => {}
-            Some("STRICT_DNS") => {
-                return Err(unsupported(
-                    format!("{field}.type"),
-                    "STRICT_DNS",
-                    "list the endpoints' IP addresses in a STATIC cluster",
-                ));
-            }
-            Some(_) => {
-                return Err(invalid(
-                    format!("{field}.type"),
-                    format!(
-                        "unknown cluster type {:?} (expected STATIC)",
-                        cluster.kind.as_deref().unwrap_or_default()
-                    ),
-                ));
-            }
-        }
-        match cluster
-            .protocol
-            .as_deref()
-            .map(str::to_ascii_uppercase)
-            .as_deref()
-        {
-            None | Some("" | "UDP") => {}
-            Some("TCP") => {
-                return Err(unsupported(
-                    format!("{field}.protocol"),
-                    "TCP",
-                    "clusters are UDP only",
-                ));
-            }
-            Some(_) => {
-                return Err(invalid(
-                    format!("{field}.protocol"),
-                    format!(
-                        "unknown cluster protocol {:?} (expected UDP)",
-                        cluster.protocol.as_deref().unwrap_or_default()
-                    ),
-                ));
-            }
-        }
+        check_choice(
+            &format!("{field}.type"),
+            cluster.kind.as_deref(),
+            ("STATIC", "unknown cluster type"),
+            (
+                "STRICT_DNS",
+                "list the endpoints' IP addresses in a STATIC cluster",
+            ),
+        )?;
+        check_choice(
+            &format!("{field}.protocol"),
+            cluster.protocol.as_deref(),
+            ("UDP", "unknown cluster protocol"),
+            ("TCP", "clusters are UDP only"),
+        )?;
         let endpoints = cluster
             .endpoints
             .as_deref()
@@ -1993,6 +1988,26 @@ mod tests {
             ))),
         );
         assert_eq!(e.field(), Some("clusters[0].protocol"));
+        let e = err(
+            &[],
+            Some(&with(&format!("{base}clusters: [{{name: c, type: EDS}}]"))),
+        );
+        assert_err(
+            &e,
+            "clusters[0].type",
+            "unknown cluster type \"EDS\" (expected STATIC)",
+        );
+        let e = err(
+            &[],
+            Some(&with(&format!(
+                "{base}clusters: [{{name: c, protocol: sctp}}]"
+            ))),
+        );
+        assert_err(
+            &e,
+            "clusters[0].protocol",
+            "unknown cluster protocol \"sctp\" (expected UDP)",
+        );
         let e = err(
             &[],
             Some(&with(&format!(
