@@ -34,6 +34,9 @@ const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
 const DEFAULT_MAX_ALLOCATIONS_PER_USER: usize = 100;
 const DEFAULT_LIFETIME_SECS: u32 = 600;
 const DEFAULT_MAX_LIFETIME_SECS: u32 = 3600;
+/// Stream connections / DTLS sessions per listener.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 900;
 /// How long a SIGTERM waits for allocations to end (Kubernetes' default grace period is 30 s).
 const DEFAULT_DRAIN_TIMEOUT_SECS: u32 = 30;
 /// STUNner's default ports for an `http://` endpoint given without one.
@@ -117,16 +120,38 @@ fn unsupported(
                   docs/configuration.md."
 )]
 pub struct XturndArgs {
-    /// A TURN-UDP listener, IP:PORT or [IPv6]:PORT. Repeatable. When given, these replace the
-    /// config file's listeners; one at the address of a file listener keeps that listener's
-    /// name and routes, the others are named udp-<n> (n counts the --listen flags from 0).
+    /// A listener: [udp://|tcp://|tls://|dtls://]IP:PORT (IPv6 as [IP]:PORT; no scheme means
+    /// udp). Repeatable. When given, these replace the config file's listeners; one at the
+    /// address and transport of a file listener keeps that listener's name and routes, the
+    /// others are named <transport>-<n> (n counts the --listen flags from 0). tls:// and
+    /// dtls:// need --tls-cert and --tls-key.
     #[arg(
         long = "listen",
-        value_name = "ADDR:PORT",
+        value_name = "[SCHEME://]ADDR:PORT",
         env = "XTURN_LISTEN",
         value_delimiter = ','
     )]
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<ListenArg>,
+
+    /// PEM certificate chain for tls:// and dtls:// listeners (and file listeners without a
+    /// cert). Reloaded when the file changes; sessions already open keep theirs.
+    #[arg(long, value_name = "FILE", env = "XTURN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, value_name = "FILE", env = "XTURN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most client connections (TCP/TLS) or sessions (DTLS) at once, per listener; more are
+    /// refused and counted. Default: 10000.
+    #[arg(long, value_name = "N", env = "XTURN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// A TCP/TLS connection or DTLS session that delivers no complete message for this many
+    /// seconds is closed (its allocation with it). Default: 900 (an allocation's client
+    /// refreshes well within that).
+    #[arg(long, value_name = "SECS", env = "XTURN_IDLE_TIMEOUT")]
+    pub idle_timeout_secs: Option<u32>,
 
     /// The address relayed transport addresses are allocated on. Repeatable, at most one IPv4
     /// and one IPv6 address. Default: the listeners' own address of each family (required when a
@@ -169,6 +194,21 @@ pub struct XturndArgs {
     /// A YAML configuration file in the shape of STUNner's dataplane configuration.
     #[arg(long, short = 'c', value_name = "FILE", env = "XTURN_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Take the configuration file's text from this Kubernetes ConfigMap instead, read
+    /// through the API (in-cluster service account, or KUBECONFIG) and watched: changes apply
+    /// within about a second. Not together with --config.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        env = "XTURN_CONFIG_MAP",
+        conflicts_with = "config"
+    )]
+    pub config_map: Option<crate::configmap::ConfigMapRef>,
+
+    /// The ConfigMap key holding the configuration. Default: stunnerd.conf.
+    #[arg(long, value_name = "KEY", env = "XTURN_CONFIG_MAP_KEY")]
+    pub config_map_key: Option<String>,
 
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "relay_user=debug,info"; RUST_LOG
     /// wins when set). Default: the file's admin.loglevel, else "info".
@@ -256,6 +296,10 @@ impl fmt::Debug for XturndArgs {
             .collect::<Vec<_>>();
         f.debug_struct("XturndArgs")
             .field("listen", &self.listen)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("relay_ip", &self.relay_ip)
             .field("min_port", &self.min_port)
             .field("max_port", &self.max_port)
@@ -266,6 +310,8 @@ impl fmt::Debug for XturndArgs {
                 &format_args!("<{} hidden>", self.auth_secrets.len()),
             )
             .field("config", &self.config)
+            .field("config_map", &self.config_map)
+            .field("config_map_key", &self.config_map_key)
             .field("log_level", &self.log_level)
             .field("threads", &self.threads)
             .field("max_allocations", &self.max_allocations)
@@ -365,8 +411,8 @@ impl fmt::Debug for FileCredentials {
 pub struct FileListener {
     /// Required; unique.
     pub name: Option<String>,
-    /// `TURN-UDP` (alias `UDP`; the default). `TURN-TCP`, `TURN-TLS`, `TURN-DTLS` and their
-    /// short forms are recognised and refused.
+    /// `TURN-UDP` (alias `UDP`; the default), `TURN-TCP`, `TURN-TLS`, `TURN-DTLS` (or `TCP`,
+    /// `TLS`, `DTLS`).
     pub protocol: Option<String>,
     /// The IP to bind; `$VAR` or `${VAR}` is read from the environment (STUNner's
     /// `$STUNNER_ADDR`, the pod IP). Default `0.0.0.0`.
@@ -381,11 +427,12 @@ pub struct FileListener {
     /// these must agree.
     pub min_relay_port: Option<i64>,
     pub max_relay_port: Option<i64>,
-    /// Ignored (TLS listeners are not supported yet).
+    /// TURN-TLS / TURN-DTLS: the PEM certificate chain's file path (default --tls-cert).
     pub cert: Option<String>,
-    /// Ignored (TLS listeners are not supported yet).
+    /// TURN-TLS / TURN-DTLS: the PEM private key's file path (default --tls-key).
     pub key: Option<String>,
-    /// Names of clusters this listener may reach; none: every peer but the deny list.
+    /// Names of clusters this listener may reach. Absent: every peer but the deny list. Present
+    /// (even empty): only the endpoints of those clusters.
     pub routes: Option<Vec<String>>,
 }
 
@@ -402,6 +449,115 @@ pub struct FileCluster {
     pub protocol: Option<String>,
     /// `IP[/len][:port[-endport]]`, see [`Endpoint`].
     pub endpoints: Option<Vec<String>>,
+}
+
+/// How clients reach a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+    Dtls,
+}
+
+impl Transport {
+    /// The STUNner protocol name (`TURN-UDP`, ...).
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Transport::Udp => "TURN-UDP",
+            Transport::Tcp => "TURN-TCP",
+            Transport::Tls => "TURN-TLS",
+            Transport::Dtls => "TURN-DTLS",
+        }
+    }
+
+    /// The `--listen` scheme and default listener name prefix.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Dtls => "dtls",
+        }
+    }
+
+    /// Whether its clients' 5-tuples are TCP (TCP and TLS) rather than UDP (UDP and DTLS).
+    pub fn is_stream(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
+    /// Whether it needs a certificate.
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Dtls)
+    }
+
+    fn from_protocol(protocol: &str) -> Option<Transport> {
+        match protocol.to_ascii_uppercase().as_str() {
+            "" | "UDP" | "TURN-UDP" => Some(Transport::Udp),
+            "TCP" | "TURN-TCP" => Some(Transport::Tcp),
+            "TLS" | "TURN-TLS" => Some(Transport::Tls),
+            "DTLS" | "TURN-DTLS" => Some(Transport::Dtls),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.protocol())
+    }
+}
+
+/// One `--listen` value: a transport and an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenArg {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for ListenArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (transport, rest) = match text.split_once("://") {
+            None => (Transport::Udp, text),
+            Some((scheme, rest)) => {
+                let transport = match scheme.to_ascii_lowercase().as_str() {
+                    "udp" | "turn" => Transport::Udp,
+                    "tcp" => Transport::Tcp,
+                    "tls" | "turns" => Transport::Tls,
+                    "dtls" => Transport::Dtls,
+                    other => {
+                        return Err(format!(
+                            "unknown scheme {other:?} (expected udp, tcp, tls or dtls)"
+                        ));
+                    }
+                };
+                (transport, rest)
+            }
+        };
+        let addr = rest
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("{rest:?} is not IP:PORT (IPv6 as [IP]:PORT)"))?;
+        Ok(ListenArg { transport, addr })
+    }
+}
+
+impl From<SocketAddr> for ListenArg {
+    fn from(addr: SocketAddr) -> Self {
+        ListenArg {
+            transport: Transport::Udp,
+            addr,
+        }
+    }
+}
+
+/// A listener's certificate and key files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Parses a configuration file's text. `origin` names it in errors (usually its path).
@@ -425,15 +581,23 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     parse_file(&text, &path.display().to_string())
 }
 
-/// A TURN-UDP listener.
+/// A listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     /// Unique; what routes, metrics and [`crate::policy::PeerPolicy`] call the listener.
     pub name: String,
+    pub transport: Transport,
     /// Where it binds; may be a wildcard address.
     pub addr: SocketAddr,
-    /// Names of clusters (all present in [`Config::clusters`]); empty: no routing restriction.
+    /// Names of clusters (all present in [`Config::clusters`]).
     pub routes: Vec<String>,
+    /// Whether `routes` restricts the peers: true when the file lists routes for the listener,
+    /// even none (then it reaches no peer, as a STUNner listener without routes); false for a
+    /// listener without a `routes` field or from `--listen` alone (every peer but the deny
+    /// list).
+    pub routed: bool,
+    /// For TLS and DTLS.
+    pub tls: Option<TlsFiles>,
 }
 
 /// A STATIC cluster: peers clients may reach through the listeners that route to it.
@@ -460,6 +624,10 @@ pub struct Config {
     /// Relay port range, inclusive; `1 <= min_port <= max_port`.
     pub min_port: u16,
     pub max_port: u16,
+    /// Per stream/DTLS listener; at least 1.
+    pub max_connections: usize,
+    /// Stream connections and DTLS sessions without a complete message for this long close.
+    pub idle_timeout: Duration,
     /// Long-term credentials, (name, password); names unique.
     pub users: Vec<(String, String)>,
     /// TURN REST API shared secrets; any of them verifies a credential. At least one of
@@ -505,6 +673,8 @@ impl fmt::Debug for Config {
             .field("relay_ipv6", &self.relay_ipv6)
             .field("min_port", &self.min_port)
             .field("max_port", &self.max_port)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
             .field("users", &user_names)
             .field(
                 "auth_secrets",
@@ -534,6 +704,13 @@ impl fmt::Debug for Config {
 pub fn load(args: &XturndArgs) -> Result<Config, ConfigError> {
     let file = args.config.as_deref().map(read_file).transpose()?;
     resolve(args, file.as_ref(), &|name| std::env::var(name).ok())
+}
+
+/// [`load`] with the file's text given (`--config-map`: the ConfigMap's); `origin` names it
+/// in errors.
+pub fn load_text(args: &XturndArgs, text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let file = parse_file(text, origin)?;
+    resolve(args, Some(&file), &|name| std::env::var(name).ok())
 }
 
 /// [`load`] without the I/O: `file` is the parsed file (if any) and `env` looks up the
@@ -661,6 +838,16 @@ pub fn resolve(
         relay_ipv6,
         min_port,
         max_port,
+        max_connections: match args.max_connections {
+            Some(0) => return Err(invalid("--max-connections", "must be at least 1")),
+            Some(n) => n,
+            None => DEFAULT_MAX_CONNECTIONS,
+        },
+        idle_timeout: match args.idle_timeout_secs {
+            Some(0) => return Err(invalid("--idle-timeout-secs", "must be at least 1")),
+            Some(n) => Duration::from_secs(u64::from(n)),
+            None => Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+        },
         users,
         auth_secrets,
         allow_loopback_peers: args.allow_loopback_peers,
@@ -781,8 +968,11 @@ struct Draft {
     /// The file listener it came from, for errors about its routes.
     file_field: Option<String>,
     name: String,
+    transport: Transport,
     addr: SocketAddr,
     routes: Vec<String>,
+    routed: bool,
+    tls: Option<TlsFiles>,
 }
 
 fn resolve_file_listener(
@@ -800,7 +990,7 @@ fn resolve_file_listener(
             ));
         }
     };
-    check_protocol(&format!("{field}.protocol"), listener.protocol.as_deref())?;
+    let transport = check_protocol(&format!("{field}.protocol"), listener.protocol.as_deref())?;
 
     let address = listener.address.as_deref().unwrap_or_default().trim();
     let address = match env_reference(address) {
@@ -832,12 +1022,29 @@ fn resolve_file_listener(
         })?,
     };
     let routes = listener.routes.clone().unwrap_or_default();
+    let tls = match (&listener.cert, &listener.key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) if !cert.is_empty() && !key.is_empty() => Some(TlsFiles {
+            cert: tls_path(&format!("{field}.cert"), cert)?,
+            key: tls_path(&format!("{field}.key"), key)?,
+        }),
+        (Some(c), Some(k)) if c.is_empty() && k.is_empty() => None,
+        _ => {
+            return Err(invalid(
+                format!("{field}.cert"),
+                "cert and key go together (give both or neither)",
+            ));
+        }
+    };
     Ok(Draft {
         file_field: Some(field.clone()),
         field,
         name,
+        transport,
         addr: SocketAddr::new(ip, port),
         routes,
+        routed: listener.routes.is_some(),
+        tls,
     })
 }
 
@@ -856,20 +1063,34 @@ fn port_in_range(port: i64) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
-fn check_protocol(field: &str, protocol: Option<&str>) -> Result<(), ConfigError> {
-    let Some(protocol) = protocol else {
-        return Ok(());
-    };
-    match protocol.to_ascii_uppercase().as_str() {
-        "" | "UDP" | "TURN-UDP" => Ok(()),
-        "TCP" | "TLS" | "DTLS" | "TURN-TCP" | "TURN-TLS" | "TURN-DTLS" => {
-            Err(unsupported(field, protocol, "xturnd serves TURN-UDP only"))
-        }
-        _ => Err(invalid(
+/// A certificate or key named by a listener: a file path. (STUNner's operator puts inline
+/// base64 PEM here; ours mounts the Secret and names the files.)
+fn tls_path(field: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    let looks_like_path =
+        value.starts_with('/') || value.starts_with("./") || value.starts_with("../");
+    if looks_like_path {
+        Ok(PathBuf::from(value))
+    } else {
+        Err(unsupported(
             field,
-            format!("unknown listener protocol {protocol:?} (expected TURN-UDP)"),
-        )),
+            "an inline certificate or key",
+            "give the path of a PEM file (absolute, or starting with ./)",
+        ))
     }
+}
+
+fn check_protocol(field: &str, protocol: Option<&str>) -> Result<Transport, ConfigError> {
+    let Some(protocol) = protocol else {
+        return Ok(Transport::Udp);
+    };
+    Transport::from_protocol(protocol).ok_or_else(|| {
+        invalid(
+            field,
+            format!(
+                "unknown listener protocol {protocol:?} (expected TURN-UDP, TURN-TCP, TURN-TLS or TURN-DTLS)"
+            ),
+        )
+    })
 }
 
 fn resolve_listeners(
@@ -897,22 +1118,33 @@ fn resolve_listeners(
         args.listen
             .iter()
             .enumerate()
-            .map(|(i, addr)| {
-                let field = format!("--listen {addr}");
-                match usable.iter().find(|d| d.addr == *addr) {
+            .map(|(i, listen)| {
+                let addr = listen.addr;
+                let transport = listen.transport;
+                let field = format!("--listen {}://{addr}", transport.scheme());
+                match usable
+                    .iter()
+                    .find(|d| d.addr == addr && d.transport == transport)
+                {
                     Some(from_file) => Draft {
                         field,
                         file_field: from_file.file_field.clone(),
                         name: from_file.name.clone(),
-                        addr: *addr,
+                        transport,
+                        addr,
                         routes: from_file.routes.clone(),
+                        routed: from_file.routed,
+                        tls: from_file.tls.clone(),
                     },
                     None => Draft {
                         field,
                         file_field: None,
-                        name: format!("udp-{i}"),
-                        addr: *addr,
+                        name: format!("{}-{i}", transport.scheme()),
+                        transport,
+                        addr,
                         routes: Vec::new(),
+                        routed: false,
+                        tls: None,
                     },
                 }
             })
@@ -941,7 +1173,7 @@ fn resolve_listeners(
                 format!("{ip} is not a unicast address"),
             ));
         }
-        for earlier in &drafts[..i] {
+        for earlier in drafts[..i].iter() {
             if earlier.name == draft.name {
                 return Err(invalid(
                     &draft.field,
@@ -950,6 +1182,10 @@ fn resolve_listeners(
                         draft.name, earlier.field
                     ),
                 ));
+            }
+            // A TCP and a UDP socket may share an address (TURN-UDP and TURN-TCP on 3478).
+            if earlier.transport.is_stream() != draft.transport.is_stream() {
+                continue;
             }
             if earlier.addr == draft.addr {
                 return Err(invalid(
@@ -982,14 +1218,39 @@ fn resolve_listeners(
         }
     }
 
-    Ok(drafts
+    drafts
         .into_iter()
-        .map(|d| ListenerConfig {
-            name: d.name,
-            addr: d.addr,
-            routes: d.routes,
+        .map(|d| {
+            let tls = if d.transport.is_secure() {
+                let files = d.tls.or_else(|| match (&args.tls_cert, &args.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                });
+                Some(files.ok_or_else(|| {
+                    invalid(
+                        &d.field,
+                        format!(
+                            "a {} listener needs a certificate and key (cert/key in the file, or --tls-cert and --tls-key)",
+                            d.transport
+                        ),
+                    )
+                })?)
+            } else {
+                None
+            };
+            Ok(ListenerConfig {
+                name: d.name,
+                transport: d.transport,
+                addr: d.addr,
+                routes: d.routes,
+                routed: d.routed,
+                tls,
+            })
         })
-        .collect())
+        .collect()
 }
 
 fn resolve_relay_ips(
@@ -1449,6 +1710,82 @@ mod tests {
     }
 
     #[test]
+    fn listeners_of_every_transport() {
+        let c = resolve_with(
+            &[
+                "--listen",
+                "tcp://192.0.2.1:3478",
+                "--listen",
+                "192.0.2.1:3478",
+                "--listen",
+                "tls://192.0.2.1:443",
+                "--listen",
+                "dtls://192.0.2.1:443",
+                "--tls-cert",
+                "/etc/xturn/tls.crt",
+                "--tls-key",
+                "/etc/xturn/tls.key",
+                "--user",
+                "u:p",
+            ],
+            None,
+        )
+        .unwrap();
+        let got: Vec<_> = c
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.transport, l.addr.port(), l.tls.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("tcp-0", Transport::Tcp, 3478, false),
+                ("udp-1", Transport::Udp, 3478, false),
+                ("tls-2", Transport::Tls, 443, true),
+                ("dtls-3", Transport::Dtls, 443, true),
+            ]
+        );
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        // Two listeners of one socket type on one address still clash.
+        let e = err(
+            &[
+                "--listen",
+                "tcp://192.0.2.1:3478",
+                "--listen",
+                "tls://192.0.2.1:3478",
+                "--tls-cert",
+                "/c",
+                "--tls-key",
+                "/k",
+                "--user",
+                "u:p",
+            ],
+            None,
+        );
+        assert_err(&e, "--listen tls://192.0.2.1:3478", "also the address");
+        assert!(XturndArgs::try_parse_from(["xturnd", "--listen", "sctp://192.0.2.1:1"]).is_err());
+    }
+
+    #[test]
+    fn file_routes_present_but_empty_reach_nothing() {
+        // The operator renders `routes: []` for a Gateway without UDPRoutes.
+        let c = resolve_with(
+            &["--user", "u:p"],
+            Some(
+                "listeners:\n- {name: u, address: 192.0.2.1, protocol: TURN-UDP, routes: []}\n\
+                 - {name: t, address: 192.0.2.1, protocol: TURN-TCP}\n",
+            ),
+        )
+        .unwrap();
+        assert!(c.listeners[0].routed && c.listeners[0].routes.is_empty());
+        assert!(!c.listeners[1].routed);
+        let policy = crate::policy::PeerPolicy::from_config(&c);
+        let peer: SocketAddr = "198.18.2.1:5000".parse().unwrap();
+        assert!(policy.permits("u", peer).is_err());
+        assert!(policy.permits("t", peer).is_ok());
+    }
+
+    #[test]
     fn stunner_static_config() {
         let c = resolve_with(&[], Some(STATIC_FIXTURE)).unwrap();
         assert_eq!(c.name, "stunner/udp-gateway");
@@ -1459,8 +1796,11 @@ mod tests {
             c.listeners,
             vec![ListenerConfig {
                 name: "stunner/udp-gateway/udp-listener".into(),
+                transport: Transport::Udp,
                 addr: "10.244.1.7:3478".parse().unwrap(),
                 routes: vec!["stunner/media-plane".into()],
+                routed: true,
+                tls: None,
             }]
         );
         assert_eq!(c.relay_ipv4, Some(Ipv4Addr::new(10, 244, 1, 7)));
@@ -1505,7 +1845,10 @@ mod tests {
         assert_eq!(c.health_listen, None);
         assert_eq!(c.dataplane, Dataplane::Auto);
         assert_eq!(c.listeners.len(), 2);
-        assert_eq!(c.listeners[1].addr, "[2001:db8::7]:3478".parse().unwrap());
+        assert_eq!(
+            c.listeners[1].addr,
+            "[2001:db8::7]:3478".parse::<SocketAddr>().unwrap()
+        );
         assert!(c.listeners[1].routes.is_empty());
         assert_eq!(c.relay_ipv4, Some(Ipv4Addr::new(192, 0, 2, 10)));
         assert_eq!(c.relay_ipv6, Some("2001:db8::7".parse().unwrap()));
@@ -1549,7 +1892,10 @@ mod tests {
         );
         let c = load(&args(&["--config", path])).unwrap();
         assert_eq!(c.listeners[0].name, "udp");
-        assert_eq!(c.listeners[0].addr, "192.0.2.1:3478".parse().unwrap());
+        assert_eq!(
+            c.listeners[0].addr,
+            "192.0.2.1:3478".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(c.users, [("alice".to_owned(), "secret".to_owned())]);
 
         let missing = load(&args(&["--config", "/nonexistent/xturnd.yaml"])).unwrap_err();
@@ -1606,13 +1952,19 @@ mod tests {
             vec![
                 ListenerConfig {
                     name: "udp-0".into(),
+                    transport: Transport::Udp,
                     addr: "192.0.2.1:3478".parse().unwrap(),
                     routes: vec![],
+                    routed: false,
+                    tls: None,
                 },
                 ListenerConfig {
                     name: "udp-1".into(),
+                    transport: Transport::Udp,
                     addr: "[2001:db8::1]:3478".parse().unwrap(),
                     routes: vec![],
+                    routed: false,
+                    tls: None,
                 },
             ]
         );
@@ -1774,7 +2126,10 @@ mod tests {
         let text = "listeners: [{name: v6, address: '2001:db8::5', port: 3479}]\n\
                     auth: {credentials: {username: u, password: p}}";
         let c = resolve_with(&[], Some(text)).unwrap();
-        assert_eq!(c.listeners[0].addr, "[2001:db8::5]:3479".parse().unwrap());
+        assert_eq!(
+            c.listeners[0].addr,
+            "[2001:db8::5]:3479".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -1923,7 +2278,7 @@ mod tests {
             ],
             None,
         );
-        assert_err(&e, "--listen 192.0.2.1:3478", "also the address");
+        assert_err(&e, "--listen udp://192.0.2.1:3478", "also the address");
         let e = err(
             &[
                 "--listen",
@@ -1935,11 +2290,11 @@ mod tests {
             ],
             None,
         );
-        assert_err(&e, "--listen 192.0.2.1:3478", "overlaps");
+        assert_err(&e, "--listen udp://192.0.2.1:3478", "overlaps");
         let e = err(&["--listen", "192.0.2.1:0", "--user", "u:p"], None);
-        assert_err(&e, "--listen 192.0.2.1:0", "0 is not a valid port");
+        assert_err(&e, "--listen udp://192.0.2.1:0", "0 is not a valid port");
         let e = err(&["--listen", "224.0.0.1:3478", "--user", "u:p"], None);
-        assert_err(&e, "--listen 224.0.0.1:3478", "unicast");
+        assert_err(&e, "--listen udp://224.0.0.1:3478", "unicast");
         let e = err(
             &[],
             Some(&with("listeners: [{name: a, address: example.com}]")),
@@ -1953,21 +2308,32 @@ mod tests {
 
         let e = err(
             &[],
-            Some(&with("listeners: [{name: a, protocol: TURN-TCP}]")),
+            Some(&with("listeners: [{name: a, protocol: TURN-SCTP}]")),
         );
-        assert_eq!(
-            e.to_string(),
-            "listeners[0].protocol: TURN-TCP is not supported yet (xturnd serves TURN-UDP only)"
+        assert_err(&e, "listeners[0].protocol", "unknown listener protocol");
+        let e = err(
+            &[],
+            Some(&with(
+                "listeners: [{name: a, address: 192.0.2.1, protocol: TURN-TLS}]",
+            )),
         );
+        assert_err(&e, "listeners[0]", "needs a certificate and key");
+        let e = err(
+            &[],
+            Some(&with(
+                "listeners: [{name: a, address: 192.0.2.1, protocol: TURN-TLS, cert: LS0tLS1CRUdJTg==, key: /k.pem}]",
+            )),
+        );
+        assert_err(&e, "listeners[0].cert", "inline certificate");
         assert!(matches!(e, ConfigError::Unsupported { .. }));
-        for proto in ["TCP", "tls", "DTLS", "TURN-TLS", "TURN-DTLS"] {
+        for proto in ["tls", "DTLS", "TURN-TLS", "TURN-DTLS"] {
             let e = err(
                 &[],
                 Some(&with(&format!(
-                    "listeners: [{{name: a, protocol: {proto}}}]"
+                    "listeners: [{{name: a, address: 192.0.2.1, protocol: {proto}}}]"
                 ))),
             );
-            assert!(matches!(e, ConfigError::Unsupported { .. }), "{proto}: {e}");
+            assert_err(&e, "listeners[0]", "needs a certificate and key");
         }
         let e = err(&[], Some(&with("listeners: [{name: a, protocol: SCTP}]")));
         assert_err(&e, "listeners[0].protocol", "unknown listener protocol");
@@ -2154,7 +2520,10 @@ mod tests {
                     auth: {credentials: {username: u, password: p}}";
         let parsed = file(text);
         let c = resolve(&XturndArgs::default(), Some(&parsed), &pod_env).unwrap();
-        assert_eq!(c.listeners[0].addr, "10.244.1.7:3478".parse().unwrap());
+        assert_eq!(
+            c.listeners[0].addr,
+            "10.244.1.7:3478".parse::<SocketAddr>().unwrap()
+        );
         let e = resolve(&XturndArgs::default(), Some(&parsed), &no_env).unwrap_err();
         assert_err(&e, "listeners[0].address", "STUNNER_ADDR");
     }

@@ -459,7 +459,7 @@ impl PeerPolicy {
             policy.cluster_index(&cluster.name);
         }
         for listener in &config.listeners {
-            if listener.routes.is_empty() {
+            if !listener.routed && listener.routes.is_empty() {
                 continue;
             }
             // A routed listener whose clusters have no endpoints reaches nothing.

@@ -53,7 +53,7 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
     let routes = |c: &Config| {
         c.listeners
             .iter()
-            .map(|l| l.routes.clone())
+            .map(|l| (l.routes.clone(), l.routed))
             .collect::<Vec<_>>()
     };
     if old.clusters != new.clusters || routes(old) != routes(new) {

@@ -1,7 +1,8 @@
-//! The event loop: runs the sans-IO [`turn::Server`] over real UDP sockets.
+//! The event loop: runs the sans-IO [`turn::Server`] over real sockets.
 //!
-//! - Each listener has `threads` sockets bound with `SO_REUSEPORT`, each read by its own task, so
-//!   the kernel spreads clients over cores.
+//! - Each UDP listener has `threads` sockets bound with `SO_REUSEPORT`, each read by its own
+//!   task, so the kernel spreads clients over cores. TCP and TLS listeners accept connections
+//!   ([`crate::stream`]); DTLS listeners run sessions on one UDP socket ([`crate::dtls`]).
 //! - Each relayed address is a real UDP socket owned by its allocation, read by its own task.
 //! - A timer task drives expiry.
 //!
@@ -31,7 +32,13 @@ use tokio::{
 };
 use tracing::{debug, info, trace, warn};
 
-use crate::turn::{self, BindFailure, ChannelBinding, Command, ListenerId};
+pub use crate::config::Transport;
+use crate::{
+    dtls::DtlsListener,
+    stream::{Connections, StreamListener},
+    tls::CertStore,
+    turn::{self, BindFailure, ChannelBinding, Command, ListenerId},
+};
 
 /// Largest datagram we read: bigger than any MTU, so nothing is truncated silently.
 const MAX_DATAGRAM: usize = 65_536;
@@ -51,6 +58,58 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    #[error("DTLS listener {addr}: {message}")]
+    Dtls { addr: SocketAddr, message: String },
+}
+
+/// Passes on the channel bindings of UDP listeners' clients only.
+struct UdpClientsOnly {
+    inner: Arc<dyn ChannelHook>,
+    /// By [`ListenerId`].
+    udp: Vec<bool>,
+}
+
+impl UdpClientsOnly {
+    fn wanted(&self, binding: &ChannelBinding) -> bool {
+        self.udp
+            .get(usize::from(binding.listener.0))
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
+impl ChannelHook for UdpClientsOnly {
+    fn channel_bound(&self, binding: &ChannelBinding) {
+        if self.wanted(binding) {
+            self.inner.channel_bound(binding);
+        }
+    }
+    fn channel_unbound(&self, binding: &ChannelBinding) {
+        if self.wanted(binding) {
+            self.inner.channel_unbound(binding);
+        }
+    }
+}
+
+/// How often certificate files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(1);
+
+/// Reloads changed certificates; open TLS sessions keep theirs.
+async fn certificate_task(stores: Vec<Arc<CertStore>>) {
+    let mut tick = tokio::time::interval(CERT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for store in &stores {
+            match store.reload_if_changed() {
+                Ok(true) => info!(cert = %store.files().cert.display(), "certificate reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, "certificate not reloaded; the previous one stays in use")
+                }
+            }
+        }
+    }
 }
 
 /// Something that wants to know when channels are bound and unbound (the XDP fast path).
@@ -67,10 +126,33 @@ impl ChannelHook for NoHook {
     fn channel_unbound(&self, _: &ChannelBinding) {}
 }
 
+/// A listener to serve.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    /// For TLS and DTLS.
+    pub tls: Option<Arc<CertStore>>,
+}
+
+impl From<SocketAddr> for ListenerSpec {
+    fn from(addr: SocketAddr) -> Self {
+        ListenerSpec {
+            addr,
+            transport: Transport::Udp,
+            tls: None,
+        }
+    }
+}
+
 /// What the server needs to start, besides the protocol state.
 pub struct ServerSpec {
-    /// Local address of each listener, indexed by [`ListenerId`].
-    pub listeners: Vec<SocketAddr>,
+    /// Each listener, indexed by [`ListenerId`].
+    pub listeners: Vec<ListenerSpec>,
+    /// TCP/TLS connections or DTLS sessions per listener.
+    pub max_connections: usize,
+    /// Stream connections and DTLS sessions without a complete message for this long close.
+    pub idle_timeout: Duration,
     /// Sockets per listener (`SO_REUSEPORT`).
     pub threads: usize,
     /// Relayed addresses of allocations the core adopted ([`turn::Server::restore`]): bound
@@ -138,10 +220,19 @@ pub struct IoSnapshot {
     pub tx_errors: u64,
 }
 
-struct Shared {
+/// How replies reach a listener's clients.
+pub(crate) enum ClientIo {
+    /// The listener's first socket.
+    Udp(Arc<UdpSocket>),
+    /// The listener's connections.
+    Stream(Arc<Connections>),
+    Dtls(Arc<DtlsListener>),
+}
+
+pub(crate) struct Shared {
     core: Mutex<turn::Server>,
-    /// First socket of each listener: replies go out through it.
-    listeners: Vec<Arc<UdpSocket>>,
+    /// Each listener's way to its clients, indexed by [`ListenerId`].
+    clients: Vec<ClientIo>,
     relays: Mutex<HashMap<SocketAddr, RelaySocket>>,
     hook: Arc<dyn ChannelHook>,
     /// Traffic of each listener's sockets, indexed by [`ListenerId`].
@@ -171,28 +262,85 @@ impl RunningServer {
         hook: Arc<dyn ChannelHook>,
     ) -> Result<RunningServer, ServerError> {
         let threads = spec.threads.max(1);
-        let mut per_listener = Vec::new();
+        // Only UDP clients' channels go to the kernel fast path: it speaks plain UDP to them.
+        let udp: Vec<bool> = spec
+            .listeners
+            .iter()
+            .map(|l| l.transport == Transport::Udp)
+            .collect();
+        let hook: Arc<dyn ChannelHook> = Arc::new(UdpClientsOnly { inner: hook, udp });
+        let mut udp_sockets: Vec<(ListenerId, Vec<Arc<UdpSocket>>)> = Vec::new();
+        let mut tcp_sockets: Vec<(Arc<StreamListener>, tokio::net::TcpListener)> = Vec::new();
+        let mut dtls: Vec<Arc<DtlsListener>> = Vec::new();
+        let mut clients = Vec::new();
         let mut local_addrs = Vec::new();
-        for &addr in &spec.listeners {
-            let mut sockets = Vec::with_capacity(threads);
-            for _ in 0..threads {
-                let socket = bind_udp(addr, true)
-                    .map_err(|source| ServerError::BindListener { addr, source })?;
-                sockets.push(Arc::new(socket));
+        for (index, listener) in spec.listeners.iter().enumerate() {
+            let addr = listener.addr;
+            let id = ListenerId(u16::try_from(index).unwrap_or(u16::MAX));
+            let bind_error = |source| ServerError::BindListener { addr, source };
+            match listener.transport {
+                Transport::Udp => {
+                    let mut sockets = Vec::with_capacity(threads);
+                    for _ in 0..threads {
+                        sockets.push(Arc::new(bind_udp(addr, true).map_err(bind_error)?));
+                    }
+                    let local = sockets[0].local_addr().map_err(bind_error)?;
+                    info!(%local, sockets = sockets.len(), "listening (TURN over UDP)");
+                    local_addrs.push(local);
+                    clients.push(ClientIo::Udp(Arc::clone(&sockets[0])));
+                    udp_sockets.push((id, sockets));
+                }
+                Transport::Tcp | Transport::Tls => {
+                    let socket = crate::stream::bind(addr).map_err(bind_error)?;
+                    let local = socket.local_addr().map_err(bind_error)?;
+                    info!(%local, transport = %listener.transport, "listening (TURN over a stream)");
+                    local_addrs.push(local);
+                    let connections = Arc::new(Connections::default());
+                    clients.push(ClientIo::Stream(Arc::clone(&connections)));
+                    let stream = StreamListener {
+                        id,
+                        connections,
+                        tls: listener.tls.clone(),
+                        max_connections: spec.max_connections,
+                        idle_timeout: spec.idle_timeout,
+                    };
+                    tcp_sockets.push((Arc::new(stream), socket));
+                }
+                Transport::Dtls => {
+                    let socket = Arc::new(bind_udp(addr, false).map_err(bind_error)?);
+                    let local = socket.local_addr().map_err(bind_error)?;
+                    let Some(certs) = listener.tls.clone() else {
+                        return Err(ServerError::Dtls {
+                            addr,
+                            message: "no certificate".to_owned(),
+                        });
+                    };
+                    let listener = DtlsListener::new(
+                        id,
+                        socket,
+                        certs,
+                        spec.max_connections,
+                        spec.idle_timeout,
+                    )
+                    .map_err(|message| ServerError::Dtls { addr, message })?;
+                    info!(%local, "listening (TURN over DTLS)");
+                    local_addrs.push(local);
+                    let listener = Arc::new(listener);
+                    clients.push(ClientIo::Dtls(Arc::clone(&listener)));
+                    dtls.push(listener);
+                }
             }
-            let local = sockets[0]
-                .local_addr()
-                .map_err(|source| ServerError::BindListener { addr, source })?;
-            info!(%local, sockets = sockets.len(), "listening (TURN over UDP)");
-            local_addrs.push(local);
-            per_listener.push(sockets);
         }
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
-            listeners: per_listener.iter().map(|s| Arc::clone(&s[0])).collect(),
+            clients,
             relays: Mutex::new(HashMap::new()),
             hook,
-            listener_io: per_listener.iter().map(|_| IoCounters::default()).collect(),
+            listener_io: spec
+                .listeners
+                .iter()
+                .map(|_| IoCounters::default())
+                .collect(),
             relay_io: IoCounters::default(),
             started: Instant::now(),
             last_tick_ms: AtomicU64::new(0),
@@ -202,11 +350,32 @@ impl RunningServer {
         if let Some(dir) = &spec.state_dir {
             tasks.spawn(state_task(Arc::clone(&shared), dir.clone()));
         }
-        for (index, sockets) in per_listener.into_iter().enumerate() {
-            let id = ListenerId(u16::try_from(index).unwrap_or(u16::MAX));
+        for (id, sockets) in udp_sockets {
             for socket in sockets {
                 tasks.spawn(listener_task(Arc::clone(&shared), id, socket));
             }
+        }
+        for (listener, socket) in tcp_sockets {
+            tasks.spawn(crate::stream::accept_task(
+                Arc::clone(&shared),
+                listener,
+                socket,
+            ));
+        }
+        for listener in dtls {
+            tasks.spawn(crate::dtls::receive_task(
+                Arc::clone(&shared),
+                Arc::clone(&listener),
+            ));
+            tasks.spawn(crate::dtls::timer_task(Arc::clone(&shared), listener));
+        }
+        let certs: Vec<Arc<CertStore>> = spec
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.clone())
+            .collect();
+        if !certs.is_empty() {
+            tasks.spawn(certificate_task(certs));
         }
         tasks.spawn(timer_task(Arc::clone(&shared)));
         Ok(RunningServer {
@@ -216,6 +385,19 @@ impl RunningServer {
             dropped,
             state_dir: spec.state_dir.clone(),
         })
+    }
+
+    /// Each stream listener's connection counters (`None` for UDP listeners), by
+    /// [`ListenerId`].
+    pub fn connections(&self) -> Vec<Option<Arc<Connections>>> {
+        self.shared
+            .clients
+            .iter()
+            .map(|c| match c {
+                ClientIo::Stream(connections) => Some(Arc::clone(connections)),
+                ClientIo::Udp(_) | ClientIo::Dtls(_) => None,
+            })
+            .collect()
     }
 
     /// Adopted allocations dropped at start because a relayed address could not be bound.
@@ -317,7 +499,7 @@ impl Drop for RunningServer {
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the protocol state is
 /// only changed through `&mut` methods that keep it consistent, so it stays usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -404,15 +586,40 @@ async fn listener_task(shared: Arc<Shared>, listener: ListenerId, socket: Arc<Ud
                 continue;
             }
         };
-        if let Some(io) = shared.listener_io.get(usize::from(listener.0)) {
-            io.received(len);
+        shared.client_message(listener, client, &buf[..len], &mut commands);
+    }
+}
+
+impl Shared {
+    /// One message from a client (a datagram, or one framed off a stream or out of DTLS):
+    /// counted, handed to the core, and its commands carried out.
+    pub(crate) fn client_message(
+        self: &Arc<Self>,
+        listener: ListenerId,
+        client: SocketAddr,
+        message: &[u8],
+        commands: &mut VecDeque<Command>,
+    ) {
+        if let Some(io) = self.listener_io.get(usize::from(listener.0)) {
+            io.received(message.len());
         }
         {
-            let mut core = lock(&shared.core);
-            core.handle_client_datagram(listener, client, &buf[..len], Instant::now());
-            drain(&mut core, shared.hook.as_ref(), &mut commands);
+            let mut core = lock(&self.core);
+            core.handle_client_datagram(listener, client, message, Instant::now());
+            drain(&mut core, self.hook.as_ref(), commands);
         }
-        execute(&shared, &mut commands);
+        execute(self, commands);
+    }
+
+    /// A stream connection or DTLS session ended: so does its allocation.
+    pub(crate) fn client_closed(self: &Arc<Self>, listener: ListenerId, client: SocketAddr) {
+        let mut commands = VecDeque::new();
+        {
+            let mut core = lock(&self.core);
+            core.handle_client_closed(listener, client);
+            drain(&mut core, self.hook.as_ref(), &mut commands);
+        }
+        execute(self, &mut commands);
     }
 }
 
@@ -484,10 +691,15 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 data,
             } => {
                 let index = usize::from(listener.0);
-                if let (Some(socket), Some(io)) =
-                    (shared.listeners.get(index), shared.listener_io.get(index))
-                {
-                    io.sent(data.len(), send(socket, &data, client));
+                let len = data.len();
+                let sent = match shared.clients.get(index) {
+                    Some(ClientIo::Udp(socket)) => send(socket, &data, client),
+                    Some(ClientIo::Stream(connections)) => connections.send(client, data),
+                    Some(ClientIo::Dtls(dtls)) => dtls.send(client, &data),
+                    None => false,
+                };
+                if let Some(io) = shared.listener_io.get(index) {
+                    io.sent(len, sent);
                 }
             }
             Command::SendToPeer {
@@ -558,7 +770,7 @@ fn bind_relay(shared: &Arc<Shared>, addr: SocketAddr) -> Result<(), BindFailure>
 /// become writable once, and so could drop the first datagrams of a new relayed socket.
 /// Returns whether the kernel took the datagram (failures are counted, not logged: under
 /// overload they come one per datagram).
-fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
+pub(crate) fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
     socket2::SockRef::from(socket)
         .send_to(data, &to.into())
         .is_ok()
@@ -604,7 +816,7 @@ fn set_dont_fragment(socket: &UdpSocket, relayed: SocketAddr, on: bool) {
 }
 
 /// A non-blocking UDP socket bound to `addr`, registered with tokio.
-fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;

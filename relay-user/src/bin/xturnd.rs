@@ -12,13 +12,15 @@ use clap::Parser as _;
 use rand::{RngCore as _, SeedableRng as _};
 use relay_user::{
     admin::{self, AdminState, Phase},
-    config::{self, Config, XturndArgs},
+    config::{self, Config, Transport, XturndArgs},
+    configmap,
     dataplane::{self, XdpHook},
     metrics::{MetricsSource, XdpMeter},
     reload,
-    server::{self, ChannelHook, NoHook, RunningServer, ServerSpec},
+    server::{self, ChannelHook, ListenerSpec, NoHook, RunningServer, ServerSpec},
     state,
     telemetry::{self, LogControl},
+    tls::CertStore,
     turn::{self, Listener, ServerConfig},
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -33,7 +35,24 @@ const DRAIN_LOG_MAX: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args = XturndArgs::parse();
-    let config = match config::load(&args) {
+    // --config-map: the file's text comes from the Kubernetes API, read before anything else.
+    let config_map_text = match &args.config_map {
+        None => None,
+        Some(reference) => match fetch_config_map(&args, reference) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                eprintln!("xturnd: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let loaded = match (&config_map_text, &args.config_map) {
+        (Some(text), Some(reference)) => {
+            config::load_text(&args, text, &format!("ConfigMap {reference}"))
+        }
+        _ => config::load(&args),
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             eprintln!("xturnd: configuration error: {e}");
@@ -54,7 +73,7 @@ fn main() -> ExitCode {
         .build();
     let result = runtime
         .context("cannot start the tokio runtime")
-        .and_then(|rt| rt.block_on(run(&args, config, log)));
+        .and_then(|rt| rt.block_on(run(&args, config, log, config_map_text)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -64,7 +83,32 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
+fn config_map_key(args: &XturndArgs) -> String {
+    args.config_map_key
+        .clone()
+        .unwrap_or_else(|| configmap::DEFAULT_KEY.to_owned())
+}
+
+/// Reads the --config-map ConfigMap's text once, with a runtime of its own (the main runtime's
+/// size depends on the configuration).
+fn fetch_config_map(args: &XturndArgs, reference: &configmap::ConfigMapRef) -> Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("--config-map: cannot reach the Kubernetes API (in-cluster or KUBECONFIG)")?;
+        Ok(configmap::fetch(client, reference, &config_map_key(args)).await?)
+    })
+}
+
+async fn run(
+    args: &XturndArgs,
+    config: Config,
+    log: LogControl,
+    config_map_text: Option<String>,
+) -> Result<()> {
     // Signals are caught from the start: a SIGTERM while starting drains (nothing) and exits.
     let mut signals = Signals::new()?;
     // Health checks answer while the relay starts (/ready: 503 until it runs).
@@ -74,7 +118,14 @@ async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
         admin_servers.push(admin::serve(addr, routes, Arc::clone(&admin)).await?);
     }
 
-    let listeners: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
+    // The kernel fast path serves UDP clients only; TCP, TLS and DTLS clients go through
+    // userspace both ways.
+    let listeners: Vec<SocketAddr> = config
+        .listeners
+        .iter()
+        .filter(|l| l.transport == Transport::Udp)
+        .map(|l| l.addr)
+        .collect();
     let mut relay_ips: Vec<IpAddr> = Vec::new();
     relay_ips.extend(config.relay_ipv4.map(IpAddr::V4));
     relay_ips.extend(config.relay_ipv6.map(IpAddr::V6));
@@ -85,8 +136,13 @@ async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
             state::check_bpffs(dir).context("--bpf-pin-dir")?;
         }
     }
+    let mode = if listeners.is_empty() {
+        dataplane::Dataplane::Userspace
+    } else {
+        config.dataplane
+    };
     let fast_path = dataplane::select(
-        config.dataplane,
+        mode,
         &listeners,
         &relay_ips,
         config.xdp_max_channels,
@@ -109,10 +165,36 @@ async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
         && (adopted.is_some() || config.bpf_pin_dir.is_some())
     {
         // Before any listener reads: the kernel's entries become exactly the adopted ones.
-        meter.adopt(&core.installed_channel_bindings(), &listeners);
+        let udp_bindings: Vec<_> = core
+            .installed_channel_bindings()
+            .into_iter()
+            .filter(|b| {
+                config
+                    .listeners
+                    .get(usize::from(b.listener.0))
+                    .is_some_and(|l| l.transport == Transport::Udp)
+            })
+            .collect();
+        meter.adopt(&udp_bindings, &listeners);
+    }
+    let mut specs = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let tls = match &listener.tls {
+            Some(files) => Some(
+                CertStore::load(files).with_context(|| format!("listener {}", listener.name))?,
+            ),
+            None => None,
+        };
+        specs.push(ListenerSpec {
+            addr: listener.addr,
+            transport: listener.transport,
+            tls,
+        });
     }
     let spec = ServerSpec {
-        listeners,
+        listeners: specs,
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
         threads: config.threads,
         restored: adopted
             .as_ref()
@@ -158,16 +240,51 @@ async fn run(args: &XturndArgs, config: Config, log: LogControl) -> Result<()> {
     let mut watched = ConfigFile::new(args.config.as_deref());
     let mut tick = tokio::time::interval(CONFIG_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // --config-map: the ConfigMap's changes, as they happen.
+    let mut config_map = match (&args.config_map, config_map_text) {
+        (Some(reference), Some(text)) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("--config-map: cannot reach the Kubernetes API")?;
+            Some(configmap::watch(
+                client,
+                reference.clone(),
+                config_map_key(args),
+                text,
+            ))
+        }
+        _ => None,
+    };
+    let load = |args: &XturndArgs, config_map: &Option<tokio::sync::watch::Receiver<String>>| match (
+        config_map,
+        &args.config_map,
+    ) {
+        (Some(rx), Some(reference)) => {
+            let text = rx.borrow().clone();
+            config::load_text(args, &text, &format!("ConfigMap {reference}"))
+        }
+        _ => config::load(args),
+    };
     loop {
         tokio::select! {
             signal = signals.recv() => {
                 info!(signal, "signal received: draining");
                 break;
             }
-            _ = hangup.recv() => reload(args, &mut config, &running, &host_ips, &admin, "SIGHUP"),
+            _ = hangup.recv() => {
+                reload(load(args, &config_map), &mut config, &running, &host_ips, &admin, "SIGHUP");
+            }
+            Some(()) = async {
+                match config_map.as_mut() {
+                    Some(rx) => rx.changed().await.ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                reload(load(args, &config_map), &mut config, &running, &host_ips, &admin, "ConfigMap changed");
+            }
             _ = tick.tick() => {
                 if watched.changed() {
-                    reload(args, &mut config, &running, &host_ips, &admin, "config file changed");
+                    reload(load(args, &config_map), &mut config, &running, &host_ips, &admin, "config file changed");
                 }
             }
             failure = running.task_failed() => anyhow::bail!("{failure}; stopping so a supervisor can restart xturnd"),
@@ -303,6 +420,11 @@ fn build_core(config: &Config, host_ips: &[IpAddr]) -> Result<turn::Server> {
         .map(|l| Listener {
             name: l.name.clone(),
             addr: l.addr,
+            transport: if l.transport.is_stream() {
+                turn::Transport::Tcp
+            } else {
+                turn::Transport::Udp
+            },
         })
         .collect();
     let mut server_config = ServerConfig::new(config.realm.clone(), listeners);
@@ -385,14 +507,14 @@ impl ConfigFile {
 /// routes and clusters (live allocations stay), and the log level. An invalid configuration is
 /// rejected as a whole and the running one stays in force.
 fn reload(
-    args: &XturndArgs,
+    loaded: Result<Config, config::ConfigError>,
     config: &mut Config,
     running: &RunningServer,
     host_ips: &[IpAddr],
     admin: &AdminState,
     trigger: &str,
 ) {
-    let new = match config::load(args) {
+    let new = match loaded {
         Ok(new) => new,
         Err(e) => {
             error!(trigger, error = %e, "configuration reload rejected; the running configuration stays in force");
@@ -427,6 +549,7 @@ fn reload(
     for listener in &mut config.listeners {
         if let Some(updated) = new.listeners.iter().find(|l| l.name == listener.name) {
             listener.routes.clone_from(&updated.routes);
+            listener.routed = updated.routed;
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct Listener {
     pub name: String,
     /// The listener's local address (the server side of clients' 5-tuples).
     pub addr: SocketAddr,
+    /// UDP (plain or DTLS) or TCP (plain or TLS): the transport of its clients' 5-tuples.
+    pub transport: Transport,
 }
 
 /// How the server behaves.
@@ -162,10 +164,13 @@ pub struct ChannelBinding {
     pub cluster: usize,
 }
 
-/// The transport between client and server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The transport between client and server (RFC 8656 §2: TLS runs over TCP, DTLS over UDP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Transport {
+    #[default]
     Udp,
+    /// A stream: one TCP connection per client 5-tuple. Its allocations end with it.
+    Tcp,
 }
 
 /// The client side of an allocation (RFC 8656 §2): client address, server address, transport.

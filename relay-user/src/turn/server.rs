@@ -506,7 +506,8 @@ impl Server {
     // Client datagrams
     // ---------------------------------------------------------------------------------------
 
-    /// A UDP datagram from `client` arrived on listener `listener`.
+    /// A message from `client` arrived on listener `listener`: a UDP datagram, or one STUN
+    /// message or ChannelData message (padding included) framed off a stream connection.
     pub fn handle_client_datagram(
         &mut self,
         listener: ListenerId,
@@ -514,11 +515,11 @@ impl Server {
         data: &[u8],
         now: Instant,
     ) {
-        let Some(server) = self
+        let Some((server, transport)) = self
             .config
             .listeners
             .get(usize::from(listener.0))
-            .map(|l| l.addr)
+            .map(|l| (l.addr, l.transport))
         else {
             warn!(?listener, "datagram on an unknown listener");
             self.stats.malformed_dropped += 1;
@@ -527,7 +528,7 @@ impl Server {
         let five_tuple = FiveTuple {
             client,
             server,
-            transport: Transport::Udp,
+            transport,
         };
         match wire::demux(data) {
             Demux::Stun => self.handle_stun(listener, five_tuple, data, now),
@@ -1315,6 +1316,23 @@ impl Server {
         }
     }
 
+    /// A stream client's connection ended: its allocation (if any) ends with it (RFC 8656 §3.1:
+    /// an allocation over TCP is tied to its connection).
+    pub fn handle_client_closed(&mut self, listener: ListenerId, client: SocketAddr) {
+        let Some(l) = self.config.listeners.get(usize::from(listener.0)) else {
+            return;
+        };
+        let five_tuple = FiveTuple {
+            client,
+            server: l.addr,
+            transport: l.transport,
+        };
+        if self.allocations.contains_key(&five_tuple) {
+            debug!(%client, "stream connection closed: deleting its allocation");
+            self.remove_allocation(&five_tuple, false);
+        }
+    }
+
     /// Removes an allocation: its channels are unbound, its timers dropped, and its sockets
     /// (and a reservation it made that is still unclaimed) released.
     fn remove_allocation(&mut self, five_tuple: &FiveTuple, expired: bool) {
@@ -2018,13 +2036,13 @@ impl Server {
             server: state.server,
             transport: Transport::Udp,
         };
-        if self
-            .config
-            .listeners
-            .get(usize::from(state.listener))
-            .is_none_or(|l| l.addr != state.server)
-        {
-            return Err("its listener is not configured any more");
+        match self.config.listeners.get(usize::from(state.listener)) {
+            Some(l) if l.addr == state.server && l.transport == Transport::Udp => {}
+            // A stream client's connection did not survive the restart.
+            Some(l) if l.transport == Transport::Tcp => {
+                return Err("its client's connection ended with the restart");
+            }
+            _ => return Err("its listener is not configured any more"),
         }
         let expires = at(state.expires_unix_ms).ok_or("expired while the agent was down")?;
         if self.allocations.contains_key(&five_tuple)

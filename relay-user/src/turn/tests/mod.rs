@@ -63,6 +63,7 @@ pub(super) fn config() -> ServerConfig {
         vec![Listener {
             name: "main".to_owned(),
             addr: listener_addr(),
+            transport: crate::turn::Transport::Udp,
         }],
     );
     config.software = "xturn-test".to_owned();

@@ -98,7 +98,7 @@ fn sample_ipv4_response() {
             .get_attribute::<XorMappedAddress>()
             .unwrap()
             .address(),
-        "192.0.2.1:32853".parse().unwrap()
+        "192.0.2.1:32853".parse::<std::net::SocketAddr>().unwrap()
     );
     assert_eq!(reencode(&SAMPLE_IPV4_RESPONSE), SAMPLE_IPV4_RESPONSE);
 }
@@ -114,7 +114,7 @@ fn sample_ipv6_response() {
             .unwrap()
             .address(),
         "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
-            .parse()
+            .parse::<std::net::SocketAddr>()
             .unwrap()
     );
     assert_eq!(reencode(&SAMPLE_IPV6_RESPONSE), SAMPLE_IPV6_RESPONSE);

@@ -1,0 +1,291 @@
+//! TURN over DTLS (RFC 8656 §3.1 with RFC 6347 DTLS 1.2): sessions on one UDP socket, run by
+//! webrtc-rs's sans-IO DTLS ([`rtc_dtls::endpoint::Endpoint`]), which demultiplexes them by
+//! client address. Each decrypted record is one STUN or ChannelData message for the core, as a
+//! UDP datagram would be; replies are encrypted to the session.
+//!
+//! Limits: at most `max_sessions` sessions (a datagram from a new address must be a handshake
+//! record, and is dropped and counted when the listener is full); a session must deliver its
+//! first message within [`FIRST_MESSAGE_TIMEOUT`] of its first datagram and then one at least
+//! every `idle_timeout`, or it is closed (its allocation with it). A failed handshake (say, a
+//! DTLS 1.0 client, which gets a protocol_version alert) ends its session only.
+//!
+//! The certificate follows its files: after a reload, new sessions get the new one.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use rtc_dtls::{
+    config::{ConfigBuilder, HandshakeConfig},
+    crypto::Certificate,
+    crypto_provider::{SignatureScheme, default_provider},
+    endpoint::{Endpoint, EndpointEvent},
+};
+use rtc_shared::TransportProtocol;
+use rustls::pki_types::PrivateKeyDer;
+use tokio::net::UdpSocket;
+use tracing::{debug, trace};
+
+use crate::{
+    server::{Shared, lock},
+    stream::FIRST_MESSAGE_TIMEOUT,
+    tls::{CertStore, read_pem},
+    turn::ListenerId,
+};
+
+/// How often session deadlines and DTLS retransmissions are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// The DTLS record content type of handshake messages: what a new session must start with.
+const HANDSHAKE: u8 = 22;
+
+/// A DTLS listener's counters.
+#[derive(Debug, Default)]
+pub struct DtlsCounters {
+    pub sessions_started: AtomicU64,
+    /// Datagrams from new addresses dropped: the listener was full, or it was no handshake.
+    pub refused: AtomicU64,
+    /// Sessions ended by a DTLS error (failed handshake, bad record, retransmissions spent).
+    pub failed: AtomicU64,
+    /// Sessions closed for no complete message in time.
+    pub timed_out: AtomicU64,
+    /// Messages for a client that could not be sent (no session, or not established yet).
+    pub dropped: AtomicU64,
+}
+
+struct State {
+    endpoint: Endpoint,
+    /// Each session's deadline for its next complete message.
+    deadlines: HashMap<SocketAddr, Instant>,
+    /// The certificate store's reload count the endpoint's configuration was built from.
+    cert_version: u64,
+}
+
+pub struct DtlsListener {
+    id: ListenerId,
+    socket: Arc<UdpSocket>,
+    certs: Arc<CertStore>,
+    state: Mutex<State>,
+    max_sessions: usize,
+    idle_timeout: Duration,
+    pub counters: DtlsCounters,
+}
+
+/// A DTLS server configuration from the store's files (the key must be PKCS#8; ECDSA P-256 or
+/// P-384, RSA or Ed25519).
+fn handshake_config(certs: &CertStore) -> Result<Arc<HandshakeConfig>, String> {
+    let pem = read_pem(certs.files()).map_err(|e| e.to_string())?;
+    let PrivateKeyDer::Pkcs8(key) = pem.key else {
+        return Err(format!(
+            "key {}: DTLS needs a PKCS#8 key (\"BEGIN PRIVATE KEY\"); convert it with `openssl pkcs8 -topk8 -nocrypt`",
+            certs.files().key.display()
+        ));
+    };
+    let provider = default_provider().map_err(|e| e.to_string())?;
+    let signing_key = [
+        SignatureScheme::EcdsaP256Sha256,
+        SignatureScheme::EcdsaP384Sha384,
+        SignatureScheme::RsaPkcs1Sha256,
+        SignatureScheme::Ed25519,
+    ]
+    .into_iter()
+    .find_map(|scheme| {
+        provider
+            .crypto()
+            .import_signing_key(scheme, key.secret_pkcs8_der())
+            .ok()
+    })
+    .ok_or_else(|| format!("key {}: unsupported key type", certs.files().key.display()))?;
+    let config = ConfigBuilder::default()
+        .with_crypto_provider(provider)
+        .with_certificates(vec![Certificate::from_signing_key(pem.chain, signing_key)])
+        .build(false, None)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(config))
+}
+
+impl DtlsListener {
+    pub fn new(
+        id: ListenerId,
+        socket: Arc<UdpSocket>,
+        certs: Arc<CertStore>,
+        max_sessions: usize,
+        idle_timeout: Duration,
+    ) -> Result<DtlsListener, String> {
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        let config = handshake_config(&certs)?;
+        let cert_version = certs.reloads();
+        Ok(DtlsListener {
+            id,
+            socket,
+            state: Mutex::new(State {
+                endpoint: Endpoint::new(local, TransportProtocol::UDP, Some(config)),
+                deadlines: HashMap::new(),
+                cert_version,
+            }),
+            certs,
+            max_sessions,
+            idle_timeout,
+            counters: DtlsCounters::default(),
+        })
+    }
+
+    /// Open sessions (handshaking included).
+    pub fn sessions(&self) -> usize {
+        lock(&self.state).deadlines.len()
+    }
+
+    /// Encrypts `data` for `client`'s session and sends it; `false` if it could not be.
+    pub fn send(&self, client: SocketAddr, data: &[u8]) -> bool {
+        let mut state = lock(&self.state);
+        if let Err(e) = state.endpoint.write(Instant::now(), client, data) {
+            trace!(%client, error = %e, "DTLS send refused");
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.flush(&mut state)
+    }
+
+    /// Sends every datagram the endpoint queued; `false` if the kernel refused one.
+    fn flush(&self, state: &mut State) -> bool {
+        let mut all = true;
+        while let Some(transmit) = state.endpoint.poll_transmit() {
+            all &= crate::server::send(
+                &self.socket,
+                &transmit.message,
+                transmit.transport.peer_addr,
+            );
+        }
+        all
+    }
+
+    /// Ends `client`'s session (it is gone or misbehaved).
+    fn stop(&self, state: &mut State, client: SocketAddr, now: Instant) {
+        state.endpoint.stop(now, client);
+        state.deadlines.remove(&client);
+    }
+
+    /// Takes one datagram; returns the messages it decrypted to and whether the session ended.
+    fn receive(&self, client: SocketAddr, datagram: &[u8], now: Instant) -> (Vec<BytesMut>, bool) {
+        let mut state = lock(&self.state);
+        // New sessions get the certificate in force.
+        let version = self.certs.reloads();
+        if version != state.cert_version {
+            match handshake_config(&self.certs) {
+                Ok(config) => state.endpoint.set_server_config(Some(config)),
+                Err(e) => debug!(error = %e, "DTLS keeps its previous certificate"),
+            }
+            state.cert_version = version;
+        }
+        if !state.deadlines.contains_key(&client) {
+            let full = state.deadlines.len() >= self.max_sessions;
+            if full || datagram.first() != Some(&HANDSHAKE) {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return (Vec::new(), false);
+            }
+            self.counters
+                .sessions_started
+                .fetch_add(1, Ordering::Relaxed);
+            state.deadlines.insert(client, now + FIRST_MESSAGE_TIMEOUT);
+        }
+        let mut messages = Vec::new();
+        let mut ended = false;
+        match state
+            .endpoint
+            .read(now, client, None, BytesMut::from(datagram))
+        {
+            Ok(events) => {
+                for event in events {
+                    match event {
+                        EndpointEvent::ApplicationData(data) => messages.push(data),
+                        EndpointEvent::PeerClosed => ended = true,
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(%client, error = %e, "DTLS session failed");
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                ended = true;
+            }
+        }
+        if !messages.is_empty() {
+            state.deadlines.insert(client, now + self.idle_timeout);
+        }
+        // Send what the session queued (handshake flights, alerts) before ending it.
+        self.flush(&mut state);
+        if ended {
+            self.stop(&mut state, client, now);
+        }
+        (messages, ended)
+    }
+
+    /// Retransmits handshake flights that are due and closes sessions past their deadline;
+    /// returns the clients whose sessions ended.
+    fn tick(&self, now: Instant) -> Vec<SocketAddr> {
+        let mut state = lock(&self.state);
+        let mut ended = Vec::new();
+        let clients: Vec<(SocketAddr, Instant)> =
+            state.deadlines.iter().map(|(c, d)| (*c, *d)).collect();
+        for (client, deadline) in clients {
+            if now >= deadline {
+                self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                ended.push(client);
+                continue;
+            }
+            let due = state
+                .endpoint
+                .poll_timeout(&client)
+                .is_some_and(|t| t <= now);
+            if due && state.endpoint.handle_timeout(client, now).is_err() {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                ended.push(client);
+            }
+        }
+        self.flush(&mut state);
+        for client in &ended {
+            self.stop(&mut state, *client, now);
+        }
+        ended
+    }
+}
+
+/// Reads the listener's socket until the task is aborted.
+pub(crate) async fn receive_task(shared: Arc<Shared>, listener: Arc<DtlsListener>) {
+    let mut buf = vec![0u8; 65_536];
+    let mut commands = std::collections::VecDeque::new();
+    loop {
+        let (len, client) = match listener.socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) => {
+                trace!(error = %e, "DTLS listener receive error");
+                continue;
+            }
+        };
+        let (messages, ended) = listener.receive(client, &buf[..len], Instant::now());
+        for message in messages {
+            shared.client_message(listener.id, client, &message, &mut commands);
+        }
+        if ended {
+            shared.client_closed(listener.id, client);
+        }
+    }
+}
+
+/// Drives retransmissions and deadlines until the task is aborted.
+pub(crate) async fn timer_task(shared: Arc<Shared>, listener: Arc<DtlsListener>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for client in listener.tick(Instant::now()) {
+            debug!(%client, "DTLS session ended");
+            shared.client_closed(listener.id, client);
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! TURN over TCP and TLS (RFC 8656 §3.1, §12.5): clients on stream connections.
+//!
+//! A connection carries STUN messages and ChannelData messages back to back; [`Framer`] cuts
+//! them apart (a STUN message is 20 bytes plus its length; ChannelData is 4 bytes plus its
+//! length, padded to a multiple of 4 on streams). Each message goes to the core exactly as a UDP
+//! datagram would, with the connection's remote address as the client's; the core's 5-tuple
+//! says TCP, and the allocation ends when the connection does.
+//!
+//! Limits, per listener: at most `max_connections` at once (more are closed at once and
+//! counted); a TLS handshake and the first complete message must arrive within
+//! [`FIRST_MESSAGE_TIMEOUT`]; after that a connection that delivers no complete message for
+//! `idle_timeout` is closed (a slowloris client trickling bytes gets nowhere). What the server
+//! sends a client waits in a bounded queue ([`SEND_QUEUE`] messages); when a client does not
+//! read and the queue is full, messages for it are dropped and counted, and nobody else waits.
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpListener,
+    sync::mpsc,
+};
+use tracing::{debug, trace};
+
+use crate::{
+    server::{Shared, lock},
+    tls::CertStore,
+    turn::ListenerId,
+};
+
+/// Time for the TLS handshake and the first complete message of a new connection.
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages waiting to be written to one client.
+pub const SEND_QUEUE: usize = 256;
+/// RFC 8489's magic cookie, bytes 4..8 of every STUN message.
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+/// The largest message a client may send: a STUN message of the largest length.
+const MAX_MESSAGE: usize = 20 + 0xFFFF;
+
+/// Why a stream was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// The first byte is neither STUN (0b00) nor ChannelData (0b01): not TURN.
+    NotTurn(u8),
+}
+
+/// Cuts a byte stream into STUN and ChannelData messages.
+#[derive(Debug, Default)]
+pub struct Framer {
+    buf: Vec<u8>,
+}
+
+impl Framer {
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that are not a complete message yet.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete message, with ChannelData padding removed; `Ok(None)`: more bytes
+    /// are needed.
+    pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let length = usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]));
+        let (message, consumed) = match self.buf[0] >> 6 {
+            0b00 => {
+                // STUN: the magic cookie tells it from other protocols (a TLS ClientHello on
+                // a plain TCP listener, say).
+                if self.buf.len() < 8 {
+                    return Ok(None);
+                }
+                if self.buf[4..8] != MAGIC_COOKIE {
+                    return Err(FrameError::NotTurn(self.buf[0]));
+                }
+                (20 + length, 20 + length)
+            }
+            0b01 => (4 + length, (4 + length).next_multiple_of(4)),
+            _ => return Err(FrameError::NotTurn(self.buf[0])),
+        };
+        if self.buf.len() < consumed {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(consumed);
+        let mut message_bytes = std::mem::replace(&mut self.buf, rest);
+        message_bytes.truncate(message);
+        Ok(Some(message_bytes))
+    }
+}
+
+/// A message for a stream client: ChannelData is padded to a multiple of 4 (RFC 8656 §12.5).
+pub fn frame_for_stream(mut data: Vec<u8>) -> Vec<u8> {
+    if data.first().is_some_and(|b| b >> 6 == 0b01) {
+        let padded = data.len().next_multiple_of(4);
+        data.resize(padded, 0);
+    }
+    data
+}
+
+/// A listener's connection counters.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    pub accepted: AtomicU64,
+    /// Closed at once: the listener was at `max_connections`.
+    pub refused: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub handshake_failures: AtomicU64,
+    /// Closed for sending no complete message in time (first message or idle).
+    pub timed_out: AtomicU64,
+    /// Closed for sending something that is not STUN or ChannelData.
+    pub protocol_errors: AtomicU64,
+    /// Messages for a client that were dropped because its send queue was full.
+    pub dropped: AtomicU64,
+}
+
+/// A listener's open connections, by client address.
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    pub counters: StreamCounters,
+}
+
+impl Connections {
+    pub fn len(&self) -> usize {
+        lock(&self.open).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues `data` for `client`; `false` when it has no connection or its queue is full.
+    pub fn send(&self, client: SocketAddr, data: Vec<u8>) -> bool {
+        let sender = lock(&self.open).get(&client).cloned();
+        let Some(sender) = sender else {
+            trace!(%client, "no connection for a message");
+            return false;
+        };
+        match sender.try_send(frame_for_stream(data)) {
+            Ok(()) => true,
+            Err(_) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// Everything a stream listener's tasks need.
+pub struct StreamListener {
+    pub id: ListenerId,
+    pub connections: Arc<Connections>,
+    /// `Some` for TLS.
+    pub tls: Option<Arc<CertStore>>,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+/// Accepts connections until the task is aborted.
+pub(crate) async fn accept_task(
+    shared: Arc<Shared>,
+    listener: Arc<StreamListener>,
+    socket: TcpListener,
+) {
+    let acceptor = match &listener.tls {
+        Some(store) => match store.server_config() {
+            Ok(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS listener cannot start");
+                return;
+            }
+        },
+        None => None,
+    };
+    loop {
+        let (stream, client) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let counters = &listener.connections.counters;
+        if listener.connections.len() >= listener.max_connections {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(%client, "connection refused: listener at its connection limit");
+            drop(stream);
+            continue;
+        }
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        lock(&listener.connections.open).insert(client, tx);
+        let shared = Arc::clone(&shared);
+        let listener = Arc::clone(&listener);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + FIRST_MESSAGE_TIMEOUT;
+            match acceptor {
+                None => serve(&shared, &listener, client, stream, rx, deadline).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve(&shared, &listener, client, tls, rx, deadline).await,
+                        Ok(Err(e)) => {
+                            listener
+                                .connections
+                                .counters
+                                .handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(%client, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            listener
+                                .connections
+                                .counters
+                                .handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(%client, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+            closed(&shared, &listener, client);
+        });
+    }
+}
+
+/// Reads messages into the core and writes queued messages out, until the connection ends.
+async fn serve<S>(
+    shared: &Arc<Shared>,
+    listener: &StreamListener,
+    client: SocketAddr,
+    stream: S,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    first_deadline: tokio::time::Instant,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    // The writer runs on its own: a client that does not read blocks only its own writes.
+    let write_task = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            if writer.write_all(&message).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let mut framer = Framer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut deadline = first_deadline;
+    let mut commands = std::collections::VecDeque::new();
+    let counters = &listener.connections.counters;
+    'read: loop {
+        let read = match tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
+            Err(_) => {
+                counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                debug!(%client, pending = framer.pending(), "closing a connection without a complete message in time");
+                break;
+            }
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                trace!(%client, error = %e, "connection read error");
+                break;
+            }
+        };
+        framer.push(&buf[..read]);
+        loop {
+            match framer.next_message() {
+                Ok(Some(message)) => {
+                    deadline = tokio::time::Instant::now() + listener.idle_timeout;
+                    shared.client_message(listener.id, client, &message, &mut commands);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(%client, error = ?e, "closing a connection that is not TURN");
+                    break 'read;
+                }
+            }
+        }
+        if framer.pending() > MAX_MESSAGE {
+            counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+    }
+    write_task.abort();
+}
+
+/// Forgets a connection and ends its allocation.
+fn closed(shared: &Arc<Shared>, listener: &StreamListener, client: SocketAddr) {
+    lock(&listener.connections.open).remove(&client);
+    shared.client_closed(listener.id, client);
+}
+
+/// Binds a TCP listener socket.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
+        let mut m = channel.to_be_bytes().to_vec();
+        m.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn stun(length: u16) -> Vec<u8> {
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&length.to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        m.extend_from_slice(&[7; 12]);
+        m.extend(std::iter::repeat_n(0xAB, usize::from(length)));
+        m
+    }
+
+    #[test]
+    fn frames_messages_split_anywhere() {
+        let a = stun(8);
+        let b = channel_data(0x4001, b"hello"); // 9 bytes, 3 of padding on a stream
+        let c = stun(0);
+        let mut stream = a.clone();
+        stream.extend(frame_for_stream(b.clone()));
+        stream.extend(&c);
+        assert_eq!(frame_for_stream(b.clone()).len(), 12);
+        // Every split point, byte by byte included.
+        for chunk in [1, 2, 3, 5, 7, stream.len()] {
+            let mut framer = Framer::default();
+            let mut out = Vec::new();
+            for piece in stream.chunks(chunk) {
+                framer.push(piece);
+                while let Some(m) = framer.next_message().unwrap() {
+                    out.push(m);
+                }
+            }
+            assert_eq!(out, [a.clone(), b.clone(), c.clone()], "chunk {chunk}");
+            assert_eq!(framer.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_turn_and_waits_for_partial_messages() {
+        let mut framer = Framer::default();
+        framer.push(b"\x80\x01\x00\x00");
+        assert_eq!(framer.next_message(), Err(FrameError::NotTurn(0x80)));
+        // A TLS ClientHello starts like STUN (0x16) but has no magic cookie.
+        let mut framer = Framer::default();
+        framer.push(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC]);
+        assert_eq!(framer.next_message(), Err(FrameError::NotTurn(0x16)));
+        let mut framer = Framer::default();
+        framer.push(&stun(100)[..50]);
+        assert_eq!(framer.next_message(), Ok(None));
+        assert_eq!(framer.pending(), 50);
+        // A padded ChannelData needs its padding before it counts as complete.
+        let mut framer = Framer::default();
+        framer.push(&channel_data(0x4000, b"abcde"));
+        assert_eq!(framer.next_message(), Ok(None));
+        framer.push(&[0, 0, 0]);
+        assert_eq!(framer.next_message().unwrap().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn stun_is_not_padded_channel_data_is() {
+        assert_eq!(frame_for_stream(stun(4)).len(), 24);
+        assert_eq!(frame_for_stream(channel_data(0x4000, &[1; 4])).len(), 8);
+        assert_eq!(frame_for_stream(channel_data(0x4000, &[1; 1])).len(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_full_send_queue_drops_and_counts() {
+        let connections = Connections::default();
+        let client: SocketAddr = "198.18.0.9:5000".parse().unwrap();
+        let (tx, _rx) = mpsc::channel(2);
+        lock(&connections.open).insert(client, tx);
+        assert!(connections.send(client, stun(0)));
+        assert!(connections.send(client, stun(0)));
+        assert!(!connections.send(client, stun(0)));
+        assert_eq!(connections.counters.dropped.load(Ordering::Relaxed), 1);
+        assert!(!connections.send("198.18.0.10:1".parse().unwrap(), stun(0)));
+    }
+}
