@@ -114,11 +114,11 @@ pub fn watch(
                         }
                     }
                     None => {
-                        warn!(config_map = %reference, key, "ConfigMap has no such key; the running configuration stays")
+                        warn!(config_map = %reference, key, "ConfigMap has no such key; the running configuration stays");
                     }
                 },
                 Err(e) => {
-                    warn!(config_map = %reference, error = %e, "ConfigMap watch failed; retrying")
+                    warn!(config_map = %reference, error = %e, "ConfigMap watch failed; retrying");
                 }
             }
         }

@@ -31,7 +31,7 @@ use tracing::warn;
 use crate::{
     dataplane::XdpHook,
     ebpf::{ChannelCounters, ChannelEntry},
-    server::{ChannelHook, IoSnapshot, ServerHandle},
+    server::{ChannelHook, ConnectionSnapshot, IoSnapshot, ServerHandle},
     turn::{self, ChannelBinding},
 };
 
@@ -248,6 +248,8 @@ pub struct Snapshot {
     /// Traffic of the relayed sockets.
     pub relay_io: IoSnapshot,
     pub xdp: Option<XdpSnapshot>,
+    /// Name and connections of each TCP, TLS and DTLS listener.
+    pub connections: Vec<(String, ConnectionSnapshot)>,
 }
 
 impl Snapshot {
@@ -322,6 +324,13 @@ impl MetricsSource {
                 )
             })?;
         let (listener_io, relay_io) = self.server.io()?;
+        let connections = self
+            .listener_names
+            .iter()
+            .cloned()
+            .zip(self.server.connections()?)
+            .filter_map(|(name, c)| Some((name, c?)))
+            .collect();
         let listeners = self
             .listener_names
             .iter()
@@ -361,6 +370,7 @@ impl MetricsSource {
             listeners,
             relay_io,
             xdp,
+            connections,
         })
     }
 }
@@ -395,6 +405,16 @@ impl Out<'_, '_> {
         self.0
             .encode_descriptor(name, help, None, MetricType::Gauge)?
             .encode_gauge(&value)
+    }
+
+    fn gauges(&mut self, name: &'static str, help: &str, rows: &[(Labels, u64)]) -> fmt::Result {
+        let mut metric = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, value) in rows {
+            metric.encode_family(labels)?.encode_gauge(value)?;
+        }
+        Ok(())
     }
 
     fn counters(&mut self, name: &'static str, help: &str, rows: &[(Labels, u64)]) -> fmt::Result {
@@ -723,6 +743,38 @@ impl Collector for SnapshotCollector {
             "xturn_listener_send_errors",
             "Datagrams to clients the kernel refused to send (full socket buffer, ...).",
             &io_errors,
+        )?;
+        // TCP, TLS and DTLS clients' connections.
+        let mut open = Vec::new();
+        let mut events = Vec::new();
+        let mut dropped = Vec::new();
+        for (name, c) in &s.connections {
+            open.push((labels([("listener", name)]), c.open));
+            for (event, value) in [
+                ("accepted", c.accepted),
+                ("refused", c.refused),
+                ("handshake_failed", c.handshake_failures),
+                ("timed_out", c.timed_out),
+                ("protocol_error", c.protocol_errors),
+            ] {
+                events.push((labels([("listener", name), ("event", event)]), value));
+            }
+            dropped.push((labels([("listener", name)]), c.dropped));
+        }
+        out.gauges(
+            "xturn_connections_open",
+            "TCP/TLS connections or DTLS sessions open now, per listener.",
+            &open,
+        )?;
+        out.counters(
+            "xturn_connection_events",
+            "Connections (DTLS: sessions) accepted, refused at the limit, failed in the handshake, closed for no complete message in time, closed for not speaking TURN.",
+            &events,
+        )?;
+        out.counters(
+            "xturn_connection_dropped_messages",
+            "Messages to stream/DTLS clients dropped: the client's send queue was full (it does not read) or its session was not established.",
+            &dropped,
         )?;
         let r = &s.relay_io;
         out.counters(

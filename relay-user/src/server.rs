@@ -105,7 +105,7 @@ async fn certificate_task(stores: Vec<Arc<CertStore>>) {
                 Ok(true) => info!(cert = %store.files().cert.display(), "certificate reloaded"),
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(error = %e, "certificate not reloaded; the previous one stays in use")
+                    warn!(error = %e, "certificate not reloaded; the previous one stays in use");
                 }
             }
         }
@@ -205,6 +205,25 @@ impl IoCounters {
             tx_errors: self.tx_errors.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A stream or DTLS listener's connections, read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionSnapshot {
+    /// Connections (TCP/TLS) or sessions (DTLS) open now.
+    pub open: u64,
+    pub accepted: u64,
+    /// Turned away at the connection limit (DTLS: also datagrams from new addresses that were
+    /// no handshake).
+    pub refused: u64,
+    /// TLS handshakes failed or timed out; DTLS sessions ended by an error.
+    pub handshake_failures: u64,
+    /// Closed for no complete message in time.
+    pub timed_out: u64,
+    /// Closed for sending what is not STUN or ChannelData.
+    pub protocol_errors: u64,
+    /// Messages to clients dropped (full send queue; DTLS: no established session).
+    pub dropped: u64,
 }
 
 /// [`IoCounters`] read at one moment.
@@ -387,19 +406,6 @@ impl RunningServer {
         })
     }
 
-    /// Each stream listener's connection counters (`None` for UDP listeners), by
-    /// [`ListenerId`].
-    pub fn connections(&self) -> Vec<Option<Arc<Connections>>> {
-        self.shared
-            .clients
-            .iter()
-            .map(|c| match c {
-                ClientIo::Stream(connections) => Some(Arc::clone(connections)),
-                ClientIo::Udp(_) | ClientIo::Dtls(_) => None,
-            })
-            .collect()
-    }
-
     /// Adopted allocations dropped at start because a relayed address could not be bound.
     pub fn adoption_dropped(&self) -> usize {
         self.dropped
@@ -477,6 +483,45 @@ impl ServerHandle {
             .map(IoCounters::snapshot)
             .collect();
         Some((listeners, shared.relay_io.snapshot()))
+    }
+
+    /// Connection counters of each stream and DTLS listener (`None` for UDP listeners),
+    /// indexed by [`ListenerId`].
+    pub fn connections(&self) -> Option<Vec<Option<ConnectionSnapshot>>> {
+        let shared = self.shared.upgrade()?;
+        Some(
+            shared
+                .clients
+                .iter()
+                .map(|client| match client {
+                    ClientIo::Udp(_) => None,
+                    ClientIo::Stream(c) => {
+                        let n = &c.counters;
+                        Some(ConnectionSnapshot {
+                            open: c.len() as u64,
+                            accepted: n.accepted.load(Ordering::Relaxed),
+                            refused: n.refused.load(Ordering::Relaxed),
+                            handshake_failures: n.handshake_failures.load(Ordering::Relaxed),
+                            timed_out: n.timed_out.load(Ordering::Relaxed),
+                            protocol_errors: n.protocol_errors.load(Ordering::Relaxed),
+                            dropped: n.dropped.load(Ordering::Relaxed),
+                        })
+                    }
+                    ClientIo::Dtls(d) => {
+                        let n = &d.counters;
+                        Some(ConnectionSnapshot {
+                            open: d.sessions() as u64,
+                            accepted: n.sessions_started.load(Ordering::Relaxed),
+                            refused: n.refused.load(Ordering::Relaxed),
+                            handshake_failures: n.failed.load(Ordering::Relaxed),
+                            timed_out: n.timed_out.load(Ordering::Relaxed),
+                            protocol_errors: 0,
+                            dropped: n.dropped.load(Ordering::Relaxed),
+                        })
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// How long ago the timer task last ran: it runs at least every 500 ms while the event

@@ -1,6 +1,6 @@
 """A TURN round trip with aioice, a real third-party TURN client (UDP, ChannelBind).
 
-Usage: aioice_roundtrip.py SERVER_IP SERVER_PORT USER PASSWORD PEER_IP PEER_PORT COUNT
+Usage: aioice_roundtrip.py SERVER_IP SERVER_PORT USER PASSWORD PEER_IP PEER_PORT COUNT [udp|tcp]
 
 Allocates a relayed address, sends COUNT datagrams to an echo peer (aioice binds a channel on the
 first send), and waits for every echo. Prints `relayed=IP:PORT sent=N received=M` and exits 0 only
@@ -24,10 +24,15 @@ class Echoes(asyncio.DatagramProtocol):
 
 async def main():
     server_ip, server_port, user, password, peer_ip, peer_port, count = sys.argv[1:8]
+    client_transport = sys.argv[8] if len(sys.argv) > 8 else "udp"
     peer = (peer_ip, int(peer_port))
     count = int(count)
     transport, protocol = await aioice.turn.create_turn_endpoint(
-        Echoes, server_addr=(server_ip, int(server_port)), username=user, password=password
+        Echoes,
+        server_addr=(server_ip, int(server_port)),
+        username=user,
+        password=password,
+        transport=client_transport,
     )
     try:
         relayed = transport.get_extra_info("sockname")

@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "bpftool",
     "iputils-ping",
+    "openssl",
 ];
 
 /// Python packages used by the end-to-end tests (real TURN clients).

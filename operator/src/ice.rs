@@ -1,0 +1,460 @@
+//! The credential service: an HTTP endpoint that hands WebRTC clients an ICE server
+//! configuration for a Gateway — its public TURN URLs and credentials — like STUNner's auth
+//! service:
+//!
+//! `GET /ice?service=turn[&namespace=NS][&gateway=GW][&listener=L][&username=ID][&ttl=SECS]`
+//! → `{"iceServers":[{"urls":["turn:ADDR:PORT?transport=udp",...],"username":..,"credential":..}],
+//!     "iceTransportPolicy":"relay"}`.
+//!
+//! With `longterm`/`ephemeral` authentication the credentials are TURN REST API credentials
+//! (user name `EXPIRY:ID`, password `base64(HMAC-SHA1(secret, user name))`) valid for the
+//! GatewayConfig's `authLifetime` (or a shorter `ttl`); with `static` authentication, the
+//! static user. [`ice_config`] is the pure part; [`serve`] puts it on HTTP.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// How clients authenticate at a Gateway, as the credential service needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum IceAuth {
+    Static {
+        user: String,
+        password: String,
+    },
+    /// TURN REST API credentials.
+    Rest {
+        secret: String,
+        /// The id put in minted user names when the client names none.
+        user_id: Option<String>,
+        lifetime_secs: i64,
+    },
+}
+
+impl std::fmt::Debug for IceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IceAuth::Static { user, .. } => f.debug_struct("Static").field("user", user).finish(),
+            IceAuth::Rest {
+                user_id,
+                lifetime_secs,
+                ..
+            } => f
+                .debug_struct("Rest")
+                .field("user_id", user_id)
+                .field("lifetime_secs", lifetime_secs)
+                .finish(),
+        }
+    }
+}
+
+/// A listener's transport in a TURN URL (RFC 7065).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+    Dtls,
+}
+
+impl Transport {
+    pub fn from_protocol(protocol: &str) -> Option<Transport> {
+        match protocol {
+            "TURN-UDP" => Some(Transport::Udp),
+            "TURN-TCP" => Some(Transport::Tcp),
+            "TURN-TLS" => Some(Transport::Tls),
+            "TURN-DTLS" => Some(Transport::Dtls),
+            _ => None,
+        }
+    }
+
+    fn url(self, address: &str, port: u16) -> String {
+        let host = if address.contains(':') {
+            format!("[{address}]")
+        } else {
+            address.to_owned()
+        };
+        let (scheme, transport) = match self {
+            Transport::Udp => ("turn", "udp"),
+            Transport::Tcp => ("turn", "tcp"),
+            Transport::Tls => ("turns", "tcp"),
+            Transport::Dtls => ("turns", "udp"),
+        };
+        format!("{scheme}:{host}:{port}?transport={transport}")
+    }
+}
+
+/// What the credential service knows of one Gateway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IceSource {
+    pub namespace: String,
+    pub gateway: String,
+    pub realm: String,
+    pub auth: IceAuth,
+    /// Public addresses (IPs or host names); empty until the Gateway has one.
+    pub addresses: Vec<String>,
+    /// (listener name, transport, public port).
+    pub listeners: Vec<(String, Transport, u16)>,
+}
+
+/// The Gateways the service answers for, by `(namespace, name)`; the controller keeps it
+/// current, `xturn-operator auth-service -f` fills it from files.
+pub type Registry = Arc<RwLock<BTreeMap<(String, String), IceSource>>>;
+
+/// A request's query.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct IceQuery {
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    pub gateway: Option<String>,
+    pub listener: Option<String>,
+    pub username: Option<String>,
+    pub ttl: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceConfig {
+    pub ice_servers: Vec<IceServer>,
+    pub ice_transport_policy: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
+/// Why no configuration was handed out; each maps to an HTTP status.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IceError {
+    #[error("service must be \"turn\", not {0:?}")]
+    UnknownService(String),
+    #[error("ttl must be positive")]
+    BadTtl,
+    #[error("user name {0:?} must not contain ':'")]
+    BadUserName(String),
+    #[error("no Gateway matches the query")]
+    NoGateway,
+    #[error("the Gateway has no public address yet")]
+    NoAddress,
+}
+
+impl IceError {
+    fn status(&self) -> StatusCode {
+        match self {
+            IceError::UnknownService(_) | IceError::BadTtl | IceError::BadUserName(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            IceError::NoGateway => StatusCode::NOT_FOUND,
+            IceError::NoAddress => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// The TURN REST API password of `username`.
+pub fn rest_password(secret: &str, username: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, username.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+}
+
+/// The ICE configuration for `query` at `now` (Unix seconds).
+pub fn ice_config<'a>(
+    sources: impl IntoIterator<Item = &'a IceSource>,
+    query: &IceQuery,
+    now: i64,
+) -> Result<IceConfig, IceError> {
+    if let Some(service) = query.service.as_deref().filter(|s| *s != "turn") {
+        return Err(IceError::UnknownService(service.to_owned()));
+    }
+    if query.ttl.is_some_and(|t| t <= 0) {
+        return Err(IceError::BadTtl);
+    }
+    if let Some(user) = query.username.as_deref().filter(|u| u.contains(':')) {
+        return Err(IceError::BadUserName(user.to_owned()));
+    }
+    let mut servers = Vec::new();
+    let mut matched = false;
+    for source in sources {
+        let wanted = query
+            .namespace
+            .as_ref()
+            .is_none_or(|n| *n == source.namespace)
+            && query.gateway.as_ref().is_none_or(|g| *g == source.gateway);
+        if !wanted {
+            continue;
+        }
+        let urls: Vec<String> = source
+            .addresses
+            .iter()
+            .flat_map(|address| {
+                source
+                    .listeners
+                    .iter()
+                    .filter(|(name, _, _)| query.listener.as_ref().is_none_or(|l| l == name))
+                    .map(move |(_, transport, port)| transport.url(address, *port))
+            })
+            .collect();
+        matched |= query
+            .listener
+            .as_ref()
+            .is_none_or(|l| source.listeners.iter().any(|(name, _, _)| name == l));
+        if urls.is_empty() {
+            continue;
+        }
+        let (username, credential) = match &source.auth {
+            IceAuth::Static { user, password } => (user.clone(), password.clone()),
+            IceAuth::Rest {
+                secret,
+                user_id,
+                lifetime_secs,
+            } => {
+                let ttl = query.ttl.map_or(*lifetime_secs, |t| t.min(*lifetime_secs));
+                let id = query
+                    .username
+                    .clone()
+                    .or_else(|| user_id.clone())
+                    .unwrap_or_else(|| "user".to_owned());
+                let username = format!("{}:{id}", now.saturating_add(ttl));
+                let password = rest_password(secret, &username);
+                (username, password)
+            }
+        };
+        servers.push(IceServer {
+            urls,
+            username,
+            credential,
+        });
+    }
+    if servers.is_empty() {
+        return Err(if matched {
+            IceError::NoAddress
+        } else {
+            IceError::NoGateway
+        });
+    }
+    Ok(IceConfig {
+        ice_servers: servers,
+        ice_transport_policy: "relay".to_owned(),
+    })
+}
+
+async fn handle_ice(State(registry): State<Registry>, Query(query): Query<IceQuery>) -> Response {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let result = match registry.read() {
+        Ok(sources) => ice_config(sources.values(), &query, now),
+        Err(_) => Err(IceError::NoGateway),
+    };
+    match result {
+        Ok(config) => (StatusCode::OK, Json(config)).into_response(),
+        Err(e) => {
+            tracing::debug!(error = %e, ?query, "ICE configuration refused");
+            (
+                e.status(),
+                Json(serde_json::json!({"error": e.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The HTTP routes: `/ice` and a `/healthz` for probes.
+pub fn router(registry: Registry) -> Router {
+    Router::new()
+        .route("/ice", get(handle_ice))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(registry)
+}
+
+/// Serves the credential service on `addr` until the task is dropped. Returns the bound
+/// address (port 0 picks one) and the serving task.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move { axum::serve(listener, router(registry)).await });
+    Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(auth: IceAuth) -> IceSource {
+        IceSource {
+            namespace: "stunner".into(),
+            gateway: "stunner-gateway".into(),
+            realm: "stunner.example.com".into(),
+            auth,
+            addresses: vec!["198.18.1.1".into(), "2001:db8:1::1".into()],
+            listeners: vec![
+                ("udp-listener".into(), Transport::Udp, 3478),
+                ("tcp-listener".into(), Transport::Tcp, 3478),
+            ],
+        }
+    }
+
+    fn rest() -> IceAuth {
+        IceAuth::Rest {
+            secret: "s3cret".into(),
+            user_id: Some("stunner".into()),
+            lifetime_secs: 86_400,
+        }
+    }
+
+    #[test]
+    fn rest_credentials_expire_after_the_lifetime_and_verify() {
+        let sources = [source(rest())];
+        let config = ice_config(&sources, &IceQuery::default(), 1_000).unwrap();
+        assert_eq!(config.ice_transport_policy, "relay");
+        let server = &config.ice_servers[0];
+        assert_eq!(server.username, "87400:stunner");
+        assert_eq!(server.credential, rest_password("s3cret", "87400:stunner"));
+        assert_eq!(
+            server.urls,
+            [
+                "turn:198.18.1.1:3478?transport=udp",
+                "turn:198.18.1.1:3478?transport=tcp",
+                "turn:[2001:db8:1::1]:3478?transport=udp",
+                "turn:[2001:db8:1::1]:3478?transport=tcp",
+            ]
+        );
+        // A shorter ttl and a named user; a longer ttl is capped at authLifetime.
+        let query = IceQuery {
+            username: Some("alice".into()),
+            ttl: Some(60),
+            ..IceQuery::default()
+        };
+        let config = ice_config(&sources, &query, 1_000).unwrap();
+        assert_eq!(config.ice_servers[0].username, "1060:alice");
+        let query = IceQuery {
+            ttl: Some(10_000_000),
+            ..IceQuery::default()
+        };
+        let config = ice_config(&sources, &query, 1_000).unwrap();
+        assert_eq!(config.ice_servers[0].username, "87400:stunner");
+    }
+
+    #[test]
+    fn the_rest_password_is_the_drafts_hmac() {
+        // draft-uberti-behave-turn-rest: base64(HMAC-SHA1(secret, username)); computed
+        // independently with `printf %s 1700000000:alice | openssl dgst -sha1 -hmac s3cret -binary | base64`.
+        assert_eq!(
+            rest_password("s3cret", "1700000000:alice"),
+            "TtElzSjT0GdnTQ9xdcRNxx96yQs="
+        );
+    }
+
+    #[test]
+    fn static_credentials_and_filters() {
+        let auth = IceAuth::Static {
+            user: "stunner".into(),
+            password: "pass".into(),
+        };
+        let sources = [source(auth)];
+        let query = IceQuery {
+            service: Some("turn".into()),
+            namespace: Some("stunner".into()),
+            gateway: Some("stunner-gateway".into()),
+            listener: Some("tcp-listener".into()),
+            ..IceQuery::default()
+        };
+        let config = ice_config(&sources, &query, 0).unwrap();
+        assert_eq!(config.ice_servers[0].username, "stunner");
+        assert_eq!(config.ice_servers[0].credential, "pass");
+        assert_eq!(config.ice_servers[0].urls.len(), 2);
+        assert!(
+            config.ice_servers[0]
+                .urls
+                .iter()
+                .all(|u| u.ends_with("tcp"))
+        );
+    }
+
+    #[test]
+    fn bad_queries_are_refused_with_a_reason() {
+        let sources = [source(rest())];
+        let q = |f: fn(&mut IceQuery)| {
+            let mut q = IceQuery::default();
+            f(&mut q);
+            ice_config(&sources, &q, 0).unwrap_err()
+        };
+        assert_eq!(
+            q(|q| q.service = Some("stun".into())),
+            IceError::UnknownService("stun".into())
+        );
+        assert_eq!(q(|q| q.ttl = Some(0)), IceError::BadTtl);
+        assert_eq!(
+            q(|q| q.username = Some("a:b".into())),
+            IceError::BadUserName("a:b".into())
+        );
+        assert_eq!(q(|q| q.gateway = Some("other".into())), IceError::NoGateway);
+        assert_eq!(q(|q| q.listener = Some("nope".into())), IceError::NoGateway);
+        let mut pending = source(rest());
+        pending.addresses.clear();
+        assert_eq!(
+            ice_config(&[pending], &IceQuery::default(), 0).unwrap_err(),
+            IceError::NoAddress
+        );
+    }
+
+    #[test]
+    fn turns_urls_for_tls_and_dtls() {
+        assert_eq!(
+            Transport::Tls.url("turn.example.com", 443),
+            "turns:turn.example.com:443?transport=tcp"
+        );
+        assert_eq!(
+            Transport::Dtls.url("198.18.1.1", 443),
+            "turns:198.18.1.1:443?transport=udp"
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_over_http() {
+        let registry: Registry = Arc::default();
+        registry
+            .write()
+            .unwrap()
+            .insert(("stunner".into(), "stunner-gateway".into()), source(rest()));
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), registry)
+            .await
+            .unwrap();
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        };
+        let ok = get("/ice?service=turn&username=bob").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains(":bob\""), "{ok}");
+        let bad = get("/ice?service=stun").await;
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        assert!(bad.contains("must be"), "{bad}");
+        let missing = get("/ice?gateway=nope").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        task.abort();
+    }
+}

@@ -1,0 +1,196 @@
+//! Everything rendering reads: the objects of the cluster (or of manifest files) that shape a
+//! Gateway's relays. In the cluster they come from the controller's watch caches; offline
+//! (`xturn-operator render -f`) from YAML documents.
+use std::{path::Path, sync::Arc};
+
+use gateway_api::apis::standard::{gatewayclasses::GatewayClass, gateways::Gateway};
+use k8s_openapi::api::{
+    core::v1::{Node, Secret, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::ResourceExt;
+use serde::Deserialize;
+
+use crate::crd::{Dataplane, GatewayConfig, StaticService, UDPRoute};
+
+/// A snapshot of the objects rendering depends on.
+#[derive(Clone, Default, Debug)]
+pub struct Inputs {
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
+    pub gateways: Vec<Arc<Gateway>>,
+    pub gateway_configs: Vec<Arc<GatewayConfig>>,
+    pub routes: Vec<Arc<UDPRoute>>,
+    pub static_services: Vec<Arc<StaticService>>,
+    pub dataplanes: Vec<Arc<Dataplane>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub secrets: Vec<Arc<Secret>>,
+    pub nodes: Vec<Arc<Node>>,
+}
+
+/// The namespace of a namespaced object (`default` when a manifest leaves it out).
+pub fn namespace_of<K: ResourceExt>(object: &K) -> String {
+    object.namespace().unwrap_or_else(|| "default".to_owned())
+}
+
+fn find<'a, K: ResourceExt>(list: &'a [Arc<K>], namespace: &str, name: &str) -> Option<&'a K> {
+    list.iter()
+        .map(AsRef::as_ref)
+        .find(|o| o.name_any() == name && namespace_of(*o) == namespace)
+}
+
+impl Inputs {
+    pub fn gateway_class(&self, name: &str) -> Option<&GatewayClass> {
+        self.gateway_classes
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|c| c.name_any() == name)
+    }
+    pub fn gateway_config(&self, namespace: &str, name: &str) -> Option<&GatewayConfig> {
+        find(&self.gateway_configs, namespace, name)
+    }
+    pub fn dataplane(&self, name: &str) -> Option<&Dataplane> {
+        self.dataplanes
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|d| d.name_any() == name)
+    }
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        find(&self.services, namespace, name)
+    }
+    pub fn static_service(&self, namespace: &str, name: &str) -> Option<&StaticService> {
+        find(&self.static_services, namespace, name)
+    }
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        find(&self.secrets, namespace, name)
+    }
+    /// The EndpointSlices of a Service (label `kubernetes.io/service-name`).
+    pub fn endpoint_slices_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.endpoint_slices
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(move |s| {
+                namespace_of(*s) == namespace
+                    && s.labels()
+                        .get("kubernetes.io/service-name")
+                        .map(String::as_str)
+                        == Some(service)
+            })
+    }
+
+    /// Reads every YAML document of `paths` (multi-document files, `List` objects) into a
+    /// snapshot. Kinds rendering does not read (a KEDA ScaledObject, say) are skipped and
+    /// named in the returned list.
+    pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<(Inputs, Vec<String>), FilesError> {
+        let mut inputs = Inputs::default();
+        let mut skipped = Vec::new();
+        for path in paths {
+            let path = path.as_ref();
+            let text = std::fs::read_to_string(path).map_err(|source| FilesError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            inputs.add_yaml(&text, &path.display().to_string(), &mut skipped)?;
+        }
+        Ok((inputs, skipped))
+    }
+
+    /// Adds the documents of one YAML stream; `origin` names it in errors.
+    pub fn add_yaml(
+        &mut self,
+        text: &str,
+        origin: &str,
+        skipped: &mut Vec<String>,
+    ) -> Result<(), FilesError> {
+        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value =
+                serde_yaml::Value::deserialize(document).map_err(|e| FilesError::Parse {
+                    origin: format!("{origin}, document {}", index + 1),
+                    message: e.to_string(),
+                })?;
+            if value.is_null() {
+                continue;
+            }
+            self.add_value(value, &format!("{origin}, document {}", index + 1), skipped)?;
+        }
+        Ok(())
+    }
+
+    fn add_value(
+        &mut self,
+        value: serde_yaml::Value,
+        origin: &str,
+        skipped: &mut Vec<String>,
+    ) -> Result<(), FilesError> {
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(serde_yaml::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let api_version = field("apiVersion");
+        let kind = field("kind");
+        fn typed<K: serde::de::DeserializeOwned>(
+            value: serde_yaml::Value,
+            origin: &str,
+        ) -> Result<Arc<K>, FilesError> {
+            serde_yaml::from_value(value)
+                .map(Arc::new)
+                .map_err(|e| FilesError::Parse {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })
+        }
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        match (group, kind.as_str()) {
+            ("", "List") | ("v1", "List") => {
+                let items = value
+                    .get("items")
+                    .and_then(serde_yaml::Value::as_sequence)
+                    .cloned()
+                    .unwrap_or_default();
+                for item in items {
+                    self.add_value(item, origin, skipped)?;
+                }
+            }
+            ("gateway.networking.k8s.io", "GatewayClass") => {
+                self.gateway_classes.push(typed(value, origin)?);
+            }
+            ("gateway.networking.k8s.io", "Gateway") => self.gateways.push(typed(value, origin)?),
+            ("stunner.l7mp.io", "GatewayConfig") => {
+                self.gateway_configs.push(typed(value, origin)?);
+            }
+            ("stunner.l7mp.io", "UDPRoute") => self.routes.push(typed(value, origin)?),
+            ("stunner.l7mp.io", "StaticService") => {
+                self.static_services.push(typed(value, origin)?);
+            }
+            ("stunner.l7mp.io", "Dataplane") => self.dataplanes.push(typed(value, origin)?),
+            ("", "Service") => self.services.push(typed(value, origin)?),
+            ("discovery.k8s.io", "EndpointSlice") => {
+                self.endpoint_slices.push(typed(value, origin)?);
+            }
+            ("", "Secret") => self.secrets.push(typed(value, origin)?),
+            ("", "Node") => self.nodes.push(typed(value, origin)?),
+            _ => skipped.push(format!("{api_version} {kind} ({origin})")),
+        }
+        Ok(())
+    }
+}
+
+/// Why manifest files could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+}

@@ -1,0 +1,15 @@
+//! `xturn-operator`: turns Gateway API resources (Gateway, GatewayClass) and STUNner's
+//! `stunner.l7mp.io/v1` resources (GatewayConfig, UDPRoute, StaticService, Dataplane) into
+//! running, configured `xturnd` relays.
+//!
+//! - [`crd`]: our custom resources; [`inputs`]: what rendering reads;
+//! - [`render`]: Gateway → agent config, ConfigMap, workload, Service, RBAC, statuses (pure);
+//! - [`reconcile`]: the controller that applies what [`render`] produced;
+//! - [`ice`]: the credential service handing out ICE server configurations.
+pub mod agent;
+pub mod crd;
+pub mod ice;
+pub mod inputs;
+pub mod offline;
+pub mod reconcile;
+pub mod render;

@@ -1,0 +1,149 @@
+//! Rendering without a cluster (`xturn-operator render -f`, `auth-service -f`): every Gateway
+//! of ours in the manifests, rendered as the controller would, with duplicate object names
+//! across Gateways refused.
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+
+use crate::{
+    ice::IceSource,
+    inputs::{Inputs, namespace_of},
+    render::{Outcome, Settings, Workload, render_gateway, route_status},
+};
+
+/// What the manifests render to.
+#[derive(Debug, Default)]
+pub struct Offline {
+    /// Objects to apply, in apply order (ConfigMap, RBAC, workload, Service per Gateway).
+    pub objects: Vec<serde_json::Value>,
+    /// The credential service's view of each rendered Gateway.
+    pub ice: Vec<IceSource>,
+    /// One line per Gateway and route: its conditions, for the operator's eyes.
+    pub report: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error("Gateways {first} and {second} both render objects named {namespace}/{name}")]
+    Conflict {
+        namespace: String,
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("cannot serialise an object: {0}")]
+    Serialise(#[from] serde_json::Error),
+}
+
+/// Renders every Gateway of ours. `public_address` stands in for a LoadBalancer address a
+/// Gateway has not got (there is no cluster to assign one).
+pub fn render_all(
+    inputs: &Inputs,
+    settings: &Settings,
+    public_address: Option<&str>,
+) -> Result<Offline, OfflineError> {
+    let mut out = Offline::default();
+    let mut names: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut ours = Vec::new();
+    for gateway in &inputs.gateways {
+        let id = format!("{}/{}", namespace_of(gateway.as_ref()), gateway.name_any());
+        let summary = |status: &gateway_api::apis::standard::gateways::GatewayStatus| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .map(|c| {
+                    format!(
+                        "{}={} ({}{}{})",
+                        c.type_,
+                        c.status,
+                        c.reason,
+                        if c.message.is_empty() { "" } else { ": " },
+                        c.message
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match render_gateway(inputs, settings, gateway) {
+            Outcome::NotOurs => out.report.push(format!("Gateway {id}: not ours, skipped")),
+            Outcome::Refused(refused) => {
+                ours.push(gateway.as_ref());
+                out.report
+                    .push(format!("Gateway {id}: {}", summary(&refused.status)));
+            }
+            Outcome::Rendered(rendered) => {
+                ours.push(gateway.as_ref());
+                let key = (rendered.namespace.clone(), rendered.name.clone());
+                if let Some(first) = names.insert(key.clone(), id.clone()) {
+                    return Err(OfflineError::Conflict {
+                        namespace: key.0,
+                        name: key.1,
+                        first,
+                        second: id,
+                    });
+                }
+                out.report
+                    .push(format!("Gateway {id}: {}", summary(&rendered.status)));
+                out.objects
+                    .push(serde_json::to_value(&rendered.config_map)?);
+                out.objects
+                    .push(serde_json::to_value(&rendered.service_account)?);
+                out.objects.push(serde_json::to_value(&rendered.role)?);
+                out.objects
+                    .push(serde_json::to_value(&rendered.role_binding)?);
+                out.objects.push(match &rendered.workload {
+                    Workload::Deployment(d) => serde_json::to_value(d)?,
+                    Workload::DaemonSet(d) => serde_json::to_value(d)?,
+                });
+                out.objects.push(serde_json::to_value(&rendered.service)?);
+                let mut ice = rendered.ice.clone();
+                if ice.addresses.is_empty() {
+                    ice.addresses.extend(public_address.map(str::to_owned));
+                }
+                out.ice.push(ice);
+            }
+        }
+    }
+    for route in &inputs.routes {
+        let status = route_status(inputs, settings, route, &ours);
+        for parent in status
+            .parents
+            .iter()
+            .filter(|p| p.controller_name == settings.controller_name)
+        {
+            let conditions = parent
+                .conditions
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}={} ({}{}{})",
+                        c.type_,
+                        c.status,
+                        c.reason,
+                        if c.message.is_empty() { "" } else { ": " },
+                        c.message
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.report.push(format!(
+                "UDPRoute {}/{} → Gateway {}: {conditions}",
+                namespace_of(route.as_ref()),
+                route.name_any(),
+                parent.parent_ref.name
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The objects as one multi-document YAML stream.
+pub fn to_yaml(objects: &[serde_json::Value]) -> Result<String, serde_yaml::Error> {
+    let mut text = String::new();
+    for object in objects {
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(object)?);
+    }
+    Ok(text)
+}

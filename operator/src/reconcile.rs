@@ -1,0 +1,473 @@
+//! The controller: keeps every Gateway of our GatewayClasses rendered into the cluster.
+//!
+//! Per Gateway: a finalizer; server-side apply of what [`render_gateway`] produced (ConfigMap,
+//! ServiceAccount, Role, RoleBinding, Deployment or DaemonSet, LoadBalancer Service, all owned
+//! by the Gateway); the Gateway's status and its routes' statuses (patched only when they
+//! change); and the credential service's entry. On deletion: the routes' entries for the
+//! Gateway and the credential service's entry are removed, then the finalizer; the owned objects
+//! go with the Gateway (Kubernetes' garbage collector, through their owner references).
+//!
+//! Inputs are read from watch caches ([`Caches`]); any change to any of them reconciles every
+//! Gateway (after a short debounce): rendering is cheap and a change to a Secret or an
+//! EndpointSlice can concern any Gateway.
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use gateway_api::apis::standard::{gatewayclasses::GatewayClass, gateways::Gateway};
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment},
+        core::v1::{ConfigMap, Node, Secret, Service, ServiceAccount},
+        discovery::v1::EndpointSlice,
+        rbac::v1::{Role, RoleBinding},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        finalizer::{self, Event as FinalizerEvent, finalizer},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::{
+    crd::{Dataplane, GatewayConfig, StaticService, UDPRoute},
+    ice::Registry,
+    inputs::{Inputs, namespace_of},
+    render::{self, Outcome, Rendered, Settings, Workload, is_our_class, render_gateway},
+};
+
+/// Our finalizer on Gateways.
+pub const FINALIZER: &str = "xturn.io/gateway-finalizer";
+/// The field manager of our server-side applies.
+pub const FIELD_MANAGER: &str = "xturn-operator";
+/// How often a Gateway is looked at again without any change (drift repair).
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a Gateway waiting for its LoadBalancer address is looked at again.
+const ADDRESS_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("object without a name")]
+    Unnamed,
+}
+
+/// What the reconciler works with. `inputs` gives the current snapshot (the watch caches in
+/// the cluster, a fixed snapshot in tests); `now` gives the time.
+pub struct Context {
+    pub client: Client,
+    pub controller_name: String,
+    pub agent_image: String,
+    pub inputs: Box<dyn Fn() -> Inputs + Send + Sync>,
+    pub now: Box<dyn Fn() -> Timestamp + Send + Sync>,
+    pub registry: Registry,
+}
+
+impl Context {
+    fn settings(&self) -> Settings {
+        Settings {
+            controller_name: self.controller_name.clone(),
+            agent_image: self.agent_image.clone(),
+            now: (self.now)(),
+        }
+    }
+}
+
+/// Reconciles one Gateway.
+pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let inputs = (ctx.inputs)();
+    let settings = ctx.settings();
+    let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &namespace_of(gateway.as_ref()));
+    let ours = inputs
+        .gateway_class(&gateway.spec.gateway_class_name)
+        .is_some_and(|class| is_our_class(class, &settings));
+    if !ours {
+        if gateway.finalizers().iter().any(|f| f == FINALIZER) {
+            // Moved to another class: let go of it as if it were deleted.
+            cleanup(&gateway, &inputs, &settings, &ctx).await?;
+            let rest: Vec<_> = gateway
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            let name = gateway.meta().name.clone().ok_or(Error::Unnamed)?;
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": rest}})),
+            )
+            .await?;
+        }
+        return Ok(Action::await_change());
+    }
+    finalizer(&api, FINALIZER, gateway, |event| async {
+        match event {
+            FinalizerEvent::Apply(gateway) => apply(&gateway, &inputs, &settings, &ctx).await,
+            FinalizerEvent::Cleanup(gateway) => {
+                cleanup(&gateway, &inputs, &settings, &ctx).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply(
+    gateway: &Gateway,
+    inputs: &Inputs,
+    settings: &Settings,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let namespace = namespace_of(gateway);
+    let name = gateway.name_any();
+    let (status, action) = match render_gateway(inputs, settings, gateway) {
+        Outcome::NotOurs => return Ok(Action::await_change()),
+        Outcome::Refused(refused) => {
+            // Whatever runs keeps running on its last good configuration.
+            warn!(gateway = %format!("{namespace}/{name}"), reason = %refused.reason, "Gateway not rendered");
+            (refused.status, Action::requeue(RESYNC))
+        }
+        Outcome::Rendered(rendered) => {
+            apply_objects(&ctx.client, &rendered).await?;
+            let waiting = rendered.ice.addresses.is_empty();
+            if let Ok(mut registry) = ctx.registry.write() {
+                registry.insert((namespace.clone(), name.clone()), rendered.ice.clone());
+            }
+            let action = Action::requeue(if waiting { ADDRESS_WAIT } else { RESYNC });
+            (rendered.status, action)
+        }
+    };
+    let current = gateway.status.as_ref().map(serde_json::to_value);
+    let wanted = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
+    if current.and_then(Result::ok).as_ref() != Some(&wanted) {
+        // A merge patch keeps what it leaves out: clear addresses the Gateway no longer has.
+        let mut patch = wanted;
+        if let Some(fields) = patch.as_object_mut() {
+            fields.entry("addresses").or_insert(serde_json::Value::Null);
+        }
+        let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": patch })),
+        )
+        .await?;
+    }
+    patch_route_statuses(gateway, inputs, settings, ctx, false).await?;
+    Ok(action)
+}
+
+/// Server-side applies every rendered object (forcing ownership of the fields we set).
+async fn apply_objects(client: &Client, rendered: &Rendered) -> Result<(), Error> {
+    let ns = &rendered.namespace;
+    ssa::<ConfigMap>(client, ns, &rendered.config_map).await?;
+    ssa::<ServiceAccount>(client, ns, &rendered.service_account).await?;
+    ssa::<Role>(client, ns, &rendered.role).await?;
+    ssa::<RoleBinding>(client, ns, &rendered.role_binding).await?;
+    match &rendered.workload {
+        Workload::Deployment(d) => ssa::<Deployment>(client, ns, d).await?,
+        Workload::DaemonSet(d) => ssa::<DaemonSet>(client, ns, d).await?,
+    }
+    ssa::<Service>(client, ns, &rendered.service).await?;
+    Ok(())
+}
+
+async fn ssa<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().ok_or(Error::Unnamed)?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Updates the status of every route that names `gateway`. `leaving`: the Gateway is going
+/// away, so its entries are dropped.
+async fn patch_route_statuses(
+    gateway: &Gateway,
+    inputs: &Inputs,
+    settings: &Settings,
+    ctx: &Context,
+    leaving: bool,
+) -> Result<(), Error> {
+    let gateway_key = (namespace_of(gateway), gateway.name_any());
+    let ours: Vec<&Gateway> = inputs
+        .gateways
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|g| {
+            inputs
+                .gateway_class(&g.spec.gateway_class_name)
+                .is_some_and(|c| is_our_class(c, settings))
+        })
+        .filter(|g| !(leaving && (namespace_of(*g), g.name_any()) == gateway_key))
+        .filter(|g| {
+            g.meta().deletion_timestamp.is_none()
+                || (namespace_of(*g), g.name_any()) == gateway_key && !leaving
+        })
+        .collect();
+    for route in &inputs.routes {
+        let names_gateway = route.spec.parent_refs.iter().any(|p| {
+            p.name == gateway_key.1
+                && p.namespace
+                    .clone()
+                    .unwrap_or_else(|| namespace_of(route.as_ref()))
+                    == gateway_key.0
+        });
+        if !names_gateway {
+            continue;
+        }
+        let status = render::route_status(inputs, settings, route, &ours);
+        // No status yet and none to write (a leaving Gateway's only route) is no change either.
+        if route.status.clone().unwrap_or_default() == status {
+            continue;
+        }
+        let api: Api<UDPRoute> = Api::namespaced(ctx.client.clone(), &namespace_of(route.as_ref()));
+        api.patch_status(
+            &route.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn cleanup(
+    gateway: &Gateway,
+    inputs: &Inputs,
+    settings: &Settings,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let key = (namespace_of(gateway), gateway.name_any());
+    info!(gateway = %format!("{}/{}", key.0, key.1), "Gateway gone: its relays are removed with it");
+    if let Ok(mut registry) = ctx.registry.write() {
+        registry.remove(&key);
+    }
+    patch_route_statuses(gateway, inputs, settings, ctx, true).await
+}
+
+/// Accepts our GatewayClasses (status `Accepted`), or says why not.
+pub async fn reconcile_class(class: Arc<GatewayClass>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let inputs = (ctx.inputs)();
+    let settings = ctx.settings();
+    if !is_our_class(&class, &settings) {
+        return Ok(Action::await_change());
+    }
+    let (ok, reason, message) = match render::class_parameters(&inputs, &class) {
+        Ok(_) => (true, "Accepted", String::new()),
+        Err(message) => (false, "InvalidParameters", message),
+    };
+    let status = if ok { "True" } else { "False" };
+    let existing = class
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Accepted"));
+    let condition = render::make_condition(
+        "Accepted",
+        status,
+        reason,
+        &message,
+        class.metadata.generation,
+        settings.now,
+        existing.filter(|c| c.status == status),
+    );
+    if existing == Some(&condition) {
+        return Ok(Action::requeue(RESYNC));
+    }
+    let api: Api<GatewayClass> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &class.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [condition]}})),
+    )
+    .await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+#[allow(clippy::needless_pass_by_value)] // the signature Controller::run asks for
+fn error_policy<K>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
+where
+    K: ResourceExt,
+{
+    warn!(object = %object.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// The watch caches of every input kind.
+pub struct Caches {
+    pub gateway_classes: Store<GatewayClass>,
+    pub gateways: Store<Gateway>,
+    pub gateway_configs: Store<GatewayConfig>,
+    pub routes: Store<UDPRoute>,
+    pub static_services: Store<StaticService>,
+    pub dataplanes: Store<Dataplane>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    pub secrets: Store<Secret>,
+    pub nodes: Store<Node>,
+}
+
+impl Caches {
+    pub fn snapshot(&self) -> Inputs {
+        Inputs {
+            gateway_classes: self.gateway_classes.state(),
+            gateways: self.gateways.state(),
+            gateway_configs: self.gateway_configs.state(),
+            routes: self.routes.state(),
+            static_services: self.static_services.state(),
+            dataplanes: self.dataplanes.state(),
+            services: self.services.state(),
+            endpoint_slices: self.endpoint_slices.state(),
+            secrets: self.secrets.state(),
+            nodes: self.nodes.state(),
+        }
+    }
+}
+
+/// A watch cache of `K` (all namespaces) whose every change is announced on `changed`.
+fn cache<K>(client: &Client, changed: tokio::sync::mpsc::Sender<()>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                // A full channel already holds a pending "changed".
+                Ok(_) => {
+                    let _ = changed.try_send(());
+                }
+                Err(e) => warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+            }
+        }
+    });
+    reader
+}
+
+/// Runs the controller until the process stops.
+pub async fn run(
+    client: Client,
+    controller_name: String,
+    agent_image: String,
+    registry: Registry,
+) -> anyhow::Result<()> {
+    let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let caches = Arc::new(Caches {
+        gateway_classes: cache(&client, changed_tx.clone()),
+        gateways: cache(&client, changed_tx.clone()),
+        gateway_configs: cache(&client, changed_tx.clone()),
+        routes: cache(&client, changed_tx.clone()),
+        static_services: cache(&client, changed_tx.clone()),
+        dataplanes: cache(&client, changed_tx.clone()),
+        services: cache(&client, changed_tx.clone()),
+        endpoint_slices: cache(&client, changed_tx.clone()),
+        secrets: cache(&client, changed_tx.clone()),
+        nodes: cache(&client, changed_tx),
+    });
+    // Render only from complete caches, so that nothing is judged missing while loading.
+    macro_rules! ready {
+        ($($store:ident),*) => { $( caches.$store.wait_until_ready().await?; )* };
+    }
+    ready!(
+        gateway_classes,
+        gateways,
+        gateway_configs,
+        routes,
+        static_services,
+        dataplanes,
+        services,
+        endpoint_slices,
+        secrets,
+        nodes
+    );
+    info!("caches loaded; reconciling");
+    let snapshot = Arc::clone(&caches);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        controller_name,
+        agent_image,
+        inputs: Box::new(move || snapshot.snapshot()),
+        now: Box::new(Timestamp::now),
+        registry,
+    });
+    let changes = tokio_stream_from(changed_rx);
+    let config = controller::Config::default().debounce(Duration::from_millis(500));
+    let gateways = Controller::new(
+        Api::<Gateway>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .owns(
+        Api::<ConfigMap>::all(client.clone()),
+        watcher::Config::default().labels(render::GATEWAY_LABEL),
+    )
+    .owns(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default().labels(render::GATEWAY_LABEL),
+    )
+    .owns(
+        Api::<DaemonSet>::all(client.clone()),
+        watcher::Config::default().labels(render::GATEWAY_LABEL),
+    )
+    .owns(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().labels(render::GATEWAY_LABEL),
+    )
+    .reconcile_all_on(changes)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, Arc::clone(&ctx))
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(error = %e, "Gateway reconcile");
+        }
+    });
+    let classes = Controller::new(Api::<GatewayClass>::all(client), watcher::Config::default())
+        .with_config(config)
+        .shutdown_on_signal()
+        .run(reconcile_class, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "GatewayClass reconcile");
+            }
+        });
+    futures::join!(gateways, classes);
+    Ok(())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<()>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,383 @@
+//! The install manifests: deploy/crds.yaml is what the code generates, deploy/operator.yaml
+//! and the seed parse (the operator's objects as typed Kubernetes objects, losslessly), and the
+//! operator's ClusterRole covers every request the reconciler makes.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failing test
+mod common;
+
+use std::{path::Path, process::Command};
+
+use common::*;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use xturn_operator::{crd, offline};
+
+/// Every non-empty document of a YAML file, as JSON values.
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut out = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document)
+            .unwrap_or_else(|e| panic!("{} document {}: {e}", path.display(), i + 1));
+        if value.is_null() {
+            continue;
+        }
+        let value: Value = serde_json::to_value(value).unwrap();
+        for field in ["apiVersion", "kind"] {
+            assert!(
+                value[field].as_str().is_some_and(|s| !s.is_empty()),
+                "{} document {}: no {field}",
+                path.display(),
+                i + 1
+            );
+        }
+        assert!(
+            value["metadata"]["name"].as_str().is_some(),
+            "{} document {}: no metadata.name",
+            path.display(),
+            i + 1
+        );
+        out.push(value);
+    }
+    out
+}
+
+/// A document as a typed object; serialising it back must give the document again, so that
+/// no field was misspelt (k8s-openapi's types skip unknown fields).
+fn typed<K: DeserializeOwned + Serialize>(document: &Value) -> K {
+    let object: K = serde_json::from_value(document.clone())
+        .unwrap_or_else(|e| panic!("{}: {e}", document["kind"]));
+    assert_eq!(
+        &serde_json::to_value(&object).unwrap(),
+        document,
+        "{} {} does not round-trip: a field is unknown or misplaced",
+        document["kind"],
+        document["metadata"]["name"]
+    );
+    object
+}
+
+fn operator_documents() -> Vec<Value> {
+    documents(&root().join("deploy/operator.yaml"))
+}
+
+fn find<K: DeserializeOwned + Serialize>(documents: &[Value], kind: &str) -> K {
+    let found: Vec<_> = documents.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} in deploy/operator.yaml");
+    typed(found[0])
+}
+
+#[test]
+fn crds_yaml_is_what_the_code_generates() {
+    let path = root().join("deploy/crds.yaml");
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    let generated = crd::yaml().unwrap();
+    assert!(
+        on_disk == generated,
+        "deploy/crds.yaml is stale: run `cargo run -p operator -- crds > deploy/crds.yaml`"
+    );
+    let kinds: Vec<_> = documents(&path)
+        .iter()
+        .map(|d| d["spec"]["names"]["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["GatewayConfig", "UDPRoute", "StaticService", "Dataplane"]
+    );
+}
+
+#[test]
+fn every_manifest_parses() {
+    let operator = operator_documents();
+    assert_eq!(
+        operator
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Service"
+        ]
+    );
+    let seed: Vec<Value> = seed_files().iter().flat_map(|f| documents(f)).collect();
+    assert_eq!(
+        seed.iter()
+            .map(|d| d["kind"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "Namespace",
+            "GatewayClass",
+            "Dataplane",
+            "Secret",
+            "Gateway",
+            "UDPRoute",
+            "GatewayConfig",
+            "ScaledObject"
+        ]
+    );
+    // The seed's inputs as typed objects (what `render -f` reads).
+    let inputs = seed_with(&[]);
+    assert_eq!(
+        (
+            inputs.gateway_classes.len(),
+            inputs.gateways.len(),
+            inputs.routes.len(),
+            inputs.gateway_configs.len(),
+            inputs.dataplanes.len(),
+            inputs.secrets.len(),
+        ),
+        (1, 1, 1, 1, 1, 1)
+    );
+    // The ScaledObject scales the Deployment the Dataplane names.
+    let scaled = seed.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"],
+        inputs.dataplanes[0].spec.workload_name.as_deref().unwrap()
+    );
+}
+
+#[test]
+fn the_operator_deployment_runs_unprivileged_with_its_credential_service() {
+    let documents = operator_documents();
+    let namespace: Namespace = find(&documents, "Namespace");
+    assert_eq!(namespace.metadata.name.as_deref(), Some("xturn-system"));
+    let account: ServiceAccount = find(&documents, "ServiceAccount");
+    assert_eq!(account.metadata.namespace.as_deref(), Some("xturn-system"));
+    let deployment: Deployment = find(&documents, "Deployment");
+    assert_eq!(
+        deployment.metadata.namespace.as_deref(),
+        Some("xturn-system")
+    );
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+    assert_eq!(spec.selector.match_labels.as_ref(), Some(&pod_labels));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name, account.metadata.name);
+    let pod_security = serde_json::to_value(pod.security_context.unwrap()).unwrap();
+    assert_eq!(pod_security["runAsNonRoot"], true);
+    assert_eq!(pod.containers.len(), 1);
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/xturn/xturn-operator:latest")
+    );
+    let args = container.args.clone().unwrap();
+    assert_eq!(args[0], "run");
+    let port = container.ports.as_ref().unwrap();
+    assert_eq!(
+        serde_json::to_value(port).unwrap(),
+        json!([{"name": "http", "containerPort": 8088, "protocol": "TCP"}])
+    );
+    for probe in [&container.liveness_probe, &container.readiness_probe] {
+        let probe = serde_json::to_value(probe.as_ref().unwrap()).unwrap();
+        assert_eq!(probe["httpGet"], json!({"path": "/healthz", "port": 8088}));
+    }
+    let security = serde_json::to_value(container.security_context.as_ref().unwrap()).unwrap();
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"], json!({"drop": ["ALL"]}));
+
+    let service: Service = find(&documents, "Service");
+    assert_eq!(service.metadata.name.as_deref(), Some("xturn-auth"));
+    assert_eq!(service.metadata.namespace.as_deref(), Some("xturn-system"));
+    let service = service.spec.unwrap();
+    assert_eq!(service.selector.as_ref(), Some(&pod_labels));
+    assert_eq!(
+        serde_json::to_value(service.ports.unwrap()).unwrap(),
+        json!([{"name": "http", "port": 8088, "targetPort": "http", "protocol": "TCP"}])
+    );
+
+    let binding: ClusterRoleBinding = find(&documents, "ClusterRoleBinding");
+    let role: ClusterRole = find(&documents, "ClusterRole");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    assert_eq!(
+        serde_json::to_value(binding.subjects.unwrap()).unwrap(),
+        json!([{"kind": "ServiceAccount", "name": "xturn-operator", "namespace": "xturn-system"}])
+    );
+}
+
+/// The Deployment's arguments and environment are ones `xturn-operator` takes: started with
+/// them and no cluster to reach, it gets past parsing and fails on the API connection.
+#[test]
+fn the_operator_deployment_arguments_parse() {
+    let deployment: Deployment = find(&operator_documents(), "Deployment");
+    let container = deployment.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let home = std::env::temp_dir().join(format!("xturn-operator-test-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xturn-operator"));
+    command
+        .args(container.args.unwrap())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("HOME", &home)
+        .env("KUBECONFIG", home.join("no-such-kubeconfig"));
+    for var in container.env.unwrap() {
+        command.env(var.name, var.value.unwrap());
+    }
+    let output = command.output().unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("cannot reach the Kubernetes API"),
+        "{stderr}"
+    );
+}
+
+/// `render -f` takes several files after one `-f`, and prints what `offline::render_all` does.
+#[test]
+fn render_subcommand_prints_the_rendered_objects() {
+    let output = Command::new(env!("CARGO_BIN_EXE_xturn-operator"))
+        .arg("render")
+        .arg("-f")
+        .args(seed_files())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&stdout)
+        .map(|d| {
+            serde_json::to_value(<serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let expected = offline::render_all(&seed_with(&[]), &settings(), None).unwrap();
+    // The agent image differs (the CLI's default), the rest is the same.
+    assert_eq!(objects.len(), expected.objects.len());
+    for (got, want) in objects.iter().zip(&expected.objects) {
+        assert_eq!(got["kind"], want["kind"]);
+        if got["kind"] != "Deployment" {
+            assert_eq!(got, want);
+        }
+    }
+    assert!(
+        stderr.contains("# skipped (not an input): keda.sh/v1alpha1 ScaledObject"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("# Gateway stunner/stunner-gateway: Accepted=True (Accepted)"),
+        "{stderr}"
+    );
+}
+
+fn covers(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
+    rules.iter().any(|rule| {
+        let has = |list: &Option<Vec<String>>, wanted: &str| {
+            list.iter()
+                .flatten()
+                .any(|item| item == wanted || item == "*")
+        };
+        rule.resource_names.is_none()
+            && has(&rule.api_groups, group)
+            && has(&Some(rule.resources.clone().unwrap_or_default()), resource)
+            && rule.verbs.iter().any(|v| v == verb || v == "*")
+    })
+}
+
+/// What the reconciler does, as (API group, resource, verbs).
+const USED: &[(&str, &str, &[&str])] = &[
+    // Watch caches (reconcile::run): every input kind, cluster-wide.
+    (
+        "gateway.networking.k8s.io",
+        "gatewayclasses",
+        &["list", "watch"],
+    ),
+    ("gateway.networking.k8s.io", "gateways", &["list", "watch"]),
+    ("stunner.l7mp.io", "gatewayconfigs", &["list", "watch"]),
+    ("stunner.l7mp.io", "udproutes", &["list", "watch"]),
+    ("stunner.l7mp.io", "staticservices", &["list", "watch"]),
+    ("stunner.l7mp.io", "dataplanes", &["list", "watch"]),
+    ("", "services", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    ("", "secrets", &["list", "watch"]),
+    ("", "nodes", &["list", "watch"]),
+    // Owned objects the controller watches (Controller::owns).
+    ("", "configmaps", &["list", "watch"]),
+    ("apps", "deployments", &["list", "watch"]),
+    ("apps", "daemonsets", &["list", "watch"]),
+    // The finalizer (JSON patch; merge patch when a Gateway leaves our class) and statuses.
+    ("gateway.networking.k8s.io", "gateways", &["patch"]),
+    ("gateway.networking.k8s.io", "gateways/status", &["patch"]),
+    (
+        "gateway.networking.k8s.io",
+        "gatewayclasses/status",
+        &["patch"],
+    ),
+    ("stunner.l7mp.io", "udproutes/status", &["patch"]),
+    // Server-side apply: patch, and create when the object is new.
+    ("", "configmaps", &["create", "patch"]),
+    ("", "serviceaccounts", &["create", "patch"]),
+    ("rbac.authorization.k8s.io", "roles", &["create", "patch"]),
+    (
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        &["create", "patch"],
+    ),
+    ("apps", "deployments", &["create", "patch"]),
+    ("apps", "daemonsets", &["create", "patch"]),
+    ("", "services", &["create", "patch"]),
+];
+
+#[test]
+fn the_cluster_role_covers_every_request_of_the_reconciler() {
+    let role: ClusterRole = find(&operator_documents(), "ClusterRole");
+    let rules = role.rules.unwrap();
+    let missing: Vec<String> = USED
+        .iter()
+        .flat_map(|(group, resource, verbs)| verbs.iter().map(move |v| (*group, *resource, *v)))
+        .filter(|(group, resource, verb)| !covers(&rules, group, resource, verb))
+        .map(|(group, resource, verb)| format!("{verb} {group}/{resource}"))
+        .collect();
+    assert!(missing.is_empty(), "the ClusterRole lacks: {missing:?}");
+
+    // Every kind the operator renders is one it may apply (the list above is complete) ...
+    let out = offline::render_all(&seed(), &settings(), None).unwrap();
+    for object in &out.objects {
+        let api_version = object["apiVersion"].as_str().unwrap();
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let resource = format!("{}s", object["kind"].as_str().unwrap().to_ascii_lowercase());
+        assert!(
+            USED.iter()
+                .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&"create")),
+            "{group}/{resource} is rendered but not in USED"
+        );
+    }
+    // ... and it holds whatever the agents' Roles grant (RBAC's escalation check).
+    let agent_role = out.objects.iter().find(|o| o["kind"] == "Role").unwrap();
+    let agent_rules: Vec<PolicyRule> = serde_json::from_value(agent_role["rules"].clone()).unwrap();
+    for rule in &agent_rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    assert!(
+                        covers(&rules, group, resource, verb),
+                        "agents are granted {verb} {group}/{resource}, the operator lacks it"
+                    );
+                }
+            }
+        }
+    }
+    // Nothing beyond what is listed: no wildcard, no Secret writes.
+    for rule in &rules {
+        assert!(!rule.verbs.iter().any(|v| v == "*"), "{rule:?}");
+        assert!(
+            !rule.resources.iter().flatten().any(|r| r == "*"),
+            "{rule:?}"
+        );
+    }
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(!covers(&rules, "", "secrets", verb), "{verb} secrets");
+    }
+}

@@ -1,0 +1,734 @@
+//! The controller against a mock API server (tower-test): the exact requests `reconcile` and
+//! `reconcile_class` make, in order, with their bodies, and what they answer.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failing test
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use gateway_api::apis::standard::{
+    gatewayclasses::GatewayClass,
+    gateways::{Gateway, GatewayStatus},
+};
+use http::{Request, Response};
+use k8s_openapi::jiff::Timestamp;
+use kube::{client::Body, runtime::controller::Action};
+use serde_json::{Value, json};
+use tokio::{task::JoinHandle, time::timeout};
+use xturn_operator::{
+    crd::UDPRouteStatus,
+    ice::Registry,
+    inputs::Inputs,
+    reconcile::{self, Context, Error, FINALIZER},
+    render::{Outcome, Rendered, render_gateway},
+};
+
+const UID: &str = "6c1f3a1e-0b7d-4c59-9d0e-2f4a8e1b7c11";
+const GATEWAY_URI: &str =
+    "/apis/gateway.networking.k8s.io/v1/namespaces/stunner/gateways/stunner-gateway";
+const ROUTE_STATUS_URI: &str =
+    "/apis/stunner.l7mp.io/v1/namespaces/stunner/udproutes/media-route/status?";
+/// Server-side apply with our field manager, forcing conflicts.
+const APPLY: &str = "?&force=true&fieldManager=xturn-operator";
+/// The six applies of the seed's Gateway, in order.
+const APPLIES: [&str; 6] = [
+    "/api/v1/namespaces/stunner/configmaps/stunner",
+    "/api/v1/namespaces/stunner/serviceaccounts/stunner",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner",
+    "/apis/apps/v1/namespaces/stunner/deployments/stunner",
+    "/api/v1/namespaces/stunner/services/stunner",
+];
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One request the operator made.
+struct Seen {
+    content_type: String,
+    body: Value,
+}
+
+/// The test's side of the API: every request must be the one expected next.
+struct ApiServer {
+    handle: Handle,
+}
+
+impl ApiServer {
+    fn new() -> (ApiServer, kube::Client) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (ApiServer { handle }, kube::Client::new(service, "default"))
+    }
+
+    /// Takes the next request, which must be `method uri`, and answers `reply` (the request's
+    /// own body when `None`, as an apply would).
+    async fn expect(&mut self, method: &str, uri: &str, reply: Option<Value>) -> Seen {
+        let next = timeout(Duration::from_secs(5), self.handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("expected {method} {uri}, but no request came in 5 s"));
+        let (request, send) =
+            next.unwrap_or_else(|| panic!("expected {method} {uri}, but the client is gone"));
+        let got = format!("{} {}", request.method(), request.uri());
+        let content_type = request
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        assert_eq!(
+            got,
+            format!("{method} {uri}"),
+            "unexpected request; its body: {body}"
+        );
+        let reply = reply.unwrap_or_else(|| body.clone());
+        send.send_response(
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        Seen { content_type, body }
+    }
+
+    /// Waits for the reconcile to end; any request it makes meanwhile fails the test.
+    async fn finish(
+        mut self,
+        mut task: JoinHandle<Result<Action, Error>>,
+    ) -> Result<Action, Error> {
+        let wait = async {
+            tokio::select! {
+                biased;
+                result = &mut task => result.unwrap(),
+                next = self.handle.next_request() => match next {
+                    Some((request, _)) => panic!(
+                        "unexpected request {} {} (no more were expected)",
+                        request.method(),
+                        request.uri()
+                    ),
+                    None => task.await.unwrap(),
+                },
+            }
+        };
+        timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("the reconcile did not end")
+    }
+}
+
+fn context(client: kube::Client, inputs: Inputs, now: Timestamp, registry: Registry) -> Context {
+    Context {
+        client,
+        controller_name: CONTROLLER.to_owned(),
+        agent_image: AGENT_IMAGE.to_owned(),
+        inputs: Box::new(move || inputs.clone()),
+        now: Box::new(move || now),
+        registry,
+    }
+}
+
+/// The seed's Gateway as the API server would hand it out.
+fn cluster_gateway(inputs: &Inputs, finalizers: &[&str]) -> Gateway {
+    let mut gateway = the_gateway(inputs);
+    gateway.metadata.uid = Some(UID.to_owned());
+    gateway.metadata.generation = Some(1);
+    gateway.metadata.resource_version = Some("1000".to_owned());
+    gateway.metadata.finalizers =
+        (!finalizers.is_empty()).then(|| finalizers.iter().map(|f| (*f).to_owned()).collect());
+    gateway
+}
+
+/// The seed (with its backend) holding `gateway`.
+fn inputs_with(gateway: &Gateway, fixtures: &[&str]) -> Inputs {
+    let mut inputs = seed_with(fixtures);
+    set_gateway(&mut inputs, gateway.clone());
+    inputs
+}
+
+fn spawn_reconcile(gateway: Gateway, ctx: Context) -> JoinHandle<Result<Action, Error>> {
+    tokio::spawn(reconcile::reconcile(Arc::new(gateway), Arc::new(ctx)))
+}
+
+fn rendered(inputs: &Inputs, gateway: &Gateway, now: Timestamp) -> Rendered {
+    let mut settings = settings();
+    settings.now = now;
+    match render_gateway(inputs, &settings, gateway) {
+        Outcome::Rendered(rendered) => *rendered,
+        other => panic!("not rendered: {other:?}"),
+    }
+}
+
+fn owner() -> Value {
+    json!([{
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "name": "stunner-gateway",
+        "uid": UID,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }])
+}
+
+/// Expects the six applies; checks each body is the rendered object, owned by the Gateway.
+async fn expect_applies(server: &mut ApiServer, rendered: &Rendered) {
+    let workload = match &rendered.workload {
+        xturn_operator::render::Workload::Deployment(d) => serde_json::to_value(d).unwrap(),
+        xturn_operator::render::Workload::DaemonSet(d) => serde_json::to_value(d).unwrap(),
+    };
+    let objects = [
+        serde_json::to_value(&rendered.config_map).unwrap(),
+        serde_json::to_value(&rendered.service_account).unwrap(),
+        serde_json::to_value(&rendered.role).unwrap(),
+        serde_json::to_value(&rendered.role_binding).unwrap(),
+        workload,
+        serde_json::to_value(&rendered.service).unwrap(),
+    ];
+    let kinds = [
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+    ];
+    for ((path, object), kind) in APPLIES.iter().zip(objects).zip(kinds) {
+        let seen = server
+            .expect("PATCH", &format!("{path}{APPLY}"), None)
+            .await;
+        assert_eq!(seen.content_type, "application/apply-patch+yaml", "{path}");
+        assert_eq!(seen.body["kind"], kind, "{path}");
+        assert_eq!(seen.body["metadata"]["ownerReferences"], owner(), "{path}");
+        assert_eq!(seen.body, object, "{path}");
+    }
+}
+
+fn condition(kind: &str, status: &str, reason: &str, message: &str, time: &str) -> Value {
+    json!({
+        "type": kind, "status": status, "reason": reason, "message": message,
+        "observedGeneration": 1, "lastTransitionTime": time,
+    })
+}
+
+fn listener_status(name: &str) -> Value {
+    json!({
+        "name": name,
+        "attachedRoutes": 1,
+        "supportedKinds": [{"group": "stunner.l7mp.io", "kind": "UDPRoute"}],
+        "conditions": [
+            condition("Accepted", "True", "Accepted", "", NOW),
+            condition("ResolvedRefs", "True", "ResolvedRefs", "", NOW),
+            condition("Programmed", "True", "Programmed", "", NOW),
+        ],
+    })
+}
+
+fn route_parents_accepted() -> Value {
+    json!([{
+        "parentRef": {"name": "stunner-gateway"},
+        "controllerName": CONTROLLER,
+        "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+             "lastTransitionTime": NOW},
+            {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "message": "",
+             "lastTransitionTime": NOW},
+        ],
+    }])
+}
+
+#[tokio::test]
+async fn a_new_gateway_gets_our_finalizer_and_nothing_else() {
+    let gateway = cluster_gateway(&seed(), &[]);
+    let inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    let registry = Registry::default();
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs, now(), registry.clone()),
+    );
+    let with_finalizer = cluster_gateway(&seed(), &[FINALIZER]);
+    let seen = server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}?"),
+            Some(serde_json::to_value(&with_finalizer).unwrap()),
+        )
+        .await;
+    assert_eq!(seen.content_type, "application/json-patch+json");
+    assert_eq!(
+        seen.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["xturn.io/gateway-finalizer"]},
+        ])
+    );
+    assert_eq!(server.finish(task).await.unwrap(), Action::await_change());
+    assert!(registry.read().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_gateway_with_our_finalizer_is_applied_then_its_statuses_written() {
+    let gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    let inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    let expected = rendered(&inputs, &gateway, now());
+    let registry = Registry::default();
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs.clone(), now(), registry.clone()),
+    );
+    expect_applies(&mut server, &expected).await;
+
+    let gateway_reply = serde_json::to_value(&gateway).unwrap();
+    let status = server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}/status?"),
+            Some(gateway_reply),
+        )
+        .await;
+    assert_eq!(status.content_type, "application/merge-patch+json");
+    assert_eq!(
+        status.body,
+        json!({"status": {
+            // null: a merge patch clears addresses the Gateway had.
+            "addresses": null,
+            "conditions": [
+                condition("Accepted", "True", "Accepted", "", NOW),
+                condition(
+                    "Programmed", "False", "AddressNotAssigned",
+                    "waiting for the LoadBalancer Service's address", NOW,
+                ),
+            ],
+            "listeners": [listener_status("udp-listener"), listener_status("tcp-listener")],
+        }})
+    );
+
+    let route_reply = serde_json::to_value(inputs.routes[0].as_ref()).unwrap();
+    let route = server
+        .expect("PATCH", ROUTE_STATUS_URI, Some(route_reply))
+        .await;
+    assert_eq!(route.content_type, "application/merge-patch+json");
+    assert_eq!(
+        route.body,
+        json!({"status": {"parents": route_parents_accepted()}})
+    );
+
+    // Waiting for the LoadBalancer address: looked at again soon.
+    assert_eq!(
+        server.finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(10))
+    );
+    let registry = registry.read().unwrap();
+    assert_eq!(registry.len(), 1);
+    assert_eq!(
+        registry.get(&("stunner".to_owned(), "stunner-gateway".to_owned())),
+        Some(&expected.ice)
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_gateway_is_applied_again_without_status_patches() {
+    // First pass, to learn the statuses the API server would then hold.
+    let mut gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml", "stunner-service-lb.yaml"]);
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs.clone(), now(), Registry::default()),
+    );
+    for path in APPLIES {
+        server
+            .expect("PATCH", &format!("{path}{APPLY}"), None)
+            .await;
+    }
+    let status = server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}/status?"),
+            Some(serde_json::to_value(&gateway).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        status.body["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": "198.18.1.1"}])
+    );
+    assert_eq!(
+        status.body["status"]["conditions"][1],
+        condition("Programmed", "True", "Programmed", "", NOW)
+    );
+    let route = server
+        .expect(
+            "PATCH",
+            ROUTE_STATUS_URI,
+            Some(serde_json::to_value(inputs.routes[0].as_ref()).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        server.finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+
+    // The API server now holds those statuses; six hours later nothing has changed.
+    let stored: GatewayStatus = serde_json::from_value(status.body["status"].clone()).unwrap();
+    gateway.status = Some(stored);
+    let mut stored_route = inputs.routes[0].as_ref().clone();
+    stored_route.status =
+        Some(serde_json::from_value::<UDPRouteStatus>(route.body["status"].clone()).unwrap());
+    inputs.routes = vec![Arc::new(stored_route)];
+    set_gateway(&mut inputs, gateway.clone());
+    let expected = rendered(&inputs, &gateway, later());
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs, later(), Registry::default()),
+    );
+    expect_applies(&mut server, &expected).await;
+    assert_eq!(
+        server.finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_gateway_leaves_its_routes_then_drops_the_finalizer() {
+    let mut gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    gateway.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    let mut route = inputs.routes[0].as_ref().clone();
+    route.status =
+        Some(serde_json::from_value(json!({"parents": route_parents_accepted()})).unwrap());
+    inputs.routes = vec![Arc::new(route.clone())];
+    let registry = Registry::default();
+    let key = ("stunner".to_owned(), "stunner-gateway".to_owned());
+    registry
+        .write()
+        .unwrap()
+        .insert(key.clone(), rendered(&inputs, &gateway, now()).ice);
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs, later(), registry.clone()),
+    );
+    let seen = server
+        .expect(
+            "PATCH",
+            ROUTE_STATUS_URI,
+            Some(serde_json::to_value(&route).unwrap()),
+        )
+        .await;
+    assert_eq!(seen.body, json!({"status": {"parents": []}}));
+    let mut gone = gateway.clone();
+    gone.metadata.finalizers = None;
+    let seen = server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}?"),
+            Some(serde_json::to_value(&gone).unwrap()),
+        )
+        .await;
+    assert_eq!(seen.content_type, "application/json-patch+json");
+    assert_eq!(
+        seen.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "xturn.io/gateway-finalizer"},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+    assert_eq!(server.finish(task).await.unwrap(), Action::await_change());
+    assert!(!registry.read().unwrap().contains_key(&key));
+}
+
+#[tokio::test]
+async fn a_deleted_gateway_keeps_other_controllers_route_entries() {
+    let mut gateway = cluster_gateway(&seed(), &["example.com/keep", FINALIZER]);
+    gateway.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    let other = json!({
+        "parentRef": {"name": "elsewhere"},
+        "controllerName": "example.com/other",
+        "conditions": [],
+    });
+    let mut parents = route_parents_accepted();
+    parents.as_array_mut().unwrap().push(other.clone());
+    let mut route = inputs.routes[0].as_ref().clone();
+    route.status = Some(serde_json::from_value(json!({ "parents": parents })).unwrap());
+    inputs.routes = vec![Arc::new(route.clone())];
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs, now(), Registry::default()),
+    );
+    let seen = server
+        .expect(
+            "PATCH",
+            ROUTE_STATUS_URI,
+            Some(serde_json::to_value(&route).unwrap()),
+        )
+        .await;
+    assert_eq!(seen.body, json!({"status": {"parents": [other]}}));
+    let seen = server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}?"),
+            Some(serde_json::to_value(&gateway).unwrap()),
+        )
+        .await;
+    // Our finalizer is the second.
+    assert_eq!(
+        seen.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/1", "value": "xturn.io/gateway-finalizer"},
+            {"op": "remove", "path": "/metadata/finalizers/1"},
+        ])
+    );
+    assert_eq!(server.finish(task).await.unwrap(), Action::await_change());
+}
+
+#[tokio::test]
+async fn a_refused_gateway_gets_only_its_status() {
+    let gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    inputs.secrets.clear();
+    // The route already says what the operator would say of it (its backend resolves, the
+    // Gateway names it): no route status patch.
+    let mut route = inputs.routes[0].as_ref().clone();
+    route.status =
+        Some(serde_json::from_value(json!({"parents": route_parents_accepted()})).unwrap());
+    inputs.routes = vec![Arc::new(route)];
+    let registry = Registry::default();
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs, now(), registry.clone()),
+    );
+    let message = "password: Secret stunner/stunner-credentials not found";
+    let seen = server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}/status?"),
+            Some(serde_json::to_value(&gateway).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        seen.body,
+        json!({"status": {
+            "addresses": null,
+            "conditions": [
+                condition("Accepted", "False", "InvalidParameters", message, NOW),
+                condition("Programmed", "False", "Invalid", message, NOW),
+            ],
+        }})
+    );
+    assert_eq!(
+        server.finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    assert!(registry.read().unwrap().is_empty());
+}
+
+fn other_class() -> &'static str {
+    "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: other}\n\
+     spec: {controllerName: example.com/other-controller}\n"
+}
+
+#[tokio::test]
+async fn a_gateway_of_another_class_is_left_alone() {
+    let mut gateway = cluster_gateway(&seed(), &[]);
+    gateway.spec.gateway_class_name = "other".to_owned();
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    add(&mut inputs, other_class());
+    let (server, client) = ApiServer::new();
+    let task = spawn_reconcile(gateway, context(client, inputs, now(), Registry::default()));
+    assert_eq!(server.finish(task).await.unwrap(), Action::await_change());
+}
+
+#[tokio::test]
+async fn a_gateway_moved_to_another_class_is_let_go() {
+    let mut gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    gateway.spec.gateway_class_name = "other".to_owned();
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    add(&mut inputs, other_class());
+    let mut route = inputs.routes[0].as_ref().clone();
+    route.status =
+        Some(serde_json::from_value(json!({"parents": route_parents_accepted()})).unwrap());
+    inputs.routes = vec![Arc::new(route.clone())];
+    let registry = Registry::default();
+    let key = ("stunner".to_owned(), "stunner-gateway".to_owned());
+    registry.write().unwrap().insert(
+        key.clone(),
+        rendered(&seed(), &the_gateway(&seed()), now()).ice,
+    );
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs, now(), registry.clone()),
+    );
+    let seen = server
+        .expect(
+            "PATCH",
+            ROUTE_STATUS_URI,
+            Some(serde_json::to_value(&route).unwrap()),
+        )
+        .await;
+    assert_eq!(seen.body, json!({"status": {"parents": []}}));
+    let seen = server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}?"),
+            Some(serde_json::to_value(&gateway).unwrap()),
+        )
+        .await;
+    assert_eq!(seen.content_type, "application/merge-patch+json");
+    assert_eq!(seen.body, json!({"metadata": {"finalizers": []}}));
+    assert_eq!(server.finish(task).await.unwrap(), Action::await_change());
+    assert!(registry.read().unwrap().is_empty());
+}
+
+const CLASS_STATUS_URI: &str =
+    "/apis/gateway.networking.k8s.io/v1/gatewayclasses/stunner-gatewayclass/status?";
+
+fn our_class(inputs: &Inputs) -> GatewayClass {
+    let mut class = inputs.gateway_classes[0].as_ref().clone();
+    class.metadata.generation = Some(1);
+    class
+}
+
+async fn reconcile_class(class: &GatewayClass, inputs: Inputs, expected: Option<Value>) -> Action {
+    let (mut server, client) = ApiServer::new();
+    let ctx = context(client, inputs, now(), Registry::default());
+    let task = tokio::spawn(reconcile::reconcile_class(
+        Arc::new(class.clone()),
+        Arc::new(ctx),
+    ));
+    if let Some(expected) = expected {
+        let seen = server
+            .expect(
+                "PATCH",
+                CLASS_STATUS_URI,
+                Some(serde_json::to_value(class).unwrap()),
+            )
+            .await;
+        assert_eq!(seen.content_type, "application/merge-patch+json");
+        assert_eq!(seen.body, expected);
+    }
+    server.finish(task).await.unwrap()
+}
+
+#[tokio::test]
+async fn our_gateway_class_is_accepted_once() {
+    let inputs = seed();
+    let mut class = our_class(&inputs);
+    let accepted = condition("Accepted", "True", "Accepted", "", NOW);
+    let action = reconcile_class(
+        &class,
+        inputs.clone(),
+        Some(json!({"status": {"conditions": [accepted.clone()]}})),
+    )
+    .await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    // Already accepted: no patch.
+    class.status = Some(serde_json::from_value(json!({"conditions": [accepted]})).unwrap());
+    let action = reconcile_class(&class, inputs, None).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn a_class_without_its_parameters_is_not_accepted() {
+    let mut inputs = seed();
+    inputs.gateway_configs.clear();
+    let class = our_class(&inputs);
+    let message = "GatewayConfig stunner/stunner-config not found";
+    reconcile_class(
+        &class,
+        inputs,
+        Some(json!({"status": {"conditions": [
+            condition("Accepted", "False", "InvalidParameters", message, NOW),
+        ]}})),
+    )
+    .await;
+
+    let inputs = seed();
+    let mut class = our_class(&inputs);
+    class.spec.parameters_ref = None;
+    let message = "GatewayClass stunner-gatewayclass has no parametersRef naming a GatewayConfig";
+    reconcile_class(
+        &class,
+        inputs,
+        Some(json!({"status": {"conditions": [
+            condition("Accepted", "False", "InvalidParameters", message, NOW),
+        ]}})),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn another_controllers_class_is_left_alone() {
+    let mut inputs = seed();
+    add(&mut inputs, other_class());
+    let class = inputs
+        .gateway_classes
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("other"))
+        .unwrap()
+        .as_ref()
+        .clone();
+    assert_eq!(
+        reconcile_class(&class, inputs, None).await,
+        Action::await_change()
+    );
+}
+
+#[tokio::test]
+async fn a_daemonset_dataplane_is_applied_as_a_daemonset() {
+    let gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    inputs.dataplanes.clear();
+    add(
+        &mut inputs,
+        "apiVersion: stunner.l7mp.io/v1\nkind: Dataplane\nmetadata: {name: default}\n\
+         spec: {dataplaneResource: DaemonSet}\n",
+    );
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs.clone(), now(), Registry::default()),
+    );
+    // No workloadName: every object is named after the Gateway.
+    for path in [
+        "/api/v1/namespaces/stunner/configmaps/stunner-gateway",
+        "/api/v1/namespaces/stunner/serviceaccounts/stunner-gateway",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner-gateway",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner-gateway",
+        "/apis/apps/v1/namespaces/stunner/daemonsets/stunner-gateway",
+        "/api/v1/namespaces/stunner/services/stunner-gateway",
+    ] {
+        let seen = server
+            .expect("PATCH", &format!("{path}{APPLY}"), None)
+            .await;
+        assert_eq!(seen.body["metadata"]["ownerReferences"], owner(), "{path}");
+    }
+    server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}/status?"),
+            Some(serde_json::to_value(&gateway).unwrap()),
+        )
+        .await;
+    server
+        .expect(
+            "PATCH",
+            ROUTE_STATUS_URI,
+            Some(serde_json::to_value(inputs.routes[0].as_ref()).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        server.finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(10))
+    );
+}
