@@ -533,3 +533,62 @@ fn two_clients_of_one_relay_reach_each_other_through_the_kernel() {
     );
     assert_eq!(userspace(&log, "relayed_to_peer_packets"), 0);
 }
+
+/// TCP clients' channels stay in userspace (the kernel speaks plain UDP to clients) while UDP
+/// clients' channels of the same relay run in XDP, on the same address and port.
+#[test]
+fn tcp_clients_stay_in_userspace_next_to_the_fast_path() {
+    let topology = Topology::new();
+    let _pass = topology.prepare_for_xdp();
+    let _peers = start_echo_peers(&topology);
+    let log = log_path("xdp-tcp");
+    let relay = start_xdp_relay(&topology, &log, &["--listen", "tcp://198.18.1.1:3478"]);
+    let channels = |transport: &[&str]| {
+        let mut args = transport.to_vec();
+        args.extend([
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-e",
+            PEER_V4,
+            "-r",
+            PEER_PORT,
+            "-n",
+            "50",
+            "-m",
+            "1",
+            "-l",
+            "160",
+            "-z",
+            "5",
+            "-c",
+        ]);
+        let r = uclient(&topology, &args, LISTENER_V4);
+        assert_eq!((r.sent, r.received, r.lost), (50, 50, 0), "{transport:?}");
+    };
+    channels(&[]);
+    channels(&["-t"]);
+    let log = stop(relay, &log);
+    assert!(log.contains("data plane: XDP"), "XDP was attached:\n{log}");
+    assert_eq!(
+        xdp_packets(&log, "relayed_to_peer"),
+        50,
+        "the UDP client's channel data"
+    );
+    assert_eq!(
+        xdp_packets(&log, "relayed_to_client"),
+        50,
+        "the UDP client's echoes"
+    );
+    assert_eq!(
+        userspace(&log, "relayed_to_peer_packets"),
+        50,
+        "the TCP client's"
+    );
+    assert_eq!(
+        userspace(&log, "relayed_to_client_packets"),
+        50,
+        "the TCP client's echoes"
+    );
+}
