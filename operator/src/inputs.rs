@@ -5,6 +5,7 @@ use std::{path::Path, sync::Arc};
 
 use gateway_api::apis::standard::{gatewayclasses::GatewayClass, gateways::Gateway};
 use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment},
     core::v1::{Node, Secret, Service},
     discovery::v1::EndpointSlice,
 };
@@ -26,6 +27,10 @@ pub struct Inputs {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
     pub nodes: Vec<Arc<Node>>,
+    /// Workloads the operator made (label `xturn.io/gateway`): a Gateway whose Dataplane
+    /// switched between Deployment and DaemonSet has its old one removed.
+    pub deployments: Vec<Arc<Deployment>>,
+    pub daemon_sets: Vec<Arc<DaemonSet>>,
 }
 
 /// The namespace of a namespaced object (`default` when a manifest leaves it out).
@@ -176,6 +181,8 @@ impl Inputs {
             }
             ("", "Secret") => self.secrets.push(typed(value, origin)?),
             ("", "Node") => self.nodes.push(typed(value, origin)?),
+            ("apps", "Deployment") => self.deployments.push(typed(value, origin)?),
+            ("apps", "DaemonSet") => self.daemon_sets.push(typed(value, origin)?),
             _ => skipped.push(format!("{api_version} {kind} ({origin})")),
         }
         Ok(())

@@ -143,6 +143,7 @@ async fn apply(
         }
         Outcome::Rendered(rendered) => {
             apply_objects(&ctx.client, &rendered).await?;
+            remove_other_workload(&ctx.client, gateway, inputs, &rendered).await?;
             let waiting = rendered.ice.addresses.is_empty();
             if let Ok(mut registry) = ctx.registry.write() {
                 registry.insert((namespace.clone(), name.clone()), rendered.ice.clone());
@@ -184,6 +185,64 @@ async fn apply_objects(client: &Client, rendered: &Rendered) -> Result<(), Error
     }
     ssa::<Service>(client, ns, &rendered.service).await?;
     Ok(())
+}
+
+/// After a Dataplane switched between Deployment and DaemonSet: deletes the workload of the
+/// other kind this Gateway still has (ours by label and owner), so one set of agents runs.
+async fn remove_other_workload(
+    client: &Client,
+    gateway: &Gateway,
+    inputs: &Inputs,
+    rendered: &Rendered,
+) -> Result<(), Error> {
+    let ns = &rendered.namespace;
+    let ours = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.namespace.as_deref() == Some(ns.as_str())
+            && meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(render::GATEWAY_LABEL))
+                .is_some_and(|g| *g == gateway.name_any())
+            && meta
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(&o.uid) == gateway.metadata.uid.as_ref())
+    };
+    match &rendered.workload {
+        Workload::Deployment(_) => {
+            for old in inputs.daemon_sets.iter().filter(|d| ours(&d.metadata)) {
+                info!(daemonset = %old.name_any(), "Dataplane is a Deployment now: deleting the DaemonSet");
+                delete::<DaemonSet>(client, ns, &old.name_any()).await?;
+            }
+        }
+        Workload::DaemonSet(_) => {
+            for old in inputs.deployments.iter().filter(|d| ours(&d.metadata)) {
+                info!(deployment = %old.name_any(), "Dataplane is a DaemonSet now: deleting the Deployment");
+                delete::<Deployment>(client, ns, &old.name_any()).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete<K>(client: &Client, namespace: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api
+        .delete(name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn ssa<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>
@@ -331,6 +390,8 @@ pub struct Caches {
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
     pub nodes: Store<Node>,
+    pub deployments: Store<Deployment>,
+    pub daemon_sets: Store<DaemonSet>,
 }
 
 impl Caches {
@@ -346,6 +407,8 @@ impl Caches {
             endpoint_slices: self.endpoint_slices.state(),
             secrets: self.secrets.state(),
             nodes: self.nodes.state(),
+            deployments: self.deployments.state(),
+            daemon_sets: self.daemon_sets.state(),
         }
     }
 }
@@ -355,10 +418,22 @@ fn cache<K>(client: &Client, changed: tokio::sync::mpsc::Sender<()>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
+    cache_selected(client, changed, watcher::Config::default())
+}
+
+/// [`cache`] of the objects `config` selects.
+fn cache_selected<K>(
+    client: &Client,
+    changed: tokio::sync::mpsc::Sender<()>,
+    config: watcher::Config,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+        watcher::watcher(Api::<K>::all(client.clone()), config),
     )
     .default_backoff();
     tokio::spawn(async move {
@@ -394,7 +469,17 @@ pub async fn run(
         services: cache(&client, changed_tx.clone()),
         endpoint_slices: cache(&client, changed_tx.clone()),
         secrets: cache(&client, changed_tx.clone()),
-        nodes: cache(&client, changed_tx),
+        nodes: cache(&client, changed_tx.clone()),
+        deployments: cache_selected(
+            &client,
+            changed_tx.clone(),
+            watcher::Config::default().labels(render::GATEWAY_LABEL),
+        ),
+        daemon_sets: cache_selected(
+            &client,
+            changed_tx,
+            watcher::Config::default().labels(render::GATEWAY_LABEL),
+        ),
     });
     // Render only from complete caches, so that nothing is judged missing while loading.
     macro_rules! ready {
@@ -410,7 +495,9 @@ pub async fn run(
         services,
         endpoint_slices,
         secrets,
-        nodes
+        nodes,
+        deployments,
+        daemon_sets
     );
     info!("caches loaded; reconciling");
     let snapshot = Arc::clone(&caches);

@@ -316,7 +316,8 @@ const USED: &[(&str, &str, &[&str])] = &[
         &["patch"],
     ),
     ("stunner.l7mp.io", "udproutes/status", &["patch"]),
-    // Server-side apply: patch, and create when the object is new.
+    // Server-side apply: patch, and create when the object is new; delete: a workload of the
+    // kind a Dataplane switched away from.
     ("", "configmaps", &["create", "patch"]),
     ("", "serviceaccounts", &["create", "patch"]),
     ("rbac.authorization.k8s.io", "roles", &["create", "patch"]),
@@ -325,8 +326,8 @@ const USED: &[(&str, &str, &[&str])] = &[
         "rolebindings",
         &["create", "patch"],
     ),
-    ("apps", "deployments", &["create", "patch"]),
-    ("apps", "daemonsets", &["create", "patch"]),
+    ("apps", "deployments", &["create", "patch", "delete"]),
+    ("apps", "daemonsets", &["create", "patch", "delete"]),
     ("", "services", &["create", "patch"]),
 ];
 

@@ -732,3 +732,68 @@ async fn a_daemonset_dataplane_is_applied_as_a_daemonset() {
         Action::requeue(Duration::from_secs(10))
     );
 }
+
+#[tokio::test]
+async fn a_dataplane_switched_to_daemonset_deletes_the_old_deployment() {
+    let gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    inputs.dataplanes.clear();
+    add(
+        &mut inputs,
+        "apiVersion: stunner.l7mp.io/v1\nkind: Dataplane\nmetadata: {name: default}\n\
+         spec: {dataplaneResource: DaemonSet}\n",
+    );
+    // The Deployment the Gateway had before the switch, and one of another Gateway's (not ours
+    // to delete: another owner).
+    for (name, uid) in [("stunner-gateway", UID), ("other", "another-uid")] {
+        add(
+            &mut inputs,
+            &format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: stunner\n  \
+                 labels: {{xturn.io/gateway: stunner-gateway}}\n  ownerReferences:\n  - {{apiVersion: gateway.networking.k8s.io/v1, \
+                 kind: Gateway, name: stunner-gateway, uid: {uid}, controller: true}}\n\
+                 spec: {{selector: {{matchLabels: {{a: b}}}}, template: {{metadata: {{labels: {{a: b}}}}}}}}\n"
+            ),
+        );
+    }
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs.clone(), now(), Registry::default()),
+    );
+    for path in [
+        "/api/v1/namespaces/stunner/configmaps/stunner-gateway",
+        "/api/v1/namespaces/stunner/serviceaccounts/stunner-gateway",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner-gateway",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner-gateway",
+        "/apis/apps/v1/namespaces/stunner/daemonsets/stunner-gateway",
+        "/api/v1/namespaces/stunner/services/stunner-gateway",
+    ] {
+        server
+            .expect("PATCH", &format!("{path}{APPLY}"), None)
+            .await;
+    }
+    let seen = server
+        .expect(
+            "DELETE",
+            "/apis/apps/v1/namespaces/stunner/deployments/stunner-gateway?",
+            Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+        )
+        .await;
+    assert_eq!(seen.body["propagationPolicy"], "Background");
+    server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}/status?"),
+            Some(serde_json::to_value(&gateway).unwrap()),
+        )
+        .await;
+    server
+        .expect(
+            "PATCH",
+            ROUTE_STATUS_URI,
+            Some(serde_json::to_value(inputs.routes[0].as_ref()).unwrap()),
+        )
+        .await;
+    server.finish(task).await.unwrap();
+}

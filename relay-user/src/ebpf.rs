@@ -420,6 +420,8 @@ impl FastPath {
                     Err(e) => warn!(path = %path.display(), error = %e, "cannot unpin a map"),
                 }
             }
+            // The directory too, when nothing else is in it (one per agent, say per pod).
+            let _ = std::fs::remove_dir(&dir);
             info!(dir = %dir.display(), "XDP pins removed");
         }
     }

@@ -205,6 +205,7 @@ pub(crate) async fn accept_task(
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let mine = tx.clone();
         lock(&listener.connections.open).insert(client, tx);
         let shared = Arc::clone(&shared);
         let listener = Arc::clone(&listener);
@@ -235,7 +236,7 @@ pub(crate) async fn accept_task(
                     }
                 }
             }
-            closed(&shared, &listener, client);
+            closed(&shared, &listener, client, &mine);
         });
     }
 }
@@ -303,9 +304,21 @@ async fn serve<S>(
     write_task.abort();
 }
 
-/// Forgets a connection and ends its allocation.
-fn closed(shared: &Arc<Shared>, listener: &StreamListener, client: SocketAddr) {
-    lock(&listener.connections.open).remove(&client);
+/// Forgets a connection and ends its allocation, unless a newer connection from the same
+/// address (a client reusing its port) has taken the slot meanwhile: that one stays.
+fn closed(
+    shared: &Arc<Shared>,
+    listener: &StreamListener,
+    client: SocketAddr,
+    mine: &mpsc::Sender<Vec<u8>>,
+) {
+    {
+        let mut open = lock(&listener.connections.open);
+        if !open.get(&client).is_some_and(|tx| tx.same_channel(mine)) {
+            return;
+        }
+        open.remove(&client);
+    }
     shared.client_closed(listener.id, client);
 }
 

@@ -86,7 +86,9 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
         .spawn("turnutils_peer", &["-L", PEER_V4, "-p", PEER_PORT]);
     let bpffs = BpfMount::new();
     let state = TempDir::new("state");
-    let pin_dir = bpffs.path().to_string_lossy().into_owned();
+    // A directory that does not exist yet, as the operator names one per pod: xturnd makes it,
+    // and a clean stop removes it with the pins.
+    let pin_dir = bpffs.path().join("pod-0b7d").to_string_lossy().into_owned();
     let state_dir = state.0.to_string_lossy().into_owned();
     let args = [
         "--listen",
@@ -270,7 +272,7 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
         "second xturnd exits cleanly: {:?}",
         out.status
     );
-    // A clean stop leaves no pin behind.
+    // A clean stop leaves no pin, and no pin directory, behind.
     let left: Vec<_> = std::fs::read_dir(bpffs.path())
         .expect("read pin dir")
         .filter_map(Result::ok)

@@ -133,6 +133,12 @@ async fn run(
         if config.dataplane == dataplane::Dataplane::Userspace {
             warn!(dir = %dir.display(), "--bpf-pin-dir is ignored with --dataplane userspace");
         } else {
+            // A directory of its own on bpffs (the operator names one per pod) may not exist
+            // yet: make it, then make sure it is on bpffs.
+            if !dir.exists() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("--bpf-pin-dir: cannot create {}", dir.display()))?;
+            }
             state::check_bpffs(dir).context("--bpf-pin-dir")?;
         }
     }
