@@ -5,7 +5,8 @@
 //! by the Gateway); the Gateway's status and its routes' statuses (patched only when they
 //! change); and the credential service's entry. On deletion: the routes' entries for the
 //! Gateway and the credential service's entry are removed, then the finalizer; the owned objects
-//! go with the Gateway (Kubernetes' garbage collector, through their owner references).
+//! go with the Gateway (Kubernetes' garbage collector, through their owner references). A
+//! Gateway moved to another class is let go the same way, and its objects are deleted by us.
 //!
 //! Inputs are read from watch caches ([`Caches`]); any change to any of them reconciles every
 //! Gateway (after a short debounce): rendering is cheap and a change to a Secret or an
@@ -21,6 +22,7 @@ use k8s_openapi::{
         discovery::v1::EndpointSlice,
         rbac::v1::{Role, RoleBinding},
     },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
     jiff::Timestamp,
 };
 use kube::{
@@ -95,8 +97,10 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
         .is_some_and(|class| is_our_class(class, &settings));
     if !ours {
         if gateway.finalizers().iter().any(|f| f == FINALIZER) {
-            // Moved to another class: let go of it as if it were deleted.
+            // Moved to another class: let go of it as if it were deleted, and remove the relays
+            // we ran for it (the garbage collector would only do that on deletion).
             cleanup(&gateway, &inputs, &settings, &ctx).await?;
+            remove_owned_objects(&ctx.client, &gateway, &inputs).await?;
             let rest: Vec<_> = gateway
                 .finalizers()
                 .iter()
@@ -196,19 +200,7 @@ async fn remove_other_workload(
     rendered: &Rendered,
 ) -> Result<(), Error> {
     let ns = &rendered.namespace;
-    let ours = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        meta.namespace.as_deref() == Some(ns.as_str())
-            && meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(render::GATEWAY_LABEL))
-                .is_some_and(|g| *g == gateway.name_any())
-            && meta
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| Some(&o.uid) == gateway.metadata.uid.as_ref())
-    };
+    let ours = |meta: &ObjectMeta| owned_by(meta, gateway);
     match &rendered.workload {
         Workload::Deployment(_) => {
             for old in inputs.daemon_sets.iter().filter(|d| ours(&d.metadata)) {
@@ -222,6 +214,52 @@ async fn remove_other_workload(
                 delete::<Deployment>(client, ns, &old.name_any()).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Whether `meta` is one of the objects we made for `gateway`: in its namespace, with our
+/// Gateway label and the Gateway as owner.
+fn owned_by(meta: &ObjectMeta, gateway: &Gateway) -> bool {
+    meta.namespace.as_deref() == Some(namespace_of(gateway).as_str())
+        && meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(render::GATEWAY_LABEL))
+            .is_some_and(|g| *g == gateway.name_any())
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == gateway.metadata.uid.as_ref())
+}
+
+/// Deletes every object we made for `gateway` (a Gateway that left our classes). They are found
+/// through the Gateway's workloads (Deployments and DaemonSets it owns): every object of one
+/// Gateway carries its workload's name.
+async fn remove_owned_objects(
+    client: &Client,
+    gateway: &Gateway,
+    inputs: &Inputs,
+) -> Result<(), Error> {
+    let ns = namespace_of(gateway);
+    let deployments = inputs.deployments.iter().map(|d| (&d.metadata, false));
+    let daemon_sets = inputs.daemon_sets.iter().map(|d| (&d.metadata, true));
+    for (meta, daemon_set) in deployments.chain(daemon_sets) {
+        let Some(name) = meta.name.as_deref().filter(|_| owned_by(meta, gateway)) else {
+            continue;
+        };
+        info!(gateway = %format!("{ns}/{}", gateway.name_any()), objects = %name, "Gateway left our classes: deleting its relays");
+        delete::<Service>(client, &ns, name).await?;
+        if daemon_set {
+            delete::<DaemonSet>(client, &ns, name).await?;
+        } else {
+            delete::<Deployment>(client, &ns, name).await?;
+        }
+        delete::<RoleBinding>(client, &ns, name).await?;
+        delete::<Role>(client, &ns, name).await?;
+        delete::<ServiceAccount>(client, &ns, name).await?;
+        delete::<ConfigMap>(client, &ns, name).await?;
     }
     Ok(())
 }

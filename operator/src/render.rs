@@ -206,6 +206,15 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         .workload_name
         .clone()
         .unwrap_or_else(|| gateway.name_any());
+    if let Some(older) = older_gateway_named(inputs, settings, gateway, &name) {
+        return refuse(
+            "InvalidParameters",
+            format!(
+                "the relay objects' name {name:?} is already used by Gateway {namespace}/{older}; \
+                 give this Gateway's GatewayConfig a Dataplane with another workloadName"
+            ),
+        );
+    }
 
     // Listeners, their routes, and the clusters of those routes.
     let attached = attached_routes(inputs, gateway);
@@ -213,18 +222,42 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
     let mut listeners = Vec::new();
     let mut tls_secrets = BTreeSet::new();
     let mut routed = BTreeSet::new();
+    let mut sockets = BTreeMap::new();
     for listener in &gateway.spec.listeners {
         let routes: Vec<&UDPRoute> = attached
             .iter()
-            .filter(|(_, parent)| {
+            .filter(|(route, parent)| {
                 parent
                     .section_name
                     .as_deref()
                     .is_none_or(|s| s == listener.name)
+                    && listener_allows(gateway, listener, route)
             })
             .map(|(route, _)| *route)
             .collect();
-        let (status, rendered) = render_listener(inputs, gateway, listener, &routes, settings);
+        // Two listeners on one port and socket type cannot both be served: the first one wins.
+        let conflict = listener_socket(listener).and_then(|socket| match sockets.entry(socket) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert((listener.name.as_str(), listener.protocol.as_str()));
+                None
+            }
+            std::collections::btree_map::Entry::Occupied(entry) => {
+                let (first, protocol) = *entry.get();
+                Some(Conflict {
+                    reason: if protocol.eq_ignore_ascii_case(&listener.protocol) {
+                        "HostnameConflict"
+                    } else {
+                        "ProtocolConflict"
+                    },
+                    message: format!(
+                        "listener {first} already serves {} port {}",
+                        socket.1, socket.0
+                    ),
+                })
+            }
+        });
+        let (status, rendered) =
+            render_listener(inputs, gateway, listener, &routes, conflict, settings);
         listener_statuses.push(status);
         if let Some((rendered, secret)) = rendered {
             routed.extend(routes.iter().map(|r| cluster_name(r)));
@@ -392,6 +425,46 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         status,
         ice,
     }))
+}
+
+/// The name of the objects a Gateway of ours gets (its Dataplane's `workloadName`, else its own
+/// name), if its parameters resolve.
+fn relay_name(inputs: &Inputs, gateway: &Gateway) -> Option<String> {
+    let class = inputs.gateway_class(&gateway.spec.gateway_class_name)?;
+    let gwconfig = class_parameters(inputs, class).ok()?;
+    let dataplane = match &gwconfig.spec.dataplane {
+        Some(name) => inputs.dataplane(name)?.spec.workload_name.clone(),
+        None => inputs
+            .dataplane(DEFAULT_DATAPLANE)
+            .and_then(|d| d.spec.workload_name.clone()),
+    };
+    Some(dataplane.unwrap_or_else(|| gateway.name_any()))
+}
+
+/// Another Gateway of ours in the same namespace, older than `gateway` (by creation time, then
+/// name), whose objects would have the same `name`: it keeps them and `gateway` is refused.
+fn older_gateway_named(
+    inputs: &Inputs,
+    settings: &Settings,
+    gateway: &Gateway,
+    name: &str,
+) -> Option<String> {
+    let age = |g: &Gateway| (g.metadata.creation_timestamp.clone(), g.name_any());
+    let namespace = namespace_of(gateway);
+    inputs
+        .gateways
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|g| namespace_of(*g) == namespace && g.name_any() != gateway.name_any())
+        .filter(|g| g.metadata.deletion_timestamp.is_none())
+        .filter(|g| {
+            inputs
+                .gateway_class(&g.spec.gateway_class_name)
+                .is_some_and(|c| is_our_class(c, settings))
+        })
+        .filter(|g| age(g) < age(gateway))
+        .find(|g| relay_name(inputs, g).as_deref() == Some(name))
+        .map(|g| g.name_any())
 }
 
 /// The authentication a GatewayConfig asks for, for the agent and the credential service.
@@ -579,24 +652,28 @@ fn refers_to(route: &UDPRoute, parent: &ParentReference, gateway: &Gateway) -> b
             == namespace_of(gateway)
 }
 
+/// Whether some listener `parent` names (by `sectionName`, or all) takes routes from the
+/// route's namespace.
 fn namespace_allowed(gateway: &Gateway, parent: &ParentReference, route: &UDPRoute) -> bool {
-    if namespace_of(route) == namespace_of(gateway) {
-        return true;
-    }
     gateway
         .spec
         .listeners
         .iter()
         .filter(|l| parent.section_name.as_deref().is_none_or(|s| s == l.name))
-        .any(|l| {
-            l.allowed_routes
-                .as_ref()
-                .and_then(|a| a.namespaces.as_ref())
-                .and_then(|n| n.from.as_ref())
-                .is_some_and(|from| {
-                    matches!(from, GatewayListenersAllowedRoutesNamespacesFrom::All)
-                })
-        })
+        .any(|l| listener_allows(gateway, l, route))
+}
+
+/// Whether `listener` takes routes from the route's namespace: its own Gateway's namespace
+/// always (`Same`, the default), others only with `allowedRoutes.namespaces.from: All`
+/// (`Selector` is not supported and admits only the Gateway's namespace).
+fn listener_allows(gateway: &Gateway, listener: &GatewayListeners, route: &UDPRoute) -> bool {
+    namespace_of(route) == namespace_of(gateway)
+        || listener
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+            .and_then(|n| n.from.as_ref())
+            .is_some_and(|from| matches!(from, GatewayListenersAllowedRoutesNamespacesFrom::All))
 }
 
 /// `NAMESPACE/ROUTE`: the cluster a route becomes.
@@ -764,12 +841,31 @@ pub fn listener_protocol(protocol: &str) -> Option<&'static str> {
     }
 }
 
+/// The socket a valid listener needs: its port, and TCP (TURN-TCP, TURN-TLS) or UDP
+/// (TURN-UDP, TURN-DTLS).
+fn listener_socket(listener: &GatewayListeners) -> Option<(u16, &'static str)> {
+    let protocol = listener_protocol(&listener.protocol)?;
+    let port = u16::try_from(listener.port).ok().filter(|p| *p > 0)?;
+    let socket = match protocol {
+        "TURN-TCP" | "TURN-TLS" => "TCP",
+        _ => "UDP",
+    };
+    Some((port, socket))
+}
+
+/// Why a listener cannot have its port: an earlier listener of the Gateway holds it.
+struct Conflict {
+    reason: &'static str,
+    message: String,
+}
+
 /// One listener's status, and its agent listener (with the TLS Secret to mount) when valid.
 fn render_listener(
     inputs: &Inputs,
     gateway: &Gateway,
     listener: &GatewayListeners,
     routes: &[&UDPRoute],
+    conflict: Option<Conflict>,
     settings: &Settings,
 ) -> (
     GatewayStatusListeners,
@@ -850,6 +946,25 @@ fn render_listener(
         ];
         return (status, None);
     };
+    if let Some(conflict) = conflict {
+        status.conditions = vec![
+            cond(
+                "Accepted",
+                false,
+                "PortUnavailable",
+                conflict.message.clone(),
+            ),
+            cond("Conflicted", true, conflict.reason, conflict.message),
+            cond("ResolvedRefs", true, "ResolvedRefs", String::new()),
+            cond(
+                "Programmed",
+                false,
+                "Invalid",
+                "listener not accepted".to_owned(),
+            ),
+        ];
+        return (status, None);
+    }
     let mut cert = None;
     let mut key = None;
     let mut secret_name = None;
@@ -1021,9 +1136,12 @@ fn gateway_status(
     let cond = |kind: &str, ok: bool, reason: &str, message: &str| {
         condition(gateway, kind, ok, reason, message, generation, settings)
     };
-    let all_valid = listeners
-        .iter()
-        .all(|l| l.conditions.iter().all(|c| c.status == "True"));
+    let all_valid = listeners.iter().all(|l| {
+        l.conditions
+            .iter()
+            .filter(|c| ["Accepted", "ResolvedRefs", "Programmed"].contains(&c.type_.as_str()))
+            .all(|c| c.status == "True")
+    });
     let accepted = if all_valid {
         cond("Accepted", true, "Accepted", "")
     } else if any_listener {

@@ -403,6 +403,11 @@ async fn a_deleted_gateway_leaves_its_routes_then_drops_the_finalizer() {
     route.status =
         Some(serde_json::from_value(json!({"parents": route_parents_accepted()})).unwrap());
     inputs.routes = vec![Arc::new(route.clone())];
+    // Its relays (the seed's Dataplane names them "stunner"), and another Gateway's (not ours
+    // to delete: another owner).
+    for (name, uid) in [("stunner", UID), ("other", "another-uid")] {
+        add(&mut inputs, &owned_deployment(name, uid));
+    }
     let registry = Registry::default();
     let key = ("stunner".to_owned(), "stunner-gateway".to_owned());
     registry
@@ -532,6 +537,16 @@ async fn a_refused_gateway_gets_only_its_status() {
     assert!(registry.read().unwrap().is_empty());
 }
 
+/// A Deployment labelled for the seed's Gateway and owned by the Gateway of `uid`.
+fn owned_deployment(name: &str, uid: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: stunner\n  \
+         labels: {{xturn.io/gateway: stunner-gateway}}\n  ownerReferences:\n  - {{apiVersion: gateway.networking.k8s.io/v1, \
+         kind: Gateway, name: stunner-gateway, uid: {uid}, controller: true}}\n\
+         spec: {{selector: {{matchLabels: {{a: b}}}}, template: {{metadata: {{labels: {{a: b}}}}}}}}\n"
+    )
+}
+
 fn other_class() -> &'static str {
     "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: other}\n\
      spec: {controllerName: example.com/other-controller}\n"
@@ -558,6 +573,11 @@ async fn a_gateway_moved_to_another_class_is_let_go() {
     route.status =
         Some(serde_json::from_value(json!({"parents": route_parents_accepted()})).unwrap());
     inputs.routes = vec![Arc::new(route.clone())];
+    // Its relays (the seed's Dataplane names them "stunner"), and another Gateway's (not ours
+    // to delete: another owner).
+    for (name, uid) in [("stunner", UID), ("other", "another-uid")] {
+        add(&mut inputs, &owned_deployment(name, uid));
+    }
     let registry = Registry::default();
     let key = ("stunner".to_owned(), "stunner-gateway".to_owned());
     registry.write().unwrap().insert(
@@ -577,6 +597,23 @@ async fn a_gateway_moved_to_another_class_is_let_go() {
         )
         .await;
     assert_eq!(seen.body, json!({"status": {"parents": []}}));
+    for path in [
+        "/api/v1/namespaces/stunner/services/stunner",
+        "/apis/apps/v1/namespaces/stunner/deployments/stunner",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner",
+        "/api/v1/namespaces/stunner/serviceaccounts/stunner",
+        "/api/v1/namespaces/stunner/configmaps/stunner",
+    ] {
+        let seen = server
+            .expect(
+                "DELETE",
+                &format!("{path}?"),
+                Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+            )
+            .await;
+        assert_eq!(seen.body["propagationPolicy"], "Background");
+    }
     let seen = server
         .expect(
             "PATCH",
@@ -746,15 +783,7 @@ async fn a_dataplane_switched_to_daemonset_deletes_the_old_deployment() {
     // The Deployment the Gateway had before the switch, and one of another Gateway's (not ours
     // to delete: another owner).
     for (name, uid) in [("stunner-gateway", UID), ("other", "another-uid")] {
-        add(
-            &mut inputs,
-            &format!(
-                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: stunner\n  \
-                 labels: {{xturn.io/gateway: stunner-gateway}}\n  ownerReferences:\n  - {{apiVersion: gateway.networking.k8s.io/v1, \
-                 kind: Gateway, name: stunner-gateway, uid: {uid}, controller: true}}\n\
-                 spec: {{selector: {{matchLabels: {{a: b}}}}, template: {{metadata: {{labels: {{a: b}}}}}}}}\n"
-            ),
-        );
+        add(&mut inputs, &owned_deployment(name, uid));
     }
     let (mut server, client) = ApiServer::new();
     let task = spawn_reconcile(

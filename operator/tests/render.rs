@@ -1252,3 +1252,169 @@ fn service_annotations_come_from_the_gateway_config_and_the_gateway() {
     // Until the Service has an ingress address, the requested one is the Gateway's.
     assert_eq!(rendered.ice.addresses, ["198.18.9.9"]);
 }
+
+#[test]
+fn each_listener_takes_routes_only_from_the_namespaces_it_allows() {
+    let mut inputs = seed();
+    add(
+        &mut inputs,
+        "apiVersion: stunner.l7mp.io/v1\nkind: UDPRoute\nmetadata: {name: foreign, namespace: apps}\n\
+         spec:\n  parentRefs: [{name: stunner-gateway, namespace: stunner}]\n\
+         \x20 rules: [{backendRefs: [{name: media-server, namespace: stunner}]}]\n",
+    );
+    // UDP takes routes from everywhere, TCP only from the Gateway's namespace (the default).
+    set_listeners(
+        &mut inputs,
+        json!([{"name": "udp-listener", "port": 3478, "protocol": "TURN-UDP",
+                "allowedRoutes": {"namespaces": {"from": "All"}}},
+               {"name": "tcp-listener", "port": 3478, "protocol": "TURN-TCP"}]),
+    );
+    let rendered = render(&inputs, &settings());
+    assert_eq!(
+        rendered.config.listeners[0].routes,
+        ["apps/foreign", "stunner/media-route"]
+    );
+    assert_eq!(rendered.config.listeners[1].routes, ["stunner/media-route"]);
+    let counts: Vec<_> = rendered
+        .status
+        .listeners
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|l| l.attached_routes)
+        .collect();
+    assert_eq!(counts, [2, 1]);
+    // The route is accepted: one listener takes it.
+    let foreign = inputs
+        .routes
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("foreign"))
+        .unwrap()
+        .clone();
+    let gateway = the_gateway(&inputs);
+    let status = route_status(&inputs, &settings(), &foreign, &[&gateway]);
+    assert_eq!(
+        brief(&status.parents[0].conditions[0]),
+        ("Accepted", "True", "Accepted")
+    );
+}
+
+#[test]
+fn a_second_listener_on_a_taken_port_is_conflicted_and_not_served() {
+    let mut inputs = seed();
+    set_listeners(
+        &mut inputs,
+        json!([{"name": "udp", "port": 3478, "protocol": "TURN-UDP"},
+               // TCP next to UDP on one port is fine: different sockets.
+               {"name": "tcp", "port": 3478, "protocol": "TURN-TCP"},
+               {"name": "dtls", "port": 3478, "protocol": "TURN-DTLS",
+                "tls": {"certificateRefs": [{"name": "no-such-secret"}]}},
+               {"name": "udp-again", "port": 3478, "protocol": "TURN-UDP"},
+               {"name": "tls", "port": 3478, "protocol": "TURN-TLS",
+                "tls": {"certificateRefs": [{"name": "no-such-secret"}]}}]),
+    );
+    let rendered = render(&inputs, &settings());
+    let served: Vec<_> = rendered
+        .config
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.protocol.as_str(), l.port))
+        .collect();
+    assert_eq!(
+        served,
+        [
+            ("stunner/stunner-gateway/udp", "TURN-UDP", 3478),
+            ("stunner/stunner-gateway/tcp", "TURN-TCP", 3478),
+        ]
+    );
+    let listeners = rendered.status.listeners.as_ref().unwrap();
+    let conditions = |name: &str| -> Vec<(String, String, String, String)> {
+        listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap()
+            .conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                )
+            })
+            .collect()
+    };
+    let taken_udp = "listener udp already serves UDP port 3478";
+    assert_eq!(
+        conditions("dtls"),
+        [
+            four("Accepted", "False", "PortUnavailable", taken_udp),
+            four("Conflicted", "True", "ProtocolConflict", taken_udp),
+            four("ResolvedRefs", "True", "ResolvedRefs", ""),
+            four("Programmed", "False", "Invalid", "listener not accepted"),
+        ]
+    );
+    assert_eq!(
+        conditions("udp-again")[..2],
+        [
+            four("Accepted", "False", "PortUnavailable", taken_udp),
+            four("Conflicted", "True", "HostnameConflict", taken_udp),
+        ]
+    );
+    assert_eq!(
+        conditions("tls")[1],
+        four(
+            "Conflicted",
+            "True",
+            "ProtocolConflict",
+            "listener tcp already serves TCP port 3478"
+        )
+    );
+    assert_eq!(
+        brief(&rendered.status.conditions.as_ref().unwrap()[0]),
+        ("Accepted", "True", "ListenersNotValid")
+    );
+}
+
+#[test]
+fn two_gateways_naming_the_same_relays_the_older_one_keeps_them() {
+    let mut inputs = seed();
+    let mut first = the_gateway(&inputs);
+    first.metadata.creation_timestamp = Some(Time("2026-11-01T00:00:00Z".parse().unwrap()));
+    // Same class, so same Dataplane and workloadName ("stunner"), in the same namespace.
+    let mut second = first.clone();
+    second.metadata.name = Some("a-second-gateway".into());
+    second.metadata.creation_timestamp = Some(Time("2026-11-02T00:00:00Z".parse().unwrap()));
+    inputs.gateways = vec![
+        std::sync::Arc::new(second.clone()),
+        std::sync::Arc::new(first.clone()),
+    ];
+    match render_gateway(&inputs, &settings(), &first) {
+        Outcome::Rendered(rendered) => assert_eq!(rendered.name, "stunner"),
+        other => panic!("the older Gateway is not rendered: {other:?}"),
+    }
+    let Outcome::Refused(refused) = render_gateway(&inputs, &settings(), &second) else {
+        panic!("the younger Gateway is rendered");
+    };
+    assert_eq!(
+        refused.reason,
+        "the relay objects' name \"stunner\" is already used by Gateway stunner/stunner-gateway; \
+         give this Gateway's GatewayConfig a Dataplane with another workloadName"
+    );
+    let conditions = refused.status.conditions.unwrap();
+    assert_eq!(
+        brief(&conditions[0]),
+        ("Accepted", "False", "InvalidParameters")
+    );
+    // In another namespace the same name is no conflict.
+    second.metadata.namespace = Some("elsewhere".into());
+    inputs.gateways = vec![
+        std::sync::Arc::new(second.clone()),
+        std::sync::Arc::new(first),
+    ];
+    assert!(matches!(
+        render_gateway(&inputs, &settings(), &second),
+        Outcome::Rendered(_)
+    ));
+}

@@ -30,7 +30,7 @@ use rtc_dtls::{
 use rtc_shared::TransportProtocol;
 use rustls::pki_types::PrivateKeyDer;
 use tokio::net::UdpSocket;
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
 
 use crate::{
     server::{Shared, lock},
@@ -43,6 +43,9 @@ use crate::{
 const TICK: Duration = Duration::from_millis(100);
 /// The DTLS record content type of handshake messages: what a new session must start with.
 const HANDSHAKE: u8 = 22;
+/// Sessions still in their handshake, at most (within `max_sessions`): a flood of (spoofable)
+/// ClientHellos fills this pool, not the established sessions' room.
+const MAX_HANDSHAKING: usize = 1024;
 
 /// A DTLS listener's counters.
 #[derive(Debug, Default)]
@@ -56,12 +59,17 @@ pub struct DtlsCounters {
     pub timed_out: AtomicU64,
     /// Messages for a client that could not be sent (no session, or not established yet).
     pub dropped: AtomicU64,
+    /// Datagrams of an established session that did not decrypt or parse: dropped, the session
+    /// stays (anyone can send a datagram from a spoofed address).
+    pub bad_records: AtomicU64,
 }
 
 struct State {
     endpoint: Endpoint,
     /// Each session's deadline for its next complete message.
     deadlines: HashMap<SocketAddr, Instant>,
+    /// Sessions whose handshake completed.
+    established: std::collections::HashSet<SocketAddr>,
     /// The certificate store's reload count the endpoint's configuration was built from.
     cert_version: u64,
 }
@@ -72,6 +80,8 @@ pub struct DtlsListener {
     certs: Arc<CertStore>,
     state: Mutex<State>,
     max_sessions: usize,
+    /// Sessions still in their handshake, at most: `MAX_HANDSHAKING` within `max_sessions`.
+    max_handshaking: usize,
     idle_timeout: Duration,
     pub counters: DtlsCounters,
 }
@@ -126,10 +136,12 @@ impl DtlsListener {
             state: Mutex::new(State {
                 endpoint: Endpoint::new(local, TransportProtocol::UDP, Some(config)),
                 deadlines: HashMap::new(),
+                established: std::collections::HashSet::new(),
                 cert_version,
             }),
             certs,
             max_sessions,
+            max_handshaking: MAX_HANDSHAKING.min(max_sessions),
             idle_timeout,
             counters: DtlsCounters::default(),
         })
@@ -168,6 +180,7 @@ impl DtlsListener {
     fn stop(&self, state: &mut State, client: SocketAddr, now: Instant) {
         state.endpoint.stop(now, client);
         state.deadlines.remove(&client);
+        state.established.remove(&client);
     }
 
     /// Takes one datagram; returns the messages it decrypted to and whether the session ended.
@@ -178,12 +191,14 @@ impl DtlsListener {
         if version != state.cert_version {
             match handshake_config(&self.certs) {
                 Ok(config) => state.endpoint.set_server_config(Some(config)),
-                Err(e) => debug!(error = %e, "DTLS keeps its previous certificate"),
+                Err(e) => warn!(error = %e, "DTLS keeps its previous certificate"),
             }
             state.cert_version = version;
         }
         if !state.deadlines.contains_key(&client) {
-            let full = state.deadlines.len() >= self.max_sessions;
+            let handshaking = state.deadlines.len() - state.established.len();
+            let full =
+                state.deadlines.len() >= self.max_sessions || handshaking >= self.max_handshaking;
             if full || datagram.first() != Some(&HANDSHAKE) {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 return (Vec::new(), false);
@@ -204,12 +219,20 @@ impl DtlsListener {
                     match event {
                         EndpointEvent::ApplicationData(data) => messages.push(data),
                         EndpointEvent::PeerClosed => ended = true,
+                        EndpointEvent::HandshakeComplete => {
+                            state.established.insert(client);
+                        }
                         _ => {}
                     }
                 }
             }
+            // An established session outlives a bad datagram: it may not even be the client's.
+            Err(e) if state.established.contains(&client) => {
+                trace!(%client, error = %e, "DTLS record dropped");
+                self.counters.bad_records.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => {
-                debug!(%client, error = %e, "DTLS session failed");
+                debug!(%client, error = %e, "DTLS handshake failed");
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 ended = true;
             }
@@ -287,5 +310,203 @@ pub(crate) async fn timer_task(shared: Arc<Shared>, listener: Arc<DtlsListener>)
             debug!(%client, "DTLS session ended");
             shared.client_closed(listener.id, client);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::tests::{self_signed, tempdir};
+
+    /// A client endpoint talking to `listener` over real loopback sockets, the test moving
+    /// each datagram by hand.
+    struct Client {
+        endpoint: Endpoint,
+        socket: std::net::UdpSocket,
+        server: SocketAddr,
+    }
+
+    impl Client {
+        fn addr(&self) -> SocketAddr {
+            self.socket.local_addr().unwrap()
+        }
+
+        /// Hands what the client queued to the listener; returns what the listener decrypted.
+        fn send_queued(&mut self, listener: &DtlsListener) -> (Vec<BytesMut>, bool) {
+            let mut messages = Vec::new();
+            let mut ended = false;
+            while let Some(transmit) = self.endpoint.poll_transmit() {
+                let (got, end) = listener.receive(self.addr(), &transmit.message, Instant::now());
+                messages.extend(got);
+                ended |= end;
+            }
+            (messages, ended)
+        }
+
+        /// Reads what the listener sent until the socket stays quiet; whether the handshake
+        /// completed.
+        fn take_replies(&mut self) -> bool {
+            let mut complete = false;
+            let mut buf = [0u8; 2048];
+            while let Ok(len) = self.socket.recv(&mut buf) {
+                let events = self
+                    .endpoint
+                    .read(
+                        Instant::now(),
+                        self.server,
+                        None,
+                        BytesMut::from(&buf[..len]),
+                    )
+                    .unwrap();
+                complete |= events
+                    .iter()
+                    .any(|e| matches!(e, EndpointEvent::HandshakeComplete));
+            }
+            complete
+        }
+    }
+
+    async fn listener_and_client(tag: &str) -> (DtlsListener, Client) {
+        let dir = tempdir(tag);
+        let certs = CertStore::load(&self_signed(&dir, "relay")).unwrap();
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let server = socket.local_addr().unwrap();
+        let listener =
+            DtlsListener::new(ListenerId(0), socket, certs, 16, Duration::from_secs(60)).unwrap();
+        let client_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client_socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let endpoint = Endpoint::new(
+            client_socket.local_addr().unwrap(),
+            TransportProtocol::UDP,
+            None,
+        );
+        let client = Client {
+            endpoint,
+            socket: client_socket,
+            server,
+        };
+        (listener, client)
+    }
+
+    fn connect(client: &mut Client, listener: &DtlsListener) {
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(default_provider().unwrap())
+            .with_insecure_skip_verify(true)
+            .build(true, Some(client.server))
+            .unwrap();
+        client
+            .endpoint
+            .connect(Instant::now(), client.server, Arc::new(config), None)
+            .unwrap();
+        for _ in 0..10 {
+            let (_, ended) = client.send_queued(listener);
+            assert!(!ended, "the handshake failed");
+            if client.take_replies() {
+                // The client's last flight completes the listener's side.
+                client.send_queued(listener);
+                return;
+            }
+        }
+        panic!("no handshake after 10 round trips");
+    }
+
+    /// A datagram that is no DTLS record at all, from the client's address.
+    const JUNK: &[u8] = &[23, 0xfe, 0xfd, 0, 1, 0, 0];
+
+    #[tokio::test]
+    async fn a_bad_datagram_does_not_end_an_established_session() {
+        let (listener, mut client) = listener_and_client("dtls-bad-record").await;
+        connect(&mut client, &listener);
+        assert_eq!(lock(&listener.state).established.len(), 1);
+
+        client
+            .endpoint
+            .write(Instant::now(), client.server, b"first")
+            .unwrap();
+        let (messages, ended) = client.send_queued(&listener);
+        assert_eq!(messages, [BytesMut::from(&b"first"[..])]);
+        assert!(!ended);
+
+        // Anyone can send this with the client's address as source.
+        let (messages, ended) = listener.receive(client.addr(), JUNK, Instant::now());
+        assert!(messages.is_empty());
+        assert!(!ended, "a spoofable datagram ended the session");
+        assert_eq!(listener.counters.bad_records.load(Ordering::Relaxed), 1);
+        assert_eq!(listener.counters.failed.load(Ordering::Relaxed), 0);
+        assert_eq!(listener.sessions(), 1);
+
+        client
+            .endpoint
+            .write(Instant::now(), client.server, b"second")
+            .unwrap();
+        let (messages, _) = client.send_queued(&listener);
+        assert_eq!(messages, [BytesMut::from(&b"second"[..])]);
+        assert!(listener.send(client.addr(), b"reply"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_datagram_ends_a_session_in_its_handshake() {
+        let (listener, mut client) = listener_and_client("dtls-bad-handshake").await;
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(default_provider().unwrap())
+            .with_insecure_skip_verify(true)
+            .build(true, Some(client.server))
+            .unwrap();
+        client
+            .endpoint
+            .connect(Instant::now(), client.server, Arc::new(config), None)
+            .unwrap();
+        client.send_queued(&listener);
+        assert_eq!(listener.sessions(), 1);
+        let (_, ended) = listener.receive(client.addr(), JUNK, Instant::now());
+        assert!(ended);
+        assert_eq!(listener.counters.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(listener.sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn new_sessions_are_refused_while_too_many_handshakes_are_pending() {
+        let (mut listener, mut client) = listener_and_client("dtls-handshakes").await;
+        listener.max_handshaking = 4;
+        connect(&mut client, &listener);
+        // A ClientHello, replayed from other addresses (as a spoofing flood would).
+        let mut other = Endpoint::new(
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            TransportProtocol::UDP,
+            None,
+        );
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(default_provider().unwrap())
+            .with_insecure_skip_verify(true)
+            .build(true, Some(client.server))
+            .unwrap();
+        other
+            .connect(Instant::now(), client.server, Arc::new(config), None)
+            .unwrap();
+        let hello = other.poll_transmit().unwrap().message;
+        for port in 1..=5u16 {
+            let from = SocketAddr::from(([127, 0, 0, 1], 40_000 + port));
+            listener.receive(from, &hello, Instant::now());
+        }
+        // The established session does not count against the handshake pool.
+        assert_eq!(listener.sessions(), 5);
+        assert_eq!(listener.counters.refused.load(Ordering::Relaxed), 1);
+        // Nor is it disturbed by the flood.
+        client
+            .endpoint
+            .write(Instant::now(), client.server, b"still here")
+            .unwrap();
+        let (messages, _) = client.send_queued(&listener);
+        assert_eq!(messages, [BytesMut::from(&b"still here"[..])]);
+        // The overall limit still holds: 16 sessions.
+        listener.max_handshaking = 100;
+        for port in 6..=20u16 {
+            let from = SocketAddr::from(([127, 0, 0, 1], 40_000 + port));
+            listener.receive(from, &hello, Instant::now());
+        }
+        assert_eq!(listener.sessions(), 16);
+        assert_eq!(listener.counters.refused.load(Ordering::Relaxed), 5);
     }
 }

@@ -67,7 +67,7 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
     let addresses = |c: &Config| {
         c.listeners
             .iter()
-            .map(|l| (l.name.clone(), l.addr))
+            .map(|l| (l.name.clone(), l.addr, l.transport, l.tls.clone()))
             .collect::<Vec<_>>()
     };
     let restart_fields: [(&'static str, bool); 10] = [
@@ -116,6 +116,7 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
     for listener in &mut effective.listeners {
         if let Some(updated) = new.listeners.iter().find(|l| l.name == listener.name) {
             listener.routes.clone_from(&updated.routes);
+            listener.routed = updated.routed;
         }
     }
     effective.relay_ipv4 = old.relay_ipv4;
@@ -207,5 +208,28 @@ clusters:
                 .permits("udp", "198.18.2.9:22".parse().expect("addr"))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_listener_that_starts_naming_routes_is_restricted_to_them() {
+        // No `routes`: the listener reaches every cluster. `routes: []`: it reaches none.
+        let old = config(&BASE.replace("    routes: [media]\n", ""));
+        let peer = "198.18.2.5:5000".parse().expect("addr");
+        assert!(plan(&old, &old, &[]).policy.permits("udp", peer).is_ok());
+        let new = config(&BASE.replace("routes: [media]", "routes: []"));
+        let reload = plan(&old, &new, &[]);
+        assert!(
+            reload.needs_restart.is_empty(),
+            "{:?}",
+            reload.needs_restart
+        );
+        assert!(reload.policy.permits("udp", peer).is_err());
+    }
+
+    #[test]
+    fn a_listener_changing_transport_needs_a_restart() {
+        let old = config(BASE);
+        let new = config(&BASE.replace("protocol: TURN-UDP", "protocol: TURN-TCP"));
+        assert_eq!(plan(&old, &new, &[]).needs_restart, vec!["listeners"]);
     }
 }

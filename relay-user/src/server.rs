@@ -220,7 +220,8 @@ pub struct ConnectionSnapshot {
     pub handshake_failures: u64,
     /// Closed for no complete message in time.
     pub timed_out: u64,
-    /// Closed for sending what is not STUN or ChannelData.
+    /// Closed for sending what is not STUN or ChannelData (DTLS: datagrams of an established
+    /// session that did not decrypt, dropped; the session stays).
     pub protocol_errors: u64,
     /// Messages to clients dropped (full send queue; DTLS: no established session).
     pub dropped: u64,
@@ -515,7 +516,7 @@ impl ServerHandle {
                             refused: n.refused.load(Ordering::Relaxed),
                             handshake_failures: n.failed.load(Ordering::Relaxed),
                             timed_out: n.timed_out.load(Ordering::Relaxed),
-                            protocol_errors: 0,
+                            protocol_errors: n.bad_records.load(Ordering::Relaxed),
                             dropped: n.dropped.load(Ordering::Relaxed),
                         })
                     }

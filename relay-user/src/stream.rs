@@ -56,47 +56,54 @@ pub enum FrameError {
 #[derive(Debug, Default)]
 pub struct Framer {
     buf: Vec<u8>,
+    /// Where the next message starts in `buf` (consumed bytes are dropped on the next push,
+    /// not on every message: no copying of the rest per message).
+    start: usize,
 }
 
 impl Framer {
     /// Appends bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes held that are not a complete message yet.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// The next complete message, with ChannelData padding removed; `Ok(None)`: more bytes
     /// are needed.
     pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        if self.buf.len() < 4 {
+        let buf = &self.buf[self.start..];
+        if buf.len() < 4 {
             return Ok(None);
         }
-        let length = usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]));
-        let (message, consumed) = match self.buf[0] >> 6 {
+        let length = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        let (message, consumed) = match buf[0] >> 6 {
             0b00 => {
                 // STUN: the magic cookie tells it from other protocols (a TLS ClientHello on
                 // a plain TCP listener, say).
-                if self.buf.len() < 8 {
+                if buf.len() < 8 {
                     return Ok(None);
                 }
-                if self.buf[4..8] != MAGIC_COOKIE {
-                    return Err(FrameError::NotTurn(self.buf[0]));
+                if buf[4..8] != MAGIC_COOKIE {
+                    return Err(FrameError::NotTurn(buf[0]));
                 }
                 (20 + length, 20 + length)
             }
             0b01 => (4 + length, (4 + length).next_multiple_of(4)),
-            _ => return Err(FrameError::NotTurn(self.buf[0])),
+            _ => return Err(FrameError::NotTurn(buf[0])),
         };
-        if self.buf.len() < consumed {
+        if buf.len() < consumed {
             return Ok(None);
         }
-        let rest = self.buf.split_off(consumed);
-        let mut message_bytes = std::mem::replace(&mut self.buf, rest);
-        message_bytes.truncate(message);
+        let message_bytes = buf[..message].to_vec();
+        self.start += consumed;
         Ok(Some(message_bytes))
     }
 }
@@ -206,7 +213,13 @@ pub(crate) async fn accept_task(
         let _ = stream.set_nodelay(true);
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let mine = tx.clone();
-        lock(&listener.connections.open).insert(client, tx);
+        let replaced = lock(&listener.connections.open).insert(client, tx);
+        if replaced.is_some() {
+            // A new connection from the address of one still open (a client reusing its port,
+            // or another user behind the same NAT port): the old 5-tuple's allocation is not
+            // the new connection's to inherit.
+            shared.client_closed(listener.id, client);
+        }
         let shared = Arc::clone(&shared);
         let listener = Arc::clone(&listener);
         let acceptor = acceptor.clone();

@@ -197,7 +197,7 @@ pub(crate) mod tests {
         files
     }
 
-    fn tempdir(tag: &str) -> PathBuf {
+    pub(crate) fn tempdir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xturn-tls-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

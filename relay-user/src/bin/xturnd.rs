@@ -398,7 +398,23 @@ impl Signals {
 fn adopt_state(config: &Config, core: &mut turn::Server) -> Option<turn::RestoreOutcome> {
     let dir = config.state_dir.as_ref()?;
     match state::load(dir) {
-        Ok(Some(snapshot)) => {
+        Ok(Some(mut snapshot)) => {
+            // A DTLS client's session did not survive the restart (TCP and TLS clients' are
+            // skipped by the core, which knows them by their 5-tuple's transport).
+            let before = snapshot.allocations.len();
+            snapshot.allocations.retain(|a| {
+                config
+                    .listeners
+                    .get(usize::from(a.listener))
+                    .is_none_or(|l| l.transport != Transport::Dtls)
+            });
+            let dtls = before - snapshot.allocations.len();
+            if dtls > 0 {
+                info!(
+                    allocations = dtls,
+                    "DTLS clients' allocations not adopted: their sessions ended with the restart"
+                );
+            }
             let outcome = core.restore(&snapshot, Instant::now());
             info!(
                 allocations = outcome.allocations,
