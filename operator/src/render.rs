@@ -906,63 +906,47 @@ fn render_listener(
         conditions: Vec::new(),
     };
     let namespace = namespace_of(gateway);
+    // The conditions of a listener that is not accepted, for `reason`, plus `more`.
+    let not_accepted = |reason: &str, message: String, more: Option<Condition>| {
+        let mut conditions = vec![cond("Accepted", false, reason, message)];
+        conditions.extend(more);
+        conditions.push(cond("ResolvedRefs", true, "ResolvedRefs", String::new()));
+        conditions.push(cond(
+            "Programmed",
+            false,
+            "Invalid",
+            "listener not accepted".to_owned(),
+        ));
+        conditions
+    };
     let Some(protocol) = listener_protocol(&listener.protocol) else {
-        status.conditions = vec![
-            cond(
-                "Accepted",
-                false,
-                "UnsupportedProtocol",
-                format!(
-                    "protocol {:?} is not TURN-UDP, TURN-TCP, TURN-TLS or TURN-DTLS",
-                    listener.protocol
-                ),
+        status.conditions = not_accepted(
+            "UnsupportedProtocol",
+            format!(
+                "protocol {:?} is not TURN-UDP, TURN-TCP, TURN-TLS or TURN-DTLS",
+                listener.protocol
             ),
-            cond("ResolvedRefs", true, "ResolvedRefs", String::new()),
-            cond(
-                "Programmed",
-                false,
-                "Invalid",
-                "listener not accepted".to_owned(),
-            ),
-        ];
+            None,
+        );
         status.supported_kinds = Some(Vec::new());
         return (status, None);
     };
     let Some(port) = u16::try_from(listener.port).ok().filter(|p| *p > 0) else {
-        status.conditions = vec![
-            cond(
-                "Accepted",
-                false,
-                "UnsupportedValue",
-                format!("port {} is not a port", listener.port),
-            ),
-            cond("ResolvedRefs", true, "ResolvedRefs", String::new()),
-            cond(
-                "Programmed",
-                false,
-                "Invalid",
-                "listener not accepted".to_owned(),
-            ),
-        ];
+        status.conditions = not_accepted(
+            "UnsupportedValue",
+            format!("port {} is not a port", listener.port),
+            None,
+        );
         return (status, None);
     };
     if let Some(conflict) = conflict {
-        status.conditions = vec![
-            cond(
-                "Accepted",
-                false,
-                "PortUnavailable",
-                conflict.message.clone(),
-            ),
-            cond("Conflicted", true, conflict.reason, conflict.message),
-            cond("ResolvedRefs", true, "ResolvedRefs", String::new()),
-            cond(
-                "Programmed",
-                false,
-                "Invalid",
-                "listener not accepted".to_owned(),
-            ),
-        ];
+        let conflicted = cond(
+            "Conflicted",
+            true,
+            conflict.reason,
+            conflict.message.clone(),
+        );
+        status.conditions = not_accepted("PortUnavailable", conflict.message, Some(conflicted));
         return (status, None);
     }
     let mut cert = None;

@@ -95,6 +95,15 @@ impl ApiServer {
         Seen { content_type, body }
     }
 
+    /// Takes the next request, which must delete `path` in the background, and answers success.
+    async fn expect_delete(&mut self, path: &str) {
+        let success = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
+        let seen = self
+            .expect("DELETE", &format!("{path}?"), Some(success))
+            .await;
+        assert_eq!(seen.body["propagationPolicy"], "Background");
+    }
+
     /// Waits for the reconcile to end; any request it makes meanwhile fails the test.
     async fn finish(
         mut self,
@@ -605,14 +614,7 @@ async fn a_gateway_moved_to_another_class_is_let_go() {
         "/api/v1/namespaces/stunner/serviceaccounts/stunner",
         "/api/v1/namespaces/stunner/configmaps/stunner",
     ] {
-        let seen = server
-            .expect(
-                "DELETE",
-                &format!("{path}?"),
-                Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
-            )
-            .await;
-        assert_eq!(seen.body["propagationPolicy"], "Background");
+        server.expect_delete(path).await;
     }
     let seen = server
         .expect(
@@ -802,14 +804,9 @@ async fn a_dataplane_switched_to_daemonset_deletes_the_old_deployment() {
             .expect("PATCH", &format!("{path}{APPLY}"), None)
             .await;
     }
-    let seen = server
-        .expect(
-            "DELETE",
-            "/apis/apps/v1/namespaces/stunner/deployments/stunner-gateway?",
-            Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
-        )
+    server
+        .expect_delete("/apis/apps/v1/namespaces/stunner/deployments/stunner-gateway")
         .await;
-    assert_eq!(seen.body["propagationPolicy"], "Background");
     server
         .expect(
             "PATCH",

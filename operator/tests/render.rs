@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use gateway_api::apis::standard::gateways::Gateway;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 use xturn_operator::{
     agent::AgentConfig,
@@ -63,17 +63,20 @@ fn route_conditions(inputs: &Inputs, settings: &Settings) -> Vec<(String, String
     let status = route_status(inputs, settings, &inputs.routes[0], &[&gateway]);
     assert_eq!(status.parents.len(), 1);
     assert_eq!(status.parents[0].controller_name, CONTROLLER);
-    status.parents[0]
-        .conditions
+    fours(&status.parents[0].conditions)
+}
+
+/// Each listener's `attachedRoutes`.
+fn attached_counts(rendered: &Rendered) -> Vec<i32> {
+    let listeners = rendered.status.listeners.as_ref().unwrap();
+    listeners.iter().map(|l| l.attached_routes).collect()
+}
+
+/// Conditions as `(type, status, reason, message)`.
+fn fours(conditions: &[Condition]) -> Vec<(String, String, String, String)> {
+    conditions
         .iter()
-        .map(|c| {
-            (
-                c.type_.clone(),
-                c.status.clone(),
-                c.reason.clone(),
-                c.message.clone(),
-            )
-        })
+        .map(|c| four(&c.type_, &c.status, &c.reason, &c.message))
         .collect()
 }
 
@@ -1191,14 +1194,7 @@ fn section_name_attaches_a_route_to_one_listener() {
     let rendered = render(&inputs, &settings());
     assert_eq!(rendered.config.listeners[0].routes, ["stunner/media-route"]);
     assert_eq!(rendered.config.listeners[1].routes, Vec::<String>::new());
-    let counts: Vec<_> = rendered
-        .status
-        .listeners
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|l| l.attached_routes)
-        .collect();
+    let counts = attached_counts(&rendered);
     assert_eq!(counts, [1, 0]);
 
     let mut route = inputs.routes[0].as_ref().clone();
@@ -1275,14 +1271,7 @@ fn each_listener_takes_routes_only_from_the_namespaces_it_allows() {
         ["apps/foreign", "stunner/media-route"]
     );
     assert_eq!(rendered.config.listeners[1].routes, ["stunner/media-route"]);
-    let counts: Vec<_> = rendered
-        .status
-        .listeners
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|l| l.attached_routes)
-        .collect();
+    let counts = attached_counts(&rendered);
     assert_eq!(counts, [2, 1]);
     // The route is accepted: one listener takes it.
     let foreign = inputs
@@ -1328,22 +1317,14 @@ fn a_second_listener_on_a_taken_port_is_conflicted_and_not_served() {
         ]
     );
     let listeners = rendered.status.listeners.as_ref().unwrap();
-    let conditions = |name: &str| -> Vec<(String, String, String, String)> {
-        listeners
-            .iter()
-            .find(|l| l.name == name)
-            .unwrap()
-            .conditions
-            .iter()
-            .map(|c| {
-                (
-                    c.type_.clone(),
-                    c.status.clone(),
-                    c.reason.clone(),
-                    c.message.clone(),
-                )
-            })
-            .collect()
+    let conditions = |name: &str| {
+        fours(
+            &listeners
+                .iter()
+                .find(|l| l.name == name)
+                .unwrap()
+                .conditions,
+        )
     };
     let taken_udp = "listener udp already serves UDP port 3478";
     assert_eq!(

@@ -331,6 +331,14 @@ mod tests {
             self.socket.local_addr().unwrap()
         }
 
+        /// Queues the client's first flight.
+        fn start_handshake(&mut self) {
+            let config = client_config(self.server);
+            self.endpoint
+                .connect(Instant::now(), self.server, config, None)
+                .unwrap();
+        }
+
         /// Hands what the client queued to the listener; returns what the listener decrypted.
         fn send_queued(&mut self, listener: &DtlsListener) -> (Vec<BytesMut>, bool) {
             let mut messages = Vec::new();
@@ -390,16 +398,18 @@ mod tests {
         (listener, client)
     }
 
-    fn connect(client: &mut Client, listener: &DtlsListener) {
+    /// A DTLS client's configuration (any server certificate will do).
+    fn client_config(server: SocketAddr) -> Arc<HandshakeConfig> {
         let config = ConfigBuilder::default()
             .with_crypto_provider(default_provider().unwrap())
             .with_insecure_skip_verify(true)
-            .build(true, Some(client.server))
+            .build(true, Some(server))
             .unwrap();
-        client
-            .endpoint
-            .connect(Instant::now(), client.server, Arc::new(config), None)
-            .unwrap();
+        Arc::new(config)
+    }
+
+    fn connect(client: &mut Client, listener: &DtlsListener) {
+        client.start_handshake();
         for _ in 0..10 {
             let (_, ended) = client.send_queued(listener);
             assert!(!ended, "the handshake failed");
@@ -449,15 +459,7 @@ mod tests {
     #[tokio::test]
     async fn a_bad_datagram_ends_a_session_in_its_handshake() {
         let (listener, mut client) = listener_and_client("dtls-bad-handshake").await;
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(default_provider().unwrap())
-            .with_insecure_skip_verify(true)
-            .build(true, Some(client.server))
-            .unwrap();
-        client
-            .endpoint
-            .connect(Instant::now(), client.server, Arc::new(config), None)
-            .unwrap();
+        client.start_handshake();
         client.send_queued(&listener);
         assert_eq!(listener.sessions(), 1);
         let (_, ended) = listener.receive(client.addr(), JUNK, Instant::now());
@@ -477,13 +479,13 @@ mod tests {
             TransportProtocol::UDP,
             None,
         );
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(default_provider().unwrap())
-            .with_insecure_skip_verify(true)
-            .build(true, Some(client.server))
-            .unwrap();
         other
-            .connect(Instant::now(), client.server, Arc::new(config), None)
+            .connect(
+                Instant::now(),
+                client.server,
+                client_config(client.server),
+                None,
+            )
             .unwrap();
         let hello = other.poll_transmit().unwrap().message;
         for port in 1..=5u16 {
