@@ -511,4 +511,25 @@ mod tests {
         assert_eq!(listener.sessions(), 16);
         assert_eq!(listener.counters.refused.load(Ordering::Relaxed), 5);
     }
+
+    #[tokio::test]
+    async fn spoofed_plaintext_alerts_do_not_end_an_established_session() {
+        let (listener, mut client) = listener_and_client("dtls-alerts").await;
+        connect(&mut client, &listener);
+        // Epoch-0 records: a fatal handshake_failure, then a close_notify.
+        let fatal: &[u8] = &[21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 2, 40];
+        let close_notify: &[u8] = &[21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 10, 0, 2, 1, 0];
+        for alert in [fatal, close_notify] {
+            let (messages, ended) = listener.receive(client.addr(), alert, Instant::now());
+            assert!(messages.is_empty());
+            assert!(!ended, "a spoofed alert {alert:?} ended the session");
+            client
+                .endpoint
+                .write(Instant::now(), client.server, b"after")
+                .unwrap();
+            let (messages, _) = client.send_queued(&listener);
+            assert_eq!(messages, [BytesMut::from(&b"after"[..])]);
+        }
+        assert_eq!(listener.sessions(), 1);
+    }
 }
