@@ -355,6 +355,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
@@ -416,6 +418,58 @@ mod tests {
         assert_eq!(framer.next_message(), Ok(None));
         framer.push(&[0, 0, 0]);
         assert_eq!(framer.next_message().unwrap().unwrap().len(), 9);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of STUN and ChannelData messages, as a client frames them, comes out
+        /// whole and in order however the stream splits it.
+        #[test]
+        fn any_messages_split_any_way_come_out_whole(
+            messages in proptest::collection::vec(
+                proptest::prop_oneof![
+                    (0u16..300).prop_map(|n| stun(n * 4)),
+                    (0x4000u16..0x5000, proptest::collection::vec(proptest::num::u8::ANY, 0..300))
+                        .prop_map(|(c, p)| channel_data(c, &p)),
+                ],
+                0..12,
+            ),
+            chunk in 1usize..200,
+        ) {
+            let stream: Vec<u8> =
+                messages.iter().cloned().flat_map(frame_for_stream).collect();
+            let mut framer = Framer::default();
+            let mut out = Vec::new();
+            for piece in stream.chunks(chunk) {
+                framer.push(piece);
+                while let Some(m) = framer.next_message().unwrap() {
+                    out.push(m);
+                }
+            }
+            proptest::prop_assert_eq!(out, messages);
+            proptest::prop_assert_eq!(framer.pending(), 0);
+        }
+
+        /// Whatever a client sends, the framer answers (a message, more bytes needed, or
+        /// not TURN) without panicking, and holds no more than one message's worth.
+        #[test]
+        fn any_bytes_are_framed_or_refused(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+            chunk in 1usize..600,
+        ) {
+            let mut framer = Framer::default();
+            'stream: for piece in bytes.chunks(chunk) {
+                framer.push(piece);
+                loop {
+                    match framer.next_message() {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'stream,
+                    }
+                }
+                // Largest message: a STUN header and 65535 bytes, plus what one push adds.
+                proptest::prop_assert!(framer.pending() < 20 + 65_536 + chunk);
+            }
+        }
     }
 
     #[test]
