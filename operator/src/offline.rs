@@ -1,8 +1,7 @@
 //! Rendering without a cluster (`xturn-operator render -f`, `auth-service -f`): every Gateway
-//! of ours in the manifests, rendered as the controller would, with duplicate object names
-//! across Gateways refused.
-use std::collections::BTreeMap;
-
+//! of ours in the manifests, rendered as the controller would (two Gateways of a namespace
+//! that would share object names: the younger one is refused, as in the cluster).
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
 use crate::{
@@ -24,13 +23,6 @@ pub struct Offline {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
-    #[error("Gateways {first} and {second} both render objects named {namespace}/{name}")]
-    Conflict {
-        namespace: String,
-        name: String,
-        first: String,
-        second: String,
-    },
     #[error("cannot serialise an object: {0}")]
     Serialise(#[from] serde_json::Error),
 }
@@ -43,27 +35,11 @@ pub fn render_all(
     public_address: Option<&str>,
 ) -> Result<Offline, OfflineError> {
     let mut out = Offline::default();
-    let mut names: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut ours = Vec::new();
     for gateway in &inputs.gateways {
         let id = format!("{}/{}", namespace_of(gateway.as_ref()), gateway.name_any());
         let summary = |status: &gateway_api::apis::standard::gateways::GatewayStatus| {
-            status
-                .conditions
-                .iter()
-                .flatten()
-                .map(|c| {
-                    format!(
-                        "{}={} ({}{}{})",
-                        c.type_,
-                        c.status,
-                        c.reason,
-                        if c.message.is_empty() { "" } else { ": " },
-                        c.message
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+            summarise(status.conditions.as_deref().unwrap_or_default())
         };
         match render_gateway(inputs, settings, gateway) {
             Outcome::NotOurs => out.report.push(format!("Gateway {id}: not ours, skipped")),
@@ -74,15 +50,6 @@ pub fn render_all(
             }
             Outcome::Rendered(rendered) => {
                 ours.push(gateway.as_ref());
-                let key = (rendered.namespace.clone(), rendered.name.clone());
-                if let Some(first) = names.insert(key.clone(), id.clone()) {
-                    return Err(OfflineError::Conflict {
-                        namespace: key.0,
-                        name: key.1,
-                        first,
-                        second: id,
-                    });
-                }
                 out.report
                     .push(format!("Gateway {id}: {}", summary(&rendered.status)));
                 out.objects
@@ -112,21 +79,7 @@ pub fn render_all(
             .iter()
             .filter(|p| p.controller_name == settings.controller_name)
         {
-            let conditions = parent
-                .conditions
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{}={} ({}{}{})",
-                        c.type_,
-                        c.status,
-                        c.reason,
-                        if c.message.is_empty() { "" } else { ": " },
-                        c.message
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let conditions = summarise(&parent.conditions);
             out.report.push(format!(
                 "UDPRoute {}/{} → Gateway {}: {conditions}",
                 namespace_of(route.as_ref()),
@@ -136,6 +89,21 @@ pub fn render_all(
         }
     }
     Ok(out)
+}
+
+/// Conditions on one line: `Type=Status (Reason: message), ...`.
+fn summarise(conditions: &[Condition]) -> String {
+    conditions
+        .iter()
+        .map(|c| {
+            let separator = if c.message.is_empty() { "" } else { ": " };
+            format!(
+                "{}={} ({}{separator}{})",
+                c.type_, c.status, c.reason, c.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The objects as one multi-document YAML stream.

@@ -104,6 +104,15 @@ impl ApiServer {
         assert_eq!(seen.body["propagationPolicy"], "Background");
     }
 
+    /// Takes the Gateway's status patch, then its route's, each answered with the object.
+    async fn expect_status_patches(&mut self, gateway: &Gateway, inputs: &Inputs) {
+        let gateway = serde_json::to_value(gateway).unwrap();
+        let route = serde_json::to_value(inputs.routes[0].as_ref()).unwrap();
+        self.expect("PATCH", &format!("{GATEWAY_URI}/status?"), Some(gateway))
+            .await;
+        self.expect("PATCH", ROUTE_STATUS_URI, Some(route)).await;
+    }
+
     /// Waits for the reconcile to end; any request it makes meanwhile fails the test.
     async fn finish(
         mut self,
@@ -402,40 +411,54 @@ async fn an_unchanged_gateway_is_applied_again_without_status_patches() {
     );
 }
 
+/// What a Gateway leaving us (deleted, or moved to another class) starts from: the seed and
+/// its backend plus `more` documents; its route accepted by it; its relays (the seed's
+/// Dataplane names them "stunner") and another Gateway's Deployment (another owner); and the
+/// credential service serving it.
+fn leaving(gateway: &Gateway, more: &[&str]) -> (Inputs, Registry) {
+    let mut inputs = inputs_with(gateway, &["media-server.yaml"]);
+    for yaml in more {
+        add(&mut inputs, yaml);
+    }
+    let mut route = inputs.routes[0].as_ref().clone();
+    route.status =
+        Some(serde_json::from_value(json!({"parents": route_parents_accepted()})).unwrap());
+    inputs.routes = vec![Arc::new(route)];
+    for (name, uid) in [("stunner", UID), ("other", "another-uid")] {
+        add(&mut inputs, &owned_deployment(name, uid));
+    }
+    let registry = Registry::default();
+    registry.write().unwrap().insert(
+        gateway_key(),
+        rendered(&seed(), &the_gateway(&seed()), now()).ice,
+    );
+    (inputs, registry)
+}
+
+fn gateway_key() -> (String, String) {
+    ("stunner".to_owned(), "stunner-gateway".to_owned())
+}
+
+/// Takes the patch that removes the leaving Gateway's entry from its route's status.
+async fn expect_route_left(server: &mut ApiServer, inputs: &Inputs) {
+    let route = serde_json::to_value(inputs.routes[0].as_ref()).unwrap();
+    let seen = server.expect("PATCH", ROUTE_STATUS_URI, Some(route)).await;
+    assert_eq!(seen.body, json!({"status": {"parents": []}}));
+}
+
 #[tokio::test]
 async fn a_deleted_gateway_leaves_its_routes_then_drops_the_finalizer() {
     let mut gateway = cluster_gateway(&seed(), &[FINALIZER]);
     gateway.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
-    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
-    let mut route = inputs.routes[0].as_ref().clone();
-    route.status =
-        Some(serde_json::from_value(json!({"parents": route_parents_accepted()})).unwrap());
-    inputs.routes = vec![Arc::new(route.clone())];
-    // Its relays (the seed's Dataplane names them "stunner"), and another Gateway's (not ours
-    // to delete: another owner).
-    for (name, uid) in [("stunner", UID), ("other", "another-uid")] {
-        add(&mut inputs, &owned_deployment(name, uid));
-    }
-    let registry = Registry::default();
-    let key = ("stunner".to_owned(), "stunner-gateway".to_owned());
-    registry
-        .write()
-        .unwrap()
-        .insert(key.clone(), rendered(&inputs, &gateway, now()).ice);
+    // Its relays are left to the garbage collector: no deletes.
+    let (inputs, registry) = leaving(&gateway, &[]);
     let (mut server, client) = ApiServer::new();
     let task = spawn_reconcile(
         gateway.clone(),
-        context(client, inputs, later(), registry.clone()),
+        context(client, inputs.clone(), later(), registry.clone()),
     );
-    let seen = server
-        .expect(
-            "PATCH",
-            ROUTE_STATUS_URI,
-            Some(serde_json::to_value(&route).unwrap()),
-        )
-        .await;
-    assert_eq!(seen.body, json!({"status": {"parents": []}}));
+    expect_route_left(&mut server, &inputs).await;
     let mut gone = gateway.clone();
     gone.metadata.finalizers = None;
     let seen = server
@@ -454,7 +477,7 @@ async fn a_deleted_gateway_leaves_its_routes_then_drops_the_finalizer() {
         ])
     );
     assert_eq!(server.finish(task).await.unwrap(), Action::await_change());
-    assert!(!registry.read().unwrap().contains_key(&key));
+    assert!(!registry.read().unwrap().contains_key(&gateway_key()));
 }
 
 #[tokio::test]
@@ -576,36 +599,14 @@ async fn a_gateway_of_another_class_is_left_alone() {
 async fn a_gateway_moved_to_another_class_is_let_go() {
     let mut gateway = cluster_gateway(&seed(), &[FINALIZER]);
     gateway.spec.gateway_class_name = "other".to_owned();
-    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
-    add(&mut inputs, other_class());
-    let mut route = inputs.routes[0].as_ref().clone();
-    route.status =
-        Some(serde_json::from_value(json!({"parents": route_parents_accepted()})).unwrap());
-    inputs.routes = vec![Arc::new(route.clone())];
-    // Its relays (the seed's Dataplane names them "stunner"), and another Gateway's (not ours
-    // to delete: another owner).
-    for (name, uid) in [("stunner", UID), ("other", "another-uid")] {
-        add(&mut inputs, &owned_deployment(name, uid));
-    }
-    let registry = Registry::default();
-    let key = ("stunner".to_owned(), "stunner-gateway".to_owned());
-    registry.write().unwrap().insert(
-        key.clone(),
-        rendered(&seed(), &the_gateway(&seed()), now()).ice,
-    );
+    let (inputs, registry) = leaving(&gateway, &[other_class()]);
     let (mut server, client) = ApiServer::new();
     let task = spawn_reconcile(
         gateway.clone(),
-        context(client, inputs, now(), registry.clone()),
+        context(client, inputs.clone(), now(), registry.clone()),
     );
-    let seen = server
-        .expect(
-            "PATCH",
-            ROUTE_STATUS_URI,
-            Some(serde_json::to_value(&route).unwrap()),
-        )
-        .await;
-    assert_eq!(seen.body, json!({"status": {"parents": []}}));
+    expect_route_left(&mut server, &inputs).await;
+    // Its relays go; the other Gateway's stay.
     for path in [
         "/api/v1/namespaces/stunner/services/stunner",
         "/apis/apps/v1/namespaces/stunner/deployments/stunner",
@@ -723,49 +724,45 @@ async fn another_controllers_class_is_left_alone() {
     );
 }
 
-#[tokio::test]
-async fn a_daemonset_dataplane_is_applied_as_a_daemonset() {
-    let gateway = cluster_gateway(&seed(), &[FINALIZER]);
-    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+/// The six applies of the seed's Gateway with a DaemonSet Dataplane without `workloadName`:
+/// every object is named after the Gateway.
+const DAEMON_SET_APPLIES: [&str; 6] = [
+    "/api/v1/namespaces/stunner/configmaps/stunner-gateway",
+    "/api/v1/namespaces/stunner/serviceaccounts/stunner-gateway",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner-gateway",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner-gateway",
+    "/apis/apps/v1/namespaces/stunner/daemonsets/stunner-gateway",
+    "/api/v1/namespaces/stunner/services/stunner-gateway",
+];
+
+/// The seed and its backend with the default Dataplane replaced by a DaemonSet one.
+fn daemon_set_inputs(gateway: &Gateway) -> Inputs {
+    let mut inputs = inputs_with(gateway, &["media-server.yaml"]);
     inputs.dataplanes.clear();
     add(
         &mut inputs,
         "apiVersion: stunner.l7mp.io/v1\nkind: Dataplane\nmetadata: {name: default}\n\
          spec: {dataplaneResource: DaemonSet}\n",
     );
+    inputs
+}
+
+#[tokio::test]
+async fn a_daemonset_dataplane_is_applied_as_a_daemonset() {
+    let gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    let inputs = daemon_set_inputs(&gateway);
     let (mut server, client) = ApiServer::new();
     let task = spawn_reconcile(
         gateway.clone(),
         context(client, inputs.clone(), now(), Registry::default()),
     );
-    // No workloadName: every object is named after the Gateway.
-    for path in [
-        "/api/v1/namespaces/stunner/configmaps/stunner-gateway",
-        "/api/v1/namespaces/stunner/serviceaccounts/stunner-gateway",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner-gateway",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner-gateway",
-        "/apis/apps/v1/namespaces/stunner/daemonsets/stunner-gateway",
-        "/api/v1/namespaces/stunner/services/stunner-gateway",
-    ] {
+    for path in DAEMON_SET_APPLIES {
         let seen = server
             .expect("PATCH", &format!("{path}{APPLY}"), None)
             .await;
         assert_eq!(seen.body["metadata"]["ownerReferences"], owner(), "{path}");
     }
-    server
-        .expect(
-            "PATCH",
-            &format!("{GATEWAY_URI}/status?"),
-            Some(serde_json::to_value(&gateway).unwrap()),
-        )
-        .await;
-    server
-        .expect(
-            "PATCH",
-            ROUTE_STATUS_URI,
-            Some(serde_json::to_value(inputs.routes[0].as_ref()).unwrap()),
-        )
-        .await;
+    server.expect_status_patches(&gateway, &inputs).await;
     assert_eq!(
         server.finish(task).await.unwrap(),
         Action::requeue(Duration::from_secs(10))
@@ -775,13 +772,7 @@ async fn a_daemonset_dataplane_is_applied_as_a_daemonset() {
 #[tokio::test]
 async fn a_dataplane_switched_to_daemonset_deletes_the_old_deployment() {
     let gateway = cluster_gateway(&seed(), &[FINALIZER]);
-    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
-    inputs.dataplanes.clear();
-    add(
-        &mut inputs,
-        "apiVersion: stunner.l7mp.io/v1\nkind: Dataplane\nmetadata: {name: default}\n\
-         spec: {dataplaneResource: DaemonSet}\n",
-    );
+    let mut inputs = daemon_set_inputs(&gateway);
     // The Deployment the Gateway had before the switch, and one of another Gateway's (not ours
     // to delete: another owner).
     for (name, uid) in [("stunner-gateway", UID), ("other", "another-uid")] {
@@ -792,14 +783,7 @@ async fn a_dataplane_switched_to_daemonset_deletes_the_old_deployment() {
         gateway.clone(),
         context(client, inputs.clone(), now(), Registry::default()),
     );
-    for path in [
-        "/api/v1/namespaces/stunner/configmaps/stunner-gateway",
-        "/api/v1/namespaces/stunner/serviceaccounts/stunner-gateway",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner-gateway",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner-gateway",
-        "/apis/apps/v1/namespaces/stunner/daemonsets/stunner-gateway",
-        "/api/v1/namespaces/stunner/services/stunner-gateway",
-    ] {
+    for path in DAEMON_SET_APPLIES {
         server
             .expect("PATCH", &format!("{path}{APPLY}"), None)
             .await;
@@ -807,19 +791,6 @@ async fn a_dataplane_switched_to_daemonset_deletes_the_old_deployment() {
     server
         .expect_delete("/apis/apps/v1/namespaces/stunner/deployments/stunner-gateway")
         .await;
-    server
-        .expect(
-            "PATCH",
-            &format!("{GATEWAY_URI}/status?"),
-            Some(serde_json::to_value(&gateway).unwrap()),
-        )
-        .await;
-    server
-        .expect(
-            "PATCH",
-            ROUTE_STATUS_URI,
-            Some(serde_json::to_value(inputs.routes[0].as_ref()).unwrap()),
-        )
-        .await;
+    server.expect_status_patches(&gateway, &inputs).await;
     server.finish(task).await.unwrap();
 }

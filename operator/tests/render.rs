@@ -352,7 +352,7 @@ fn seed_renders_the_credential_service_entry_and_statuses() {
     let status = &rendered.status;
     let conditions = status.conditions.as_ref().unwrap();
     assert_eq!(
-        conditions.iter().map(brief).collect::<Vec<_>>(),
+        briefs(conditions),
         [
             ("Accepted", "True", "Accepted"),
             ("Programmed", "False", "AddressNotAssigned"),
@@ -374,7 +374,7 @@ fn seed_renders_the_credential_service_entry_and_statuses() {
     for l in listeners {
         assert_eq!(l.attached_routes, 1);
         assert_eq!(
-            l.conditions.iter().map(brief).collect::<Vec<_>>(),
+            briefs(&l.conditions),
             [
                 ("Accepted", "True", "Accepted"),
                 ("ResolvedRefs", "True", "ResolvedRefs"),
@@ -425,14 +425,7 @@ fn a_loadbalancer_address_programs_the_gateway() {
         json!([{"type": "IPAddress", "value": "198.18.1.1"}])
     );
     assert_eq!(
-        rendered
-            .status
-            .conditions
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(brief)
-            .collect::<Vec<_>>(),
+        briefs(rendered.status.conditions.as_deref().unwrap()),
         [
             ("Accepted", "True", "Accepted"),
             ("Programmed", "True", "Programmed")
@@ -793,7 +786,7 @@ fn an_unsupported_listener_protocol_is_not_accepted() {
     let web = &rendered.status.listeners.as_ref().unwrap()[1];
     assert_eq!(web.name, "web");
     assert_eq!(
-        web.conditions.iter().map(brief).collect::<Vec<_>>(),
+        briefs(&web.conditions),
         [
             ("Accepted", "False", "UnsupportedProtocol"),
             ("ResolvedRefs", "True", "ResolvedRefs"),
@@ -822,14 +815,7 @@ fn only_invalid_listeners_refuse_the_gateway() {
     let refused = refused(&inputs);
     assert_eq!(refused.reason, "no valid listener");
     assert_eq!(
-        refused
-            .status
-            .conditions
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(brief)
-            .collect::<Vec<_>>(),
+        briefs(refused.status.conditions.as_deref().unwrap()),
         [
             ("Accepted", "False", "ListenersNotValid"),
             ("Programmed", "False", "Invalid"),
@@ -852,7 +838,7 @@ fn a_tls_listener_without_certificate_refs_is_an_invalid_certificate_ref() {
     assert_eq!(rendered.config.listeners.len(), 1);
     let tls = &rendered.status.listeners.as_ref().unwrap()[1];
     assert_eq!(
-        tls.conditions.iter().map(brief).collect::<Vec<_>>(),
+        briefs(&tls.conditions),
         [
             ("Accepted", "True", "Accepted"),
             ("ResolvedRefs", "False", "InvalidCertificateRef"),
@@ -1149,11 +1135,7 @@ fn routes_from_other_namespaces_need_allowed_routes_all() {
         .clone();
     let status = route_status(&inputs, &settings(), &foreign, &[&gateway]);
     assert_eq!(
-        status.parents[0]
-            .conditions
-            .iter()
-            .map(brief)
-            .collect::<Vec<_>>(),
+        briefs(&status.parents[0].conditions),
         [
             ("Accepted", "False", "NotAllowedByListeners"),
             ("ResolvedRefs", "True", "ResolvedRefs"),

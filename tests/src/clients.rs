@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use crate::{
     netns::ChildGuard,
-    topology::{PEER_V4, PEER_V6, Topology},
+    topology::{PEER_V4, PEER_V6, Topology, binary},
 };
 
 /// The UDP port of the echo peers.
@@ -34,17 +34,25 @@ pub struct UclientTotals {
     pub lost: u64,
 }
 
-/// Runs `turnutils_uclient ARGS SERVER` in the client namespace (at most 60 s) and parses its
-/// final totals; panics with its output if there are none.
-pub fn uclient(topology: &Topology, args: &[&str], server: &str) -> UclientTotals {
+/// `timeout 60 turnutils_uclient ARGS SERVER` in the client namespace, not started yet.
+pub fn uclient_command(topology: &Topology, args: &[&str], server: &str) -> std::process::Command {
     let mut all = vec!["60", "turnutils_uclient"];
     all.extend_from_slice(args);
     all.push(server);
-    let out = topology
-        .client
-        .command("timeout", &all)
+    topology.client.command("timeout", &all)
+}
+
+/// Runs `turnutils_uclient ARGS SERVER` in the client namespace (at most 60 s) and parses its
+/// final totals; panics with its output if there are none.
+pub fn uclient(topology: &Topology, args: &[&str], server: &str) -> UclientTotals {
+    let out = uclient_command(topology, args, server)
         .output()
         .expect("run turnutils_uclient");
+    uclient_totals(&out, &format!("turnutils_uclient {args:?} {server}"))
+}
+
+/// The final totals in `turnutils_uclient`'s output; panics naming `what` if there are none.
+pub fn uclient_totals(out: &std::process::Output, what: &str) -> UclientTotals {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     // The last totals line is the whole run's (per-session lines carry "msz=").
@@ -53,13 +61,49 @@ pub fn uclient(topology: &Topology, args: &[&str], server: &str) -> UclientTotal
             .rev()
             .filter(|l| !l.contains("msz="))
             .find_map(|l| number_after(l, key))
-            .unwrap_or_else(|| panic!("turnutils_uclient {args:?} {server} gave no {key}:\n{text}"))
+            .unwrap_or_else(|| panic!("{what} gave no {key}:\n{text}"))
     };
     UclientTotals {
         sent: last("tot_send_msgs="),
         received: last("tot_recv_msgs="),
         lost: last("Total lost packets "),
     }
+}
+
+/// `timeout 30 xturnctl ping --server SERVER ARGS` in the client namespace, not started yet.
+pub fn xturnctl_ping_command(
+    topology: &Topology,
+    server: &str,
+    args: &[&str],
+) -> std::process::Command {
+    let xturnctl = binary("xturnctl").display().to_string();
+    let mut all = vec!["30", &xturnctl, "ping", "--server", server];
+    all.extend_from_slice(args);
+    topology.client.command("timeout", &all)
+}
+
+/// Runs [`xturnctl_ping_command`]: whether it succeeded, and what it printed (stdout, then
+/// stderr).
+pub fn xturnctl_ping(topology: &Topology, server: &str, args: &[&str]) -> (bool, String) {
+    let out = xturnctl_ping_command(topology, server, args)
+        .output()
+        .expect("run xturnctl");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `expected_sent` messages went out and every one came back.
+pub fn assert_no_loss(what: &str, r: &UclientTotals, expected_sent: u64) {
+    assert_eq!(r.sent, expected_sent, "{what}: sent");
+    assert_eq!(r.received, r.sent, "{what}: every echo came back");
+    assert_eq!(r.lost, 0, "{what}: Total lost packets");
+}
+
+/// The relay is still running.
+pub fn assert_alive(relay: &mut ChildGuard) {
+    let status = relay.child().try_wait().expect("query xturnd");
+    assert!(status.is_none(), "xturnd exited: {status:?}");
 }
 
 /// The number right after `key` in `line`.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use xturn_tests::{
-    clients::{PEER_PORT, log_path, start_echo_peers},
+    clients::{PEER_PORT, log_path, start_echo_peers, xturnctl_ping, xturnctl_ping_command},
     fake_kube::FakeApiServer,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology, binary},
 };
@@ -21,34 +21,25 @@ fn config(users: &[(&str, &str)]) -> String {
     )
 }
 
-fn xturnctl_ping(topology: &Topology, user: &str, count: &str) -> (bool, String) {
-    let out = topology
-        .client
-        .command(
-            "timeout",
-            &[
-                "20",
-                &binary("xturnctl").display().to_string(),
-                "ping",
-                "--server",
-                &format!("{LISTENER_V4}:3478"),
-                "--user",
-                user,
-                "--peer",
-                &format!("{PEER_V4}:{PEER_PORT}"),
-                "--count",
-                count,
-                "--interval-ms",
-                "20",
-                "--mode",
-                "channel",
-            ],
-        )
-        .output()
-        .expect("run xturnctl");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+/// Channel-mode echoes through the relay to the peer as `user` (`NAME:PASSWORD`).
+fn ping(topology: &Topology, user: &str, count: &str) -> (bool, String) {
+    let peer = format!("{PEER_V4}:{PEER_PORT}");
+    xturnctl_ping(
+        topology,
+        &format!("{LISTENER_V4}:3478"),
+        &[
+            "--user",
+            user,
+            "--peer",
+            &peer,
+            "--count",
+            count,
+            "--interval-ms",
+            "20",
+            "--mode",
+            "channel",
+        ],
+    )
 }
 
 #[test]
@@ -98,32 +89,28 @@ fn config_map_changes_apply_within_a_second_and_keep_allocations() {
     );
 
     // A live allocation of alice's, relaying through the change (about 4 s of channel data).
-    let live = {
-        let mut cmd = topology.client.command(
-            "timeout",
-            &[
-                "30",
-                &binary("xturnctl").display().to_string(),
-                "ping",
-                "--server",
-                &format!("{LISTENER_V4}:3478"),
-                "--user",
-                "alice:one",
-                "--peer",
-                &format!("{PEER_V4}:{PEER_PORT}"),
-                "--count",
-                "200",
-                "--interval-ms",
-                "20",
-                "--mode",
-                "channel",
-            ],
-        );
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().expect("start xturnctl")
-    };
-    let (ok, text) = xturnctl_ping(&topology, "bob:two", "3");
+    let peer = format!("{PEER_V4}:{PEER_PORT}");
+    let live = xturnctl_ping_command(
+        &topology,
+        &format!("{LISTENER_V4}:3478"),
+        &[
+            "--user",
+            "alice:one",
+            "--peer",
+            &peer,
+            "--count",
+            "200",
+            "--interval-ms",
+            "20",
+            "--mode",
+            "channel",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start xturnctl");
+    let (ok, text) = ping(&topology, "bob:two", "3");
     assert!(!ok && text.contains("401"), "bob is not a user yet: {text}");
     std::thread::sleep(Duration::from_millis(1000));
 
@@ -149,7 +136,7 @@ fn config_map_changes_apply_within_a_second_and_keep_allocations() {
         applied < Duration::from_secs(2),
         "applied after {applied:?}"
     );
-    let (ok, text) = xturnctl_ping(&topology, "bob:two", "3");
+    let (ok, text) = ping(&topology, "bob:two", "3");
     assert!(ok, "bob is a user now: {text}");
 
     // alice's allocation (made before the change) relayed on, every echo back.

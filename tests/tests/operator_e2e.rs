@@ -14,7 +14,7 @@ use std::{
 };
 
 use xturn_tests::{
-    clients::{PEER_PORT, log_path, start_echo_peers, uclient},
+    clients::{PEER_PORT, log_path, start_echo_peers, uclient, xturnctl_ping},
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology, binary},
 };
 
@@ -218,59 +218,41 @@ fn seed_manifests_render_to_a_working_relay_with_minted_credentials() {
         assert_eq!((r.sent, r.received, r.lost), (100, 100, 0), "{transport:?}");
     }
     // A peer outside the UDPRoute's backend (the not-ready endpoint, and a stranger) gets 403.
+    let server = format!("{LISTENER_V4}:3478");
     for outside in ["198.18.2.9:3480", "198.18.2.3:3480"] {
-        let out = topology
-            .client
-            .command(
-                "timeout",
-                &[
-                    "30",
-                    &binary("xturnctl").display().to_string(),
-                    "ping",
-                    "--server",
-                    &format!("{LISTENER_V4}:3478"),
-                    "--user",
-                    &username,
-                    "--password",
-                    &credential,
-                    "--peer",
-                    outside,
-                    "--count",
-                    "3",
-                    "--mode",
-                    "channel",
-                ],
-            )
-            .output()
-            .expect("run xturnctl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{outside} must be refused: {text}");
+        let (ok, text) = xturnctl_ping(
+            &topology,
+            &server,
+            &[
+                "--user",
+                &username,
+                "--password",
+                &credential,
+                "--peer",
+                outside,
+                "--count",
+                "3",
+                "--mode",
+                "channel",
+            ],
+        );
+        assert!(!ok, "{outside} must be refused: {text}");
         assert!(text.contains("403"), "{outside} → 403: {text}");
     }
     // A credential from someone else's secret does not authenticate.
-    let out = topology
-        .client
-        .command(
-            "timeout",
-            &[
-                "30",
-                &binary("xturnctl").display().to_string(),
-                "ping",
-                "--server",
-                &format!("{LISTENER_V4}:3478"),
-                "--secret",
-                "not-the-secret",
-                "--peer",
-                &format!("{PEER_V4}:{PEER_PORT}"),
-                "--count",
-                "3",
-            ],
-        )
-        .output()
-        .expect("run xturnctl");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let peer = format!("{PEER_V4}:{PEER_PORT}");
+    let (_, text) = xturnctl_ping(
+        &topology,
+        &server,
+        &[
+            "--secret",
+            "not-the-secret",
+            "--peer",
+            &peer,
+            "--count",
+            "3",
+        ],
+    );
     assert!(text.contains("401"), "wrong secret → 401: {text}");
     assert!(
         relay.child().try_wait().expect("query xturnd").is_none(),

@@ -11,7 +11,10 @@ use std::{
 };
 
 use xturn_tests::{
-    clients::{PEER_PORT, UclientTotals, log_path, start_echo_peers, uclient},
+    clients::{
+        PEER_PORT, assert_alive, assert_no_loss, log_path, start_echo_peers, uclient,
+        uclient_command, uclient_totals,
+    },
     netns::ChildGuard,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
@@ -52,6 +55,48 @@ fn scratch_dir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// What each test runs against: echo peers and [`start_relay`]'s xturnd with a fresh
+/// certificate `relay.crt`/`relay.key` in a scratch directory (removed with the stage).
+struct Stage {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    relay: ChildGuard,
+    _peers: Vec<ChildGuard>,
+    topology: Topology,
+}
+
+impl Stage {
+    /// `extra`: more xturnd arguments; the relay logs to `log_path("stream-{tag}")`.
+    fn new(tag: &str, extra: &[&str]) -> Stage {
+        let dir = scratch_dir(tag);
+        let (cert, key) = certificate(&dir, "relay");
+        let topology = Topology::new();
+        let peers = start_echo_peers(&topology);
+        let relay = start_relay(
+            &topology,
+            &cert,
+            &key.display().to_string(),
+            extra,
+            &format!("stream-{tag}"),
+        );
+        Stage {
+            dir,
+            cert,
+            key,
+            relay,
+            _peers: peers,
+            topology,
+        }
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// xturnd with a UDP listener (the readiness probe's), TCP on 3478, TLS and DTLS on 5349.
@@ -95,37 +140,17 @@ fn start_relay(
     topology.start_xturnd_logged(&args, &log_path(log))
 }
 
-fn assert_no_loss(what: &str, r: &UclientTotals, expected_sent: u64) {
-    assert_eq!(r.sent, expected_sent, "{what}: sent");
-    assert_eq!(r.received, r.sent, "{what}: every echo came back");
-    assert_eq!(r.lost, 0, "{what}: Total lost packets");
-}
-
-fn assert_alive(relay: &mut ChildGuard) {
-    let status = relay.child().try_wait().expect("query xturnd");
-    assert!(status.is_none(), "xturnd exited: {status:?}");
-}
-
 fn log_text(name: &str) -> String {
     std::fs::read_to_string(log_path(name)).unwrap_or_default()
 }
 
 #[test]
 fn uclient_over_tcp_with_padded_channel_data() {
-    let dir = scratch_dir("tcp");
-    let (cert, key) = certificate(&dir, "relay");
-    let topology = Topology::new();
-    let _peers = start_echo_peers(&topology);
-    let mut relay = start_relay(
-        &topology,
-        &cert,
-        &key.display().to_string(),
-        &[],
-        "stream-tcp",
-    );
+    let mut stage = Stage::new("tcp", &[]);
+    let topology = &stage.topology;
     // 121-byte messages: every ChannelData message carries 3 bytes of padding on the stream.
     let r = uclient(
-        &topology,
+        topology,
         &[
             "-t", "-u", USER, "-w", PASSWORD, "-e", PEER_V4, "-r", PEER_PORT, "-n", "50", "-m",
             "2", "-l", "121", "-z", "5",
@@ -135,7 +160,7 @@ fn uclient_over_tcp_with_padded_channel_data() {
     assert_no_loss("TCP, channels", &r, 100);
     // And with Send/Data indications.
     let r = uclient(
-        &topology,
+        topology,
         &[
             "-t", "-s", "-u", USER, "-w", PASSWORD, "-e", PEER_V4, "-r", PEER_PORT, "-n", "50",
             "-m", "1", "-l", "100", "-z", "5",
@@ -143,25 +168,15 @@ fn uclient_over_tcp_with_padded_channel_data() {
         LISTENER_V4,
     );
     assert_no_loss("TCP, send indications", &r, 100);
-    assert_alive(&mut relay);
-    std::fs::remove_dir_all(&dir).ok();
+    assert_alive(&mut stage.relay);
 }
 
 #[test]
 fn uclient_over_tls_and_dtls() {
-    let dir = scratch_dir("tls");
-    let (cert, key) = certificate(&dir, "relay");
-    let topology = Topology::new();
-    let _peers = start_echo_peers(&topology);
-    let mut relay = start_relay(
-        &topology,
-        &cert,
-        &key.display().to_string(),
-        &[],
-        "stream-tls",
-    );
+    let mut stage = Stage::new("tls", &[]);
+    let topology = &stage.topology;
     let r = uclient(
-        &topology,
+        topology,
         &[
             "-t", "-S", "-p", "5349", "-u", USER, "-w", PASSWORD, "-e", PEER_V4, "-r", PEER_PORT,
             "-n", "50", "-m", "2", "-l", "121", "-z", "5",
@@ -170,7 +185,7 @@ fn uclient_over_tls_and_dtls() {
     );
     assert_no_loss("TLS", &r, 100);
     let r = uclient(
-        &topology,
+        topology,
         &[
             "-S", "-p", "5349", "-u", USER, "-w", PASSWORD, "-e", PEER_V4, "-r", PEER_PORT, "-n",
             "50", "-m", "2", "-l", "121", "-z", "5",
@@ -178,23 +193,13 @@ fn uclient_over_tls_and_dtls() {
         LISTENER_V4,
     );
     assert_no_loss("DTLS", &r, 100);
-    assert_alive(&mut relay);
-    std::fs::remove_dir_all(&dir).ok();
+    assert_alive(&mut stage.relay);
 }
 
 #[test]
 fn aioice_over_tcp() {
-    let dir = scratch_dir("aioice");
-    let (cert, key) = certificate(&dir, "relay");
-    let topology = Topology::new();
-    let _peers = start_echo_peers(&topology);
-    let mut relay = start_relay(
-        &topology,
-        &cert,
-        &key.display().to_string(),
-        &[],
-        "stream-aioice",
-    );
+    let mut stage = Stage::new("aioice", &[]);
+    let topology = &stage.topology;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/aioice_roundtrip.py");
     let out = topology
         .client
@@ -227,8 +232,7 @@ fn aioice_over_tcp() {
         "{stdout}"
     );
     assert!(stdout.contains(&format!("relayed={RELAY_V4}:")), "{stdout}");
-    assert_alive(&mut relay);
-    std::fs::remove_dir_all(&dir).ok();
+    assert_alive(&mut stage.relay);
 }
 
 /// Opens a TCP connection to the relay from the client namespace.
@@ -264,14 +268,8 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
 
 #[test]
 fn slowloris_and_half_open_clients_do_not_disturb_a_good_one() {
-    let dir = scratch_dir("slowloris");
-    let (cert, key) = certificate(&dir, "relay");
-    let topology = Topology::new();
-    let _peers = start_echo_peers(&topology);
-    let mut relay = start_relay(
-        &topology,
-        &cert,
-        &key.display().to_string(),
+    let mut stage = Stage::new(
+        "slowloris",
         &[
             "--max-connections",
             "40",
@@ -280,16 +278,16 @@ fn slowloris_and_half_open_clients_do_not_disturb_a_good_one() {
             "--metrics-listen",
             &format!("{LISTENER_V4}:9100"),
         ],
-        "stream-slowloris",
     );
+    let topology = &stage.topology;
     // 20 slowloris connections, each trickling a STUN header one byte at a time, 10 half-open
     // TCP connections that never send, and 5 half-open TLS connections that never handshake.
     let header = [
         0x00u8, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8,
     ];
-    let mut slow: Vec<TcpStream> = (0..20).map(|_| connect(&topology, 3478)).collect();
-    let mut silent: Vec<TcpStream> = (0..10).map(|_| connect(&topology, 3478)).collect();
-    silent.extend((0..5).map(|_| connect(&topology, 5349)));
+    let mut slow: Vec<TcpStream> = (0..20).map(|_| connect(topology, 3478)).collect();
+    let mut silent: Vec<TcpStream> = (0..10).map(|_| connect(topology, 3478)).collect();
+    silent.extend((0..5).map(|_| connect(topology, 5349)));
     let trickle = std::thread::spawn(move || {
         // One byte per connection every 300 ms: never a complete message (bounded: 16 bytes).
         for byte in header {
@@ -302,7 +300,7 @@ fn slowloris_and_half_open_clients_do_not_disturb_a_good_one() {
     });
     // Meanwhile a good client is served in full.
     let r = uclient(
-        &topology,
+        topology,
         &[
             "-t", "-u", USER, "-w", PASSWORD, "-e", PEER_V4, "-r", PEER_PORT, "-n", "100", "-m",
             "2", "-l", "120", "-z", "5",
@@ -320,13 +318,13 @@ fn slowloris_and_half_open_clients_do_not_disturb_a_good_one() {
         );
     }
     // The connection limit: 40 held open, the 41st is closed at once.
-    let held: Vec<TcpStream> = (0..40).map(|_| connect(&topology, 3478)).collect();
+    let held: Vec<TcpStream> = (0..40).map(|_| connect(topology, 3478)).collect();
     std::thread::sleep(Duration::from_millis(300));
-    let mut extra = connect(&topology, 3478);
+    let mut extra = connect(topology, 3478);
     let closed = closed_within(&mut extra, Duration::from_secs(2));
     assert!(closed.is_some(), "the 41st connection was not refused");
     // The metrics count what happened to the listener's connections.
-    let metrics = http_get(&topology, 9100, "/metrics");
+    let metrics = http_get(topology, 9100, "/metrics");
     let tcp = "listener=\"tcp-1\"".to_owned();
     let value = |event: &str| {
         metrics
@@ -346,7 +344,7 @@ fn slowloris_and_half_open_clients_do_not_disturb_a_good_one() {
     assert!(value("refused") >= 1, "the 41st was refused");
     assert!(value("accepted") >= 70);
     drop(held);
-    assert_alive(&mut relay);
+    assert_alive(&mut stage.relay);
     let log = log_text("stream-slowloris");
     assert!(
         log.contains("without a complete message in time"),
@@ -356,7 +354,6 @@ fn slowloris_and_half_open_clients_do_not_disturb_a_good_one() {
         log.contains("connection refused: listener at its connection limit"),
         "limit logged"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// GET `path` from the relay's LISTENER_V4:`port` (HTTP/1.1, from the client namespace).
@@ -405,65 +402,33 @@ fn fingerprint(cert: &Path) -> String {
 
 #[test]
 fn certificate_reload_keeps_live_tls_sessions() {
-    let dir = scratch_dir("reload");
-    let (cert, key) = certificate(&dir, "first");
-    let topology = Topology::new();
-    let _peers = start_echo_peers(&topology);
-    let mut relay = start_relay(
-        &topology,
-        &cert,
-        &key.display().to_string(),
-        &[],
-        "stream-reload",
-    );
-    let first = fingerprint(&cert);
-    assert_eq!(served_fingerprint(&topology), first);
+    let mut stage = Stage::new("reload", &[]);
+    let topology = &stage.topology;
+    let first = fingerprint(&stage.cert);
+    assert_eq!(served_fingerprint(topology), first);
     // A TLS client relaying for ~6 s while the certificate is replaced under it.
-    let client = {
-        let topology_client = topology.client.command(
-            "timeout",
-            &[
-                "60",
-                "turnutils_uclient",
-                "-t",
-                "-S",
-                "-p",
-                "5349",
-                "-u",
-                USER,
-                "-w",
-                PASSWORD,
-                "-e",
-                PEER_V4,
-                "-r",
-                PEER_PORT,
-                "-n",
-                "300",
-                "-m",
-                "1",
-                "-l",
-                "120",
-                "-z",
-                "20",
-                LISTENER_V4,
-            ],
-        );
-        let mut command = topology_client;
-        command
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        command.spawn().expect("start turnutils_uclient")
-    };
+    let client = uclient_command(
+        topology,
+        &[
+            "-t", "-S", "-p", "5349", "-u", USER, "-w", PASSWORD, "-e", PEER_V4, "-r", PEER_PORT,
+            "-n", "300", "-m", "1", "-l", "120", "-z", "20",
+        ],
+        LISTENER_V4,
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start turnutils_uclient");
     std::thread::sleep(Duration::from_secs(2));
-    let (new_cert, new_key) = certificate(&dir, "second");
+    let (new_cert, new_key) = certificate(&stage.dir, "second");
     // Replace the files the way a Secret update does: new files renamed into place.
-    std::fs::rename(&new_key, &key).expect("swap key");
-    std::fs::rename(&new_cert, &cert).expect("swap cert");
-    let second = fingerprint(&cert);
+    std::fs::rename(&new_key, &stage.key).expect("swap key");
+    std::fs::rename(&new_cert, &stage.cert).expect("swap cert");
+    let second = fingerprint(&stage.cert);
     assert_ne!(first, second);
     // New handshakes get the new certificate (the relay looks at the files every second).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while served_fingerprint(&topology) != second {
+    while served_fingerprint(topology) != second {
         assert!(
             Instant::now() < deadline,
             "the new certificate was not served"
@@ -472,22 +437,8 @@ fn certificate_reload_keeps_live_tls_sessions() {
     }
     // The session that started with the old certificate went on undisturbed.
     let out = client.wait_with_output().expect("turnutils_uclient");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let last = |k: &str| {
-        text.lines()
-            .rev()
-            .filter(|l| !l.contains("msz="))
-            .find_map(|l| xturn_tests::clients::number_after(l, k))
-            .unwrap_or_else(|| panic!("no {k} in:\n{text}"))
-    };
-    let r = UclientTotals {
-        sent: last("tot_send_msgs="),
-        received: last("tot_recv_msgs="),
-        lost: last("Total lost packets "),
-    };
+    let r = uclient_totals(&out, "the TLS client");
     assert_no_loss("TLS session across a certificate reload", &r, 600);
     assert!(log_text("stream-reload").contains("certificate reloaded"));
-    assert_alive(&mut relay);
-    std::fs::remove_dir_all(&dir).ok();
+    assert_alive(&mut stage.relay);
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use xturn_tests::{
-    clients::{PEER_PORT, UclientTotals, start_echo_peers, uclient},
+    clients::{PEER_PORT, assert_alive, assert_no_loss, start_echo_peers, uclient},
     netns::ChildGuard,
     topology::{LISTENER_V4, LISTENER_V6, PEER_V4, PEER_V6, RELAY_V4, RELAY_V6, Topology, binary},
 };
@@ -49,11 +49,6 @@ fn start_relay(topology: &Topology) -> ChildGuard {
     ])
 }
 
-fn assert_alive(relay: &mut ChildGuard) {
-    let status = relay.child().try_wait().expect("query xturnd");
-    assert!(status.is_none(), "xturnd exited: {status:?}");
-}
-
 /// Runs a command with a time limit (it is killed after `secs`).
 fn timeout_output(cmd: &Command, secs: u64) -> Output {
     let mut full = Command::new("timeout");
@@ -61,12 +56,6 @@ fn timeout_output(cmd: &Command, secs: u64) -> Output {
         .arg(cmd.get_program())
         .args(cmd.get_args());
     full.output().expect("run command under timeout")
-}
-
-fn assert_no_loss(what: &str, r: &UclientTotals, expected_sent: u64) {
-    assert_eq!(r.sent, expected_sent, "{what}: sent");
-    assert_eq!(r.received, r.sent, "{what}: every echo came back");
-    assert_eq!(r.lost, 0, "{what}: Total lost packets");
 }
 
 #[test]

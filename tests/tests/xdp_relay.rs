@@ -10,6 +10,7 @@ use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
 use xturn_tests::{
     clients::{
         PEER_PORT, UclientTotals, block_on, log_path, number_after, start_echo_peers, uclient,
+        xturnctl_ping_command,
     },
     netns::ChildGuard,
     topology::{LISTENER_V4, LISTENER_V6, PEER_V4, PEER_V6, RELAY_V4, RELAY_V6, Topology, binary},
@@ -77,32 +78,26 @@ fn userspace(log: &str, field: &str) -> u64 {
 }
 
 fn xturnctl_ping(topology: &Topology, server: &str, peer: &str, mode: &str, count: &str) {
-    let out = topology
-        .client
-        .command(
-            "timeout",
-            &[
-                "30",
-                &binary("xturnctl").to_string_lossy(),
-                "ping",
-                "--server",
-                server,
-                "--user",
-                "alice:wonderland",
-                "--peer",
-                peer,
-                "--count",
-                count,
-                "--size",
-                "200",
-                "--interval-ms",
-                "1",
-                "--mode",
-                mode,
-            ],
-        )
-        .output()
-        .expect("run xturnctl");
+    let out = xturnctl_ping_command(
+        topology,
+        server,
+        &[
+            "--user",
+            "alice:wonderland",
+            "--peer",
+            peer,
+            "--count",
+            count,
+            "--size",
+            "200",
+            "--interval-ms",
+            "1",
+            "--mode",
+            mode,
+        ],
+    )
+    .output()
+    .expect("run xturnctl");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -95,6 +95,13 @@ pub fn set_gateway(inputs: &mut Inputs, gateway: Gateway) {
     inputs.gateways = vec![Arc::new(gateway)];
 }
 
+/// Conditions as `(type, status, reason)`.
+pub fn briefs(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Vec<(&str, &str, &str)> {
+    conditions.iter().map(brief).collect()
+}
+
 /// A condition as `(type, status, reason)`.
 pub fn brief(c: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> (&str, &str, &str) {
     (c.type_.as_str(), c.status.as_str(), c.reason.as_str())
