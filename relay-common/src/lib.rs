@@ -4,6 +4,21 @@
 //! userspace agree on the bytes. Layouts are pinned by `const` assertions below.
 #![no_std]
 
+/// Lowest channel number (RFC 8656 section 12).
+pub const CHANNEL_NUMBER_MIN: u16 = 0x4000;
+/// Highest channel number accepted. RFC 8656 narrowed channels to 0x4000–0x4FFF, but RFC 5766
+/// clients (coturn's own `turnutils_uclient` among them) still pick numbers up to 0x7FFF, and
+/// coturn accepts them; so does xturn, for interoperability. Their first byte (64–127) cannot be
+/// mistaken for STUN (0–3), DTLS (20–63) or RTP (128–191).
+pub const CHANNEL_NUMBER_MAX: u16 = 0x7FFF;
+
+/// Is `number` a channel number the relay binds and relays (0x4000–0x7FFF)? The one definition
+/// used by ChannelBind, by the adoption of a saved state, by the kernel programs and by the
+/// ChannelData parsers.
+pub const fn is_channel_number(number: u16) -> bool {
+    number >= CHANNEL_NUMBER_MIN && number <= CHANNEL_NUMBER_MAX
+}
+
 /// Why the XDP program sent a packet where it did. Each variant indexes the per-CPU `STATS` array;
 /// the agent sums the CPUs and exports the totals as metrics (label `reason`).
 #[repr(u32)]

@@ -232,8 +232,7 @@ mod program {
         };
         // SAFETY: bounds checked by `ptr_at`.
         let header = unsafe { *header };
-        // Channels 0x4000–0x7FFF (RFC 5766's range, which RFC 8656 narrowed to 0x4FFF).
-        if header[0] & 0xc0 != 0x40 {
+        if !relay_common::is_channel_number(u16::from_be_bytes([header[0], header[1]])) {
             return Outcome::Pass(Reason::ListenerPassed);
         }
         s.channel_key.client = s.datagram.src;

@@ -571,6 +571,15 @@ impl Collector for SnapshotCollector {
             "Requests with wrong, unknown or expired credentials, by reason.",
             &auth_failures,
         )?;
+        let adoption: Vec<_> = st
+            .adoption_refusals()
+            .map(|(reason, n)| (vec![("reason", reason.to_owned())], n))
+            .collect();
+        out.counters(
+            "xturn_adoption_refused",
+            "Saved allocations not adopted on a restart (--state-dir), by the rule that refused them.",
+            &adoption,
+        )?;
         out.counter(
             "xturn_stale_nonces",
             "Requests with an expired or foreign NONCE (438).",

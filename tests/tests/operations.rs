@@ -5,8 +5,7 @@
 //! The admin endpoints listen on the relay's listener address (198.18.1.1) in the relay
 //! namespace; the tests query them from there, as a kubelet or Prometheus on the node would.
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::ExitStatus,
     sync::{
@@ -22,6 +21,7 @@ use relay_user::client::{
     proto::{TransactionId, build_send_indication},
 };
 use xturn_tests::{
+    admin::{self, http, metric},
     clients::block_on,
     netns::{ChildGuard, NetNs},
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
@@ -41,10 +41,6 @@ fn server() -> SocketAddr {
 
 fn peer() -> SocketAddr {
     format!("{PEER_V4}:{PEER_PORT}").parse().expect("peer")
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("address")
 }
 
 /// Starts xturnd on the IPv4 listener with `extra` flags, its output in `log`.
@@ -127,46 +123,8 @@ fn enter(name: &str) {
         .unwrap_or_else(|e| panic!("setns {path}: {e}"));
 }
 
-/// One HTTP/1.1 request from inside `ns`; returns the status and the body.
-fn http(ns: &NetNs, to: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let to = addr(to);
-    ns.within(|| {
-        let mut stream =
-            TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect to xturnd");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {to}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).expect("send request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read response");
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {response:?}"));
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    })
-}
-
 fn scrape(topology: &Topology, at: &str) -> String {
-    let (status, body) = http(&topology.relay, at, "GET", "/metrics", "");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The value of `series` (name and labels exactly as exposed) in a scrape.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    admin::scrape(&topology.relay, at)
 }
 
 /// Runs the future `f` makes on a tokio runtime, on a thread in the client namespace.

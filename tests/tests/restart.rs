@@ -13,7 +13,8 @@ use std::{
 
 use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
 use xturn_tests::{
-    clients::{block_on, log_path},
+    admin::{metric, metric_sum, scrape},
+    clients::{block_on, log_path, start_echo_peers, uclient_command, uclient_totals},
     netns::ChildGuard,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
@@ -49,8 +50,8 @@ impl Drop for TempDir {
 struct BpfMount(TempDir);
 
 impl BpfMount {
-    fn new() -> BpfMount {
-        let dir = TempDir::new("bpffs");
+    fn new(name: &str) -> BpfMount {
+        let dir = TempDir::new(&format!("bpffs-{name}"));
         let status = Command::new("mount")
             .args(["-t", "bpf", "bpf"])
             .arg(&dir.0)
@@ -84,7 +85,7 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
     let _peer = topology
         .peer
         .spawn("turnutils_peer", &["-L", PEER_V4, "-p", PEER_PORT]);
-    let bpffs = BpfMount::new();
+    let bpffs = BpfMount::new("sdk");
     let state = TempDir::new("state");
     // A directory that does not exist yet, as the operator names one per pod: xturnd makes it,
     // and a clean stop removes it with the pins.
@@ -281,4 +282,198 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
         .filter(|name| !name.ends_with(".debug"))
         .collect();
     assert!(left.is_empty(), "pins left after SIGTERM: {left:?}");
+}
+
+/// coturn's `turnutils_uclient` picks channel numbers above 0x4FFF; before the adoption rules
+/// were shared with the live server, a restarted agent refused every such allocation and
+/// removed its kernel entries. Four clients stream ChannelData through the XDP path, xturnd is
+/// killed with SIGKILL mid-stream and started again at once: every allocation is adopted, no
+/// ChannelData is lost, and the clients' refreshes are answered by the new agent.
+#[test]
+fn coturn_clients_keep_every_allocation_across_a_kill() {
+    const METRICS: &str = "198.18.1.1:9100";
+    const CLIENTS: u64 = 4;
+    const MESSAGES: u64 = 400;
+    let topology = Topology::new();
+    let _pass = topology.prepare_for_xdp();
+    let _peers = start_echo_peers(&topology);
+    let bpffs = BpfMount::new("uclient");
+    let state = TempDir::new("uclient-state");
+    let pin_dir = bpffs.path().join("pod").to_string_lossy().into_owned();
+    let state_dir = state.0.to_string_lossy().into_owned();
+    let args = [
+        "--listen",
+        "198.18.1.1:3478",
+        "--relay-ip",
+        RELAY_V4,
+        "--realm",
+        "xturn.test",
+        "--user",
+        "alice:wonderland",
+        "--min-port",
+        "50000",
+        "--max-port",
+        "50999",
+        "--dataplane",
+        "xdp",
+        "--drain-timeout",
+        "0",
+        "--log-level",
+        "info",
+        "--metrics-listen",
+        METRICS,
+        "--state-dir",
+        &state_dir,
+        "--bpf-pin-dir",
+        &pin_dir,
+    ];
+    let (log1, log2) = (log_path("uclient-restart-1"), log_path("uclient-restart-2"));
+    let first = topology.start_xturnd_logged(&args, &log1);
+    // 4 clients x 400 messages, one every 20 ms each: about 8 s of ChannelData.
+    let (clients, messages) = (CLIENTS.to_string(), MESSAGES.to_string());
+    let uclient = uclient_command(
+        &topology,
+        &[
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-e",
+            PEER_V4,
+            "-r",
+            "3480",
+            "-m",
+            &clients,
+            "-n",
+            &messages,
+            "-l",
+            "120",
+            "-z",
+            "20",
+        ],
+        LISTENER_V4,
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start turnutils_uclient");
+    // Kill once the stream runs through the kernel, a second into it.
+    let relayed_in_xdp = || {
+        metric_sum(
+            &scrape(&topology.relay, METRICS),
+            "xturn_xdp_packets_total",
+            &["reason=\"relayed_to_peer\""],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while relayed_in_xdp() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let before_kill = scrape(&topology.relay, METRICS);
+    drop(first);
+    let second = topology.start_xturnd_logged(&args, &log2);
+    let out = uclient.wait_with_output().expect("turnutils_uclient ends");
+    let totals = uclient_totals(&out, "turnutils_uclient across the restart");
+    let after = scrape(&topology.relay, METRICS);
+    let first_log = std::fs::read_to_string(&log1).unwrap_or_default();
+    let _ = second.terminate();
+    let second_log = std::fs::read_to_string(&log2).unwrap_or_default();
+    let _ = std::fs::remove_file(&log1);
+    let _ = std::fs::remove_file(&log2);
+    let context = format!(
+        "uclient: {totals:?}\nfirst xturnd:\n{first_log}\nsecond xturnd:\n{second_log}\nmetrics after:\n{after}"
+    );
+
+    // The stream was under way through the kernel before the kill.
+    let before = metric_sum(
+        &before_kill,
+        "xturn_xdp_packets_total",
+        &["reason=\"relayed_to_peer\""],
+    );
+    assert!(
+        before > 0,
+        "nothing relayed in XDP before the kill:\n{context}"
+    );
+    // Every allocation adopted, none refused.
+    assert!(
+        !second_log.contains("allocation not adopted"),
+        "an allocation was refused:\n{context}"
+    );
+    // turnutils_uclient makes more allocations than clients (-m): compare with what the first
+    // agent had.
+    let (allocations, channels) = (
+        metric(&before_kill, "stunner_allocations_active"),
+        metric(&before_kill, "xturn_channels_active"),
+    );
+    assert!(allocations >= CLIENTS && channels >= CLIENTS, "{context}");
+    // turnutils_uclient makes more allocations than clients (-m): compare with what the first
+    // agent had.
+    let (allocations, channels) = (
+        metric(&before_kill, "stunner_allocations_active"),
+        metric(&before_kill, "xturn_channels_active"),
+    );
+    assert!(allocations >= CLIENTS && channels >= CLIENTS, "{context}");
+    let adopted = second_log
+        .lines()
+        .find(|l| l.contains("adopted allocations from the state file"))
+        .unwrap_or_else(|| panic!("no adoption logged:\n{context}"));
+    assert!(
+        adopted.contains(&format!(
+            "allocations={allocations} channels={channels} dropped=0 skipped=0"
+        )),
+        "{adopted}\n{context}"
+    );
+    assert_eq!(
+        metric_sum(&after, "xturn_adoption_refused_total", &[]),
+        0,
+        "{context}"
+    );
+    // No ChannelData lost across the restart, all of it relayed in the kernel: the pinned
+    // counters span both agents; the second agent relayed none of it in userspace.
+    assert_eq!(totals.sent, CLIENTS * MESSAGES, "{context}");
+    assert_eq!(
+        totals.lost, 0,
+        "ChannelData lost across the restart:\n{context}"
+    );
+    assert_eq!(totals.received, totals.sent, "{context}");
+    assert_eq!(
+        metric_sum(
+            &after,
+            "xturn_xdp_packets_total",
+            &["reason=\"relayed_to_peer\""]
+        ),
+        CLIENTS * MESSAGES,
+        "{context}"
+    );
+    assert_eq!(
+        metric_sum(
+            &after,
+            "xturn_xdp_packets_total",
+            &["reason=\"relayed_to_client\""]
+        ),
+        CLIENTS * MESSAGES,
+        "{context}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "xturn_relayed_packets_total{direction=\"to_peer\",dataplane=\"userspace\"}"
+        ),
+        0,
+        "{context}"
+    );
+    // The clients' refreshes reached the new agent and were answered.
+    let refreshes = metric(&after, "xturn_requests_total{method=\"refresh\"}")
+        + metric(&after, "xturn_requests_total{method=\"channel_bind\"}")
+        + metric(&after, "xturn_requests_total{method=\"create_permission\"}");
+    assert!(
+        refreshes > 0,
+        "no refresh reached the new agent:\n{context}"
+    );
+    assert_eq!(
+        metric_sum(&after, "xturn_error_responses_total", &[]),
+        metric(&after, "xturn_error_responses_total{code=\"401\"}"),
+        "only authentication challenges may be errors:\n{context}"
+    );
 }

@@ -380,7 +380,7 @@ pub fn decode_stun(buf: &[u8]) -> Result<StunMessage, ClientError> {
 /// Frames `data` as ChannelData on `channel`: a 4-byte header (channel, length), the data, and
 /// if `pad` zero bytes up to a multiple of 4 (required over TCP/TLS, optional over UDP).
 pub fn encode_channel_data(channel: u16, data: &[u8], pad: bool) -> Result<Vec<u8>, ClientError> {
-    if !(0x4000..=0x7FFF).contains(&channel) {
+    if !relay_common::is_channel_number(channel) {
         return Err(ClientError::InvalidChannel(channel));
     }
     let len = u16::try_from(data.len()).map_err(|_| {
@@ -406,7 +406,7 @@ pub fn decode_channel_data(buf: &[u8]) -> Result<(u16, &[u8]), ClientError> {
         )));
     };
     let channel = u16::from_be_bytes([header[0], header[1]]);
-    if !(0x4000..=0x7FFF).contains(&channel) {
+    if !relay_common::is_channel_number(channel) {
         return Err(ClientError::Malformed(format!(
             "{channel:#06x} is not a ChannelData channel number"
         )));

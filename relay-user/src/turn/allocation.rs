@@ -11,6 +11,63 @@ use stun_codec::TransactionId;
 
 use super::{ChannelBinding, FiveTuple, ListenerId, RelayedAddress};
 
+/// Permissions one allocation may hold (beyond: 508), whether made by CreatePermission or by
+/// ChannelBind, to bound memory per client.
+pub(crate) const MAX_PERMISSIONS_PER_ALLOCATION: usize = 1024;
+/// Channel numbers one allocation may hold, bound or cooling down (beyond: 508), to bound
+/// memory and kernel entries per client.
+pub(crate) const MAX_CHANNELS_PER_ALLOCATION: usize = 1024;
+
+/// Why a channel number cannot be bound to a peer on an allocation. The one statement of these
+/// rules: ChannelBind answers them with an error code, the adoption of a saved state refuses
+/// the allocation that breaks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelRule {
+    #[error("the channel number is outside 0x4000-0x7FFF")]
+    InvalidNumber,
+    #[error("the allocation has no relayed address of the peer's family")]
+    NoRelayedFamily,
+    #[error("the channel number is bound to another peer")]
+    NumberTaken,
+    #[error("the peer is bound to another channel number")]
+    PeerTaken,
+    #[error("the allocation holds the most channels it may")]
+    TooManyChannels,
+    #[error("the allocation holds the most permissions it may")]
+    TooManyPermissions,
+}
+
+impl ChannelRule {
+    /// The error code ChannelBind answers with (RFC 8656 section 12).
+    pub fn error_code(self) -> u16 {
+        match self {
+            ChannelRule::InvalidNumber | ChannelRule::NumberTaken | ChannelRule::PeerTaken => 400,
+            ChannelRule::NoRelayedFamily => 443,
+            ChannelRule::TooManyChannels | ChannelRule::TooManyPermissions => 508,
+        }
+    }
+}
+
+/// Why a permission cannot be installed on an allocation (CreatePermission's errors, and the
+/// adoption of a saved state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PermissionRule {
+    #[error("the allocation has no relayed address of the peer's family")]
+    NoRelayedFamily,
+    #[error("the allocation holds the most permissions it may")]
+    TooManyPermissions,
+}
+
+impl PermissionRule {
+    /// The error code CreatePermission answers with.
+    pub fn error_code(self) -> u16 {
+        match self {
+            PermissionRule::NoRelayedFamily => 443,
+            PermissionRule::TooManyPermissions => 508,
+        }
+    }
+}
+
 /// A permission: the allocation may exchange data with this peer IP until `expires`.
 #[derive(Debug, Clone)]
 pub struct Permission {
@@ -140,6 +197,57 @@ impl Allocation {
             .iter()
             .map(|r| r.0)
             .find(|r| r.is_ipv4() == peer.is_ipv4())
+    }
+
+    /// May permissions for `peers` be installed (all of them)? Peers already permitted are
+    /// refreshes and take no room.
+    pub(crate) fn check_permissions(&self, peers: &[IpAddr]) -> Result<(), PermissionRule> {
+        if peers.iter().any(|peer| self.relayed_for(*peer).is_none()) {
+            return Err(PermissionRule::NoRelayedFamily);
+        }
+        let mut fresh: Vec<IpAddr> = peers
+            .iter()
+            .filter(|peer| !self.permissions.contains_key(peer))
+            .copied()
+            .collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        if self.permissions.len() + fresh.len() > MAX_PERMISSIONS_PER_ALLOCATION {
+            return Err(PermissionRule::TooManyPermissions);
+        }
+        Ok(())
+    }
+
+    /// May channel `number` be bound (or its binding refreshed) to `peer`? This includes the
+    /// permission the binding installs for the peer's IP.
+    pub(crate) fn check_channel(&self, number: u16, peer: SocketAddr) -> Result<(), ChannelRule> {
+        if !relay_common::is_channel_number(number) {
+            return Err(ChannelRule::InvalidNumber);
+        }
+        if self.relayed_for(peer.ip()).is_none() {
+            return Err(ChannelRule::NoRelayedFamily);
+        }
+        if self.channels.get(&number).is_some_and(|c| c.peer != peer) {
+            return Err(ChannelRule::NumberTaken);
+        }
+        if self
+            .channel_by_peer
+            .get(&peer)
+            .is_some_and(|bound| *bound != number)
+        {
+            return Err(ChannelRule::PeerTaken);
+        }
+        if !self.channels.contains_key(&number)
+            && self.channels.len() >= MAX_CHANNELS_PER_ALLOCATION
+        {
+            return Err(ChannelRule::TooManyChannels);
+        }
+        if !self.permissions.contains_key(&peer.ip())
+            && self.permissions.len() >= MAX_PERMISSIONS_PER_ALLOCATION
+        {
+            return Err(ChannelRule::TooManyPermissions);
+        }
+        Ok(())
     }
 
     pub(crate) fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {

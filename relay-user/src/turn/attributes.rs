@@ -163,12 +163,9 @@ impl ChannelNumber {
     /// Attribute type.
     pub const CODEPOINT: u16 = 0x000C;
     /// Lowest valid channel number.
-    pub const MIN: u16 = 0x4000;
-    /// Highest channel number accepted. RFC 8656 narrowed channels to 0x4000–0x4FFF, but
-    /// RFC 5766 clients (coturn's own `turnutils_uclient` among them) still pick numbers up to
-    /// 0x7FFF, and coturn accepts them; so do we, for interoperability. Their first byte
-    /// (64–127) cannot be mistaken for STUN (0–3), DTLS (20–63) or RTP (128–191).
-    pub const MAX: u16 = 0x7FFF;
+    pub const MIN: u16 = relay_common::CHANNEL_NUMBER_MIN;
+    /// Highest channel number accepted (see [`relay_common::CHANNEL_NUMBER_MAX`]).
+    pub const MAX: u16 = relay_common::CHANNEL_NUMBER_MAX;
 
     /// A CHANNEL-NUMBER carrying `n` (not range-checked).
     pub fn new(n: u16) -> Self {
@@ -180,9 +177,9 @@ impl ChannelNumber {
         self.0
     }
 
-    /// Is it in 0x4000..=0x7FFF?
+    /// Is it in 0x4000..=0x7FFF ([`relay_common::is_channel_number`])?
     pub fn is_valid(self) -> bool {
-        (Self::MIN..=Self::MAX).contains(&self.0)
+        relay_common::is_channel_number(self.0)
     }
 
     fn decode(value: &[u8]) -> Option<Self> {

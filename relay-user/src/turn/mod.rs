@@ -31,10 +31,11 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use allocation::{Allocation, Permission};
+pub use allocation::{Allocation, ChannelRule, Permission, PermissionRule};
 pub use server::Server;
 pub use snapshot::{
-    AllocationState, ChannelState, PermissionState, RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
+    AdoptionRefusal, AllocationState, ChannelState, PermissionState, ReservationState,
+    RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
 };
 pub use stats::{ClusterTraffic, Stats};
 

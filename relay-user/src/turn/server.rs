@@ -30,7 +30,8 @@ use super::attributes::{
 };
 use super::ports::Ports;
 use super::snapshot::{
-    AllocationState, ChannelState, PermissionState, RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
+    AdoptionRefusal, AllocationState, ChannelState, PermissionState, ReservationState,
+    RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
 };
 use super::stats::Stats;
 use super::txcache::TransactionCache;
@@ -49,12 +50,6 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// After a channel binding expires, neither its number nor its peer may be rebound to
 /// something else for this long (RFC 8656 §12).
 const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
-/// Permissions one allocation may hold (beyond: 508), whether made by CreatePermission or by
-/// ChannelBind, to bound memory per client.
-const MAX_PERMISSIONS_PER_ALLOCATION: usize = 1024;
-/// Channel numbers one allocation may hold, bound or cooling down (beyond: 508), to bound
-/// memory and kernel entries per client.
-const MAX_CHANNELS_PER_ALLOCATION: usize = 1024;
 /// Attribute types listed in UNKNOWN-ATTRIBUTES. RFC 8489 §14.9 does not bound the list, but a
 /// request can carry thousands of unknown attributes and the response (which gets cached)
 /// would grow with them; the first few distinct ones are all a client needs to see the problem.
@@ -73,6 +68,15 @@ enum Timer {
     Permission(FiveTuple, IpAddr),
     Channel(FiveTuple, u16),
     Reservation(u64),
+}
+
+/// Which quota an Allocate (or an adopted allocation) would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quota {
+    /// The user's (486).
+    User,
+    /// The server's (508).
+    Total,
 }
 
 /// Who sent an authenticated request, and how to sign the response.
@@ -905,16 +909,12 @@ impl Server {
                 (slots, slots)
             }
         };
-        let user_count = self.per_user.get(quota_key).copied().unwrap_or(0);
-        if user_count + user_slots > self.config.max_allocations_per_user {
+        if let Err(quota) = self.check_quota(&auth.username, user_slots, total_slots) {
             self.stats.quota_rejections += 1;
-            return Reply::error(486);
-        }
-        if self.allocations.len() + self.pending_slots + self.reservations.len() + total_slots
-            > self.config.max_allocations
-        {
-            self.stats.quota_rejections += 1;
-            return Reply::error(508);
+            return Reply::error(match quota {
+                Quota::User => 486,
+                Quota::Total => 508,
+            });
         }
         let lifetime =
             self.grant_lifetime(message.get_attribute::<Lifetime>().map(Lifetime::lifetime));
@@ -1277,6 +1277,41 @@ impl Server {
     }
 
     /// Adds `slots` to the quota count of `username`.
+    /// May `username` take `user_slots` more quota slots, and the server `total_slots` more?
+    /// Slots are allocations, Allocates binding their sockets and reservations.
+    fn check_quota(
+        &self,
+        username: &str,
+        user_slots: usize,
+        total_slots: usize,
+    ) -> Result<(), Quota> {
+        let key = self.credentials.quota_key(username);
+        let user_count = self.per_user.get(key).copied().unwrap_or(0);
+        if user_count + user_slots > self.config.max_allocations_per_user {
+            return Err(Quota::User);
+        }
+        if self.allocations.len() + self.pending_slots + self.reservations.len() + total_slots
+            > self.config.max_allocations
+        {
+            return Err(Quota::Total);
+        }
+        Ok(())
+    }
+
+    /// May `addr` be a relayed address of a new allocation or reservation: on the relay IP of
+    /// its family, in the port range, and neither claimed nor held by an allocation?
+    fn check_relayed_address(&self, addr: SocketAddr) -> Result<(), AdoptionRefusal> {
+        if self.relay_ip(family_of(addr.ip())) != Some(addr.ip())
+            || !(self.config.min_port..=self.config.max_port).contains(&addr.port())
+        {
+            return Err(AdoptionRefusal::RelayedNotConfigured);
+        }
+        if self.by_relayed.contains_key(&addr) || self.ports.is_claimed(addr) {
+            return Err(AdoptionRefusal::RelayedTaken);
+        }
+        Ok(())
+    }
+
     fn count_user(&mut self, username: &str, slots: usize) {
         if slots == 0 {
             return;
@@ -1478,11 +1513,8 @@ impl Server {
         if peers.is_empty() {
             return Reply::error(400);
         }
-        if peers
-            .iter()
-            .any(|peer| allocation.relayed_for(*peer).is_none())
-        {
-            return Reply::error(443);
+        if let Err(rule) = allocation.check_permissions(&peers) {
+            return Reply::error(rule.error_code());
         }
         // All or nothing: check every peer before installing any.
         if let Some(denied) = peers
@@ -1498,9 +1530,6 @@ impl Server {
             .filter(|peer| !allocation.permissions.contains_key(peer))
             .copied()
             .collect();
-        if allocation.permissions.len() + fresh.len() > MAX_PERMISSIONS_PER_ALLOCATION {
-            return Reply::error(508);
-        }
         let expires = now + self.config.permission_lifetime;
         for peer in peers {
             if Self::install_permission(&mut self.timers, allocation, peer, expires) {
@@ -1540,12 +1569,9 @@ impl Server {
         ) else {
             return Reply::error(400);
         };
-        if !number.is_valid() {
-            return Reply::error(400);
-        }
         let number = number.value();
-        if allocation.relayed_for(peer.ip()).is_none() {
-            return Reply::error(443);
+        if let Err(rule) = allocation.check_channel(number, peer) {
+            return Reply::error(rule.error_code());
         }
         if let Err(denied) = self.policy.permits(&name, peer) {
             debug!(client = %five_tuple.client, %denied, "ChannelBind refused");
@@ -1553,30 +1579,6 @@ impl Server {
             return Reply::error(403);
         }
         let cluster = cluster_slot(&self.policy, &self.cluster_slots, &name, peer);
-        if allocation
-            .channels
-            .get(&number)
-            .is_some_and(|c| c.peer != peer)
-        {
-            return Reply::error(400);
-        }
-        if allocation
-            .channel_by_peer
-            .get(&peer)
-            .is_some_and(|bound| *bound != number)
-        {
-            return Reply::error(400);
-        }
-        // The same memory bounds as CreatePermission, checked before anything changes.
-        let permitted = allocation.permissions.contains_key(&peer.ip());
-        if !allocation.channels.contains_key(&number)
-            && allocation.channels.len() >= MAX_CHANNELS_PER_ALLOCATION
-        {
-            return Reply::error(508);
-        }
-        if !permitted && allocation.permissions.len() >= MAX_PERMISSIONS_PER_ALLOCATION {
-            return Reply::error(508);
-        }
         let newly_bound = match allocation.channels.get_mut(&number) {
             Some(channel) => {
                 channel.expires = channel_expires;
@@ -1963,6 +1965,14 @@ impl Server {
                 channels.sort_by_key(|c| c.number);
                 let mut transaction_id = [0u8; 12];
                 transaction_id.copy_from_slice(a.transaction_id.as_bytes());
+                let reservation = a.reservation.and_then(|token| {
+                    let r = self.reservations.get(&token)?;
+                    Some(ReservationState {
+                        token,
+                        relayed: r.addr,
+                        expires_unix_ms: self.unix_ms(r.expires),
+                    })
+                });
                 AllocationState {
                     client: a.five_tuple.client,
                     server: a.five_tuple.server,
@@ -1973,6 +1983,7 @@ impl Server {
                     transaction_id,
                     permissions,
                     channels,
+                    reservation,
                 }
             })
             .collect();
@@ -1987,41 +1998,58 @@ impl Server {
     /// Adopts the allocations of `snapshot` (taken by an earlier run of the agent) into this
     /// server, which should have none yet. Lifetimes run on from the snapshot's UNIX times, so
     /// the time spent down counts: whatever expired meanwhile is left out. An allocation is
-    /// also left out when its listener is not the same, its relayed addresses are not on the
-    /// configured relay IPs, it clashes with one already here, or it is malformed. Quota counts
+    /// adopted only if this server could have made it, by the same rules as ChannelBind,
+    /// CreatePermission and Allocate; what breaks one is refused whole, counted by reason in
+    /// [`Stats::adoption_refused`] and listed in [`RestoreOutcome::refused`]. Quota counts
     /// include the adopted allocations. No command is emitted: the kernel entries of adopted
     /// channels are the caller's to reconcile ([`Server::installed_channel_bindings`]), and
-    /// every address of [`RestoreOutcome::relayed`] must be bound, or its allocation dropped
-    /// with [`Server::drop_restored`].
+    /// every address of [`RestoreOutcome::relayed`] (reserved ports included) must be bound,
+    /// or its allocation dropped with [`Server::drop_restored`].
     pub fn restore(&mut self, snapshot: &Snapshot, now: Instant) -> RestoreOutcome {
         let mut outcome = RestoreOutcome::default();
-        if snapshot.version != SNAPSHOT_VERSION {
-            warn!(
-                version = snapshot.version,
-                "state of an unknown version: nothing adopted"
-            );
-            outcome.skipped = snapshot.allocations.len();
-            return outcome;
-        }
         let now_ms = self.unix_ms(now);
         // UNIX milliseconds to a monotonic instant; `None` once passed.
         let at = |unix_ms: u64| {
             (unix_ms > now_ms).then(|| now + Duration::from_millis(unix_ms - now_ms))
         };
         for state in &snapshot.allocations {
-            match self.restore_one(state, now, &at) {
+            let adopted = if snapshot.version == SNAPSHOT_VERSION {
+                self.restore_one(state, now, &at)
+            } else {
+                Err(AdoptionRefusal::UnknownVersion)
+            };
+            match adopted {
                 Ok(channels) => {
                     outcome.allocations += 1;
                     outcome.channels += channels;
                     outcome.relayed.extend(state.relayed.iter().copied());
+                    if let Some(token) = self.allocations_reservation(state) {
+                        outcome.relayed.push(token);
+                    }
                 }
                 Err(why) => {
-                    warn!(client = %state.client, why, "allocation not adopted");
+                    warn!(
+                        client = %state.client,
+                        reason = why.label(),
+                        why = %why,
+                        "allocation not adopted"
+                    );
+                    self.stats.count_adoption_refused(why);
                     outcome.skipped += 1;
+                    outcome.refused.push((state.client, why));
                 }
             }
         }
         outcome
+    }
+
+    /// The reserved port adopted with `state`'s allocation, if any.
+    fn allocations_reservation(&self, state: &AllocationState) -> Option<SocketAddr> {
+        let reservation = state.reservation.as_ref()?;
+        self.reservations
+            .get(&reservation.token)
+            .map(|r| r.addr)
+            .filter(|addr| *addr == reservation.relayed)
     }
 
     fn restore_one(
@@ -2029,7 +2057,7 @@ impl Server {
         state: &AllocationState,
         now: Instant,
         at: &impl Fn(u64) -> Option<Instant>,
-    ) -> Result<usize, &'static str> {
+    ) -> Result<usize, AdoptionRefusal> {
         let listener = ListenerId(state.listener);
         let five_tuple = FiveTuple {
             client: state.client,
@@ -2040,50 +2068,50 @@ impl Server {
             Some(l) if l.addr == state.server && l.transport == Transport::Udp => {}
             // A stream client's connection did not survive the restart.
             Some(l) if l.transport == Transport::Tcp => {
-                return Err("its client's connection ended with the restart");
+                return Err(AdoptionRefusal::ConnectionEnded);
             }
-            _ => return Err("its listener is not configured any more"),
+            _ => return Err(AdoptionRefusal::ListenerGone),
         }
-        let expires = at(state.expires_unix_ms).ok_or("expired while the agent was down")?;
+        let expires = at(state.expires_unix_ms).ok_or(AdoptionRefusal::Expired)?;
         if self.allocations.contains_key(&five_tuple)
             || self.pending_by_tuple.contains_key(&five_tuple)
         {
-            return Err("the client has an allocation already");
+            return Err(AdoptionRefusal::ClientHasAllocation);
         }
-        if self.allocations.len() + self.pending_slots + self.reservations.len()
-            >= self.config.max_allocations
-        {
-            return Err("the allocation quota is full");
-        }
+        // A reservation that expired while down is left out; a live one needs its own slot.
+        let reservation = state
+            .reservation
+            .as_ref()
+            .and_then(|r| Some((r, at(r.expires_unix_ms)?)));
+        let slots = 1 + usize::from(reservation.is_some());
+        self.check_quota(&state.username, slots, slots)
+            .map_err(|quota| match quota {
+                Quota::User => AdoptionRefusal::UserQuota,
+                Quota::Total => AdoptionRefusal::TotalQuota,
+            })?;
+        // What Allocate makes: one address, or one of each family (IPv4 first).
         let valid_relayed = match state.relayed.as_slice() {
-            [one] => Some(*one),
-            [a, b] if a.is_ipv4() != b.is_ipv4() => Some(*a),
-            _ => None,
+            [_] => true,
+            [a, b] => a.is_ipv4() && b.is_ipv6(),
+            _ => false,
         };
-        if valid_relayed.is_none() {
-            return Err("malformed relayed addresses");
+        if !valid_relayed {
+            return Err(AdoptionRefusal::RelayedMalformed);
         }
         for addr in &state.relayed {
-            if self.relay_ip(family_of(addr.ip())) != Some(addr.ip()) {
-                return Err("a relayed address is not on a configured relay IP");
-            }
-            if self.by_relayed.contains_key(addr) || self.ports.is_claimed(*addr) {
-                return Err("a relayed address is taken");
+            self.check_relayed_address(*addr)?;
+        }
+        if let Some((r, _)) = reservation {
+            self.check_relayed_address(r.relayed)?;
+            if self.reservations.contains_key(&r.token) || state.relayed.contains(&r.relayed) {
+                return Err(AdoptionRefusal::ReservationTaken);
             }
         }
-        if state.permissions.len() > MAX_PERMISSIONS_PER_ALLOCATION
-            || state.channels.len() > MAX_CHANNELS_PER_ALLOCATION
-        {
-            return Err("too many permissions or channels");
-        }
-        let mut relayed: Vec<RelayedAddress> =
-            state.relayed.iter().map(|r| RelayedAddress(*r)).collect();
-        relayed.sort_by_key(|r| r.0.is_ipv6());
         let mut allocation = Allocation {
             five_tuple,
             listener,
             username: state.username.clone(),
-            relayed,
+            relayed: state.relayed.iter().map(|r| RelayedAddress(*r)).collect(),
             expires,
             timer_at: expires,
             transaction_id: TransactionId::new(state.transaction_id),
@@ -2091,13 +2119,17 @@ impl Server {
             channels: HashMap::new(),
             channel_by_peer: HashMap::new(),
             channel_ips: BTreeSet::new(),
-            reservation: None,
+            reservation: reservation.map(|(r, _)| r.token),
         };
         let mut timers = Vec::new();
+        let permitted: Vec<IpAddr> = state.permissions.iter().map(|p| p.peer).collect();
+        allocation
+            .check_permissions(&permitted)
+            .map_err(AdoptionRefusal::Permission)?;
+        if permitted.iter().collect::<HashSet<_>>().len() != permitted.len() {
+            return Err(AdoptionRefusal::PermissionListedTwice);
+        }
         for permission in &state.permissions {
-            if allocation.relayed_for(permission.peer).is_none() {
-                return Err("a permission's family has no relayed address");
-            }
             let Some(expires) = at(permission.expires_unix_ms) else {
                 continue;
             };
@@ -2112,13 +2144,14 @@ impl Server {
         }
         let mut bound = 0;
         for channel in &state.channels {
-            if !(0x4000..=0x4FFF).contains(&channel.number)
-                || allocation.relayed_for(channel.peer.ip()).is_none()
-                || allocation.channels.contains_key(&channel.number)
-                || allocation.channel_by_peer.contains_key(&channel.peer)
-            {
-                return Err("a malformed or duplicate channel");
+            if allocation.channels.contains_key(&channel.number) {
+                return Err(AdoptionRefusal::ChannelListedTwice);
             }
+            // Channels live on without a permission (RFC 8656 §12), so the permission part of
+            // the rule is judged on the permissions adopted above only.
+            allocation
+                .check_channel(channel.number, channel.peer)
+                .map_err(AdoptionRefusal::Channel)?;
             // A binding that expired while the agent was down is cooling down now.
             let (expires, is_bound) = match (channel.bound, at(channel.expires_unix_ms)) {
                 (true, Some(expires)) => (expires, true),
@@ -2154,6 +2187,20 @@ impl Server {
             self.by_relayed.insert(r.0, five_tuple);
             self.ports.claim(r.0);
         }
+        if let Some((r, expires)) = reservation {
+            self.ports.claim(r.relayed);
+            self.reservations.insert(
+                r.token,
+                Reservation {
+                    addr: r.relayed,
+                    expires,
+                    owner: five_tuple,
+                    username: state.username.clone(),
+                },
+            );
+            self.timers.insert((expires, Timer::Reservation(r.token)));
+            self.count_user(&state.username, 1);
+        }
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
         self.timers.extend(timers);
         self.count_user(&state.username, 1);
@@ -2164,13 +2211,28 @@ impl Server {
     }
 
     /// Drops the adopted allocation that holds `relayed` (its socket could not be bound): its
-    /// channels are unbound (their kernel entries removed) and its other sockets released.
-    /// Returns whether there was one.
+    /// channels are unbound (their kernel entries removed) and its other sockets released. For
+    /// an adopted reservation's port, the reservation alone is released. Returns whether there
+    /// was one.
     pub fn drop_restored(&mut self, relayed: SocketAddr) -> bool {
+        if let Some(token) = self
+            .reservations
+            .iter()
+            .find(|(_, r)| r.addr == relayed)
+            .map(|(token, _)| *token)
+        {
+            self.release_reservation(token);
+            self.stats
+                .count_adoption_refused(AdoptionRefusal::RelayedUnbindable);
+            self.touch();
+            return true;
+        }
         let Some(five_tuple) = self.by_relayed.get(&relayed).copied() else {
             return false;
         };
         self.remove_allocation(&five_tuple, false);
+        self.stats
+            .count_adoption_refused(AdoptionRefusal::RelayedUnbindable);
         true
     }
 }

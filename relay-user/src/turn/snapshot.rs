@@ -2,14 +2,20 @@
 //! [`Server::restore`]).
 //!
 //! Times are UNIX milliseconds, so the time an agent spends down counts against every lifetime.
-//! Relayed-port reservations (EVEN-PORT with R), Allocates still binding their sockets, the
-//! transaction cache and the counters are not kept.
+//! Allocates still binding their sockets, the transaction cache and the counters are not kept.
+//!
+//! A saved allocation is adopted only if the live server could have made it: the rules are the
+//! ones ChannelBind, CreatePermission and Allocate apply ([`ChannelRule`], [`PermissionRule`],
+//! the quotas and the relayed address rules); what breaks one is refused with an
+//! [`AdoptionRefusal`] that names it.
 //!
 //! [`Server::snapshot`]: super::Server::snapshot
 //! [`Server::restore`]: super::Server::restore
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+
+use super::allocation::{ChannelRule, PermissionRule};
 
 /// The version written in [`Snapshot::version`]; other versions are refused.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -38,6 +44,18 @@ pub struct AllocationState {
     pub transaction_id: [u8; 12],
     pub permissions: Vec<PermissionState>,
     pub channels: Vec<ChannelState>,
+    /// The port it reserved with EVEN-PORT's R bit, while unclaimed (absent in files written
+    /// before reservations were kept: none is adopted then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<ReservationState>,
+}
+
+/// A relayed port held for a later Allocate with RESERVATION-TOKEN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationState {
+    pub token: u64,
+    pub relayed: SocketAddr,
+    pub expires_unix_ms: u64,
 }
 
 /// One permission.
@@ -68,4 +86,98 @@ pub struct RestoreOutcome {
     pub channels: usize,
     /// Allocations left out: expired meanwhile, unknown listener, invalid or conflicting.
     pub skipped: usize,
+    /// Why each left-out allocation was refused (`skipped` of them in all).
+    pub refused: Vec<(SocketAddr, AdoptionRefusal)>,
+}
+
+/// Why a saved allocation was not adopted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdoptionRefusal {
+    #[error("the state file is of an unknown version")]
+    UnknownVersion,
+    #[error("its listener is not configured any more")]
+    ListenerGone,
+    #[error("its client's connection ended with the restart")]
+    ConnectionEnded,
+    #[error("it expired while the agent was down")]
+    Expired,
+    #[error("the client has an allocation already")]
+    ClientHasAllocation,
+    #[error("the allocation quota is full")]
+    TotalQuota,
+    #[error("the user's allocation quota is full")]
+    UserQuota,
+    #[error("its relayed addresses are not one address, or one of each family")]
+    RelayedMalformed,
+    #[error("a relayed address is not on a configured relay IP and port range")]
+    RelayedNotConfigured,
+    #[error("a relayed address is taken")]
+    RelayedTaken,
+    #[error("a permission: {0}")]
+    Permission(PermissionRule),
+    #[error("a channel: {0}")]
+    Channel(ChannelRule),
+    #[error("a permission is listed twice")]
+    PermissionListedTwice,
+    #[error("a channel number is listed twice")]
+    ChannelListedTwice,
+    #[error("its reservation's token or port is taken")]
+    ReservationTaken,
+    #[error("a relayed address could not be bound")]
+    RelayedUnbindable,
+}
+
+impl AdoptionRefusal {
+    /// Every label [`AdoptionRefusal::label`] returns, for exporters that list them all.
+    pub const LABELS: [&'static str; 21] = [
+        "unknown_version",
+        "listener_gone",
+        "connection_ended",
+        "expired",
+        "client_has_allocation",
+        "total_quota",
+        "user_quota",
+        "relayed_malformed",
+        "relayed_not_configured",
+        "relayed_taken",
+        "permission_family",
+        "too_many_permissions",
+        "permission_listed_twice",
+        "channel_number",
+        "channel_family",
+        "channel_number_taken",
+        "channel_peer_taken",
+        "too_many_channels",
+        "channel_listed_twice",
+        "reservation_taken",
+        "relayed_unbindable",
+    ];
+
+    /// The rule that refused it, as a metric label (`reason`).
+    pub fn label(self) -> &'static str {
+        match self {
+            AdoptionRefusal::UnknownVersion => "unknown_version",
+            AdoptionRefusal::ListenerGone => "listener_gone",
+            AdoptionRefusal::ConnectionEnded => "connection_ended",
+            AdoptionRefusal::Expired => "expired",
+            AdoptionRefusal::ClientHasAllocation => "client_has_allocation",
+            AdoptionRefusal::TotalQuota => "total_quota",
+            AdoptionRefusal::UserQuota => "user_quota",
+            AdoptionRefusal::RelayedMalformed => "relayed_malformed",
+            AdoptionRefusal::RelayedNotConfigured => "relayed_not_configured",
+            AdoptionRefusal::RelayedTaken => "relayed_taken",
+            AdoptionRefusal::Permission(PermissionRule::NoRelayedFamily) => "permission_family",
+            AdoptionRefusal::Permission(PermissionRule::TooManyPermissions)
+            | AdoptionRefusal::Channel(ChannelRule::TooManyPermissions) => "too_many_permissions",
+            AdoptionRefusal::Channel(ChannelRule::InvalidNumber) => "channel_number",
+            AdoptionRefusal::Channel(ChannelRule::NoRelayedFamily) => "channel_family",
+            AdoptionRefusal::Channel(ChannelRule::NumberTaken) => "channel_number_taken",
+            AdoptionRefusal::Channel(ChannelRule::PeerTaken) => "channel_peer_taken",
+            AdoptionRefusal::Channel(ChannelRule::TooManyChannels) => "too_many_channels",
+            AdoptionRefusal::PermissionListedTwice => "permission_listed_twice",
+            AdoptionRefusal::ChannelListedTwice => "channel_listed_twice",
+            AdoptionRefusal::ReservationTaken => "reservation_taken",
+            AdoptionRefusal::RelayedUnbindable => "relayed_unbindable",
+        }
+    }
 }

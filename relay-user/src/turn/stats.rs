@@ -1,5 +1,7 @@
 //! Counters of what the TURN server did, for metrics and tests. Plain `u64`s that only grow.
 
+use super::snapshot::AdoptionRefusal;
+
 /// Counters of the TURN server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -81,6 +83,9 @@ pub struct Stats {
     pub drain_rejections: u64,
     /// BindRelay outcomes that were failures.
     pub relay_bind_failures: u64,
+    /// Saved allocations not adopted on a restart, by the rule that refused them (indexed like
+    /// [`AdoptionRefusal::LABELS`]).
+    pub adoption_refused: [u64; AdoptionRefusal::LABELS.len()],
     /// Relayed traffic per cluster, indexed by cluster slot: slot 0 is `""` (peers outside
     /// every routed cluster, and listeners without routes), then every cluster any peer policy
     /// in force has named, in the order first seen. Slots are never removed or renamed, so a
@@ -138,6 +143,23 @@ impl Stats {
             .iter()
             .find(|(c, _)| *c == code)
             .map_or(self.error_other, |(_, n)| *n)
+    }
+
+    /// Saved allocations refused on adoption: `(reason label, count)` for every reason.
+    pub fn adoption_refusals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        AdoptionRefusal::LABELS
+            .iter()
+            .copied()
+            .zip(self.adoption_refused.iter().copied())
+    }
+
+    pub(crate) fn count_adoption_refused(&mut self, why: AdoptionRefusal) {
+        if let Some(i) = AdoptionRefusal::LABELS
+            .iter()
+            .position(|l| *l == why.label())
+        {
+            self.adoption_refused[i] += 1;
+        }
     }
 
     /// Counts a datagram of `bytes` data bytes relayed to a peer of the cluster in `slot`.

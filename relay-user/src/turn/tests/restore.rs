@@ -180,3 +180,279 @@ fn foreign_or_clashing_state_is_refused() {
     assert_eq!(m.server.restore(&snapshot, m.now).skipped, 1);
     assert!(m.drain().is_empty());
 }
+
+/// One step a client can take, for the property test below.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Client `0` allocates: IPv4, IPv6, dual-stack, or IPv4 with EVEN-PORT R (a reservation).
+    Allocate(usize, u8),
+    /// Client `0` claims the newest reservation token seen.
+    Claim(usize),
+    /// Client `0` permits peer `1`.
+    Permit(usize, usize),
+    /// Client `0` binds channel `1` to peer `2`.
+    Bind(usize, u16, usize),
+    /// Client `0` refreshes (0 deletes).
+    Refresh(usize, u64),
+    /// Time passes, timers run.
+    Wait(u64),
+}
+
+fn peers() -> [SocketAddr; 6] {
+    [
+        addr("203.0.113.5:6000"),
+        addr("203.0.113.5:6001"),
+        addr("203.0.113.9:7000"),
+        addr("[2001:db8:5::5]:7000"),
+        addr("[2001:db8:5::6]:7001"),
+        addr("[2001:db8:5::6]:7002"),
+    ]
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => (0..4usize, 0..4u8).prop_map(|(c, k)| Step::Allocate(c, k)),
+        1 => (0..4usize).prop_map(Step::Claim),
+        2 => (0..4usize, 0..6usize).prop_map(|(c, p)| Step::Permit(c, p)),
+        // Every valid number is as likely as the edges and a few invalid ones.
+        4 => (0..4usize, prop_oneof![
+            4 => relay_common::CHANNEL_NUMBER_MIN..=relay_common::CHANNEL_NUMBER_MAX,
+            1 => proptest::sample::select(vec![0x4000u16, 0x4FFF, 0x5000, 0x7FFF, 0x3FFF, 0x8000]),
+        ], 0..6usize).prop_map(|(c, n, p)| Step::Bind(c, n, p)),
+        1 => (0..4usize, prop_oneof![Just(0u64), 60..3600u64]).prop_map(|(c, l)| Step::Refresh(c, l)),
+        2 => prop_oneof![1..30u64, 250..700u64].prop_map(Step::Wait),
+    ]
+}
+
+/// Runs `steps` against a fresh server; returns it.
+fn reach(steps: &[Step]) -> Harness {
+    use stun_codec::rfc5766::methods::CREATE_PERMISSION;
+    use stun_codec::rfc8656::attributes::AddressFamily;
+
+    use super::super::attributes::{
+        AdditionalAddressFamily, EvenPort, RequestedAddressFamily, ReservationToken,
+    };
+
+    let mut h = Harness::new();
+    let mut clients: Vec<Client> = (0..4)
+        .map(|i| Client::new(&format!("192.0.2.{}:40000", i + 1), "alice", "alice-pw"))
+        .collect();
+    let mut tokens: Vec<u64> = Vec::new();
+    let peers = peers();
+    for step in steps {
+        match *step {
+            Step::Allocate(c, kind) => {
+                let family = match kind {
+                    0 => vec![],
+                    1 => vec![RequestedAddressFamily::new(AddressFamily::V6).into()],
+                    2 => vec![AdditionalAddressFamily::new(AddressFamily::V6).into()],
+                    _ => vec![EvenPort::new(true).into()],
+                };
+                let mut attributes = vec![udp()];
+                attributes.extend(family);
+                let (r, _) = h.allocate_with(&mut clients[c], attributes);
+                if let Some(token) = r.get::<ReservationToken>() {
+                    tokens.push(token.token());
+                }
+            }
+            Step::Claim(c) => {
+                if let Some(token) = tokens.pop() {
+                    h.allocate_with(
+                        &mut clients[c],
+                        vec![udp(), ReservationToken::new(token).into()],
+                    );
+                }
+            }
+            Step::Permit(c, p) => {
+                h.call(
+                    &mut clients[c],
+                    CREATE_PERMISSION,
+                    vec![XorPeerAddress::new(peers[p]).into()],
+                );
+            }
+            Step::Bind(c, number, p) => {
+                h.call(
+                    &mut clients[c],
+                    CHANNEL_BIND,
+                    vec![
+                        ChannelNumber::new(number).into(),
+                        XorPeerAddress::new(peers[p]).into(),
+                    ],
+                );
+            }
+            Step::Refresh(c, lifetime) => {
+                h.call(
+                    &mut clients[c],
+                    REFRESH,
+                    vec![Lifetime::new(Duration::from_secs(lifetime)).unwrap().into()],
+                );
+            }
+            Step::Wait(secs) => {
+                h.advance(Duration::from_secs(secs));
+            }
+        }
+        h.drain();
+    }
+    h
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever state the live core reaches, a new server adopts all of it: the same snapshot
+    /// comes back out, nothing is refused, and the same bindings go to the kernel.
+    #[test]
+    fn any_reachable_state_survives_snapshot_and_restore(
+        steps in proptest::collection::vec(step(), 1..40),
+    ) {
+        let h = reach(&steps);
+        let before = h.server.snapshot(h.now);
+        let json = serde_json::to_string(&before).unwrap();
+        let read: Snapshot = serde_json::from_str(&json).unwrap();
+        let mut n = restarted(&h, Duration::ZERO);
+        let outcome = n.server.restore(&read, n.now);
+        proptest::prop_assert_eq!(&outcome.refused, &Vec::new());
+        proptest::prop_assert_eq!(outcome.allocations, before.allocations.len());
+        let reserved = before.allocations.iter().filter(|a| a.reservation.is_some()).count();
+        let relayed: usize = before.allocations.iter().map(|a| a.relayed.len()).sum();
+        proptest::prop_assert_eq!(outcome.relayed.len(), relayed + reserved);
+        let after = n.server.snapshot(n.now);
+        proptest::prop_assert_eq!(&after, &before);
+        let mut old = h.server.installed_channel_bindings();
+        let mut new = n.server.installed_channel_bindings();
+        old.sort_by_key(|b| (b.client, b.channel));
+        new.sort_by_key(|b| (b.client, b.channel));
+        proptest::prop_assert_eq!(old, new);
+        proptest::prop_assert!(n.drain().is_empty(), "restoring emits nothing");
+    }
+}
+
+#[test]
+fn coturn_client_channel_numbers_are_adopted() {
+    // turnutils_uclient picks numbers above 0x4FFF; the live core binds them, so adoption must.
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    h.allocate(&mut client);
+    for (number, peer) in [(0x5000, peer()), (0x7FFF, addr("203.0.113.6:1"))] {
+        let r = h.ask(
+            &mut client,
+            CHANNEL_BIND,
+            vec![
+                ChannelNumber::new(number).into(),
+                XorPeerAddress::new(peer).into(),
+            ],
+        );
+        assert!(r.is_success(), "{r:?}");
+    }
+    let snapshot = h.server.snapshot(h.now);
+    let mut n = restarted(&h, Duration::from_secs(1));
+    let outcome = n.server.restore(&snapshot, n.now);
+    assert_eq!((outcome.allocations, outcome.channels), (1, 2));
+    assert_eq!(n.server.installed_channel_bindings().len(), 2);
+}
+
+#[test]
+fn a_refusal_names_its_rule_and_is_counted() {
+    let (h, _client, _) = bound_allocation();
+    let snapshot = h.server.snapshot(h.now);
+    type Breakage = Box<dyn Fn(&mut Snapshot)>;
+    let cases: Vec<(Breakage, &str)> = vec![
+        (
+            Box::new(|s| s.allocations[0].channels[0].number = 0x8000),
+            "channel_number",
+        ),
+        (
+            Box::new(|s| s.allocations[0].channels[0].number = 0x3FFF),
+            "channel_number",
+        ),
+        (
+            Box::new(|s| {
+                let again = s.allocations[0].channels[0].clone();
+                s.allocations[0].channels.push(again);
+            }),
+            "channel_listed_twice",
+        ),
+        (
+            Box::new(|s| {
+                let mut other = s.allocations[0].channels[0].clone();
+                other.number = 0x4002;
+                s.allocations[0].channels.push(other);
+            }),
+            "channel_peer_taken",
+        ),
+        (
+            Box::new(|s| s.allocations[0].channels[0].peer = addr("[2001:db8::1]:1")),
+            "channel_family",
+        ),
+        (
+            Box::new(|s| s.allocations[0].permissions[0].peer = "2001:db8::1".parse().unwrap()),
+            "permission_family",
+        ),
+        (
+            Box::new(|s| {
+                let again = s.allocations[0].permissions[0].clone();
+                s.allocations[0].permissions.push(again);
+            }),
+            "permission_listed_twice",
+        ),
+        (
+            Box::new(|s| s.allocations[0].relayed = vec![addr("198.51.100.1:40000")]),
+            "relayed_not_configured",
+        ),
+        (
+            Box::new(|s| {
+                let one = s.allocations[0].relayed[0];
+                s.allocations[0].relayed = vec![one, one];
+            }),
+            "relayed_malformed",
+        ),
+        (Box::new(|s| s.allocations[0].listener = 3), "listener_gone"),
+        (Box::new(|s| s.version = 99), "unknown_version"),
+    ];
+    for (break_it, reason) in cases {
+        let mut broken = snapshot.clone();
+        break_it(&mut broken);
+        let mut n = restarted(&h, Duration::from_secs(1));
+        let outcome = n.server.restore(&broken, n.now);
+        assert_eq!(outcome.skipped, 1, "{reason}");
+        assert_eq!(outcome.refused.len(), 1, "{reason}");
+        assert_eq!(outcome.refused[0].1.label(), reason);
+        let counted: Vec<_> = n
+            .server
+            .stats()
+            .adoption_refusals()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(counted, vec![(reason, 1)]);
+        assert_eq!(n.server.allocation_count(), 0);
+        assert!(n.drain().is_empty());
+    }
+}
+
+#[test]
+fn a_reservation_is_adopted_and_can_be_claimed() {
+    use stun_codec::rfc5766::methods::ALLOCATE;
+
+    use super::super::attributes::{EvenPort, ReservationToken};
+
+    let mut h = Harness::new();
+    let mut alice = Client::alice();
+    let (r, _) = h.allocate_with(&mut alice, vec![udp(), EvenPort::new(true).into()]);
+    let token = r.get::<ReservationToken>().unwrap().token();
+    let relayed = r.relayed()[0];
+    let snapshot = h.server.snapshot(h.now);
+    let mut n = restarted(&h, Duration::from_secs(1));
+    let outcome = n.server.restore(&snapshot, n.now);
+    let reserved = SocketAddr::new(relayed.ip(), relayed.port() + 1);
+    assert_eq!(outcome.relayed, vec![relayed, reserved]);
+    let mut bob = Client::bob();
+    let (r, commands) = n.allocate_with(&mut bob, vec![udp(), ReservationToken::new(token).into()]);
+    assert!(r.is_success(), "{r:?}");
+    assert_eq!(r.relayed(), vec![reserved]);
+    assert!(
+        bind_requests(&commands).is_empty(),
+        "the reserved socket is bound already"
+    );
+    let _ = ALLOCATE;
+}
