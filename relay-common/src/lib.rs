@@ -19,7 +19,7 @@ pub const fn is_channel_number(number: u16) -> bool {
     number >= CHANNEL_NUMBER_MIN && number <= CHANNEL_NUMBER_MAX
 }
 
-/// Why the XDP program sent a packet where it did. Each variant indexes the per-CPU `STATS` array;
+/// Why the kernel program (XDP or TC) sent a packet where it did. Each variant indexes the per-CPU `STATS` array;
 /// the agent sums the CPUs and exports the totals as metrics (label `reason`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -201,7 +201,9 @@ pub struct ChannelToPeer {
     pub relayed: Endpoint,
     /// The peer: the new destination.
     pub peer: Endpoint,
-    pub _pad: [u8; 4],
+    /// The interface the host's own output route to the peer leaves by (0: unknown). The TC
+    /// program sends there; the XDP program asks the FIB instead.
+    pub egress_ifindex: u32,
     /// Datagrams and payload bytes relayed client → peer (updated atomically).
     pub packets: u64,
     pub bytes: u64,
@@ -230,12 +232,15 @@ pub struct PeerToClient {
     /// Channel number, big-endian.
     pub channel: [u8; 2],
     pub _pad: [u8; 2],
+    /// The interface the host's own output route to the client leaves by (0: unknown).
+    pub egress_ifindex: u32,
+    pub _pad2: [u8; 4],
     /// Datagrams and payload bytes relayed peer → client (updated atomically).
     pub packets: u64,
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PeerToClient>() == 56);
+const _: () = assert!(core::mem::size_of::<PeerToClient>() == 64);
 
 /// Default capacity of `CHANNELS` and `PEERS` (one entry per channel binding in each).
 pub const DEFAULT_MAX_CHANNELS: u32 = 1 << 20;
@@ -245,6 +250,8 @@ pub const DEFAULT_MAX_CHANNELS: u32 = 1 << 20;
 pub mod names {
     /// The XDP entry point.
     pub const XDP_PROGRAM: &str = "xturn_xdp";
+    /// The TC (clsact ingress) entry point: the same relaying on socket buffers.
+    pub const TC_PROGRAM: &str = "xturn_tc";
     /// The trivial `XDP_PASS` program put on veth peers (see docs/architecture.md).
     pub const XDP_PASS_PROGRAM: &str = "xturn_xdp_pass";
     /// Per-CPU array of [`crate::Counter`], indexed by [`crate::Reason`].

@@ -235,6 +235,121 @@ pub fn remove_padding(r: &mut Rewrite, data_len: u16, padding: [u8; 3], pad_len:
     }
 }
 
+impl Rewrite {
+    /// An empty sum: for collecting a change (a delta) rather than a checksum.
+    #[inline(always)]
+    #[must_use]
+    pub const fn zero() -> Rewrite {
+        Rewrite { sum: 0 }
+    }
+
+    /// Adds everything `other` collected.
+    #[inline(always)]
+    pub fn merge(&mut self, other: Rewrite) {
+        self.add(fold(other.sum));
+    }
+
+    /// The folded sum, as a big-endian-valued word: what a delta adds to a checksum's sum.
+    #[inline(always)]
+    #[must_use]
+    pub const fn folded(&self) -> u16 {
+        fold(self.sum)
+    }
+}
+
+/// One side (before or after the relay's rewrite) of a relayed datagram, as its UDP checksum
+/// sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct UdpSide<'a> {
+    pub v4: bool,
+    pub src_ip: &'a [u8; 16],
+    pub dst_ip: &'a [u8; 16],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub udp_len: u16,
+}
+
+/// How a relayed datagram's UDP checksum changes, in the two parts the kernel's socket-buffer
+/// helpers take separately (`bpf_l4_csum_replace` with and without `BPF_F_PSEUDO_HDR`): the
+/// pseudo header (addresses, protocol, length), and the covered bytes (ports, the UDP length
+/// field, a ChannelData header and padding taken off, a ChannelData header put on). The data
+/// itself never changes, and keeps its 16-bit alignment. The XDP program adds both to the old
+/// checksum; the TC program hands them to the kernel, which also knows when the checksum is
+/// only partial (a datagram sent by a local socket whose checksum the NIC is to finish).
+#[derive(Clone, Copy, Debug)]
+pub struct UdpDelta {
+    pub pseudo: Rewrite,
+    pub covered: Rewrite,
+}
+
+impl UdpDelta {
+    /// The change from `old` to `new`. `stripped`: the ChannelData header taken off the front of
+    /// the old payload, followed by `data_len` bytes of data and `pad_len` bytes of `padding`
+    /// (also taken off); `prepended`: the ChannelData header put in front of the data.
+    #[inline(always)]
+    #[must_use]
+    pub fn between(
+        old: &UdpSide<'_>,
+        new: &UdpSide<'_>,
+        stripped: Option<[u8; 4]>,
+        data_len: u16,
+        padding: [u8; 3],
+        pad_len: u8,
+        prepended: Option<[u8; 4]>,
+    ) -> UdpDelta {
+        let mut pseudo = Rewrite::zero();
+        pseudo_header(
+            &mut pseudo,
+            old.v4,
+            old.src_ip,
+            old.dst_ip,
+            old.udp_len,
+            false,
+        );
+        pseudo_header(
+            &mut pseudo,
+            new.v4,
+            new.src_ip,
+            new.dst_ip,
+            new.udp_len,
+            true,
+        );
+        let mut covered = Rewrite::zero();
+        covered.remove_words(&[
+            old.src_port[0],
+            old.src_port[1],
+            old.dst_port[0],
+            old.dst_port[1],
+        ]);
+        covered.remove(old.udp_len);
+        if let Some(header) = stripped {
+            covered.remove_words(&header);
+            remove_padding(&mut covered, data_len, padding, pad_len);
+        }
+        covered.add_words(&[
+            new.src_port[0],
+            new.src_port[1],
+            new.dst_port[0],
+            new.dst_port[1],
+        ]);
+        covered.add(new.udp_len);
+        if let Some(header) = prepended {
+            covered.add_words(&header);
+        }
+        UdpDelta { pseudo, covered }
+    }
+
+    /// The new checksum, from the old full one.
+    #[inline(always)]
+    #[must_use]
+    pub fn apply(&self, old_check: u16) -> u16 {
+        let mut r = Rewrite::from_checksum(old_check);
+        r.merge(self.pseudo);
+        r.merge(self.covered);
+        r.checksum()
+    }
+}
+
 #[cfg(test)]
 mod rewrite_tests {
     use super::*;
@@ -373,6 +488,138 @@ mod rewrite_tests {
                 full(true, &nsrc, &ndst, &new),
                 "data {data_len}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod delta_tests {
+    use super::*;
+
+    fn mapped(v4: [u8; 4]) -> [u8; 16] {
+        let mut ip = [0u8; 16];
+        ip[10] = 0xff;
+        ip[11] = 0xff;
+        ip[12..].copy_from_slice(&v4);
+        ip
+    }
+
+    fn pseudo_sum(v4: bool, src: &[u8; 16], dst: &[u8; 16], len: u16) -> u32 {
+        let mut p = Vec::new();
+        let s = if v4 { 12 } else { 0 };
+        p.extend_from_slice(&src[s..]);
+        p.extend_from_slice(&dst[s..]);
+        p.extend_from_slice(&[0, 17]);
+        p.extend_from_slice(&len.to_be_bytes());
+        sum_bytes(0, &p)
+    }
+
+    fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        u
+    }
+
+    fn full(v4: bool, src: &[u8; 16], dst: &[u8; 16], udp: &[u8]) -> u16 {
+        let len = u16::try_from(udp.len()).unwrap();
+        let c = !fold(sum_bytes(pseudo_sum(v4, src, dst, len), udp));
+        if c == 0 { 0xffff } else { c }
+    }
+
+    /// What `bpf_l4_csum_replace(skb, off, 0, delta, 2 | flags)` does to a check field holding
+    /// `check`: for a full checksum, both parts go in; for a partial one (the pseudo-header
+    /// sum, which the NIC finishes), only the pseudo-header part does.
+    fn kernel_apply(check: u16, delta: &UdpDelta, partial: bool) -> u16 {
+        if partial {
+            fold(u32::from(check) + u32::from(delta.pseudo.folded()))
+        } else {
+            let a = !fold(u32::from(!check) + u32::from(delta.pseudo.folded()));
+            !fold(u32::from(!a) + u32::from(delta.covered.folded()))
+        }
+    }
+
+    /// Every relay rewrite (ChannelData to UDP, UDP to ChannelData, ChannelData to ChannelData
+    /// for a hairpin) across families, lengths and padding: the delta turns the old full
+    /// checksum into the new full one, and the old partial checksum into the new partial one.
+    #[test]
+    fn deltas_match_full_and_partial_checksums() {
+        let v6a: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let v6b: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        let (a4, b4) = (mapped([198, 18, 1, 2]), mapped([198, 18, 2, 2]));
+        let padding = [0xa5u8, 0x5a, 0xc3];
+        for data_len in [0u16, 1, 2, 3, 100, 101, 1199] {
+            let data: Vec<u8> = (0..data_len).map(|i| (i * 7 + 3) as u8).collect();
+            for pad_len in 0u8..=3 {
+                for (in_v4, out_v4) in [(true, true), (true, false), (false, true), (false, false)]
+                {
+                    for kind in 0..3 {
+                        let (osrc, odst) = if in_v4 { (&a4, &b4) } else { (&v6a, &v6b) };
+                        let (nsrc, ndst) = if out_v4 { (&b4, &a4) } else { (&v6b, &v6a) };
+                        let old_cd = [0x40, 0x01, (data_len >> 8) as u8, data_len as u8];
+                        let new_cd = [0x7f, 0xfe, (data_len >> 8) as u8, data_len as u8];
+                        let mut old_payload = Vec::new();
+                        let mut new_payload = Vec::new();
+                        let (stripped, prepended, pad) = match kind {
+                            0 => (Some(old_cd), None, pad_len),
+                            1 => (None, Some(new_cd), 0),
+                            _ => (Some(old_cd), Some(new_cd), pad_len),
+                        };
+                        if let Some(h) = stripped {
+                            old_payload.extend_from_slice(&h);
+                        }
+                        old_payload.extend_from_slice(&data);
+                        old_payload.extend_from_slice(&padding[..usize::from(pad)]);
+                        if let Some(h) = prepended {
+                            new_payload.extend_from_slice(&h);
+                        }
+                        new_payload.extend_from_slice(&data);
+                        let old = udp(40000, 3478, &old_payload);
+                        let new = udp(50000, 3480, &new_payload);
+                        let old_side = UdpSide {
+                            v4: in_v4,
+                            src_ip: osrc,
+                            dst_ip: odst,
+                            src_port: [old[0], old[1]],
+                            dst_port: [old[2], old[3]],
+                            udp_len: u16::try_from(old.len()).unwrap(),
+                        };
+                        let new_side = UdpSide {
+                            v4: out_v4,
+                            src_ip: nsrc,
+                            dst_ip: ndst,
+                            src_port: [new[0], new[1]],
+                            dst_port: [new[2], new[3]],
+                            udp_len: u16::try_from(new.len()).unwrap(),
+                        };
+                        let mut p = [0u8; 3];
+                        p[..usize::from(pad)].copy_from_slice(&padding[..usize::from(pad)]);
+                        let delta = UdpDelta::between(
+                            &old_side, &new_side, stripped, data_len, p, pad, prepended,
+                        );
+                        let what =
+                            format!("data {data_len} pad {pad} v4 {in_v4}->{out_v4} kind {kind}");
+                        let old_full = full(in_v4, osrc, odst, &old);
+                        let new_full = full(out_v4, nsrc, ndst, &new);
+                        assert_eq!(delta.apply(old_full), new_full, "XDP {what}");
+                        let k = kernel_apply(old_full, &delta, false);
+                        assert!(
+                            k == new_full || (k == 0 && new_full == 0xffff),
+                            "TC full {what}: {k:#x} vs {new_full:#x}"
+                        );
+                        let old_partial = fold(pseudo_sum(in_v4, osrc, odst, old_side.udp_len));
+                        let new_partial = fold(pseudo_sum(out_v4, nsrc, ndst, new_side.udp_len));
+                        assert_eq!(
+                            kernel_apply(old_partial, &delta, true),
+                            new_partial,
+                            "TC partial {what}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -1598,10 +1598,10 @@ fn parse_offload_engine(engine: &str) -> Result<Dataplane, ConfigError> {
         "none" => Ok(Dataplane::Userspace),
         "xdp" => Ok(Dataplane::Xdp),
         "auto" => Ok(Dataplane::Auto),
-        "tc" => Err(unsupported(FIELD, "TC offload", "use XDP or Auto")),
+        "tc" => Ok(Dataplane::Tc),
         _ => Err(invalid(
             FIELD,
-            format!("unknown offload engine {engine:?} (expected None, XDP or Auto)"),
+            format!("unknown offload engine {engine:?} (expected None, XDP, TC or Auto)"),
         )),
     }
 }

@@ -1,8 +1,15 @@
-//! Choosing the data plane: the XDP fast path where it can be attached, userspace otherwise.
+//! Choosing the data plane: which kernel hook relays bound channels on which interface, or
+//! userspace.
 //!
-//! `--dataplane auto` attaches XDP to every interface that owns a listener or relayed address
-//! (native mode, then generic) and falls back to userspace relaying if that fails; `xdp` makes
-//! the same attempt but fails hard; `userspace` never loads BPF.
+//! `--dataplane auto` looks at every interface that owns a listener or relayed address: XDP
+//! (native) only on a physical NIC whose driver runs XDP natively and that forwards (XDP's
+//! next-hop lookup needs forwarding); TC on everything else (veths, whose far end the agent
+//! does not own and which drop frames sent from XDP unless that end runs XDP; other virtual
+//! devices; NICs without native XDP; hosts that do not forward). One hook serves all the
+//! agent's interfaces: if any needs TC, all get TC. When nothing attaches it stays in
+//! userspace. `xdp` and `tc` use that hook or refuse to start with the reason; `userspace`
+//! never loads BPF. What was chosen, per interface and why, is logged and exported
+//! (`xturn_dataplane_interface_info`).
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -16,20 +23,25 @@ use std::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    ebpf::{ChannelEntry, FastPath, FastPathError},
+    ebpf::{ChannelEntry, FastPath, FastPathError, Hook},
+    route::Router,
     server::ChannelHook,
     turn::ChannelBinding,
 };
 
-/// Which data plane to run, as asked for on the command line.
+/// Which data plane to run, as asked for on the command line (`offloadEngine` in STUNner's
+/// configuration: `None`, `XDP`, `TC`, `Auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dataplane {
-    /// XDP where possible, userspace otherwise.
+    /// Per interface: XDP on forwarding NICs with native XDP, TC elsewhere, userspace when
+    /// neither attaches.
     #[default]
     Auto,
-    /// XDP or fail.
+    /// XDP or refuse to start.
     Xdp,
+    /// TC (clsact ingress) or refuse to start.
+    Tc,
     /// Userspace relaying only.
     Userspace,
 }
@@ -37,14 +49,59 @@ pub enum Dataplane {
 /// Errors choosing the data plane.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("--dataplane xdp: {0}")]
-    Xdp(#[source] FastPathError),
-    #[error("--dataplane xdp: no interface owns any of the addresses {addresses:?}")]
-    NoInterface { addresses: Vec<IpAddr> },
+    #[error("--dataplane {mode}: {source}")]
+    Attach {
+        mode: &'static str,
+        #[source]
+        source: FastPathError,
+    },
+    #[error("--dataplane {mode}: no interface owns any of the addresses {addresses:?}")]
+    NoInterface {
+        mode: &'static str,
+        addresses: Vec<IpAddr>,
+    },
     #[error("listing interfaces failed: {0}")]
     Interfaces(#[source] nix::Error),
-    #[error("--dataplane xdp needs listeners on specific addresses, not {addr}")]
-    WildcardListener { addr: SocketAddr },
+    #[error("--dataplane {mode} needs listeners on specific addresses, not {addr}")]
+    WildcardListener {
+        mode: &'static str,
+        addr: SocketAddr,
+    },
+    #[error(
+        "--dataplane xdp: forwarding is off on {interface} ({path} = 0), so XDP cannot look up \
+         next hops and would hand every datagram to userspace; use --dataplane tc (or auto), or \
+         enable forwarding"
+    )]
+    XdpNeedsForwarding { interface: String, path: String },
+    #[error("route lookups (netlink): {0}")]
+    Route(#[source] crate::route::RouteError),
+}
+
+impl Dataplane {
+    fn name(self) -> &'static str {
+        match self {
+            Dataplane::Auto => "auto",
+            Dataplane::Xdp => "xdp",
+            Dataplane::Tc => "tc",
+            Dataplane::Userspace => "userspace",
+        }
+    }
+}
+
+/// What the agent chose for one interface, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceChoice {
+    pub interface: String,
+    /// `xdp`, `tc` or `userspace`.
+    pub mode: &'static str,
+    pub why: String,
+}
+
+/// The kernel path the agent runs: the loaded programs, the hook and the per-interface choice.
+pub struct Selected {
+    pub fast_path: FastPath,
+    pub hook: Hook,
+    pub interfaces: Vec<InterfaceChoice>,
 }
 
 /// Loads and attaches the fast path according to `mode`. `listeners` are the listener
@@ -57,39 +114,196 @@ pub fn select(
     relay_ips: &[IpAddr],
     max_channels: u32,
     pin_dir: Option<&Path>,
-) -> Result<Option<FastPath>, DataplaneError> {
+) -> Result<Option<Selected>, DataplaneError> {
     if mode == Dataplane::Userspace {
         info!("data plane: userspace (as configured)");
         return Ok(None);
     }
     if let Some(&addr) = listeners.iter().find(|l| l.ip().is_unspecified()) {
-        return fallback(mode, DataplaneError::WildcardListener { addr });
+        let error = DataplaneError::WildcardListener {
+            mode: mode.name(),
+            addr,
+        };
+        return fallback(mode, error);
     }
     let mut addresses: Vec<IpAddr> = listeners.iter().map(SocketAddr::ip).collect();
     addresses.extend_from_slice(relay_ips);
     let interfaces = interfaces_owning(&addresses).map_err(DataplaneError::Interfaces)?;
     if interfaces.is_empty() {
-        let error = DataplaneError::NoInterface { addresses };
+        let error = DataplaneError::NoInterface {
+            mode: mode.name(),
+            addresses,
+        };
         return fallback(mode, error);
     }
-    match attach(&interfaces, listeners, max_channels, pin_dir) {
-        Ok(fast_path) => {
-            info!(interfaces = ?interfaces, max_channels, "data plane: XDP");
+    let mut choices: Vec<InterfaceChoice> = Vec::new();
+    let hook = match mode {
+        Dataplane::Xdp => {
             for interface in &interfaces {
-                warn_if_not_forwarding(interface);
+                if let Some(path) = forwarding_off(interface) {
+                    return Err(DataplaneError::XdpNeedsForwarding {
+                        interface: interface.clone(),
+                        path,
+                    });
+                }
             }
-            Ok(Some(fast_path))
+            Hook::Xdp
         }
-        Err(error) => fallback(mode, DataplaneError::Xdp(error)),
+        Dataplane::Tc => Hook::Tc,
+        _ => {
+            let judged: Vec<(String, Hook, String)> = interfaces
+                .iter()
+                .map(|i| {
+                    let (hook, why) = auto_hook(i);
+                    (i.clone(), hook, why)
+                })
+                .collect();
+            let hook = if judged.iter().all(|(_, h, _)| *h == Hook::Xdp) {
+                Hook::Xdp
+            } else {
+                Hook::Tc
+            };
+            for (interface, chosen, why) in judged {
+                let why = if chosen == hook {
+                    why
+                } else {
+                    format!(
+                        "{why}; but another interface of this agent needs TC, and one hook serves all"
+                    )
+                };
+                choices.push(InterfaceChoice {
+                    interface,
+                    mode: hook.name(),
+                    why,
+                });
+            }
+            hook
+        }
+    };
+    if choices.is_empty() {
+        choices = interfaces
+            .iter()
+            .map(|i| InterfaceChoice {
+                interface: i.clone(),
+                mode: hook.name(),
+                why: format!("--dataplane {}", mode.name()),
+            })
+            .collect();
+    }
+    match attach(&interfaces, listeners, max_channels, pin_dir, hook) {
+        Ok(fast_path) => {
+            for choice in &choices {
+                info!(
+                    interface = %choice.interface,
+                    mode = choice.mode,
+                    why = %choice.why,
+                    "data plane chosen"
+                );
+            }
+            Ok(Some(Selected {
+                fast_path,
+                hook,
+                interfaces: choices,
+            }))
+        }
+        Err(source) => fallback(
+            mode,
+            DataplaneError::Attach {
+                mode: hook.name(),
+                source,
+            },
+        ),
     }
 }
 
-fn fallback(mode: Dataplane, error: DataplaneError) -> Result<Option<FastPath>, DataplaneError> {
-    if mode == Dataplane::Xdp {
+fn fallback(mode: Dataplane, error: DataplaneError) -> Result<Option<Selected>, DataplaneError> {
+    if mode != Dataplane::Auto {
         return Err(error);
     }
-    warn!(error = %error, "data plane: userspace (XDP unavailable)");
+    warn!(error = %error, "data plane: userspace (no kernel path could be attached)");
     Ok(None)
+}
+
+/// `auto`'s choice for one interface, and why.
+fn auto_hook(interface: &str) -> (Hook, String) {
+    if is_paired(interface) {
+        return (
+            Hook::Tc,
+            "a veth: frames sent from XDP reach its far end only if that end runs XDP, which this \
+             agent does not control"
+                .to_owned(),
+        );
+    }
+    let Some(driver) = driver(interface) else {
+        return (
+            Hook::Tc,
+            "a virtual device (a veth or the like, whose far end this agent does not control)"
+                .to_owned(),
+        );
+    };
+    if let Some(path) = forwarding_off(interface) {
+        return (
+            Hook::Tc,
+            format!("forwarding is off ({path} = 0): XDP's next-hop lookup needs it"),
+        );
+    }
+    if !NATIVE_XDP_DRIVERS.contains(&driver.as_str()) {
+        return (
+            Hook::Tc,
+            format!("driver {driver} is not known to run XDP natively"),
+        );
+    }
+    (
+        Hook::Xdp,
+        format!("a NIC whose driver ({driver}) runs XDP natively, forwarding on"),
+    )
+}
+
+/// Drivers with native XDP (including `XDP_TX` and redirects), as of Linux 6.x.
+const NATIVE_XDP_DRIVERS: &[&str] = &[
+    "mlx5_core",
+    "mlx4_core",
+    "i40e",
+    "ice",
+    "ixgbe",
+    "ixgbevf",
+    "igb",
+    "igc",
+    "bnxt_en",
+    "nfp",
+    "qede",
+    "virtio_net",
+    "ena",
+    "gve",
+    "tun",
+    "netdevsim",
+    "sfc",
+    "mvneta",
+    "mvpp2",
+    "stmmac",
+    "fec",
+    "dpaa2-eth",
+    "tsnep",
+    "enetc",
+    "hv_netvsc",
+    "idpf",
+    "octeontx2-nicpf",
+];
+
+/// The driver behind `interface`, or `None` for a virtual device (no `device` link in sysfs).
+fn driver(interface: &str) -> Option<String> {
+    let link = std::fs::read_link(format!("/sys/class/net/{interface}/device/driver")).ok()?;
+    link.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// The sysctl path that shows forwarding off on `interface`, if it is off for a family.
+fn forwarding_off(interface: &str) -> Option<String> {
+    ["ipv4", "ipv6"].into_iter().find_map(|family| {
+        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
+        std::fs::read_to_string(&path)
+            .is_ok_and(|v| v.trim() == "0")
+            .then_some(path)
+    })
 }
 
 fn attach(
@@ -97,13 +311,17 @@ fn attach(
     listeners: &[SocketAddr],
     max_channels: u32,
     pin_dir: Option<&Path>,
+    hook: Hook,
 ) -> Result<FastPath, FastPathError> {
     let mut fast_path = FastPath::load_pinned(max_channels, pin_dir)?;
     for &listener in listeners {
         fast_path.add_listener(listener)?;
     }
     for interface in interfaces {
-        fast_path.attach(interface)?;
+        fast_path.attach_hook(interface, hook)?;
+        if hook == Hook::Tc {
+            continue;
+        }
         if let Some(peer) = veth_peer_here(interface) {
             // Frames sent into a veth with XDP_TX or a redirect are dropped unless the other
             // end runs XDP (or NAPI, `ethtool -K <peer> gro on`); give it a program that passes.
@@ -111,13 +329,12 @@ fn attach(
                 fast_path.attach_pass(&peer)?;
             }
         } else if is_paired(interface) {
-            info!(
+            warn!(
                 interface,
-                "the peer of this paired interface (veth) is in another network namespace: if it \
-                 is a veth, attach an XDP program to the peer (GRO on the peer is enough for \
-                 redirected frames but not for XDP_TX ones) and turn its TX checksum offload off \
-                 (`ethtool -K <peer> tx off`): datagrams that cross a veth with a partial \
-                 checksum cannot be relayed correctly in XDP; see docs/architecture.md"
+                "XDP on a veth whose far end is in another network namespace: frames sent from \
+                 XDP are dropped unless that end runs an XDP program, and datagrams sent by local \
+                 sockets across it may carry partial checksums; --dataplane tc (or auto) has \
+                 neither problem; see docs/architecture.md"
             );
         }
     }
@@ -153,26 +370,13 @@ fn veth_peer_here(interface: &str) -> Option<String> {
     })
 }
 
-/// `bpf_fib_lookup` refuses to resolve next hops for traffic arriving on an interface that
-/// does not forward; the program then passes every relayed datagram to userspace.
-fn warn_if_not_forwarding(interface: &str) {
-    for family in ["ipv4", "ipv6"] {
-        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
-        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
-            warn!(
-                interface,
-                family,
-                "forwarding is disabled ({path} = 0): the XDP fast path cannot resolve next hops \
-                 there and hands those datagrams to userspace; enable it with sysctl to relay in \
-                 the kernel"
-            );
-        }
-    }
-}
-
 /// Installs kernel entries for channel bindings as the TURN core reports them.
 pub struct XdpHook {
     fast_path: Mutex<FastPath>,
+    /// Route lookups for the TC program's egress interfaces.
+    router: Mutex<Option<Router>>,
+    /// The hook the programs run at.
+    hook: Hook,
     /// Bindings installed in the kernel.
     pub installed: AtomicU64,
     /// Bindings left to userspace because a map was full.
@@ -183,12 +387,31 @@ pub struct XdpHook {
 
 impl XdpHook {
     pub fn new(fast_path: FastPath) -> XdpHook {
+        XdpHook::with_hook(fast_path, Hook::Xdp)
+    }
+
+    /// A hook for programs attached at `hook`.
+    pub fn with_hook(fast_path: FastPath, hook: Hook) -> XdpHook {
+        let router = match Router::new() {
+            Ok(router) => Some(router),
+            Err(e) => {
+                warn!(error = %e, "no route lookups: the TC path relays nothing in the kernel");
+                None
+            }
+        };
         XdpHook {
             fast_path: Mutex::new(fast_path),
+            router: Mutex::new(router),
+            hook,
             installed: AtomicU64::new(0),
             map_full: AtomicU64::new(0),
             install_errors: AtomicU64::new(0),
         }
+    }
+
+    /// The hook the kernel programs run at.
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
 
     /// Runs `f` with the fast path locked (counters, tests).
@@ -209,23 +432,23 @@ impl XdpHook {
         listeners: &[SocketAddr],
     ) -> Vec<ChannelBinding> {
         let mut installed = Vec::with_capacity(bindings.len());
+        let entries: Vec<ChannelEntry> = bindings.iter().map(|b| self.entry(b)).collect();
         self.with_fast_path(|fp| {
-            for binding in bindings {
-                let entry = Self::entry(binding);
-                match fp.ensure_channel_binding(&entry) {
+            for (binding, entry) in bindings.iter().zip(&entries) {
+                match fp.ensure_channel_binding(entry) {
                     Ok(_) => installed.push(*binding),
                     Err(e) => {
-                        warn!(error = %e, ?entry, "adopted channel not in XDP: relayed in userspace");
+                        warn!(error = %e, ?entry, "adopted channel not in the kernel: relayed in userspace");
                     }
                 }
             }
-            let keep: Vec<ChannelEntry> = installed.iter().map(Self::entry).collect();
+            let keep: Vec<ChannelEntry> = installed.iter().map(ChannelEntry::from).collect();
             match fp.retain(&keep, listeners) {
                 Ok(removed) => info!(
                     kept = keep.len(),
-                    removed, "XDP channel entries reconciled with the adopted allocations"
+                    removed, "kernel channel entries reconciled with the adopted allocations"
                 ),
-                Err(e) => warn!(error = %e, "cannot reconcile the XDP maps"),
+                Err(e) => warn!(error = %e, "cannot reconcile the kernel maps"),
             }
         });
         self.installed
@@ -233,24 +456,37 @@ impl XdpHook {
         installed
     }
 
-    fn entry(binding: &ChannelBinding) -> ChannelEntry {
-        ChannelEntry {
-            client: binding.client,
-            listener: binding.server,
-            channel: binding.channel,
-            relayed: binding.relayed,
-            peer: binding.peer,
+    /// The kernel entry of `binding`, with the interfaces the host's output routes to the peer
+    /// and to the client leave by (what the TC program sends on).
+    fn entry(&self, binding: &ChannelBinding) -> ChannelEntry {
+        let mut entry = ChannelEntry::from(binding);
+        let mut router = self
+            .router
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(router) = router.as_mut() {
+            let mut lookup = |src: SocketAddr, dst: SocketAddr| {
+                router
+                    .egress_ifindex(src.ip(), dst.ip())
+                    .inspect_err(|e| {
+                        debug!(error = %e, %src, %dst, "no route: relayed in userspace");
+                    })
+                    .unwrap_or(0)
+            };
+            entry.to_peer_ifindex = lookup(binding.relayed, binding.peer);
+            entry.to_client_ifindex = lookup(binding.server, binding.client);
         }
+        entry
     }
 }
 
 impl ChannelHook for XdpHook {
     fn channel_bound(&self, binding: &ChannelBinding) {
-        let entry = Self::entry(binding);
+        let entry = self.entry(binding);
         match self.with_fast_path(|fp| fp.add_channel_binding(&entry)) {
             Ok(()) => {
                 self.installed.fetch_add(1, Ordering::Relaxed);
-                debug!(?entry, "channel installed in XDP");
+                debug!(?entry, hook = %self.hook, "channel installed in the kernel");
             }
             Err(FastPathError::MapFull { name, capacity }) => {
                 self.map_full.fetch_add(1, Ordering::Relaxed);
@@ -258,22 +494,22 @@ impl ChannelHook for XdpHook {
                     map = name,
                     capacity,
                     ?entry,
-                    "XDP map full: channel relayed in userspace"
+                    "kernel map full: channel relayed in userspace"
                 );
             }
             Err(e) => {
                 self.install_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, ?entry, "channel not installed in XDP: relayed in userspace");
+                warn!(error = %e, ?entry, "channel not installed in the kernel: relayed in userspace");
             }
         }
     }
 
     fn channel_unbound(&self, binding: &ChannelBinding) {
-        let entry = Self::entry(binding);
+        let entry = ChannelEntry::from(binding);
         if let Err(e) = self.with_fast_path(|fp| fp.remove_channel_binding(&entry)) {
-            warn!(error = %e, ?entry, "removing a channel from XDP failed");
+            warn!(error = %e, ?entry, "removing a channel from the kernel failed");
         } else {
-            debug!(?entry, "channel removed from XDP");
+            debug!(?entry, "channel removed from the kernel");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Loads the XDP program, attaches it to interfaces, and reads its maps.
+//! Loads the kernel programs (XDP and TC), attaches them to interfaces, and reads their maps.
 //!
 //! This is the only module that talks to the kernel's BPF subsystem. The object is built by
 //! `build.rs` and embedded in the binary.
@@ -16,8 +16,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray},
     programs::{
-        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::{XdpLink, XdpLinkId},
     },
 };
@@ -49,8 +50,9 @@ pub enum FastPathError {
         #[source]
         source: ProgramError,
     },
-    #[error("attaching XDP to {interface:?} failed in every mode (last: {source})")]
+    #[error("attaching {hook} to {interface:?} failed (last: {source})")]
     Attach {
+        hook: Hook,
         interface: String,
         #[source]
         source: ProgramError,
@@ -63,7 +65,7 @@ pub enum FastPathError {
     },
     #[error("map {name:?} is full ({capacity} entries); the binding stays in userspace")]
     MapFull { name: &'static str, capacity: u32 },
-    #[error("pinning the XDP link of {interface:?} at {path}: {message}")]
+    #[error("pinning the kernel program's link of {interface:?} at {path}: {message}")]
     Pin {
         interface: String,
         path: PathBuf,
@@ -81,6 +83,26 @@ pub struct ChannelEntry {
     pub channel: u16,
     pub relayed: SocketAddr,
     pub peer: SocketAddr,
+    /// The interface the host's output route to the peer leaves by (0: unknown); the TC
+    /// program sends the peer's datagrams there.
+    pub to_peer_ifindex: u32,
+    /// The same for the client.
+    pub to_client_ifindex: u32,
+}
+
+impl From<&crate::turn::ChannelBinding> for ChannelEntry {
+    /// The binding's entry, its egress interfaces not known yet (0).
+    fn from(binding: &crate::turn::ChannelBinding) -> ChannelEntry {
+        ChannelEntry {
+            client: binding.client,
+            listener: binding.server,
+            channel: binding.channel,
+            relayed: binding.relayed,
+            peer: binding.peer,
+            to_peer_ifindex: 0,
+            to_client_ifindex: 0,
+        }
+    }
 }
 
 impl ChannelEntry {
@@ -110,6 +132,40 @@ pub struct ChannelCounters {
     pub to_client: Counter,
 }
 
+/// Which kernel hook runs the relay on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// XDP: on the driver's frame, before a socket buffer exists. Fastest; frames it sends are
+    /// delivered only by devices that take XDP frames (a NIC; a veth only if its peer runs XDP).
+    Xdp,
+    /// TC clsact ingress: on the socket buffer. Works on every device, keeps partial checksums
+    /// right, needs no forwarding.
+    Tc,
+}
+
+impl Hook {
+    /// The name used in logs, metrics and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Xdp => names::XDP_PROGRAM,
+            Hook::Tc => names::TC_PROGRAM,
+        }
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How a program ended up attached to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachedMode {
@@ -117,6 +173,8 @@ pub enum AttachedMode {
     Driver,
     /// Generic XDP, run by the kernel's network stack after the driver.
     Generic,
+    /// TC clsact ingress (a TCX link on kernels that have them).
+    TcIngress,
     /// The program replaced an earlier one in a pinned link, in whatever mode that link has.
     Adopted,
 }
@@ -126,6 +184,7 @@ impl std::fmt::Display for AttachedMode {
         f.write_str(match self {
             AttachedMode::Driver => "native",
             AttachedMode::Generic => "generic",
+            AttachedMode::TcIngress => "tc ingress",
             AttachedMode::Adopted => "adopted pinned link",
         })
     }
@@ -143,9 +202,13 @@ pub struct TestRunOutcome {
 /// A program attached to an interface by a [`FastPath`].
 enum Attachment {
     /// Owned by the program: detached when it goes.
-    Owned(XdpLinkId),
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
     /// Pinned at `path`: outlives the process until unpinned.
-    Pinned { link: FdLink, path: PathBuf },
+    Pinned {
+        link: FdLink,
+        path: PathBuf,
+    },
 }
 
 /// The loaded XDP program and its maps.
@@ -227,6 +290,11 @@ impl FastPath {
                 .load()
                 .map_err(|source| FastPathError::Program { name, source })?;
         }
+        let name = names::TC_PROGRAM;
+        fast_path
+            .tc()?
+            .load()
+            .map_err(|source| FastPathError::Program { name, source })?;
         Ok(fast_path)
     }
 
@@ -274,10 +342,30 @@ impl FastPath {
             .map_err(|source| FastPathError::Program { name, source })
     }
 
-    /// Attaches the fast path to `interface`: native mode first, generic mode when the driver
-    /// has no XDP support.
+    fn tc(&mut self) -> Result<&mut SchedClassifier, FastPathError> {
+        let name = names::TC_PROGRAM;
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(FastPathError::MissingProgram { name })?;
+        program
+            .try_into()
+            .map_err(|source| FastPathError::Program { name, source })
+    }
+
+    /// Attaches the fast path at XDP to `interface`: native mode first, generic mode when the
+    /// driver has no XDP support.
     pub fn attach(&mut self, interface: &str) -> Result<AttachedMode, FastPathError> {
         self.attach_program(names::XDP_PROGRAM, interface)
+    }
+
+    /// Attaches the fast path at `hook` to `interface`.
+    pub fn attach_hook(
+        &mut self,
+        interface: &str,
+        hook: Hook,
+    ) -> Result<AttachedMode, FastPathError> {
+        self.attach_program(hook.program(), interface)
     }
 
     /// Attaches the trivial pass-everything program to `interface`. A veth drops frames
@@ -295,9 +383,8 @@ impl FastPath {
             return self.attach_pinned(name, interface, &dir);
         }
         let (link, mode) = self.attach_new(name, interface)?;
-        info!(interface, program = name, %mode, "XDP attached");
-        self.links
-            .push((interface.to_owned(), name, Attachment::Owned(link)));
+        info!(interface, program = name, %mode, "kernel program attached");
+        self.links.push((interface.to_owned(), name, link));
         Ok(mode)
     }
 
@@ -305,7 +392,18 @@ impl FastPath {
         &mut self,
         name: &'static str,
         interface: &str,
-    ) -> Result<(XdpLinkId, AttachedMode), FastPathError> {
+    ) -> Result<(Attachment, AttachedMode), FastPathError> {
+        if name == names::TC_PROGRAM {
+            let link = self
+                .tc()?
+                .attach(interface, TcAttachType::Ingress)
+                .map_err(|source| FastPathError::Attach {
+                    hook: Hook::Tc,
+                    interface: interface.to_owned(),
+                    source,
+                })?;
+            return Ok((Attachment::Tc(link), AttachedMode::TcIngress));
+        }
         let program = self.xdp(name)?;
         let (link, mode) = match program.attach(interface, XdpMode::Driver) {
             Ok(link) => (link, AttachedMode::Driver),
@@ -313,6 +411,7 @@ impl FastPath {
                 warn!(interface, error = %native_error, "native XDP unavailable, trying generic");
                 let link = program.attach(interface, XdpMode::Skb).map_err(|source| {
                     FastPathError::Attach {
+                        hook: Hook::Xdp,
                         interface: interface.to_owned(),
                         source,
                     }
@@ -320,7 +419,7 @@ impl FastPath {
                 (link, AttachedMode::Generic)
             }
         };
-        Ok((link, mode))
+        Ok((Attachment::Xdp(link), mode))
     }
 
     /// Attaches with a link pinned in `dir`: if one is pinned there for `interface` already
@@ -341,7 +440,7 @@ impl FastPath {
         if path.exists() {
             match self.adopt_link(name, &path) {
                 Ok(link) => {
-                    info!(interface, program = name, path = %path.display(), "XDP program replaced in the pinned link");
+                    info!(interface, program = name, path = %path.display(), "kernel program replaced in the pinned link");
                     self.links.push((
                         interface.to_owned(),
                         name,
@@ -350,23 +449,36 @@ impl FastPath {
                     return Ok(AttachedMode::Adopted);
                 }
                 Err(e) => {
-                    warn!(interface, path = %path.display(), error = %e, "pinned XDP link unusable: attaching anew");
+                    warn!(interface, path = %path.display(), error = %e, "pinned link unusable: attaching anew");
                     let _ = std::fs::remove_file(&path);
                 }
             }
         }
-        let (id, mode) = self.attach_new(name, interface)?;
-        let program = self.xdp(name)?;
-        let link = program
-            .take_link(id)
-            .map_err(|e| pin_error(e.to_string()))?;
-        let link = FdLink::try_from(link).map_err(|e| {
+        let (attachment, mode) = self.attach_new(name, interface)?;
+        let link = match attachment {
+            Attachment::Xdp(id) => {
+                let link = self
+                    .xdp(name)?
+                    .take_link(id)
+                    .map_err(|e| pin_error(e.to_string()))?;
+                FdLink::try_from(link)
+            }
+            Attachment::Tc(id) => {
+                let link = self
+                    .tc()?
+                    .take_link(id)
+                    .map_err(|e| pin_error(e.to_string()))?;
+                FdLink::try_from(link)
+            }
+            Attachment::Pinned { link, .. } => Ok(link),
+        }
+        .map_err(|e| {
             pin_error(format!(
-                "{e} (the kernel attached XDP through netlink, which cannot be pinned)"
+                "{e} (the kernel attached the program through netlink, which cannot be pinned)"
             ))
         })?;
         let pinned = link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
-        info!(interface, program = name, %mode, path = %path.display(), "XDP attached and pinned");
+        info!(interface, program = name, %mode, path = %path.display(), "kernel program attached and pinned");
         self.links.push((
             interface.to_owned(),
             name,
@@ -380,6 +492,14 @@ impl FastPath {
 
     fn adopt_link(&mut self, name: &'static str, path: &Path) -> Result<FdLink, String> {
         let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+        if name == names::TC_PROGRAM {
+            let link =
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+            let program = self.tc().map_err(|e| e.to_string())?;
+            let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
+            let link = program.take_link(id).map_err(|e| e.to_string())?;
+            return FdLink::try_from(link).map_err(|e| e.to_string());
+        }
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
         let program = self.xdp(name).map_err(|e| e.to_string())?;
         let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
@@ -393,13 +513,17 @@ impl FastPath {
     pub fn detach_all(&mut self) {
         for (interface, name, attachment) in std::mem::take(&mut self.links) {
             let detached = match attachment {
-                Attachment::Owned(link) => self.xdp(name).and_then(|p| {
+                Attachment::Xdp(link) => self.xdp(name).and_then(|p| {
+                    p.detach(link)
+                        .map_err(|source| FastPathError::Program { name, source })
+                }),
+                Attachment::Tc(link) => self.tc().and_then(|p| {
                     p.detach(link)
                         .map_err(|source| FastPathError::Program { name, source })
                 }),
                 Attachment::Pinned { link, path } => {
                     if let Err(e) = std::fs::remove_file(&path) {
-                        warn!(path = %path.display(), error = %e, "cannot unpin an XDP link");
+                        warn!(path = %path.display(), error = %e, "cannot unpin a link");
                     }
                     // Closing the last descriptor of an unpinned link detaches it.
                     drop(link);
@@ -407,8 +531,8 @@ impl FastPath {
                 }
             };
             match detached {
-                Ok(()) => info!(interface, program = name, "XDP detached"),
-                Err(e) => warn!(interface, program = name, error = %e, "XDP detach failed"),
+                Ok(()) => info!(interface, program = name, "kernel program detached"),
+                Err(e) => warn!(interface, program = name, error = %e, "detach failed"),
             }
         }
         if let Some(dir) = self.pin_dir.take() {
@@ -422,22 +546,23 @@ impl FastPath {
             }
             // The directory too, when nothing else is in it (one per agent, say per pod).
             let _ = std::fs::remove_dir(&dir);
-            info!(dir = %dir.display(), "XDP pins removed");
+            info!(dir = %dir.display(), "kernel program pins removed");
         }
     }
 
     /// Installs `entry` unless both of its kernel entries are there already, as they are:
     /// their counters are kept. Returns whether it installed anything.
     pub fn ensure_channel_binding(&mut self, entry: &ChannelEntry) -> Result<bool, FastPathError> {
-        let present = self
-            .channels
-            .get(&entry.channel_key(), 0)
-            .is_ok_and(|v| v.relayed == entry.relayed.into() && v.peer == entry.peer.into())
-            && self.peers.get(&entry.peer_key(), 0).is_ok_and(|v| {
-                v.listener == entry.listener.into()
-                    && v.client == entry.client.into()
-                    && v.channel == entry.channel.to_be_bytes()
-            });
+        let present = self.channels.get(&entry.channel_key(), 0).is_ok_and(|v| {
+            v.relayed == entry.relayed.into()
+                && v.peer == entry.peer.into()
+                && v.egress_ifindex == entry.to_peer_ifindex
+        }) && self.peers.get(&entry.peer_key(), 0).is_ok_and(|v| {
+            v.listener == entry.listener.into()
+                && v.client == entry.client.into()
+                && v.channel == entry.channel.to_be_bytes()
+                && v.egress_ifindex == entry.to_client_ifindex
+        });
         if present {
             return Ok(false);
         }
@@ -533,12 +658,14 @@ impl FastPath {
         let to_peer = ChannelToPeer {
             relayed: entry.relayed.into(),
             peer: entry.peer.into(),
+            egress_ifindex: entry.to_peer_ifindex,
             ..ChannelToPeer::default()
         };
         let to_client = PeerToClient {
             listener: entry.listener.into(),
             client: entry.client.into(),
             channel: entry.channel.to_be_bytes(),
+            egress_ifindex: entry.to_client_ifindex,
             ..PeerToClient::default()
         };
         let capacity = self.capacity;
@@ -618,6 +745,29 @@ impl FastPath {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
                 ctx_in: ingress_ifindex.map(|_| ctx.as_slice()),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| FastPathError::Program { name, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: result.return_value,
+            frame: out,
+        })
+    }
+}
+
+impl FastPath {
+    /// Runs the TC program once on `frame` (an Ethernet frame) with `BPF_PROG_TEST_RUN`. The
+    /// returned action is a TC action (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2, `TC_ACT_REDIRECT`
+    /// = 7); nothing is transmitted.
+    pub fn test_run_tc(&mut self, frame: &[u8]) -> Result<TestRunOutcome, FastPathError> {
+        let name = names::TC_PROGRAM;
+        let mut out = vec![0u8; frame.len() + 256];
+        let program = self.tc()?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
                 ..TestRunOptions::default()
             })
             .map_err(|source| FastPathError::Program { name, source })?;

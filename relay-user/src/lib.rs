@@ -24,6 +24,7 @@ pub mod ebpf;
 pub mod metrics;
 pub mod policy;
 pub mod reload;
+pub mod route;
 pub mod server;
 pub mod state;
 pub mod stream;

@@ -47,14 +47,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn entry_of(binding: &ChannelBinding) -> ChannelEntry {
-    ChannelEntry {
-        client: binding.client,
-        listener: binding.server,
-        channel: binding.channel,
-        relayed: binding.relayed,
-        peer: binding.peer,
+/// The name of a kernel path metric: `xturn_xdp_*` for XDP, `xturn_tc_*` for TC.
+fn kernel_metric(hook: &str, suffix: &str) -> &'static str {
+    let tc = hook == "tc";
+    match suffix {
+        "packets" if tc => "xturn_tc_packets",
+        "packets" => "xturn_xdp_packets",
+        "bytes" if tc => "xturn_tc_bytes",
+        "bytes" => "xturn_xdp_bytes",
+        "bindings_installed" if tc => "xturn_tc_bindings_installed",
+        "bindings_installed" => "xturn_xdp_bindings_installed",
+        "bindings_capacity" if tc => "xturn_tc_bindings_capacity",
+        "bindings_capacity" => "xturn_xdp_bindings_capacity",
+        "binding_installs" if tc => "xturn_tc_binding_installs",
+        "binding_installs" => "xturn_xdp_binding_installs",
+        _ if tc => "xturn_tc_binding_install_failures",
+        _ => "xturn_xdp_binding_install_failures",
     }
+}
+
+fn entry_of(binding: &ChannelBinding) -> ChannelEntry {
+    ChannelEntry::from(binding)
 }
 
 fn add(a: ChannelCounters, b: ChannelCounters) -> ChannelCounters {
@@ -236,8 +249,10 @@ pub struct XdpSnapshot {
 /// Everything the metrics show, read at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `xdp` or `userspace`.
+    /// `xdp`, `tc` or `userspace`.
     pub dataplane: &'static str,
+    /// What the agent chose for each interface, and why.
+    pub interfaces: Vec<crate::dataplane::InterfaceChoice>,
     pub draining: bool,
     pub allocations: u64,
     pub permissions: u64,
@@ -287,6 +302,7 @@ pub struct MetricsSource {
     server: ServerHandle,
     listener_names: Vec<String>,
     xdp: Option<Weak<XdpMeter>>,
+    interfaces: Vec<crate::dataplane::InterfaceChoice>,
 }
 
 impl MetricsSource {
@@ -300,7 +316,15 @@ impl MetricsSource {
             server,
             listener_names,
             xdp: xdp.map(Arc::downgrade),
+            interfaces: Vec::new(),
         }
+    }
+
+    /// Adds what the agent chose for each interface (`xturn_dataplane_interface_info`).
+    #[must_use]
+    pub fn with_interfaces(mut self, interfaces: Vec<crate::dataplane::InterfaceChoice>) -> Self {
+        self.interfaces = interfaces;
+        self
     }
 
     /// Reads every counter; `None` once the server is gone. It holds the TURN core's lock for
@@ -341,6 +365,9 @@ impl MetricsSource {
             Some(weak) => Some(weak.upgrade()?),
             None => None,
         };
+        let dataplane = meter
+            .as_ref()
+            .map_or("userspace", |m| m.hook().hook().name());
         let xdp = meter.map(|meter| {
             let hook = meter.hook();
             let (reasons, capacity) = hook.with_fast_path(|fp| (fp.stats(), fp.capacity()));
@@ -361,7 +388,8 @@ impl MetricsSource {
             }
         });
         Some(Snapshot {
-            dataplane: if xdp.is_some() { "xdp" } else { "userspace" },
+            dataplane,
+            interfaces: self.interfaces.clone(),
             draining,
             allocations,
             permissions,
@@ -474,9 +502,20 @@ impl Collector for SnapshotCollector {
 
         out.info(
             "xturn_dataplane",
-            "The data plane in use: xdp or userspace.",
+            "The data plane in use: xdp, tc or userspace.",
             &labels([("mode", s.dataplane)]),
         )?;
+        for choice in &s.interfaces {
+            out.info(
+                "xturn_dataplane_interface",
+                "What the agent chose for each interface it relays on, and why.",
+                &vec![
+                    ("interface", choice.interface.clone()),
+                    ("mode", choice.mode.to_owned()),
+                    ("why", choice.why.clone()),
+                ],
+            )?;
+        }
         out.info(
             "xturn_build",
             "The xturnd version.",
@@ -660,19 +699,19 @@ impl Collector for SnapshotCollector {
         ];
         if s.xdp.is_some() {
             packets.push((
-                labels([("direction", "to_peer"), ("dataplane", "xdp")]),
+                labels([("direction", "to_peer"), ("dataplane", s.dataplane)]),
                 kernel.to_peer.packets,
             ));
             packets.push((
-                labels([("direction", "to_client"), ("dataplane", "xdp")]),
+                labels([("direction", "to_client"), ("dataplane", s.dataplane)]),
                 kernel.to_client.packets,
             ));
             bytes.push((
-                labels([("direction", "to_peer"), ("dataplane", "xdp")]),
+                labels([("direction", "to_peer"), ("dataplane", s.dataplane)]),
                 kernel.to_peer.bytes,
             ));
             bytes.push((
-                labels([("direction", "to_client"), ("dataplane", "xdp")]),
+                labels([("direction", "to_client"), ("dataplane", s.dataplane)]),
                 kernel.to_client.bytes,
             ));
         }
@@ -811,6 +850,9 @@ impl Collector for SnapshotCollector {
         let Some(x) = &s.xdp else {
             return Ok(());
         };
+        // The kernel path's metrics: `xturn_xdp_*` for XDP, `xturn_tc_*` for TC.
+        let hook = s.dataplane;
+        let name = |suffix: &str| kernel_metric(hook, suffix);
         let reason_rows = |f: fn(&Counter) -> u64| -> Vec<(Labels, u64)> {
             x.reasons
                 .iter()
@@ -818,32 +860,32 @@ impl Collector for SnapshotCollector {
                 .collect()
         };
         out.counters(
-            "xturn_xdp_packets",
-            "Frames the XDP program handled, by where they went (see docs/architecture.md).",
+            name("packets"),
+            "Frames the kernel program handled, by where they went (see docs/architecture.md).",
             &reason_rows(|c| c.packets),
         )?;
         out.counters(
-            "xturn_xdp_bytes",
-            "Bytes of the frames the XDP program handled (Ethernet frames as received), by reason.",
+            name("bytes"),
+            "Bytes of the frames the kernel program handled (Ethernet frames as received), by reason.",
             &reason_rows(|c| c.bytes),
         )?;
         out.gauge(
-            "xturn_xdp_bindings_installed",
-            "Channel bindings with entries in the XDP maps now.",
+            name("bindings_installed"),
+            "Channel bindings with entries in the kernel maps now.",
             x.bindings_installed,
         )?;
         out.gauge(
-            "xturn_xdp_bindings_capacity",
-            "Channel bindings the XDP maps hold at most (--xdp-max-channels).",
+            name("bindings_capacity"),
+            "Channel bindings the kernel maps hold at most (--xdp-max-channels).",
             x.capacity,
         )?;
         out.counter(
-            "xturn_xdp_binding_installs",
-            "Channel bindings installed in the XDP maps since the start.",
+            name("binding_installs"),
+            "Channel bindings installed in the kernel maps since the start.",
             x.installs,
         )?;
         out.counters(
-            "xturn_xdp_binding_install_failures",
+            name("binding_install_failures"),
             "Channel bindings left to userspace relaying, by why.",
             &[
                 (labels([("reason", "map_full")]), x.map_full),

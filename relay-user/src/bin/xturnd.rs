@@ -154,10 +154,19 @@ async fn run(
         config.xdp_max_channels,
         config.bpf_pin_dir.as_deref(),
     )?;
-    // The XDP hook, metered: it remembers what removed bindings relayed, for the metrics.
-    let xdp = fast_path.map(|mut fast_path| {
+    // The kernel path's hook, metered: it remembers what removed bindings relayed, for the
+    // metrics.
+    let interfaces = fast_path
+        .as_ref()
+        .map(|s| s.interfaces.clone())
+        .unwrap_or_default();
+    let xdp = fast_path.map(|selected| {
+        let mut fast_path = selected.fast_path;
         fast_path.spawn_logger();
-        Arc::new(XdpMeter::new(Arc::new(XdpHook::new(fast_path))))
+        Arc::new(XdpMeter::new(Arc::new(XdpHook::with_hook(
+            fast_path,
+            selected.hook,
+        ))))
     });
     let hook: Arc<dyn ChannelHook> = match &xdp {
         Some(meter) => Arc::clone(meter) as Arc<dyn ChannelHook>,
@@ -228,14 +237,14 @@ async fn run(
     let names = config.listeners.iter().map(|l| l.name.clone()).collect();
     admin.set_running(
         running.handle(),
-        MetricsSource::new(running.handle(), names, xdp.as_ref()),
+        MetricsSource::new(running.handle(), names, xdp.as_ref()).with_interfaces(interfaces),
     );
     info!(
         listeners = ?running.local_addrs(),
         relay_ipv4 = ?config.relay_ipv4,
         relay_ipv6 = ?config.relay_ipv6,
         realm = %config.realm,
-        dataplane = if xdp.is_some() { "xdp" } else { "userspace" },
+        dataplane = xdp.as_ref().map_or("userspace", |m| m.hook().hook().name()),
         admin = ?admin_servers.iter().map(admin::AdminServer::local_addr).collect::<Vec<_>>(),
         "xturnd ready"
     );
