@@ -129,6 +129,28 @@ impl Drop for NetNs {
     }
 }
 
+/// Connects `a` and `b` with a veth pair named `a_if`/`b_if`, both up, with the kernel's
+/// default settings (TX checksum offload and TSO on, GRO off): what a Kubernetes pod's `eth0`
+/// and its node-side peer have.
+pub fn veth_default(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {
+    ip(&[
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
 /// Connects `a` and `b` with a veth pair named `a_if`/`b_if`, both up, with offloads off so
 /// datagrams are neither merged nor split.
 pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{ChildGuard, NetNs, veth};
+use crate::netns::{ChildGuard, NetNs, veth, veth_default};
 
 pub const LISTENER_V4: &str = "198.18.1.1";
 pub const LISTENER_V6: &str = "2001:db8:1::1";
@@ -27,20 +27,87 @@ pub const PEER_V4: &str = "198.18.2.2";
 pub const PEER_V6: &str = "2001:db8:2::2";
 pub const TURN_PORT: u16 = 3478;
 
-/// The three namespaces and their links.
+/// The three namespaces and their links (and, for [`Topology::pod`], the node between them).
 pub struct Topology {
     pub client: NetNs,
     pub relay: NetNs,
     pub peer: NetNs,
+    /// The routing node of [`Topology::pod`].
+    pub node: Option<NetNs>,
+    /// Where xturnd's IPv4 listener is (what start-up waits for).
+    stun_server: SocketAddr,
 }
+
+/// The relay pod's address in [`Topology::pod`]: listener and relayed addresses, as STUNner
+/// runs in a pod.
+pub const POD_V4: &str = "198.18.20.2";
+/// The media server's pod on the same node.
+pub const POD_PEER_V4: &str = "198.18.30.2";
+/// The client, outside the node.
+pub const POD_CLIENT_V4: &str = "198.18.10.2";
 
 impl Topology {
     pub fn new() -> Topology {
+        Topology::three(veth)
+    }
+
+    /// The same three namespaces with every setting as the kernel makes it: veths with their
+    /// default offloads, forwarding as a plain host has it (off) unless `forwarding`.
+    pub fn plain(forwarding: bool) -> Topology {
+        let topology = Topology::three(veth_default);
+        if forwarding {
+            topology
+                .relay
+                .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+            topology
+                .relay
+                .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
+        }
+        topology
+    }
+
+    /// A Kubernetes node with default settings, as the relay sees it from its pod:
+    /// ```text
+    ///  client ns                 node ns (forwarding on)            relay pod ns
+    ///  eth0 198.18.10.2  ──  xn0 198.18.10.1   xn1 198.18.20.1  ──  eth0 198.18.20.2
+    ///                                          xn2 198.18.30.1  ──  eth0 198.18.30.2
+    ///                                                               media server pod ns
+    /// ```
+    /// Every veth keeps its default settings; the pods route by their default gateway, the node;
+    /// forwarding is on in the pods too, as they inherit it from a node that routes.
+    pub fn pod() -> Topology {
+        let client = NetNs::new("client");
+        let node = NetNs::new("node");
+        let relay = NetNs::new("relay");
+        let peer = NetNs::new("peer");
+        for (ns, ifname, node_if, ns_ip, node_ip) in [
+            (&client, "eth0", "xn0", POD_CLIENT_V4, "198.18.10.1"),
+            (&relay, "eth0", "xn1", POD_V4, "198.18.20.1"),
+            (&peer, "eth0", "xn2", POD_PEER_V4, "198.18.30.1"),
+        ] {
+            veth_default(ns, ifname, &node, node_if);
+            ns.ip(&["addr", "add", &format!("{ns_ip}/24"), "dev", ifname]);
+            node.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", node_if]);
+            ns.ip(&["route", "add", "default", "via", node_ip]);
+        }
+        for ns in [&node, &relay, &peer] {
+            ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        }
+        Topology {
+            client,
+            relay,
+            peer,
+            node: Some(node),
+            stun_server: SocketAddr::new(POD_V4.parse().expect("ip"), TURN_PORT),
+        }
+    }
+
+    fn three(link: fn(&NetNs, &str, &NetNs, &str)) -> Topology {
         let client = NetNs::new("client");
         let relay = NetNs::new("relay");
         let peer = NetNs::new("peer");
-        veth(&client, "xtc0", &relay, "xtr0");
-        veth(&relay, "xtr1", &peer, "xtp0");
+        link(&client, "xtc0", &relay, "xtr0");
+        link(&relay, "xtr1", &peer, "xtp0");
         for (ns, ifname, v4, v6) in [
             (&client, "xtc0", CLIENT_V4, CLIENT_V6),
             (&relay, "xtr0", LISTENER_V4, LISTENER_V6),
@@ -63,6 +130,8 @@ impl Topology {
             client,
             relay,
             peer,
+            node: None,
+            stun_server: Self::listener(false),
         }
     }
 
@@ -89,7 +158,7 @@ impl Topology {
     }
 
     fn wait_for_xturnd(&self, mut guard: ChildGuard) -> ChildGuard {
-        if !self.wait_for_stun(Self::listener(false), Duration::from_secs(10)) {
+        if !self.wait_for_stun(self.stun_server, Duration::from_secs(10)) {
             let status = guard.child().try_wait();
             panic!("xturnd did not answer STUN within 10 s (exit status: {status:?})");
         }

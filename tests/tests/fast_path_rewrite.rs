@@ -1,6 +1,7 @@
-//! The XDP relay on crafted frames (`BPF_PROG_TEST_RUN`): both directions × {IPv4, IPv6,
-//! IPv4↔IPv6}, padding, bad lengths, unbound channels, truncated headers, non-UDP, unresolved
-//! next hops and hairpins. Output bytes, lengths and checksums are checked. Needs root.
+//! The kernel relay on crafted frames (`BPF_PROG_TEST_RUN`), at XDP and at TC: both directions ×
+//! {IPv4, IPv6, IPv4↔IPv6}, padding, bad lengths, unbound channels, truncated headers, non-UDP,
+//! unresolved next hops and hairpins. Output bytes, lengths and checksums are checked. Needs
+//! root.
 //!
 //! The program runs inside a relay namespace with two veths and permanent neighbour entries, so
 //! `bpf_fib_lookup` answers deterministically; nothing is transmitted.
@@ -125,7 +126,142 @@ fn entry(client: &str, listener: &str, channel: u16, relayed: &str, peer: &str) 
         channel,
         relayed: addr(relayed),
         peer: addr(peer),
+        to_peer_ifindex: 0,
+        to_client_ifindex: 0,
     }
+}
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// The TC program on the same cases as XDP: every family combination, both directions, padding
+/// and a hairpin. It keeps the UDP header in place and moves the data, so lengths, checksums and
+/// the data itself are what is checked; the neighbour subsystem fills in MAC addresses when the
+/// frame is really sent, so they are not.
+#[test]
+fn tc_relays_every_family_combination_with_padding_and_hairpins() {
+    let rig = Rig::new();
+    rig.run(|fp, rig| {
+        let (to_client_if, _) = rig.client_side;
+        let (to_peer_if, _) = rig.peer_side;
+        let cases = [
+            (
+                "198.18.1.2:40000",
+                "198.18.1.1:3478",
+                "198.18.2.1:50000",
+                "198.18.2.2:3480",
+            ),
+            (
+                "[2001:db8:1::2]:40001",
+                "[2001:db8:1::1]:3478",
+                "[2001:db8:2::1]:50001",
+                "[2001:db8:2::2]:3481",
+            ),
+            (
+                "198.18.1.2:40002",
+                "198.18.1.1:3478",
+                "[2001:db8:2::1]:50002",
+                "[2001:db8:2::2]:3482",
+            ),
+            (
+                "[2001:db8:1::2]:40003",
+                "[2001:db8:1::1]:3478",
+                "198.18.2.1:50003",
+                "198.18.2.2:3483",
+            ),
+        ];
+        for (i, (client, listener, relayed, peer)) in cases.into_iter().enumerate() {
+            let channel = [0x4000, 0x4FFF, 0x7FD9, 0x5000][i];
+            let mut e = entry(client, listener, channel, relayed, peer);
+            e.to_peer_ifindex = to_peer_if;
+            e.to_client_ifindex = to_client_if;
+            fp.add_channel_binding(&e).expect("install binding");
+            for data_len in [1usize, 2, 3, 100 + i, 1001] {
+                let data: Vec<u8> = (0..data_len).map(|b| (b * 7 + i) as u8).collect();
+                let pad = (4 - data_len % 4) % 4;
+                let padding = &[0xaa, 0xbb, 0xcc][..pad];
+                let before = counter(fp, Reason::RelayedToPeer);
+                let input = udp_frame(
+                    addr(client),
+                    addr(listener),
+                    &channel_data(channel, &data, padding),
+                );
+                let out = fp.test_run_tc(&input).expect("BPF_PROG_TEST_RUN");
+                assert_eq!(
+                    out.action, TC_ACT_REDIRECT,
+                    "case {i} len {data_len} to peer"
+                );
+                assert_eq!(counter(fp, Reason::RelayedToPeer), before + 1);
+                let f = parse_udp_frame(&out.frame);
+                assert_eq!((f.src, f.dst), (addr(relayed), addr(peer)), "case {i}");
+                assert_eq!(f.payload, data, "case {i} len {data_len}: data intact");
+                assert_eq!(f.ttl, 64);
+
+                let before = counter(fp, Reason::RelayedToClient);
+                let input = udp_frame(addr(peer), addr(relayed), &data);
+                let out = fp.test_run_tc(&input).expect("BPF_PROG_TEST_RUN");
+                assert_eq!(
+                    out.action, TC_ACT_REDIRECT,
+                    "case {i} len {data_len} to client"
+                );
+                assert_eq!(counter(fp, Reason::RelayedToClient), before + 1);
+                let f = parse_udp_frame(&out.frame);
+                assert_eq!((f.src, f.dst), (addr(listener), addr(client)), "case {i}");
+                assert_eq!(f.payload, channel_data(channel, &data, &[]), "case {i}");
+            }
+        }
+
+        // A hairpin: the first client's peer is the second allocation's relayed address.
+        let mut a = entry(
+            "198.18.1.2:41000",
+            "198.18.1.1:3478",
+            0x4001,
+            "198.18.2.1:51000",
+            "198.18.2.1:51001",
+        );
+        let mut b = entry(
+            "198.18.1.3:41001",
+            "198.18.1.1:3478",
+            0x4002,
+            "198.18.2.1:51001",
+            "198.18.2.1:51000",
+        );
+        for e in [&mut a, &mut b] {
+            e.to_peer_ifindex = to_peer_if;
+            e.to_client_ifindex = to_client_if;
+            fp.add_channel_binding(e).expect("install");
+        }
+        let data = b"hairpin through tc".to_vec();
+        let input = udp_frame(a.client, a.listener, &channel_data(0x4001, &data, &[0, 0]));
+        let before = counter(fp, Reason::RelayedHairpin);
+        let out = fp.test_run_tc(&input).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(out.action, TC_ACT_REDIRECT);
+        assert_eq!(counter(fp, Reason::RelayedHairpin), before + 1);
+        let f = parse_udp_frame(&out.frame);
+        assert_eq!((f.src, f.dst), (b.listener, b.client));
+        assert_eq!(f.payload, channel_data(0x4002, &data, &[]));
+
+        // Without an egress interface (no route found) the datagram goes to userspace as it is.
+        let mut lost = entry(
+            "198.18.1.2:42000",
+            "198.18.1.1:3478",
+            0x4003,
+            "198.18.2.1:52000",
+            "198.18.2.2:3490",
+        );
+        lost.to_client_ifindex = to_client_if;
+        fp.add_channel_binding(&lost).expect("install");
+        let input = udp_frame(
+            lost.client,
+            lost.listener,
+            &channel_data(0x4003, b"abc", &[0]),
+        );
+        let before = counter(fp, Reason::NoRoute);
+        let out = fp.test_run_tc(&input).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(out.action, TC_ACT_OK);
+        assert_eq!(counter(fp, Reason::NoRoute), before + 1);
+        assert_eq!(out.frame, input, "passed unchanged");
+    });
 }
 
 /// Runs a frame through the program and checks action and counted reason.
