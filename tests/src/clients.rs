@@ -124,3 +124,64 @@ pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
         .expect("tokio runtime")
         .block_on(future)
 }
+
+/// Two TURN clients in `ns` of the relay at `server`, each bound by a channel to the other's
+/// relayed address (the common WebRTC case: both ends use the same relay), exchange up to
+/// `rounds` round trips of ChannelData. Returns how many completed; panics in here are
+/// avoided so the caller can collect the relay's counters whatever happens.
+pub fn hairpin_rounds(ns: &crate::netns::NetNs, server: std::net::SocketAddr, rounds: u8) -> usize {
+    use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
+    use std::time::Duration;
+    ns.within(|| {
+        block_on(async {
+            let creds = || ClientCredentials::new("alice", "wonderland");
+            let (Ok(mut a), Ok(mut b)) = (
+                TurnClient::connect(server, creds()).await,
+                TurnClient::connect(server, creds()).await,
+            ) else {
+                return 0;
+            };
+            let (Ok(ra), Ok(rb)) = (
+                a.allocate(AllocateOptions::default()).await,
+                b.allocate(AllocateOptions::default()).await,
+            ) else {
+                return 0;
+            };
+            let (relayed_a, relayed_b) = (ra.relayed, rb.relayed);
+            if a.channel_bind(relayed_b, 0x4000).await.is_err()
+                || b.channel_bind(relayed_a, 0x4001).await.is_err()
+            {
+                return 0;
+            }
+            let mut done = 0;
+            for i in 0..rounds {
+                if a.send_channel(0x4000, &[i; 100]).await.is_err() {
+                    break;
+                }
+                match b.recv_timeout(Duration::from_secs(1)).await {
+                    Ok(got)
+                        if (got.peer, got.via, got.data.as_slice())
+                            == (relayed_a, Via::Channel(0x4001), &[i; 100][..]) => {}
+                    other => {
+                        eprintln!("round {i}: b got {other:?}");
+                        break;
+                    }
+                }
+                if b.send_channel(0x4001, &[i; 60]).await.is_err() {
+                    break;
+                }
+                match a.recv_timeout(Duration::from_secs(1)).await {
+                    Ok(got)
+                        if (got.peer, got.via, got.data.as_slice())
+                            == (relayed_b, Via::Channel(0x4000), &[i; 60][..]) => {}
+                    other => {
+                        eprintln!("round {i}: a got {other:?}");
+                        break;
+                    }
+                }
+                done += 1;
+            }
+            done
+        })
+    })
+}

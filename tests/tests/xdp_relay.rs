@@ -9,8 +9,8 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
 use xturn_tests::{
     clients::{
-        PEER_PORT, UclientTotals, block_on, log_path, number_after, start_echo_peers, uclient,
-        xturnctl_ping_command,
+        PEER_PORT, UclientTotals, block_on, hairpin_rounds, log_path, number_after,
+        start_echo_peers, uclient, xturnctl_ping_command,
     },
     netns::ChildGuard,
     topology::{LISTENER_V4, LISTENER_V6, PEER_V4, PEER_V6, RELAY_V4, RELAY_V6, Topology, binary},
@@ -462,56 +462,7 @@ fn two_clients_of_one_relay_reach_each_other_through_the_kernel() {
     let log = log_path("xdp-hairpin");
     let relay = start_xdp_relay(&topology, &log, &[]);
     let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
-    // Runs the exchange and returns how many round trips completed (no panics in here, so the
-    // relay's counters are collected whatever happens).
-    let rounds = topology.client.within(|| {
-        block_on(async {
-            let creds = || ClientCredentials::new("alice", "wonderland");
-            let mut a = TurnClient::connect(server, creds())
-                .await
-                .expect("connect a");
-            let mut b = TurnClient::connect(server, creds())
-                .await
-                .expect("connect b");
-            let relayed_a = a
-                .allocate(AllocateOptions::default())
-                .await
-                .expect("allocate a")
-                .relayed;
-            let relayed_b = b
-                .allocate(AllocateOptions::default())
-                .await
-                .expect("allocate b")
-                .relayed;
-            a.channel_bind(relayed_b, 0x4000).await.expect("a binds b");
-            b.channel_bind(relayed_a, 0x4001).await.expect("b binds a");
-            let mut rounds = 0;
-            for i in 0..20u8 {
-                a.send_channel(0x4000, &[i; 100]).await.expect("a sends");
-                match b.recv_timeout(Duration::from_secs(1)).await {
-                    Ok(got)
-                        if (got.peer, got.via, got.data.as_slice())
-                            == (relayed_a, Via::Channel(0x4001), &[i; 100][..]) => {}
-                    other => {
-                        eprintln!("round {i}: b got {other:?}");
-                        break;
-                    }
-                }
-                b.send_channel(0x4001, &[i; 60]).await.expect("b answers");
-                match a.recv_timeout(Duration::from_secs(1)).await {
-                    Ok(got)
-                        if (got.peer, got.via, got.data.as_slice())
-                            == (relayed_b, Via::Channel(0x4000), &[i; 60][..]) => {}
-                    other => {
-                        eprintln!("round {i}: a got {other:?}");
-                        break;
-                    }
-                }
-                rounds += 1;
-            }
-            rounds
-        })
-    });
+    let rounds = hairpin_rounds(&topology.client, server, 20);
     let log = stop(relay, &log);
     let counters: Vec<&str> = log
         .lines()

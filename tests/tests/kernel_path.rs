@@ -1,0 +1,254 @@
+//! The kernel path where users run it: every interface with the kernel's default settings, no
+//! helper programs on far ends, and `xturnd` with no `--dataplane` flag (auto). Needs root.
+//!
+//! - a plain host with forwarding off (its default), IPv4 and IPv6;
+//! - a plain host with forwarding on;
+//! - a Kubernetes-like pod: the relay in a pod behind a routing node, the media server (the echo
+//!   peer) in another pod on the same node, forwarding on in the pods as they inherit it.
+//!
+//! In each, coturn's `turnutils_uclient` streams ChannelData with 0 loss, the kernel's counters
+//! account for every ChannelData datagram while the userspace relay counters stay at 0, and two
+//! clients of the relay reach each other through a kernel hairpin.
+use std::net::SocketAddr;
+
+use xturn_tests::{
+    admin::{metric, metric_sum, scrape},
+    clients::{PEER_PORT, hairpin_rounds, log_path, uclient},
+    netns::ChildGuard,
+    topology::{
+        LISTENER_V4, LISTENER_V6, PEER_V4, PEER_V6, POD_PEER_V4, POD_V4, RELAY_V4, RELAY_V6,
+        Topology,
+    },
+};
+
+const MESSAGES: u64 = 100;
+const CLIENTS: u64 = 2;
+
+/// xturnd with default data plane (auto) on `listeners` and `relay_ips`, metrics on the first
+/// listener's address, port 9100.
+fn start(topology: &Topology, name: &str, listeners: &[&str], relay_ips: &[&str]) -> Relay {
+    let log = log_path(name);
+    let metrics = format!("{}:9100", listeners[0].rsplit_once(':').expect("port").0);
+    let mut args: Vec<String> = Vec::new();
+    for l in listeners {
+        args.extend(["--listen".into(), (*l).to_owned()]);
+    }
+    for r in relay_ips {
+        args.extend(["--relay-ip".into(), (*r).to_owned()]);
+    }
+    args.extend(
+        [
+            "--realm",
+            "xturn.test",
+            "--user",
+            "alice:wonderland",
+            "--min-port",
+            "50000",
+            "--max-port",
+            "50999",
+            "--drain-timeout",
+            "0",
+            "--log-level",
+            "info",
+            "--metrics-listen",
+            &metrics,
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let guard = topology.start_xturnd_logged(&args, &log);
+    Relay {
+        guard: Some(guard),
+        log,
+        metrics,
+    }
+}
+
+struct Relay {
+    guard: Option<ChildGuard>,
+    log: std::path::PathBuf,
+    metrics: String,
+}
+
+impl Relay {
+    fn scrape(&self, topology: &Topology) -> String {
+        scrape(&topology.relay, &self.metrics)
+    }
+
+    /// Stops xturnd; returns its log.
+    fn stop(mut self) -> String {
+        if let Some(guard) = self.guard.take() {
+            let _ = guard.terminate();
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        log
+    }
+}
+
+/// `turnutils_uclient` with channels through the relay at `server` to `peer`: 0 loss, and every
+/// ChannelData datagram and every echo relayed by the TC program, none in userspace.
+fn channels_relayed_in_the_kernel(
+    topology: &Topology,
+    relay: &Relay,
+    server: &str,
+    peer: &str,
+    extra: &[&str],
+) {
+    let before = relay.scrape(topology);
+    let (m, n) = (CLIENTS.to_string(), MESSAGES.to_string());
+    let mut args = vec![
+        "-u",
+        "alice",
+        "-w",
+        "wonderland",
+        "-e",
+        peer,
+        "-r",
+        PEER_PORT,
+        "-m",
+        &m,
+        "-n",
+        &n,
+        "-l",
+        "160",
+        "-z",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    let totals = uclient(topology, &args, server);
+    let after = relay.scrape(topology);
+    let delta = |name: &str, labels: &[&str]| {
+        metric_sum(&after, name, labels) - metric_sum(&before, name, labels)
+    };
+    let context = format!("uclient {totals:?} to {peer} via {server}\nmetrics:\n{after}");
+    assert_eq!(totals.sent, CLIENTS * MESSAGES, "{context}");
+    assert_eq!(totals.lost, 0, "ChannelData lost:\n{context}");
+    assert_eq!(totals.received, totals.sent, "{context}");
+    assert!(
+        after.contains("xturn_dataplane_info{mode=\"tc\"} 1"),
+        "auto chose TC on veths:\n{context}"
+    );
+    assert_eq!(
+        delta("xturn_tc_packets_total", &["reason=\"relayed_to_peer\""]),
+        CLIENTS * MESSAGES,
+        "every ChannelData datagram relayed in the kernel:\n{context}"
+    );
+    assert_eq!(
+        delta("xturn_tc_packets_total", &["reason=\"relayed_to_client\""]),
+        CLIENTS * MESSAGES,
+        "every echo relayed in the kernel:\n{context}"
+    );
+    assert_eq!(
+        delta("xturn_relayed_packets_total", &["dataplane=\"userspace\""]),
+        0,
+        "nothing relayed in userspace:\n{context}"
+    );
+}
+
+/// Two clients of the relay at `server` reach each other: 20 round trips, all in the kernel.
+fn hairpin_in_the_kernel(topology: &Topology, relay: &Relay, server: SocketAddr) {
+    let before = relay.scrape(topology);
+    let rounds = hairpin_rounds(&topology.client, server, 20);
+    let after = relay.scrape(topology);
+    let hairpinned = metric_sum(
+        &after,
+        "xturn_tc_packets_total",
+        &["reason=\"relayed_hairpin\""],
+    ) - metric_sum(
+        &before,
+        "xturn_tc_packets_total",
+        &["reason=\"relayed_hairpin\""],
+    );
+    assert_eq!(rounds, 20, "hairpin round trips:\n{after}");
+    assert_eq!(
+        hairpinned, 40,
+        "both directions hairpinned in the kernel:\n{after}"
+    );
+    assert_eq!(
+        metric_sum(
+            &after,
+            "xturn_relayed_packets_total",
+            &["dataplane=\"userspace\""]
+        ),
+        0,
+        "{after}"
+    );
+}
+
+fn echo_peers(topology: &Topology, ips: &[&str]) -> Vec<ChildGuard> {
+    ips.iter()
+        .map(|ip| {
+            topology
+                .peer
+                .spawn("turnutils_peer", &["-L", ip, "-p", PEER_PORT])
+        })
+        .collect()
+}
+
+#[test]
+fn plain_host_with_forwarding_off_relays_in_the_kernel() {
+    let topology = Topology::plain(false);
+    assert_eq!(
+        topology
+            .relay
+            .run("sysctl", &["-n", "net.ipv4.conf.all.forwarding"])
+            .trim(),
+        "0"
+    );
+    let _peers = echo_peers(&topology, &[PEER_V4, PEER_V6]);
+    let relay = start(
+        &topology,
+        "kernel-plain-off",
+        &["198.18.1.1:3478", "[2001:db8:1::1]:3478"],
+        &[RELAY_V4, RELAY_V6],
+    );
+    channels_relayed_in_the_kernel(&topology, &relay, LISTENER_V4, PEER_V4, &[]);
+    channels_relayed_in_the_kernel(&topology, &relay, LISTENER_V6, PEER_V6, &["-x"]);
+    hairpin_in_the_kernel(&topology, &relay, Topology::listener(false));
+    let metrics = relay.scrape(&topology);
+    for interface in ["xtr0", "xtr1"] {
+        assert!(
+            metrics.contains(&format!(
+                "xturn_dataplane_interface_info{{interface=\"{interface}\",mode=\"tc\""
+            )),
+            "{metrics}"
+        );
+    }
+    let log = relay.stop();
+    assert!(log.contains("data plane chosen"), "{log}");
+}
+
+#[test]
+fn plain_host_with_forwarding_on_relays_in_the_kernel() {
+    let topology = Topology::plain(true);
+    let _peers = echo_peers(&topology, &[PEER_V4]);
+    let relay = start(
+        &topology,
+        "kernel-plain-on",
+        &["198.18.1.1:3478"],
+        &[RELAY_V4],
+    );
+    channels_relayed_in_the_kernel(&topology, &relay, LISTENER_V4, PEER_V4, &[]);
+    hairpin_in_the_kernel(&topology, &relay, Topology::listener(false));
+    relay.stop();
+}
+
+#[test]
+fn a_pod_behind_a_node_relays_in_the_kernel_to_a_media_server_on_the_node() {
+    let topology = Topology::pod();
+    let _peers = echo_peers(&topology, &[POD_PEER_V4]);
+    let listener = format!("{POD_V4}:3478");
+    let relay = start(&topology, "kernel-pod", &[&listener], &[POD_V4]);
+    channels_relayed_in_the_kernel(&topology, &relay, POD_V4, POD_PEER_V4, &[]);
+    hairpin_in_the_kernel(&topology, &relay, listener.parse().expect("listener"));
+    let metrics = relay.scrape(&topology);
+    assert_eq!(
+        metric(
+            &metrics,
+            "xturn_dataplane_interface_info{interface=\"eth0\",mode=\"tc\",why=\"a veth: frames sent from XDP reach its far end only if that end runs XDP, which this agent does not control\"}"
+        ),
+        1
+    );
+    relay.stop();
+}
