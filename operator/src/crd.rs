@@ -234,13 +234,14 @@ pub struct DataplaneSpec {
     /// Run the agents in the node's network namespace (XDP on the node's own interfaces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_network: Option<bool>,
-    /// `xdp`, `userspace` or `auto` (default): the agents' `--dataplane`.
+    /// `auto` (default), `tc`, `xdp` or `userspace`: the agents' `--dataplane`. In a pod (no
+    /// hostNetwork) auto chooses TC; with hostNetwork on a forwarding NIC with native XDP, XDP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// Extra interfaces the agents attach XDP to, besides those holding the listener addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xdp_interfaces: Option<Vec<String>>,
-    /// STUNner's name for `mode`: `None`, `XDP`, `Auto` (`TC` is refused). `mode` wins.
+    /// STUNner's name for `mode`: `None`, `XDP`, `TC`, `Auto`. `mode` wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload_engine: Option<String>,
     /// STUNner's name for `xdpInterfaces`.

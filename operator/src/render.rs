@@ -602,10 +602,11 @@ fn dataplane_mode(dataplane: &DataplaneSpec) -> Result<&'static str, String> {
     if let Some(mode) = &dataplane.mode {
         return match mode.to_ascii_lowercase().as_str() {
             "xdp" => Ok("XDP"),
+            "tc" => Ok("TC"),
             "userspace" => Ok("None"),
             "auto" => Ok("Auto"),
             other => Err(format!(
-                "Dataplane mode must be xdp, userspace or auto, not {other:?}"
+                "Dataplane mode must be auto, tc, xdp or userspace, not {other:?}"
             )),
         };
     }
@@ -614,9 +615,10 @@ fn dataplane_mode(dataplane: &DataplaneSpec) -> Result<&'static str, String> {
         Some(engine) => match engine.to_ascii_lowercase().as_str() {
             "none" | "" => Ok("None"),
             "xdp" => Ok("XDP"),
+            "tc" => Ok("TC"),
             "auto" => Ok("Auto"),
             other => Err(format!(
-                "Dataplane offloadEngine {other:?} is not supported (None, XDP or Auto)"
+                "Dataplane offloadEngine {other:?} is not supported (None, XDP, TC or Auto)"
             )),
         },
     }

@@ -577,6 +577,31 @@ fn a_daemonset_dataplane_renders_a_daemonset_without_replicas() {
 }
 
 #[test]
+fn dataplane_modes_reach_the_agents_offload_engine() {
+    // STUNner's offloadEngine values and xturn's mode names, TC included; none: Auto.
+    for (spec, engine) in [
+        ("{}", "Auto"),
+        ("{mode: tc}", "TC"),
+        ("{mode: TC}", "TC"),
+        ("{offloadEngine: TC}", "TC"),
+        ("{offloadEngine: XDP}", "XDP"),
+        ("{offloadEngine: None}", "None"),
+        ("{mode: userspace, offloadEngine: TC}", "None"),
+    ] {
+        let mut inputs = seed();
+        inputs.dataplanes.clear();
+        add(
+            &mut inputs,
+            &format!(
+                "apiVersion: stunner.l7mp.io/v1\nkind: Dataplane\nmetadata: {{name: default}}\nspec: {spec}\n"
+            ),
+        );
+        let rendered = render(&inputs, &settings());
+        assert_eq!(rendered.config.admin.offload_engine, engine, "{spec}");
+    }
+}
+
+#[test]
 fn host_network_agents_advertise_the_nodes_addresses() {
     let mut inputs = seed();
     inputs.dataplanes.clear();

@@ -2000,6 +2000,20 @@ mod tests {
     }
 
     #[test]
+    fn stunner_offload_engines_map_to_data_planes() {
+        for (engine, plane) in [
+            ("None", Dataplane::Userspace),
+            ("XDP", Dataplane::Xdp),
+            ("TC", Dataplane::Tc),
+            ("tc", Dataplane::Tc),
+            ("Auto", Dataplane::Auto),
+        ] {
+            assert_eq!(parse_offload_engine(engine).unwrap(), plane, "{engine}");
+        }
+        assert!(parse_offload_engine("eBPF").is_err());
+    }
+
+    #[test]
     fn operations_flags() {
         let base = ["--listen", "127.0.0.1:3478", "--user", "a:b"];
         let c = resolve_with(&base, None).unwrap();
@@ -2391,9 +2405,9 @@ mod tests {
         assert_err(&e, "version", "v2");
         let e = err(
             &[],
-            Some(&with(&format!("{base}admin: {{offload_engine: TC}}"))),
+            Some(&with(&format!("{base}admin: {{offload_engine: eBPF}}"))),
         );
-        assert!(matches!(e, ConfigError::Unsupported { .. }), "{e}");
+        assert_err(&e, "admin.offload_engine", "eBPF");
         let e = err(
             &[],
             Some(&with(&format!("{base}admin: {{loglevel: 'all:LOUD'}}"))),

@@ -20,7 +20,7 @@ use std::{
     },
 };
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     ebpf::{ChannelEntry, FastPath, FastPathError, Hook},
@@ -192,6 +192,7 @@ pub fn select(
     }
     match attach(&interfaces, listeners, max_channels, pin_dir, hook) {
         Ok(fast_path) => {
+            info!(interfaces = ?interfaces, max_channels, "data plane: {}", hook.name().to_uppercase());
             for choice in &choices {
                 info!(
                     interface = %choice.interface,
@@ -383,6 +384,8 @@ pub struct XdpHook {
     pub map_full: AtomicU64,
     /// Bindings left to userspace because of another error.
     pub install_errors: AtomicU64,
+    /// Why the kernel path was withdrawn (it did not deliver), once it was.
+    withdrawn: Mutex<Option<String>>,
 }
 
 impl XdpHook {
@@ -406,7 +409,35 @@ impl XdpHook {
             installed: AtomicU64::new(0),
             map_full: AtomicU64::new(0),
             install_errors: AtomicU64::new(0),
+            withdrawn: Mutex::new(None),
         }
+    }
+
+    /// Why the kernel path was withdrawn, if it was.
+    pub fn withdrawn(&self) -> Option<String> {
+        self.withdrawn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes the kernel path out of service: its programs are detached (every datagram goes to
+    /// the agent's sockets, which relay it), and no binding is installed any more.
+    pub fn withdraw(&self, why: String) {
+        let mut withdrawn = self
+            .withdrawn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if withdrawn.is_some() {
+            return;
+        }
+        error!(
+            hook = %self.hook,
+            why = %why,
+            "kernel path withdrawn: it does not deliver; every channel is relayed in userspace now"
+        );
+        self.with_fast_path(FastPath::detach_all);
+        *withdrawn = Some(why);
     }
 
     /// The hook the kernel programs run at.
@@ -482,6 +513,9 @@ impl XdpHook {
 
 impl ChannelHook for XdpHook {
     fn channel_bound(&self, binding: &ChannelBinding) {
+        if self.withdrawn().is_some() {
+            return;
+        }
         let entry = self.entry(binding);
         match self.with_fast_path(|fp| fp.add_channel_binding(&entry)) {
             Ok(()) => {
@@ -511,6 +545,73 @@ impl ChannelHook for XdpHook {
         } else {
             debug!(?entry, "channel removed from the kernel");
         }
+    }
+}
+
+/// Never a blackhole: watches that what the kernel path relays is delivered, by the drop
+/// counters of the interfaces it sends on. A veth counts in `tx_dropped` every frame it cannot
+/// hand to its far end (an XDP frame when that end runs no XDP program, any frame when it is
+/// down or gone). When, over a [`DeliveryWatch::INTERVAL`], at least [`DeliveryWatch::MIN_DROPS`]
+/// frames were dropped there and they amount to half or more of what the kernel relayed, the
+/// path is withdrawn ([`XdpHook::withdraw`]) and userspace relays from then on.
+pub struct DeliveryWatch {
+    interfaces: Vec<String>,
+    last: Option<(u64, u64)>,
+}
+
+impl DeliveryWatch {
+    /// How often the counters are compared.
+    pub const INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+    /// Fewer drops than this in an interval are noise (a peer restarting, a queue overflowing).
+    pub const MIN_DROPS: u64 = 8;
+
+    /// A watch over the interfaces the kernel path sends on.
+    pub fn new(interfaces: Vec<String>) -> DeliveryWatch {
+        DeliveryWatch {
+            interfaces,
+            last: None,
+        }
+    }
+
+    /// Compares the counters with the last look; withdraws the path if it does not deliver.
+    /// Returns whether it is (still) in service.
+    pub fn check(&mut self, hook: &XdpHook) -> bool {
+        if hook.withdrawn().is_some() {
+            return false;
+        }
+        let relayed = hook.with_fast_path(|fp| fp.stats()).map_or(0, |reasons| {
+            reasons
+                .iter()
+                .filter(|(r, _)| {
+                    matches!(
+                        r,
+                        relay_common::Reason::RelayedToPeer
+                            | relay_common::Reason::RelayedToClient
+                            | relay_common::Reason::RelayedHairpin
+                    )
+                })
+                .map(|(_, c)| c.packets)
+                .sum()
+        });
+        let dropped: u64 = self
+            .interfaces
+            .iter()
+            .filter_map(|i| sysfs(i, "statistics/tx_dropped")?.parse::<u64>().ok())
+            .sum();
+        let now = (relayed, dropped);
+        let Some((relayed_before, dropped_before)) = self.last.replace(now) else {
+            return true;
+        };
+        let relayed = relayed.saturating_sub(relayed_before);
+        let dropped = dropped.saturating_sub(dropped_before);
+        if dropped >= Self::MIN_DROPS && dropped * 2 >= relayed && relayed > 0 {
+            hook.withdraw(format!(
+                "{dropped} frames dropped on {:?} while the kernel relayed {relayed}",
+                self.interfaces
+            ));
+            return false;
+        }
+        true
     }
 }
 

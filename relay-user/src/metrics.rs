@@ -253,6 +253,10 @@ pub struct Snapshot {
     pub dataplane: &'static str,
     /// What the agent chose for each interface, and why.
     pub interfaces: Vec<crate::dataplane::InterfaceChoice>,
+    /// The kernel path's hook (`xdp` or `tc`), if one was attached (even if withdrawn since).
+    pub kernel_hook: Option<&'static str>,
+    /// The kernel path did not deliver and was withdrawn: userspace relays everything.
+    pub withdrawn: bool,
     pub draining: bool,
     pub allocations: u64,
     pub permissions: u64,
@@ -365,9 +369,12 @@ impl MetricsSource {
             Some(weak) => Some(weak.upgrade()?),
             None => None,
         };
-        let dataplane = meter
-            .as_ref()
-            .map_or("userspace", |m| m.hook().hook().name());
+        let withdrawn = meter.as_ref().and_then(|m| m.hook().withdrawn());
+        let dataplane = match &meter {
+            Some(m) if withdrawn.is_none() => m.hook().hook().name(),
+            _ => "userspace",
+        };
+        let kernel_hook = meter.as_ref().map(|m| m.hook().hook().name());
         let xdp = meter.map(|meter| {
             let hook = meter.hook();
             let (reasons, capacity) = hook.with_fast_path(|fp| (fp.stats(), fp.capacity()));
@@ -389,6 +396,8 @@ impl MetricsSource {
         });
         Some(Snapshot {
             dataplane,
+            kernel_hook,
+            withdrawn: withdrawn.is_some(),
             interfaces: self.interfaces.clone(),
             draining,
             allocations,
@@ -505,6 +514,13 @@ impl Collector for SnapshotCollector {
             "The data plane in use: xdp, tc or userspace.",
             &labels([("mode", s.dataplane)]),
         )?;
+        if let Some(hook) = s.kernel_hook {
+            out.gauges(
+                "xturn_dataplane_withdrawn",
+                "1 once the kernel path was withdrawn because it did not deliver (its egress dropped what it relayed); userspace relays everything then.",
+                &[(labels([("hook", hook)]), u64::from(s.withdrawn))],
+            )?;
+        }
         for choice in &s.interfaces {
             out.info(
                 "xturn_dataplane_interface",
@@ -699,19 +715,31 @@ impl Collector for SnapshotCollector {
         ];
         if s.xdp.is_some() {
             packets.push((
-                labels([("direction", "to_peer"), ("dataplane", s.dataplane)]),
+                labels([
+                    ("direction", "to_peer"),
+                    ("dataplane", s.kernel_hook.unwrap_or("xdp")),
+                ]),
                 kernel.to_peer.packets,
             ));
             packets.push((
-                labels([("direction", "to_client"), ("dataplane", s.dataplane)]),
+                labels([
+                    ("direction", "to_client"),
+                    ("dataplane", s.kernel_hook.unwrap_or("xdp")),
+                ]),
                 kernel.to_client.packets,
             ));
             bytes.push((
-                labels([("direction", "to_peer"), ("dataplane", s.dataplane)]),
+                labels([
+                    ("direction", "to_peer"),
+                    ("dataplane", s.kernel_hook.unwrap_or("xdp")),
+                ]),
                 kernel.to_peer.bytes,
             ));
             bytes.push((
-                labels([("direction", "to_client"), ("dataplane", s.dataplane)]),
+                labels([
+                    ("direction", "to_client"),
+                    ("dataplane", s.kernel_hook.unwrap_or("xdp")),
+                ]),
                 kernel.to_client.bytes,
             ));
         }
@@ -851,7 +879,7 @@ impl Collector for SnapshotCollector {
             return Ok(());
         };
         // The kernel path's metrics: `xturn_xdp_*` for XDP, `xturn_tc_*` for TC.
-        let hook = s.dataplane;
+        let hook = s.kernel_hook.unwrap_or("xdp");
         let name = |suffix: &str| kernel_metric(hook, suffix);
         let reason_rows = |f: fn(&Counter) -> u64| -> Vec<(Labels, u64)> {
             x.reasons
@@ -993,6 +1021,7 @@ mod tests {
     fn kernel_bytes_add_the_channel_data_header_on_the_client_side() {
         let mut snapshot = sample();
         snapshot.dataplane = "xdp";
+        snapshot.kernel_hook = Some("xdp");
         snapshot.xdp = Some(XdpSnapshot {
             reasons: vec![(
                 Reason::RelayedToPeer,

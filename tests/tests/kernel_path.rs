@@ -252,3 +252,143 @@ fn a_pod_behind_a_node_relays_in_the_kernel_to_a_media_server_on_the_node() {
     );
     relay.stop();
 }
+
+/// Never a blackhole: XDP relays on a tuned veth testbed until the far ends lose what made XDP
+/// frames deliverable there (their XDP programs and GRO, as when someone else's tooling resets
+/// a node's veths). The agent sees its egress drop what the kernel relays, withdraws the kernel
+/// path (log, `xturn_dataplane_withdrawn`), and the same channel is relayed from userspace with
+/// no loss.
+#[test]
+fn a_kernel_path_that_stops_delivering_is_withdrawn_to_userspace() {
+    use std::time::{Duration, Instant};
+
+    use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient};
+    use xturn_tests::clients::block_on;
+
+    const CHANNEL: u16 = 0x4000;
+    let topology = Topology::new();
+    let pass = topology.prepare_for_xdp();
+    let _peers = echo_peers(&topology, &[PEER_V4]);
+    let log = log_path("kernel-withdraw");
+    let metrics = "198.18.1.1:9100";
+    let guard = topology.start_xturnd_logged(
+        &[
+            "--listen",
+            "198.18.1.1:3478",
+            "--relay-ip",
+            RELAY_V4,
+            "--realm",
+            "xturn.test",
+            "--user",
+            "alice:wonderland",
+            "--dataplane",
+            "xdp",
+            "--drain-timeout",
+            "0",
+            "--metrics-listen",
+            metrics,
+        ],
+        &log,
+    );
+    let relay = Relay {
+        guard: Some(guard),
+        log,
+        metrics: metrics.to_owned(),
+    };
+    let server = Topology::listener(false);
+    let peer: SocketAddr = format!("{PEER_V4}:{PEER_PORT}").parse().expect("peer");
+    let withdrawn = |text: &str| text.contains("xturn_dataplane_withdrawn{hook=\"xdp\"} 1");
+
+    let mut pass = Some(pass);
+    let (before, during, after) = topology.client.within(|| {
+        block_on(async {
+            let mut client =
+                TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
+                    .await
+                    .expect("connect");
+            client
+                .allocate(AllocateOptions::default())
+                .await
+                .expect("allocate");
+            client.channel_bind(peer, CHANNEL).await.expect("bind");
+            let mut before = 0;
+            for i in 0..50u32 {
+                client
+                    .send_channel(CHANNEL, &i.to_be_bytes())
+                    .await
+                    .expect("send");
+                if client
+                    .recv_timeout(Duration::from_millis(200))
+                    .await
+                    .is_ok()
+                {
+                    before += 1;
+                }
+            }
+            // The far ends lose their XDP programs and GRO: XDP frames into them are dropped.
+            drop(pass.take());
+            for (ns, ifname) in [(&topology.client, "xtc0"), (&topology.peer, "xtp0")] {
+                ns.run("ethtool", &["-K", ifname, "gro", "off"]);
+            }
+            // Traffic while the path blackholes, until the agent withdraws it (at most 15 s).
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut during = 0u32;
+            let mut sent = 0u32;
+            while Instant::now() < deadline {
+                client.send_channel(CHANNEL, b"during").await.expect("send");
+                sent += 1;
+                if client.recv_timeout(Duration::from_millis(10)).await.is_ok() {
+                    during += 1;
+                }
+                if sent % 20 == 0 && withdrawn(&relay.scrape(&topology)) {
+                    break;
+                }
+            }
+            while client
+                .recv_timeout(Duration::from_millis(100))
+                .await
+                .is_ok()
+            {}
+            // After the switch: every datagram on the same channel comes back.
+            let mut after = 0;
+            for i in 0..100u32 {
+                client
+                    .send_channel(CHANNEL, &i.to_be_bytes())
+                    .await
+                    .expect("send");
+                if client
+                    .recv_timeout(Duration::from_millis(500))
+                    .await
+                    .is_ok()
+                {
+                    after += 1;
+                }
+            }
+            (before, during, after)
+        })
+    });
+    let text = relay.scrape(&topology);
+    let log = relay.stop();
+    let context = format!("before {before}, during {during}, after {after}\n{text}\n{log}");
+    assert_eq!(
+        before, 50,
+        "the XDP path relayed while it delivered:\n{context}"
+    );
+    assert!(withdrawn(&text), "withdrawn:\n{context}");
+    assert!(
+        log.contains("kernel path withdrawn"),
+        "the withdrawal is logged:\n{context}"
+    );
+    assert!(
+        text.contains("xturn_dataplane_info{mode=\"userspace\"} 1"),
+        "{context}"
+    );
+    assert_eq!(after, 100, "no loss after the switch:\n{context}");
+    assert!(
+        metric(
+            &text,
+            "xturn_relayed_packets_total{direction=\"to_peer\",dataplane=\"userspace\"}"
+        ) >= 100,
+        "relayed from userspace after the switch:\n{context}"
+    );
+}

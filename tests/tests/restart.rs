@@ -256,7 +256,7 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
         "{adopted}"
     );
     assert!(
-        second_log.contains("XDP program replaced in the pinned link"),
+        second_log.contains("kernel program replaced in the pinned link"),
         "the second agent reused the pinned link:\n{context}"
     );
     assert!(

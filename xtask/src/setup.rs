@@ -24,6 +24,9 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iputils-ping",
     "openssl",
+    // A real browser's WebRTC through the relay (tests/tests/browser.rs), driven by WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Python packages used by the end-to-end tests (real TURN clients).

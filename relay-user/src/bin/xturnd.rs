@@ -237,8 +237,24 @@ async fn run(
     let names = config.listeners.iter().map(|l| l.name.clone()).collect();
     admin.set_running(
         running.handle(),
-        MetricsSource::new(running.handle(), names, xdp.as_ref()).with_interfaces(interfaces),
+        MetricsSource::new(running.handle(), names, xdp.as_ref())
+            .with_interfaces(interfaces.clone()),
     );
+    // Never a blackhole: a kernel path whose egress drops what it relays is withdrawn.
+    if let Some(meter) = &xdp {
+        let hook = Arc::clone(meter.hook());
+        let mut watch =
+            dataplane::DeliveryWatch::new(interfaces.iter().map(|c| c.interface.clone()).collect());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(dataplane::DeliveryWatch::INTERVAL);
+            loop {
+                tick.tick().await;
+                if !watch.check(&hook) {
+                    break;
+                }
+            }
+        });
+    }
     info!(
         listeners = ?running.local_addrs(),
         relay_ipv4 = ?config.relay_ipv4,
