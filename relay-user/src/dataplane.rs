@@ -140,7 +140,7 @@ pub fn select(
     let hook = match mode {
         Dataplane::Xdp => {
             for interface in &interfaces {
-                if let Some(path) = forwarding_off(interface) {
+                if let Some(path) = forwarding_off(interface, &addresses) {
                     return Err(DataplaneError::XdpNeedsForwarding {
                         interface: interface.clone(),
                         path,
@@ -154,7 +154,7 @@ pub fn select(
             let judged: Vec<(String, Hook, String)> = interfaces
                 .iter()
                 .map(|i| {
-                    let (hook, why) = auto_hook(i);
+                    let (hook, why) = auto_hook(i, &addresses);
                     (i.clone(), hook, why)
                 })
                 .collect();
@@ -226,7 +226,7 @@ fn fallback(mode: Dataplane, error: DataplaneError) -> Result<Option<Selected>, 
 }
 
 /// `auto`'s choice for one interface, and why.
-fn auto_hook(interface: &str) -> (Hook, String) {
+fn auto_hook(interface: &str, addresses: &[IpAddr]) -> (Hook, String) {
     if is_paired(interface) {
         return (
             Hook::Tc,
@@ -242,7 +242,7 @@ fn auto_hook(interface: &str) -> (Hook, String) {
                 .to_owned(),
         );
     };
-    if let Some(path) = forwarding_off(interface) {
+    if let Some(path) = forwarding_off(interface, addresses) {
         return (
             Hook::Tc,
             format!("forwarding is off ({path} = 0): XDP's next-hop lookup needs it"),
@@ -297,9 +297,17 @@ fn driver(interface: &str) -> Option<String> {
     link.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
-/// The sysctl path that shows forwarding off on `interface`, if it is off for a family.
-fn forwarding_off(interface: &str) -> Option<String> {
-    ["ipv4", "ipv6"].into_iter().find_map(|family| {
+/// The sysctl path that shows forwarding off on `interface`, if it is off for a family of
+/// `addresses` (the relay's listeners and relayed addresses).
+fn forwarding_off(interface: &str, addresses: &[IpAddr]) -> Option<String> {
+    let mut families = Vec::new();
+    if addresses.iter().any(IpAddr::is_ipv4) {
+        families.push("ipv4");
+    }
+    if addresses.iter().any(IpAddr::is_ipv6) {
+        families.push("ipv6");
+    }
+    families.into_iter().find_map(|family| {
         let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
         std::fs::read_to_string(&path)
             .is_ok_and(|v| v.trim() == "0")
@@ -549,9 +557,10 @@ impl ChannelHook for XdpHook {
 }
 
 /// Never a blackhole: watches that what the kernel path relays is delivered, by the drop
-/// counters of the interfaces it sends on. A veth counts in `tx_dropped` every frame it cannot
-/// hand to its far end (an XDP frame when that end runs no XDP program, any frame when it is
-/// down or gone). When, over a [`DeliveryWatch::INTERVAL`], at least [`DeliveryWatch::MIN_DROPS`]
+/// counters of the interfaces it runs on. A veth counts every frame it cannot hand to its far
+/// end: in `tx_dropped` for what the stack or TC sends (the far end down or gone), in the
+/// receiving interface's `rx_dropped` for an XDP redirect or `XDP_TX` it refuses (the far end
+/// runs no XDP program and no GRO). When, over a [`DeliveryWatch::INTERVAL`], at least [`DeliveryWatch::MIN_DROPS`]
 /// frames were dropped there and they amount to half or more of what the kernel relayed, the
 /// path is withdrawn ([`XdpHook::withdraw`]) and userspace relays from then on.
 pub struct DeliveryWatch {
@@ -596,7 +605,8 @@ impl DeliveryWatch {
         let dropped: u64 = self
             .interfaces
             .iter()
-            .filter_map(|i| sysfs(i, "statistics/tx_dropped")?.parse::<u64>().ok())
+            .flat_map(|i| ["statistics/tx_dropped", "statistics/rx_dropped"].map(|f| (i, f)))
+            .filter_map(|(i, f)| sysfs(i, f)?.parse::<u64>().ok())
             .sum();
         let now = (relayed, dropped);
         let Some((relayed_before, dropped_before)) = self.last.replace(now) else {

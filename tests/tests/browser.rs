@@ -238,7 +238,9 @@ fn chromium_data_channels_relay_through_the_kernel_path_in_a_pod() {
     let context = format!(
         "browser: {result}\nhairpinned in TC: {hairpinned}, relayed in userspace: {userspace}\n{after}\n{relay_log}"
     );
-    eprintln!("browser: {result}; hairpinned in TC: {hairpinned}; relayed in userspace: {userspace}");
+    eprintln!(
+        "browser: {result}; hairpinned in TC: {hairpinned}; relayed in userspace: {userspace}"
+    );
     assert_eq!(result["received"], 200, "{context}");
     assert_eq!(result["local"], "relay", "{context}");
     assert_eq!(result["remote"], "relay", "{context}");

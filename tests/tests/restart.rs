@@ -291,14 +291,28 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
 /// ChannelData is lost, and the clients' refreshes are answered by the new agent.
 #[test]
 fn coturn_clients_keep_every_allocation_across_a_kill() {
+    let topology = Topology::new();
+    let _pass = topology.prepare_for_xdp();
+    coturn_clients_across_a_kill(&topology, "xdp", "uclient");
+}
+
+/// The same with every setting as the kernel makes it (veths with default offloads, forwarding
+/// off, no helper programs) and no `--dataplane` flag: the TC path, its TCX links pinned.
+#[test]
+fn coturn_clients_keep_every_allocation_across_a_kill_on_default_settings() {
+    let topology = Topology::plain(false);
+    coturn_clients_across_a_kill(&topology, "auto", "uclient-tc");
+}
+
+fn coturn_clients_across_a_kill(topology: &Topology, dataplane: &str, name: &str) {
     const METRICS: &str = "198.18.1.1:9100";
     const CLIENTS: u64 = 4;
     const MESSAGES: u64 = 400;
-    let topology = Topology::new();
-    let _pass = topology.prepare_for_xdp();
-    let _peers = start_echo_peers(&topology);
-    let bpffs = BpfMount::new("uclient");
-    let state = TempDir::new("uclient-state");
+    let hook = if dataplane == "xdp" { "xdp" } else { "tc" };
+    let packets = format!("xturn_{hook}_packets_total");
+    let _peers = start_echo_peers(topology);
+    let bpffs = BpfMount::new(name);
+    let state = TempDir::new(&format!("{name}-state"));
     let pin_dir = bpffs.path().join("pod").to_string_lossy().into_owned();
     let state_dir = state.0.to_string_lossy().into_owned();
     let args = [
@@ -315,7 +329,7 @@ fn coturn_clients_keep_every_allocation_across_a_kill() {
         "--max-port",
         "50999",
         "--dataplane",
-        "xdp",
+        dataplane,
         "--drain-timeout",
         "0",
         "--log-level",
@@ -327,12 +341,15 @@ fn coturn_clients_keep_every_allocation_across_a_kill() {
         "--bpf-pin-dir",
         &pin_dir,
     ];
-    let (log1, log2) = (log_path("uclient-restart-1"), log_path("uclient-restart-2"));
+    let (log1, log2) = (
+        log_path(&format!("{name}-restart-1")),
+        log_path(&format!("{name}-restart-2")),
+    );
     let first = topology.start_xturnd_logged(&args, &log1);
     // 4 clients x 400 messages, one every 20 ms each: about 8 s of ChannelData.
     let (clients, messages) = (CLIENTS.to_string(), MESSAGES.to_string());
     let uclient = uclient_command(
-        &topology,
+        topology,
         &[
             "-u",
             "alice",
@@ -361,7 +378,7 @@ fn coturn_clients_keep_every_allocation_across_a_kill() {
     let relayed_in_xdp = || {
         metric_sum(
             &scrape(&topology.relay, METRICS),
-            "xturn_xdp_packets_total",
+            &packets,
             &["reason=\"relayed_to_peer\""],
         )
     };
@@ -386,11 +403,7 @@ fn coturn_clients_keep_every_allocation_across_a_kill() {
     );
 
     // The stream was under way through the kernel before the kill.
-    let before = metric_sum(
-        &before_kill,
-        "xturn_xdp_packets_total",
-        &["reason=\"relayed_to_peer\""],
-    );
+    let before = metric_sum(&before_kill, &packets, &["reason=\"relayed_to_peer\""]);
     assert!(
         before > 0,
         "nothing relayed in XDP before the kill:\n{context}"
@@ -438,20 +451,12 @@ fn coturn_clients_keep_every_allocation_across_a_kill() {
     );
     assert_eq!(totals.received, totals.sent, "{context}");
     assert_eq!(
-        metric_sum(
-            &after,
-            "xturn_xdp_packets_total",
-            &["reason=\"relayed_to_peer\""]
-        ),
+        metric_sum(&after, &packets, &["reason=\"relayed_to_peer\""]),
         CLIENTS * MESSAGES,
         "{context}"
     );
     assert_eq!(
-        metric_sum(
-            &after,
-            "xturn_xdp_packets_total",
-            &["reason=\"relayed_to_client\""]
-        ),
+        metric_sum(&after, &packets, &["reason=\"relayed_to_client\""]),
         CLIENTS * MESSAGES,
         "{context}"
     );
