@@ -53,7 +53,7 @@ pub enum DataplaneError {
     Attach {
         mode: &'static str,
         #[source]
-        source: FastPathError,
+        source: Box<FastPathError>,
     },
     #[error("--dataplane {mode}: no interface owns any of the addresses {addresses:?}")]
     NoInterface {
@@ -211,7 +211,7 @@ pub fn select(
             mode,
             DataplaneError::Attach {
                 mode: hook.name(),
-                source,
+                source: Box::new(source),
             },
         ),
     }

@@ -340,7 +340,7 @@ fn a_kernel_path_that_stops_delivering_is_withdrawn_to_userspace() {
                 if client.recv_timeout(Duration::from_millis(10)).await.is_ok() {
                     during += 1;
                 }
-                if sent % 20 == 0 && withdrawn(&relay.scrape(&topology)) {
+                if sent.is_multiple_of(20) && withdrawn(&relay.scrape(&topology)) {
                     break;
                 }
             }

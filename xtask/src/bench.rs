@@ -533,7 +533,7 @@ pub fn run(opts: &Options) -> Result<()> {
     };
 
     sh::step("bench: creating the topology (client ⇄ relay ⇄ peer namespaces)");
-    let topology = Topology::create(&NAMES, true)?;
+    let topology = Topology::create(&NAMES, true, true)?;
     let bpf_stats = BpfStats::enable();
 
     let mut contenders = Vec::new();

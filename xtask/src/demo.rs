@@ -5,9 +5,11 @@
 //!  198.18.1.2                     198.18.1.1 (listener)          198.18.2.2 (echo peer)
 //!                                 198.18.2.1 (relayed)
 //! ```
-//! `xturnd` runs in the relay namespace with `--dataplane xdp`; coturn's `turnutils_uclient` and
-//! `xturnctl ping` relay ChannelData to an echo peer, which the XDP program relays in the kernel;
-//! `xturnd` reports its XDP and userspace counters when it stops. Namespaces and processes are
+//! Every interface keeps the kernel's default settings (veth offloads as they come, forwarding
+//! off: a plain host), and `xturnd` runs with its default data plane (`auto`, which chooses TC on
+//! veths). coturn's `turnutils_uclient` and `xturnctl ping` relay ChannelData to an echo peer
+//! (relayed in the kernel), then a Send-indication session (relayed in userspace). The demo ends
+//! with a table of what was relayed where, from xturnd's metrics. Namespaces and processes are
 //! removed at the end, also on failure.
 use std::{
     process::{Child, Command, Stdio},
@@ -25,6 +27,8 @@ use crate::{
 const CLIENT: &str = "xturn-demo-client";
 const RELAY: &str = "xturn-demo-relay";
 const PEER: &str = "xturn-demo-peer";
+/// xturnd's metrics endpoint, in the relay namespace.
+const METRICS: &str = "198.18.1.1:9100";
 const NAMES: Names = Names {
     client: CLIENT,
     relay: RELAY,
@@ -44,8 +48,8 @@ pub fn run() -> Result<()> {
     ]))?;
     let bin = sh::root().join("target/release");
 
-    sh::step("demo: creating the topology (client ⇄ relay ⇄ peer namespaces)");
-    let _topology = Topology::create(&NAMES, false)?;
+    sh::step("demo: creating the topology (client ⇄ relay ⇄ peer namespaces, default settings)");
+    let _topology = Topology::create(&NAMES, false, false)?;
 
     sh::step("demo: starting the echo peer and xturnd");
     let _peer = spawn(
@@ -66,8 +70,8 @@ pub fn run() -> Result<()> {
             "demo.xturn",
             "--user",
             "demo:demo-password",
-            "--dataplane",
-            "xdp",
+            "--metrics-listen",
+            METRICS,
             "--drain-timeout",
             "0",
             "--log-level",
@@ -77,6 +81,8 @@ pub fn run() -> Result<()> {
     )?;
     wait_for_stun(&bin)?;
 
+    let mut rows = Vec::new();
+    let mut last = Relayed::read()?;
     sh::step("demo: coturn's turnutils_uclient through xturn (channels, 2 clients × 100 messages)");
     sh::run(netns_cmd(
         CLIENT,
@@ -102,6 +108,10 @@ pub fn run() -> Result<()> {
         ],
     ))?;
 
+    let now = Relayed::read()?;
+    rows.push(("turnutils_uclient, channels", now.minus(&last)));
+    last = now;
+
     sh::step("demo: xturnctl ping through xturn (channel mode, 200 datagrams)");
     sh::run(netns_cmd(
         CLIENT,
@@ -122,6 +132,10 @@ pub fn run() -> Result<()> {
             "channel",
         ],
     ))?;
+
+    let now = Relayed::read()?;
+    rows.push(("xturnctl ping, channel", now.minus(&last)));
+    last = now;
 
     sh::step("demo: a Send-indication session (not ChannelData: relayed in userspace)");
     sh::run(netns_cmd(
@@ -150,23 +164,125 @@ pub fn run() -> Result<()> {
         ],
     ))?;
 
-    sh::step("demo: stopping xturnd; its report shows where each datagram was relayed");
+    let now = Relayed::read()?;
+    rows.push(("turnutils_uclient, Send indications", now.minus(&last)));
+    let interfaces = now.interfaces.clone();
+
+    sh::step("demo: stopping xturnd");
     let output = xturnd.stop()?;
     let log = String::from_utf8_lossy(&output);
-    eprint!("{log}");
-    let relayed_in_xdp = log
+    let problems: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("XDP counter") && l.contains("relayed_to"))
-        .count();
-    if relayed_in_xdp == 0 || !log.contains("data plane: XDP") {
-        bail!("xturnd did not report XDP relaying; see its log above");
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+
+    eprintln!("\nWhere xturn relayed each datagram (datagrams to the peer / to the client):\n");
+    eprintln!("| traffic | in the kernel | in userspace |");
+    eprintln!("|---|---|---|");
+    for (what, r) in &rows {
+        eprintln!(
+            "| {what} | {} / {} | {} / {} |",
+            r.kernel_to_peer, r.kernel_to_client, r.user_to_peer, r.user_to_client
+        );
     }
-    eprintln!(
-        "\ndemo: ChannelData went through the XDP program (the relayed_to_peer and \
-         relayed_to_client counters above); Send indications through userspace (the \
-         relayed_to_*_packets fields of the userspace counters)."
-    );
+    eprintln!("\nData plane per interface:");
+    for line in &interfaces {
+        eprintln!("  {line}");
+    }
+    if !problems.is_empty() {
+        eprintln!("\nxturnd warned:");
+        for line in &problems {
+            eprintln!("  {line}");
+        }
+    }
+    let channels = &rows[0].1;
+    if channels.kernel_to_peer == 0 || channels.user_to_peer != 0 {
+        bail!("ChannelData was not relayed in the kernel; xturnd's log:\n{log}");
+    }
     Ok(())
+}
+
+/// Datagrams relayed so far, from xturnd's metrics.
+#[derive(Debug, Default, Clone)]
+struct Relayed {
+    kernel_to_peer: u64,
+    kernel_to_client: u64,
+    user_to_peer: u64,
+    user_to_client: u64,
+    /// `interface: mode (why)` for each interface.
+    interfaces: Vec<String>,
+}
+
+impl Relayed {
+    fn read() -> Result<Relayed> {
+        let text = scrape_metrics()?;
+        let mut r = Relayed::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: u64 = value.parse::<f64>().map_or(0, |v| v as u64);
+            if let Some(labels) = series.strip_prefix("xturn_relayed_packets_total") {
+                let user = labels.contains("dataplane=\"userspace\"");
+                match (user, labels.contains("to_peer")) {
+                    (true, true) => r.user_to_peer += value,
+                    (true, false) => r.user_to_client += value,
+                    (false, true) => r.kernel_to_peer += value,
+                    (false, false) => r.kernel_to_client += value,
+                }
+            } else if let Some(labels) = series.strip_prefix("xturn_dataplane_interface_info") {
+                let field = |key: &str| {
+                    labels
+                        .split(&format!("{key}=\""))
+                        .nth(1)
+                        .and_then(|rest| rest.split('"').next())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                r.interfaces.push(format!(
+                    "{}: {} ({})",
+                    field("interface"),
+                    field("mode"),
+                    field("why")
+                ));
+            }
+        }
+        Ok(r)
+    }
+
+    fn minus(&self, before: &Relayed) -> Relayed {
+        Relayed {
+            kernel_to_peer: self.kernel_to_peer - before.kernel_to_peer,
+            kernel_to_client: self.kernel_to_client - before.kernel_to_client,
+            user_to_peer: self.user_to_peer - before.user_to_peer,
+            user_to_client: self.user_to_client - before.user_to_client,
+            interfaces: self.interfaces.clone(),
+        }
+    }
+}
+
+/// `GET /metrics` from inside the relay namespace (a thread that enters it).
+fn scrape_metrics() -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    thread::scope(|s| {
+        s.spawn(|| -> Result<String> {
+            let ns = std::fs::File::open(format!("/run/netns/{RELAY}"))
+                .context("open the relay namespace")?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("enter the relay namespace")?;
+            let mut stream =
+                std::net::TcpStream::connect(METRICS).context("connect to xturnd's metrics")?;
+            stream.write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: {METRICS}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the metrics thread panicked"))?
+    })
 }
 
 fn wait_for_stun(bin: &std::path::Path) -> Result<()> {

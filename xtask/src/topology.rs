@@ -82,9 +82,11 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl Topology {
-    /// Creates the topology. `threaded_napi` moves every veth end's receive work into a kernel
-    /// thread (the benchmark pins and accounts those threads).
-    pub fn create(names: &'static Names, threaded_napi: bool) -> Result<Topology> {
+    /// Creates the topology. `tuned`: forwarding on in the relay namespace, GRO on every veth end
+    /// and TX checksum offload off at the outer ends (what XDP on veths needs); otherwise every
+    /// setting stays as the kernel makes it. `threaded_napi` moves every veth end's receive work
+    /// into a kernel thread (the benchmark pins and accounts those threads).
+    pub fn create(names: &'static Names, tuned: bool, threaded_napi: bool) -> Result<Topology> {
         // Leftovers of an interrupted run would make `ip netns add` fail.
         for ns in names.namespaces() {
             let _ = Command::new("ip")
@@ -139,18 +141,22 @@ impl Topology {
             ])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
         }
-        run_quiet(netns_cmd(
-            names.relay,
-            "sysctl",
-            &["-qw", "net.ipv4.ip_forward=1"],
-        ))?;
+        if tuned {
+            run_quiet(netns_cmd(
+                names.relay,
+                "sysctl",
+                &["-qw", "net.ipv4.ip_forward=1"],
+            ))?;
+        }
         for (ns, ifname) in names.ends() {
-            let outer = ifname == c0 || ifname == p0;
-            let mut args = vec!["-K", ifname, "gro", "on"];
-            if outer {
-                args.extend(["tx", "off"]);
+            if tuned {
+                let outer = ifname == c0 || ifname == p0;
+                let mut args = vec!["-K", ifname, "gro", "on"];
+                if outer {
+                    args.extend(["tx", "off"]);
+                }
+                run_quiet(netns_cmd(ns, "ethtool", &args))?;
             }
-            run_quiet(netns_cmd(ns, "ethtool", &args))?;
             if threaded_napi {
                 let threaded = format!("echo 1 > /sys/class/net/{ifname}/threaded");
                 run_quiet(netns_cmd(ns, "sh", &["-c", &threaded]))?;
