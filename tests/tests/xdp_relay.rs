@@ -2,7 +2,7 @@
 //! relayed by the XDP program alone, everything else still works through userspace, and a
 //! binding that expires stops kernel relaying. Needs root.
 //!
-//! The counters come from xturnd's own report when it stops (its `XDP counter` and `userspace
+//! The counters come from xturnd's own report when it stops (its `kernel counter` and `userspace
 //! counters` log lines), so the test sees what an operator would.
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -61,10 +61,10 @@ fn stop(relay: ChildGuard, log: &std::path::Path) -> String {
     text
 }
 
-/// `packets` of the `XDP counter` line for `reason` in xturnd's shutdown report.
+/// `packets` of the `kernel counter` line for `reason` in xturnd's shutdown report.
 fn xdp_packets(log: &str, reason: &str) -> u64 {
     log.lines()
-        .filter(|l| l.contains("XDP counter") && l.contains(&format!("reason=\"{reason}\"")))
+        .filter(|l| l.contains("kernel counter") && l.contains(&format!("reason=\"{reason}\"")))
         .find_map(|l| number_after(l, "packets="))
         .unwrap_or_else(|| panic!("no XDP counter for {reason} in:\n{log}"))
 }
@@ -466,7 +466,7 @@ fn two_clients_of_one_relay_reach_each_other_through_the_kernel() {
     let log = stop(relay, &log);
     let counters: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("XDP counter") && !l.contains("packets=0"))
+        .filter(|l| l.contains("kernel counter") && !l.contains("packets=0"))
         .collect();
     assert_eq!(
         rounds, 20,

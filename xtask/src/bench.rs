@@ -147,13 +147,17 @@ enum Kind {
     /// The ceiling XDP program.
     Ceiling,
     XturnXdp,
+    XturnTc,
     XturnUserspace,
     Coturn,
 }
 
 impl Kind {
     fn turn(self) -> bool {
-        matches!(self, Kind::XturnXdp | Kind::XturnUserspace | Kind::Coturn)
+        matches!(
+            self,
+            Kind::XturnXdp | Kind::XturnTc | Kind::XturnUserspace | Kind::Coturn
+        )
     }
 }
 
@@ -163,7 +167,7 @@ struct Contender {
     kind: Kind,
 }
 
-const CONTENDERS: [Contender; 5] = [
+const CONTENDERS: [Contender; 6] = [
     Contender {
         key: "generator",
         label: "load generator alone (echo in place of the relay)",
@@ -178,6 +182,11 @@ const CONTENDERS: [Contender; 5] = [
         key: "xdp",
         label: "xturnd --dataplane xdp",
         kind: Kind::XturnXdp,
+    },
+    Contender {
+        key: "tc",
+        label: "xturnd --dataplane tc",
+        kind: Kind::XturnTc,
     },
     Contender {
         key: "userspace",
@@ -638,7 +647,7 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
                 "900",
             ]),
         )),
-        Kind::XturnXdp | Kind::XturnUserspace => Some((
+        Kind::XturnXdp | Kind::XturnTc | Kind::XturnUserspace => Some((
             bin("xturnd"),
             strings(&[
                 "--listen",
@@ -650,10 +659,10 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
                 "--user",
                 USER,
                 "--dataplane",
-                if c.kind == Kind::XturnXdp {
-                    "xdp"
-                } else {
-                    "userspace"
+                match c.kind {
+                    Kind::XturnXdp => "xdp",
+                    Kind::XturnTc => "tc",
+                    _ => "userspace",
                 },
                 "--threads",
                 "1",
@@ -815,7 +824,7 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
         Some(proc) => {
             let (stdout, stderr) = proc.stop()?;
             let mut check = match c.kind {
-                Kind::XturnXdp => Some(xdp_check(&stderr, to_peer_total)),
+                Kind::XturnXdp | Kind::XturnTc => Some(kernel_check(&stderr, to_peer_total)),
                 Kind::Ceiling => Some(ceiling_check(&stdout, to_peer_total)),
                 _ => None,
             };
@@ -966,10 +975,10 @@ fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupRes
 }
 
 /// What xturnd's XDP counters say about the client → peer datagrams.
-fn xdp_check(log: &str, to_peer: u64) -> String {
+fn kernel_check(log: &str, to_peer: u64) -> String {
     let packets = |reason: &str| -> u64 {
         log.lines()
-            .filter(|l| l.contains("XDP counter") && l.contains(&format!("reason=\"{reason}\"")))
+            .filter(|l| l.contains("kernel counter") && l.contains(&format!("reason=\"{reason}\"")))
             .filter_map(|l| {
                 l.split_whitespace()
                     .find_map(|w| w.strip_prefix("packets="))
@@ -980,8 +989,8 @@ fn xdp_check(log: &str, to_peer: u64) -> String {
     let kernel = packets("relayed_to_peer");
     let back = packets("relayed_to_client");
     format!(
-        "XDP program relayed {kernel} datagrams client → peer and {back} peer → client; the \
-         echo received {to_peer} in the measured phases (warm-ups come on top)"
+        "the kernel program relayed {kernel} datagrams client → peer and {back} peer → client; \
+         the echo received {to_peer} in the measured phases (warm-ups come on top)"
     )
 }
 

@@ -609,24 +609,27 @@ fn log_final_stats(running: &RunningServer, xdp: Option<&XdpMeter>) {
         return;
     };
     let xdp = meter.hook();
+    let hook = xdp.hook().name();
     info!(
+        hook,
         installed = xdp.installed.load(Ordering::Relaxed),
         map_full = xdp.map_full.load(Ordering::Relaxed),
         install_errors = xdp.install_errors.load(Ordering::Relaxed),
-        "XDP channel bindings"
+        "kernel channel bindings"
     );
     match xdp.with_fast_path(|fp| fp.stats()) {
         Ok(counters) => {
             for (reason, counter) in counters {
                 info!(
+                    hook,
                     reason = reason.name(),
                     packets = counter.packets,
                     bytes = counter.bytes,
-                    "XDP counter"
+                    "kernel counter"
                 );
             }
         }
-        Err(e) => error!(error = %e, "cannot read XDP counters"),
+        Err(e) => error!(error = %e, "cannot read the kernel counters"),
     }
 }
 

@@ -224,9 +224,9 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
     let _ = writeln!(s, "### Ratios ({n} allocations, {pl} B)\n");
     let _ = writeln!(
         s,
-        "| figure | xdp / coturn | userspace / coturn | xdp / ceiling |"
+        "| figure | xdp / coturn | tc / coturn | userspace / coturn | xdp / ceiling | tc / ceiling |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     let rows: [(&str, &Figure); 5] = [
         ("relayed packets/s at max", &pps),
         ("relayed packets per relay CPU-second at max", &eff_max),
@@ -240,10 +240,12 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
     for (name, get) in rows {
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} |",
             times(ratio(get("xdp"), get("coturn"))),
+            times(ratio(get("tc"), get("coturn"))),
             times(ratio(get("userspace"), get("coturn"))),
             times(ratio(get("xdp"), get("ceiling"))),
+            times(ratio(get("tc"), get("ceiling"))),
         );
     }
     s.push('\n');
@@ -265,6 +267,15 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
         times(e_max),
         times(e_fixed),
         at_least(e_max, 10.0)
+    );
+    let t_max = ratio(eff_max("tc"), eff_max("coturn"));
+    let t_fixed = ratio(eff_fixed("tc"), eff_fixed("coturn"));
+    let _ = writeln!(
+        s,
+        "| TC ≥ 3× coturn's relayed packets per relay CPU-second | {} at max, {} at {rate_k:.0} kpps | {} |",
+        times(t_max),
+        times(t_fixed),
+        at_least(t_max, 3.0)
     );
     let of_ceiling = ratio(pps("xdp"), pps("ceiling"));
     let _ = writeln!(
