@@ -490,19 +490,6 @@ mod rewrite_tests {
             );
         }
     }
-}
-
-#[cfg(test)]
-mod delta_tests {
-    use super::*;
-
-    fn mapped(v4: [u8; 4]) -> [u8; 16] {
-        let mut ip = [0u8; 16];
-        ip[10] = 0xff;
-        ip[11] = 0xff;
-        ip[12..].copy_from_slice(&v4);
-        ip
-    }
 
     fn pseudo_sum(v4: bool, src: &[u8; 16], dst: &[u8; 16], len: u16) -> u32 {
         let mut p = Vec::new();
@@ -512,22 +499,6 @@ mod delta_tests {
         p.extend_from_slice(&[0, 17]);
         p.extend_from_slice(&len.to_be_bytes());
         sum_bytes(0, &p)
-    }
-
-    fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let mut u = Vec::new();
-        u.extend_from_slice(&sport.to_be_bytes());
-        u.extend_from_slice(&dport.to_be_bytes());
-        u.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
-        u.extend_from_slice(&[0, 0]);
-        u.extend_from_slice(payload);
-        u
-    }
-
-    fn full(v4: bool, src: &[u8; 16], dst: &[u8; 16], udp: &[u8]) -> u16 {
-        let len = u16::try_from(udp.len()).unwrap();
-        let c = !fold(sum_bytes(pseudo_sum(v4, src, dst, len), udp));
-        if c == 0 { 0xffff } else { c }
     }
 
     /// What `bpf_l4_csum_replace(skb, off, 0, delta, 2 | flags)` does to a check field holding

@@ -178,15 +178,7 @@ mod program {
             // Not produced at XDP.
             Outcome::RedirectNeigh(r, _) => (r, xdp_action::XDP_PASS),
         };
-        count(reason, len);
-        if reason == Reason::ChannelMalformed {
-            // Rare and ours: worth a record. The agent sets the level at load, so this costs
-            // nothing unless debug logging is on.
-            debug!(
-                &ctx,
-                "dropped ChannelData whose length exceeds its datagram ({} bytes)", len
-            );
-        }
+        finish(&ctx, reason, len);
         action
     }
 
@@ -220,14 +212,22 @@ mod program {
             // Not produced at TC.
             Outcome::Tx(r) => (r, TC_ACT_OK as i32),
         };
+        finish(&ctx, reason, len);
+        action
+    }
+
+    /// Counts the exit and, for ChannelData dropped as malformed, writes a log record.
+    #[inline(always)]
+    fn finish<C: aya_ebpf::EbpfContext>(ctx: &C, reason: Reason, len: u64) {
         count(reason, len);
         if reason == Reason::ChannelMalformed {
+            // Rare and ours: worth a record. The agent sets the level at load, so this costs
+            // nothing unless debug logging is on.
             debug!(
-                &ctx,
+                ctx,
                 "dropped ChannelData whose length exceeds its datagram ({} bytes)", len
             );
         }
-        action
     }
 
     /// The shared relay: scratch memory, then [`process`].

@@ -154,22 +154,8 @@ pub fn veth_default(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {
 /// Connects `a` and `b` with a veth pair named `a_if`/`b_if`, both up, with offloads off so
 /// datagrams are neither merged nor split.
 pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {
-    ip(&[
-        "link",
-        "add",
-        a_if,
-        "netns",
-        a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ]);
+    veth_default(a, a_if, b, b_if);
     for (ns, ifname) in [(a, a_if), (b, b_if)] {
-        ns.ip(&["link", "set", ifname, "up"]);
         let _ = ns
             .command(
                 "ethtool",

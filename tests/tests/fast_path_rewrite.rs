@@ -131,6 +131,35 @@ fn entry(client: &str, listener: &str, channel: u16, relayed: &str, peer: &str) 
     }
 }
 
+/// (client, listener, relayed, peer) for IPv4, IPv6, IPv4 client with IPv6 peer and the
+/// reverse.
+const FAMILY_CASES: [(&str, &str, &str, &str); 4] = [
+    (
+        "198.18.1.2:40000",
+        "198.18.1.1:3478",
+        "198.18.2.1:50000",
+        "198.18.2.2:3480",
+    ),
+    (
+        "[2001:db8:1::2]:40001",
+        "[2001:db8:1::1]:3478",
+        "[2001:db8:2::1]:50001",
+        "[2001:db8:2::2]:3481",
+    ),
+    (
+        "198.18.1.2:40002",
+        "198.18.1.1:3478",
+        "[2001:db8:2::1]:50002",
+        "[2001:db8:2::2]:3482",
+    ),
+    (
+        "[2001:db8:1::2]:40003",
+        "[2001:db8:1::1]:3478",
+        "198.18.2.1:50003",
+        "198.18.2.2:3483",
+    ),
+];
+
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -144,32 +173,7 @@ fn tc_relays_every_family_combination_with_padding_and_hairpins() {
     rig.run(|fp, rig| {
         let (to_client_if, _) = rig.client_side;
         let (to_peer_if, _) = rig.peer_side;
-        let cases = [
-            (
-                "198.18.1.2:40000",
-                "198.18.1.1:3478",
-                "198.18.2.1:50000",
-                "198.18.2.2:3480",
-            ),
-            (
-                "[2001:db8:1::2]:40001",
-                "[2001:db8:1::1]:3478",
-                "[2001:db8:2::1]:50001",
-                "[2001:db8:2::2]:3481",
-            ),
-            (
-                "198.18.1.2:40002",
-                "198.18.1.1:3478",
-                "[2001:db8:2::1]:50002",
-                "[2001:db8:2::2]:3482",
-            ),
-            (
-                "[2001:db8:1::2]:40003",
-                "[2001:db8:1::1]:3478",
-                "198.18.2.1:50003",
-                "198.18.2.2:3483",
-            ),
-        ];
+        let cases = FAMILY_CASES;
         for (i, (client, listener, relayed, peer)) in cases.into_iter().enumerate() {
             let channel = [0x4000, 0x4FFF, 0x7FD9, 0x5000][i];
             let mut e = entry(client, listener, channel, relayed, peer);
@@ -291,33 +295,7 @@ fn both_directions_every_family_combination() {
     rig.run(|fp, rig| {
         let (in_client, client_dev_mac) = rig.client_side;
         let (in_peer, peer_dev_mac) = rig.peer_side;
-        let cases = [
-            // (client, listener, relayed, peer)
-            (
-                "198.18.1.2:40000",
-                "198.18.1.1:3478",
-                "198.18.2.1:50000",
-                "198.18.2.2:3480",
-            ),
-            (
-                "[2001:db8:1::2]:40001",
-                "[2001:db8:1::1]:3478",
-                "[2001:db8:2::1]:50001",
-                "[2001:db8:2::2]:3481",
-            ),
-            (
-                "198.18.1.2:40002",
-                "198.18.1.1:3478",
-                "[2001:db8:2::1]:50002",
-                "[2001:db8:2::2]:3482",
-            ),
-            (
-                "[2001:db8:1::2]:40003",
-                "[2001:db8:1::1]:3478",
-                "198.18.2.1:50003",
-                "198.18.2.2:3483",
-            ),
-        ];
+        let cases = FAMILY_CASES;
         for (i, (client, listener, relayed, peer)) in cases.into_iter().enumerate() {
             // Both ends of RFC 8656's range and RFC 5766 numbers (coturn's client uses them).
             let channel = [0x4000, 0x4FFF, 0x7FD9, 0x5000][i];

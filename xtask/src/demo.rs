@@ -166,7 +166,7 @@ pub fn run() -> Result<()> {
 
     let now = Relayed::read()?;
     rows.push(("turnutils_uclient, Send indications", now.minus(&last)));
-    let interfaces = now.interfaces.clone();
+    let interfaces = now.interfaces;
 
     sh::step("demo: stopping xturnd");
     let output = xturnd.stop()?;
