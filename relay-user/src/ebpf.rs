@@ -252,6 +252,26 @@ impl FastPath {
     /// run (with their entries), or new ones pinned there, and [`FastPath::attach`] pins its
     /// links there too. [`FastPath::detach_all`] (and dropping) removes every pin.
     pub fn load_pinned(max_channels: u32, pin_dir: Option<&Path>) -> Result<Self, FastPathError> {
+        match (Self::load_once(max_channels, pin_dir), pin_dir) {
+            (Ok(fast_path), _) => Ok(fast_path),
+            // Maps pinned by another build may not fit these programs (an older value layout):
+            // the verifier refuses them. Start the maps anew; pinned links are kept and get the
+            // new programs, and adopted channels are installed again.
+            // (The failed attempt's drop has unpinned them already; this makes sure.)
+            (Err(e), Some(dir)) => {
+                warn!(error = %e, dir = %dir.display(), "pinned maps unusable: creating new ones");
+                for name in PINNED_MAPS {
+                    let _ = std::fs::remove_file(dir.join(name));
+                }
+                // The drop may have removed the emptied directory too.
+                let _ = std::fs::create_dir_all(dir);
+                Self::load_once(max_channels, pin_dir)
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    fn load_once(max_channels: u32, pin_dir: Option<&Path>) -> Result<Self, FastPathError> {
         if OBJECT.is_empty() {
             return Err(FastPathError::NoObject);
         }

@@ -482,3 +482,83 @@ fn coturn_clients_across_a_kill(topology: &Topology, dataplane: &str, name: &str
         "only authentication challenges may be errors:\n{context}"
     );
 }
+
+/// Maps pinned by a build with another value layout (here a `PEERS` map with the 56-byte values
+/// of earlier builds) cannot serve this program: xturnd replaces them instead of failing, and
+/// relays in the kernel.
+#[test]
+fn pinned_maps_of_another_layout_are_replaced() {
+    let topology = Topology::new();
+    let _pass = topology.prepare_for_xdp();
+    let _peers = start_echo_peers(&topology);
+    let bpffs = BpfMount::new("layout");
+    let pin_dir = bpffs.path().join("pod");
+    std::fs::create_dir_all(&pin_dir).expect("pin dir");
+    let old = pin_dir.join("PEERS");
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old)
+        .args([
+            "type", "hash", "key", "36", "value", "56", "entries", "16", "name", "PEERS", "flags",
+            "1",
+        ])
+        .status()
+        .expect("run bpftool");
+    assert!(status.success(), "bpftool map create: {status}");
+    let pin_dir = pin_dir.to_string_lossy().into_owned();
+    let log = log_path("layout");
+    let relay = topology.start_xturnd_logged(
+        &[
+            "--listen",
+            "198.18.1.1:3478",
+            "--relay-ip",
+            RELAY_V4,
+            "--realm",
+            "xturn.test",
+            "--user",
+            "alice:wonderland",
+            "--dataplane",
+            "xdp",
+            "--drain-timeout",
+            "0",
+            "--bpf-pin-dir",
+            &pin_dir,
+        ],
+        &log,
+    );
+    let totals = xturn_tests::clients::uclient(
+        &topology,
+        &[
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-e",
+            PEER_V4,
+            "-r",
+            "3480",
+            "-n",
+            "50",
+            "-m",
+            "1",
+            "-z",
+            "5",
+        ],
+        LISTENER_V4,
+    );
+    let _ = relay.terminate();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains("pinned maps unusable"), "{text}");
+    assert!(text.contains("data plane: XDP"), "{text}");
+    assert!(totals.sent >= 50 && totals.lost == 0, "{totals:?}\n{text}");
+    let relayed: u64 = text
+        .lines()
+        .filter(|l| l.contains("kernel counter") && l.contains("reason=\"relayed_to_peer\""))
+        .filter_map(|l| xturn_tests::clients::number_after(l, "packets="))
+        .sum();
+    assert_eq!(
+        relayed, 50,
+        "relayed in the kernel with the new maps:\n{text}"
+    );
+}
