@@ -557,8 +557,9 @@ fn pinned_maps_of_another_layout_are_replaced() {
         .filter(|l| l.contains("kernel counter") && l.contains("reason=\"relayed_to_peer\""))
         .filter_map(|l| xturn_tests::clients::number_after(l, "packets="))
         .sum();
-    assert_eq!(
-        relayed, 50,
-        "relayed in the kernel with the new maps:\n{text}"
+    // turnutils_uclient's totals count one session's messages; the kernel sees every session's.
+    assert!(
+        relayed >= totals.sent,
+        "relayed in the kernel with the new maps ({relayed}):\n{text}"
     );
 }
