@@ -499,6 +499,10 @@ impl XdpHook {
     /// and to the client leave by (what the TC program sends on).
     fn entry(&self, binding: &ChannelBinding) -> ChannelEntry {
         let mut entry = ChannelEntry::from(binding);
+        if self.hook != Hook::Tc {
+            // XDP asks the FIB itself.
+            return entry;
+        }
         let mut router = self
             .router
             .lock()
