@@ -331,7 +331,8 @@ fn a_kernel_path_that_stops_delivering_is_withdrawn_to_userspace() {
                 ns.run("ethtool", &["-K", ifname, "gro", "off"]);
             }
             // Traffic while the path blackholes, until the agent withdraws it (at most 15 s).
-            let deadline = Instant::now() + Duration::from_secs(15);
+            let broken = Instant::now();
+            let deadline = broken + Duration::from_secs(15);
             let mut during = 0u32;
             let mut sent = 0u32;
             while Instant::now() < deadline {
@@ -344,6 +345,10 @@ fn a_kernel_path_that_stops_delivering_is_withdrawn_to_userspace() {
                     break;
                 }
             }
+            eprintln!(
+                "withdrawn {:?} after the far ends broke; {during} of {sent} echoed meanwhile",
+                broken.elapsed()
+            );
             while client
                 .recv_timeout(Duration::from_millis(100))
                 .await
