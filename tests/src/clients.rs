@@ -185,3 +185,35 @@ pub fn hairpin_rounds(ns: &crate::netns::NetNs, server: std::net::SocketAddr, ro
         })
     })
 }
+
+/// The `xturnd` flags the end-to-end tests share: `listeners` and `relay_ips`, realm
+/// `xturn.test`, user `alice:wonderland`, relayed ports 50000–50999, no drain, info logs, then
+/// `extra`.
+pub fn xturnd_args(listeners: &[&str], relay_ips: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    for l in listeners {
+        args.extend(["--listen".to_owned(), (*l).to_owned()]);
+    }
+    for r in relay_ips {
+        args.extend(["--relay-ip".to_owned(), (*r).to_owned()]);
+    }
+    args.extend(
+        [
+            "--realm",
+            "xturn.test",
+            "--user",
+            "alice:wonderland",
+            "--min-port",
+            "50000",
+            "--max-port",
+            "50999",
+            "--drain-timeout",
+            "0",
+            "--log-level",
+            "info",
+        ]
+        .map(str::to_owned),
+    );
+    args.extend(extra.iter().map(|e| (*e).to_owned()));
+    args
+}

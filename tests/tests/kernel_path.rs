@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use xturn_tests::{
     admin::{metric, metric_sum, scrape},
-    clients::{PEER_PORT, hairpin_rounds, log_path, uclient},
+    clients::{PEER_PORT, hairpin_rounds, log_path, uclient, xturnd_args},
     netns::ChildGuard,
     topology::{
         LISTENER_V4, LISTENER_V6, PEER_V4, PEER_V6, POD_PEER_V4, POD_V4, RELAY_V4, RELAY_V6,
@@ -29,32 +29,7 @@ const CLIENTS: u64 = 2;
 fn start(topology: &Topology, name: &str, listeners: &[&str], relay_ips: &[&str]) -> Relay {
     let log = log_path(name);
     let metrics = format!("{}:9100", listeners[0].rsplit_once(':').expect("port").0);
-    let mut args: Vec<String> = Vec::new();
-    for l in listeners {
-        args.extend(["--listen".into(), (*l).to_owned()]);
-    }
-    for r in relay_ips {
-        args.extend(["--relay-ip".into(), (*r).to_owned()]);
-    }
-    args.extend(
-        [
-            "--realm",
-            "xturn.test",
-            "--user",
-            "alice:wonderland",
-            "--min-port",
-            "50000",
-            "--max-port",
-            "50999",
-            "--drain-timeout",
-            "0",
-            "--log-level",
-            "info",
-            "--metrics-listen",
-            &metrics,
-        ]
-        .map(str::to_owned),
-    );
+    let args = xturnd_args(listeners, relay_ips, &["--metrics-listen", &metrics]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let guard = topology.start_xturnd_logged(&args, &log);
     Relay {
@@ -271,25 +246,13 @@ fn a_kernel_path_that_stops_delivering_is_withdrawn_to_userspace() {
     let _peers = echo_peers(&topology, &[PEER_V4]);
     let log = log_path("kernel-withdraw");
     let metrics = "198.18.1.1:9100";
-    let guard = topology.start_xturnd_logged(
-        &[
-            "--listen",
-            "198.18.1.1:3478",
-            "--relay-ip",
-            RELAY_V4,
-            "--realm",
-            "xturn.test",
-            "--user",
-            "alice:wonderland",
-            "--dataplane",
-            "xdp",
-            "--drain-timeout",
-            "0",
-            "--metrics-listen",
-            metrics,
-        ],
-        &log,
+    let args = xturnd_args(
+        &["198.18.1.1:3478"],
+        &[RELAY_V4],
+        &["--dataplane", "xdp", "--metrics-listen", metrics],
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let guard = topology.start_xturnd_logged(&args, &log);
     let relay = Relay {
         guard: Some(guard),
         log,

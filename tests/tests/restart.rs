@@ -315,32 +315,21 @@ fn coturn_clients_across_a_kill(topology: &Topology, dataplane: &str, name: &str
     let state = TempDir::new(&format!("{name}-state"));
     let pin_dir = bpffs.path().join("pod").to_string_lossy().into_owned();
     let state_dir = state.0.to_string_lossy().into_owned();
-    let args = [
-        "--listen",
-        "198.18.1.1:3478",
-        "--relay-ip",
-        RELAY_V4,
-        "--realm",
-        "xturn.test",
-        "--user",
-        "alice:wonderland",
-        "--min-port",
-        "50000",
-        "--max-port",
-        "50999",
-        "--dataplane",
-        dataplane,
-        "--drain-timeout",
-        "0",
-        "--log-level",
-        "info",
-        "--metrics-listen",
-        METRICS,
-        "--state-dir",
-        &state_dir,
-        "--bpf-pin-dir",
-        &pin_dir,
-    ];
+    let args = xturn_tests::clients::xturnd_args(
+        &["198.18.1.1:3478"],
+        &[RELAY_V4],
+        &[
+            "--dataplane",
+            dataplane,
+            "--metrics-listen",
+            METRICS,
+            "--state-dir",
+            &state_dir,
+            "--bpf-pin-dir",
+            &pin_dir,
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (log1, log2) = (
         log_path(&format!("{name}-restart-1")),
         log_path(&format!("{name}-restart-2")),
@@ -507,25 +496,13 @@ fn pinned_maps_of_another_layout_are_replaced() {
     assert!(status.success(), "bpftool map create: {status}");
     let pin_dir = pin_dir.to_string_lossy().into_owned();
     let log = log_path("layout");
-    let relay = topology.start_xturnd_logged(
-        &[
-            "--listen",
-            "198.18.1.1:3478",
-            "--relay-ip",
-            RELAY_V4,
-            "--realm",
-            "xturn.test",
-            "--user",
-            "alice:wonderland",
-            "--dataplane",
-            "xdp",
-            "--drain-timeout",
-            "0",
-            "--bpf-pin-dir",
-            &pin_dir,
-        ],
-        &log,
+    let args = xturn_tests::clients::xturnd_args(
+        &["198.18.1.1:3478"],
+        &[RELAY_V4],
+        &["--dataplane", "xdp", "--bpf-pin-dir", &pin_dir],
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = topology.start_xturnd_logged(&args, &log);
     let totals = xturn_tests::clients::uclient(
         &topology,
         &[
