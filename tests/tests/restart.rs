@@ -91,30 +91,19 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
     // and a clean stop removes it with the pins.
     let pin_dir = bpffs.path().join("pod-0b7d").to_string_lossy().into_owned();
     let state_dir = state.0.to_string_lossy().into_owned();
-    let args = [
-        "--listen",
-        "198.18.1.1:3478",
-        "--relay-ip",
-        RELAY_V4,
-        "--realm",
-        "xturn.test",
-        "--user",
-        "alice:wonderland",
-        "--min-port",
-        "50000",
-        "--max-port",
-        "50999",
-        "--dataplane",
-        "xdp",
-        "--drain-timeout",
-        "0",
-        "--log-level",
-        "info",
-        "--state-dir",
-        &state_dir,
-        "--bpf-pin-dir",
-        &pin_dir,
-    ];
+    let args = xturn_tests::clients::xturnd_args(
+        &["198.18.1.1:3478"],
+        &[RELAY_V4],
+        &[
+            "--dataplane",
+            "xdp",
+            "--state-dir",
+            &state_dir,
+            "--bpf-pin-dir",
+            &pin_dir,
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (log1, log2) = (log_path("restart-1"), log_path("restart-2"));
     let first = topology.start_xturnd_logged(&args, &log1);
 
