@@ -217,3 +217,25 @@ pub fn xturnd_args(listeners: &[&str], relay_ips: &[&str], extra: &[&str]) -> Ve
     args.extend(extra.iter().map(|e| (*e).to_owned()));
     args
 }
+
+/// A TURN client of `server` as alice, with an allocation and `channel` bound to `peer`;
+/// panics if any step fails. Call it inside the client namespace's runtime.
+pub async fn bound_client(
+    server: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    channel: u16,
+) -> relay_user::client::TurnClient {
+    use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient};
+    let mut client = TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
+        .await
+        .expect("connect");
+    client
+        .allocate(AllocateOptions::default())
+        .await
+        .expect("allocate");
+    client
+        .channel_bind(peer, channel)
+        .await
+        .expect("channel bind");
+    client
+}

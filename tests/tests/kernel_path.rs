@@ -237,7 +237,6 @@ fn a_pod_behind_a_node_relays_in_the_kernel_to_a_media_server_on_the_node() {
 fn a_kernel_path_that_stops_delivering_is_withdrawn_to_userspace() {
     use std::time::{Duration, Instant};
 
-    use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient};
     use xturn_tests::clients::block_on;
 
     const CHANNEL: u16 = 0x4000;
@@ -265,15 +264,7 @@ fn a_kernel_path_that_stops_delivering_is_withdrawn_to_userspace() {
     let mut pass = Some(pass);
     let (before, during, after) = topology.client.within(|| {
         block_on(async {
-            let mut client =
-                TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
-                    .await
-                    .expect("connect");
-            client
-                .allocate(AllocateOptions::default())
-                .await
-                .expect("allocate");
-            client.channel_bind(peer, CHANNEL).await.expect("bind");
+            let mut client = xturn_tests::clients::bound_client(server, peer, CHANNEL).await;
             let mut before = 0;
             for i in 0..50u32 {
                 client

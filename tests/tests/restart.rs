@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
+use relay_user::client::Via;
 use xturn_tests::{
     admin::{metric, metric_sum, scrape},
     clients::{block_on, log_path, start_echo_peers, uclient_command, uclient_totals},
@@ -128,15 +128,7 @@ fn a_killed_agent_restarts_without_losing_offloaded_packets() {
         let outcome = topology.client.within(|| {
             let ready_rx = ready_rx;
             block_on(async {
-                let mut client =
-                    TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
-                        .await
-                        .expect("connect");
-                client
-                    .allocate(AllocateOptions::default())
-                    .await
-                    .expect("allocate");
-                client.channel_bind(peer, CHANNEL).await.expect("bind");
+                let mut client = xturn_tests::clients::bound_client(server, peer, CHANNEL).await;
                 // Wait for the offload: the first echo.
                 let mut warm = false;
                 for _ in 0..20 {

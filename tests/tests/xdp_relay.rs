@@ -425,18 +425,7 @@ fn kernel_log_records_reach_the_agent_log() {
     let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
     topology.client.within(|| {
         block_on(async {
-            let mut client =
-                TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
-                    .await
-                    .expect("connect");
-            client
-                .allocate(AllocateOptions::default())
-                .await
-                .expect("allocate");
-            client
-                .channel_bind(peer, 0x4000)
-                .await
-                .expect("channel bind");
+            let client = xturn_tests::clients::bound_client(server, peer, 0x4000).await;
             // A bound channel whose length field claims 256 bytes in a 4-byte datagram.
             client
                 .send_raw(&[0x40, 0x00, 0x01, 0x00, 1, 2, 3, 4])
