@@ -24,8 +24,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use turn_proto::auth::rest_credentials;
+#[cfg(test)]
+use turn_proto::auth::rest_password;
 
 /// How clients authenticate at a Gateway, as the credential service needs it.
 #[derive(Clone, PartialEq, Eq)]
@@ -165,13 +167,6 @@ impl IceError {
     }
 }
 
-/// The TURN REST API password of `username`.
-pub fn rest_password(secret: &str, username: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
-    let tag = ring::hmac::sign(&key, username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
-}
-
 /// The ICE configuration for `query` at `now` (Unix seconds).
 pub fn ice_config<'a>(
     sources: impl IntoIterator<Item = &'a IceSource>,
@@ -229,9 +224,8 @@ pub fn ice_config<'a>(
                     .clone()
                     .or_else(|| user_id.clone())
                     .unwrap_or_else(|| "user".to_owned());
-                let username = format!("{}:{id}", now.saturating_add(ttl));
-                let password = rest_password(secret, &username);
-                (username, password)
+                let expiry = u64::try_from(now.saturating_add(ttl)).unwrap_or(0);
+                rest_credentials(secret, &id, expiry)
             }
         };
         servers.push(IceServer {

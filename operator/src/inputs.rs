@@ -111,9 +111,9 @@ impl Inputs {
         origin: &str,
         skipped: &mut Vec<String>,
     ) -> Result<(), FilesError> {
-        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
             let value =
-                serde_yaml::Value::deserialize(document).map_err(|e| FilesError::Parse {
+                serde_norway::Value::deserialize(document).map_err(|e| FilesError::Parse {
                     origin: format!("{origin}, document {}", index + 1),
                     message: e.to_string(),
                 })?;
@@ -127,24 +127,24 @@ impl Inputs {
 
     fn add_value(
         &mut self,
-        value: serde_yaml::Value,
+        value: serde_norway::Value,
         origin: &str,
         skipped: &mut Vec<String>,
     ) -> Result<(), FilesError> {
         let field = |name: &str| {
             value
                 .get(name)
-                .and_then(serde_yaml::Value::as_str)
+                .and_then(serde_norway::Value::as_str)
                 .unwrap_or_default()
                 .to_owned()
         };
         let api_version = field("apiVersion");
         let kind = field("kind");
         fn typed<K: serde::de::DeserializeOwned>(
-            value: serde_yaml::Value,
+            value: serde_norway::Value,
             origin: &str,
         ) -> Result<Arc<K>, FilesError> {
-            serde_yaml::from_value(value)
+            serde_norway::from_value(value)
                 .map(Arc::new)
                 .map_err(|e| FilesError::Parse {
                     origin: origin.to_owned(),
@@ -156,7 +156,7 @@ impl Inputs {
             ("", "List") | ("v1", "List") => {
                 let items = value
                     .get("items")
-                    .and_then(serde_yaml::Value::as_sequence)
+                    .and_then(serde_norway::Value::as_sequence)
                     .cloned()
                     .unwrap_or_default();
                 for item in items {

@@ -107,11 +107,11 @@ fn summarise(conditions: &[Condition]) -> String {
 }
 
 /// The objects as one multi-document YAML stream.
-pub fn to_yaml(objects: &[serde_json::Value]) -> Result<String, serde_yaml::Error> {
+pub fn to_yaml(objects: &[serde_json::Value]) -> Result<String, serde_norway::Error> {
     let mut text = String::new();
     for object in objects {
         text.push_str("---\n");
-        text.push_str(&serde_yaml::to_string(object)?);
+        text.push_str(&serde_norway::to_string(object)?);
     }
     Ok(text)
 }

@@ -21,8 +21,8 @@ fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut out = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document)
+    for (i, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+        let value = <serde_norway::Value as serde::Deserialize>::deserialize(document)
             .unwrap_or_else(|e| panic!("{} document {}: {e}", path.display(), i + 1));
         if value.is_null() {
             continue;
@@ -247,10 +247,12 @@ fn render_subcommand_prints_the_rendered_objects() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&stdout)
+    let objects: Vec<Value> = serde_norway::Deserializer::from_str(&stdout)
         .map(|d| {
-            serde_json::to_value(<serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
-                .unwrap()
+            serde_json::to_value(
+                <serde_norway::Value as serde::Deserialize>::deserialize(d).unwrap(),
+            )
+            .unwrap()
         })
         .collect();
     let expected = offline::render_all(&seed_with(&[]), &settings(), None).unwrap();

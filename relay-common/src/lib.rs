@@ -265,6 +265,35 @@ pub mod names {
     pub const LISTENERS_MAP: &str = "LISTENERS";
 }
 
+/// The benchmark's ceiling XDP program (`relay-ebpf/src/bin/ceiling.rs`) and its loader
+/// (`xturn-ceiling`): its one configuration entry, and the channel the benchmark uses.
+pub mod ceiling {
+    /// The channel number of the benchmark's ChannelData (load generator, echo, ceiling).
+    pub const CHANNEL: u16 = 0x4000;
+    /// The program's entry point.
+    pub const PROGRAM: &str = "xturn_ceiling";
+    /// Array map with the one [`CeilingConfig`].
+    pub const CONFIG_MAP: &str = "CEILING_CONFIG";
+    /// Per-CPU array of packet counts: 0 to peer, 1 to client, 2 passed, 3 dropped.
+    pub const STATS_MAP: &str = "CEILING_STATS";
+
+    /// What to rewrite to: addresses and ports in network order, 24 bytes.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct CeilingConfig {
+        pub listener_ip: [u8; 4],
+        pub client_ip: [u8; 4],
+        pub relay_ip: [u8; 4],
+        pub peer_ip: [u8; 4],
+        pub listener_port: [u8; 2],
+        pub peer_port: [u8; 2],
+        pub channel: [u8; 2],
+        pub _pad: [u8; 2],
+    }
+
+    const _: () = assert!(core::mem::size_of::<CeilingConfig>() == 24);
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY (all impls): `#[repr(C)]`, `Copy`, only byte arrays and u64s laid out without
@@ -275,6 +304,7 @@ mod user {
     unsafe impl aya::Pod for super::ChannelToPeer {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::PeerToClient {}
+    unsafe impl aya::Pod for super::ceiling::CeilingConfig {}
 }
 
 #[cfg(feature = "user")]

@@ -19,8 +19,8 @@ use std::{
 use serde::Deserialize;
 
 pub use crate::dataplane::Dataplane;
-use crate::policy::Endpoint;
 pub use crate::telemetry::LogFormat;
+use turn_proto::policy::{Endpoint, PeerPolicy};
 
 /// The standard TURN port, STUNner's default listener port.
 const DEFAULT_PORT: u16 = 3478;
@@ -566,7 +566,7 @@ pub fn parse_file(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+    serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
         origin: origin.to_owned(),
         message: e.to_string(),
     })
@@ -584,7 +584,7 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 /// A listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
-    /// Unique; what routes, metrics and [`crate::policy::PeerPolicy`] call the listener.
+    /// Unique; what routes, metrics and [`PeerPolicy`] call the listener.
     pub name: String,
     pub transport: Transport,
     /// Where it binds; may be a wildcard address.
@@ -661,6 +661,63 @@ pub struct Config {
 }
 
 /// Passwords and secrets stay out of logs.
+impl Config {
+    /// The peer policy this configuration describes: its listeners' addresses are denied as peers (a wildcard
+    /// listener stands for the relay addresses of its family, and an IPv6 wildcard also for the
+    /// IPv4 relay address, since a dual-stack socket receives IPv4 too), each listener with
+    /// routes reaches exactly the endpoints of its routed clusters, and
+    /// `config.allow_loopback_peers` is applied.
+    pub fn peer_policy(&self) -> PeerPolicy {
+        let config = self;
+        let mut own = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let port = listener.addr.port();
+            match listener.addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => {
+                    own.extend(config.relay_ipv4.map(|r| SocketAddr::new(r.into(), port)));
+                }
+                IpAddr::V6(ip) if ip.is_unspecified() => {
+                    own.extend(config.relay_ipv6.map(|r| SocketAddr::new(r.into(), port)));
+                    own.extend(config.relay_ipv4.map(|r| SocketAddr::new(r.into(), port)));
+                }
+                _ => own.push(listener.addr),
+            }
+        }
+        let host_ips = config
+            .listeners
+            .iter()
+            .map(|l| l.addr.ip())
+            .chain(config.relay_ipv4.map(IpAddr::V4))
+            .chain(config.relay_ipv6.map(IpAddr::V6));
+        let mut policy = PeerPolicy::open(own)
+            .own_host(host_ips, (config.min_port, config.max_port))
+            .allow_loopback(config.allow_loopback_peers);
+        // Every configured cluster has a name (and metrics), routed or not.
+        for cluster in &config.clusters {
+            policy.cluster_index(&cluster.name);
+        }
+        for listener in &config.listeners {
+            if !listener.routed && listener.routes.is_empty() {
+                continue;
+            }
+            // A routed listener whose clusters have no endpoints reaches nothing.
+            policy = policy.route(listener.name.clone(), Vec::new());
+            for cluster in config
+                .clusters
+                .iter()
+                .filter(|cluster| listener.routes.contains(&cluster.name))
+            {
+                policy = policy.route_cluster(
+                    listener.name.clone(),
+                    &cluster.name,
+                    cluster.endpoints.clone(),
+                );
+            }
+        }
+        policy
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let user_names = self.users.iter().map(|(n, _)| n).collect::<Vec<_>>();
@@ -1664,8 +1721,8 @@ fn parse_http_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{PeerDenied, PeerPolicy};
     use clap::Parser as _;
+    use turn_proto::policy::PeerDenied;
 
     const STATIC_FIXTURE: &str = include_str!("../tests/fixtures/stunner-static.yaml");
     const EPHEMERAL_FIXTURE: &str = include_str!("../tests/fixtures/stunner-ephemeral.json");
@@ -1779,7 +1836,7 @@ mod tests {
         .unwrap();
         assert!(c.listeners[0].routed && c.listeners[0].routes.is_empty());
         assert!(!c.listeners[1].routed);
-        let policy = crate::policy::PeerPolicy::from_config(&c);
+        let policy = c.peer_policy();
         let peer: SocketAddr = "198.18.2.1:5000".parse().unwrap();
         assert!(policy.permits("u", peer).is_err());
         assert!(policy.permits("t", peer).is_ok());
@@ -2626,14 +2683,14 @@ mod tests {
         )
         .unwrap();
         // The first --listen matches no file listener: open; the file's routed listener is gone.
-        let policy = PeerPolicy::from_config(&c);
+        let policy = c.peer_policy();
         assert_eq!(
             policy.permits("udp-0", "8.8.8.8:53".parse().unwrap()),
             Ok(())
         );
 
         let c = resolve_with(&[], Some(STATIC_FIXTURE)).unwrap();
-        let policy = PeerPolicy::from_config(&c);
+        let policy = c.peer_policy();
         let routed = "stunner/udp-gateway/udp-listener";
         assert_eq!(
             policy.permits(routed, "10.244.3.4:40000".parse().unwrap()),
@@ -2686,7 +2743,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let policy = PeerPolicy::from_config(&c);
+        let policy = c.peer_policy();
         assert!(
             policy
                 .permits("udp-0", "[2001:db8::1]:3478".parse().unwrap())

@@ -4,15 +4,22 @@
 //! period, up to a minute or more). The ConfigMap's `stunnerd.conf` key (or `--config-map-key`)
 //! holds the same text a `--config` file would. A deleted ConfigMap, or one without the key,
 //! leaves the running configuration in force.
+//!
+//! The Kubernetes client is behind the default feature `config-map`; an agent built without it
+//! does not link kube and refuses `--config-map` with a clear error.
 use std::{fmt, str::FromStr};
 
+#[cfg(feature = "config-map")]
 use futures::StreamExt;
+#[cfg(feature = "config-map")]
 use k8s_openapi::api::core::v1::ConfigMap;
+#[cfg(feature = "config-map")]
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
 };
 use tokio::sync::watch;
+#[cfg(feature = "config-map")]
 use tracing::{debug, warn};
 
 /// STUNner's key for the rendered dataplane configuration.
@@ -51,18 +58,65 @@ impl fmt::Display for ConfigMapRef {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigMapError {
+    #[cfg(feature = "config-map")]
     #[error("ConfigMap {0}: {1}")]
     Api(ConfigMapRef, #[source] kube::Error),
+    #[cfg(feature = "config-map")]
+    #[error("--config-map: cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {0}")]
+    Connect(#[source] kube::Error),
     #[error("ConfigMap {0} has no key {1:?}")]
     NoKey(ConfigMapRef, String),
+    #[error("--config-map {0}: this xturnd was built without the `config-map` feature")]
+    NotBuiltIn(ConfigMapRef),
+}
+
+/// Connects to the Kubernetes API (in-cluster or KUBECONFIG) and reads the configuration text.
+pub async fn connect_and_fetch(
+    reference: &ConfigMapRef,
+    key: &str,
+) -> Result<String, ConfigMapError> {
+    #[cfg(feature = "config-map")]
+    {
+        let client = Client::try_default()
+            .await
+            .map_err(ConfigMapError::Connect)?;
+        fetch(client, reference, key).await
+    }
+    #[cfg(not(feature = "config-map"))]
+    {
+        let _ = key;
+        Err(ConfigMapError::NotBuiltIn(reference.clone()))
+    }
+}
+
+/// Connects to the Kubernetes API and [`watch`]es the ConfigMap, starting from `initial`.
+pub async fn connect_and_watch(
+    reference: ConfigMapRef,
+    key: String,
+    initial: String,
+) -> Result<watch::Receiver<String>, ConfigMapError> {
+    #[cfg(feature = "config-map")]
+    {
+        let client = Client::try_default()
+            .await
+            .map_err(ConfigMapError::Connect)?;
+        Ok(watch(client, reference, key, initial))
+    }
+    #[cfg(not(feature = "config-map"))]
+    {
+        let _ = (key, initial);
+        Err(ConfigMapError::NotBuiltIn(reference))
+    }
 }
 
 /// The configuration text in `config_map`, `key`.
+#[cfg(feature = "config-map")]
 pub fn text_of(config_map: &ConfigMap, key: &str) -> Option<String> {
     config_map.data.as_ref()?.get(key).cloned()
 }
 
 /// Reads the ConfigMap's configuration text now.
+#[cfg(feature = "config-map")]
 pub async fn fetch(
     client: Client,
     reference: &ConfigMapRef,
@@ -79,6 +133,7 @@ pub async fn fetch(
 
 /// Watches the ConfigMap; the receiver sees each new text (starting with `initial`). The watch
 /// reconnects by itself (with backoff) when the API server goes away.
+#[cfg(feature = "config-map")]
 pub fn watch(
     client: Client,
     reference: ConfigMapRef,
@@ -127,6 +182,7 @@ pub fn watch(
 }
 
 #[cfg(test)]
+#[cfg(feature = "config-map")]
 mod tests {
     use super::*;
     use http::{Request, Response};

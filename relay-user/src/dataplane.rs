@@ -26,8 +26,8 @@ use crate::{
     ebpf::{ChannelEntry, FastPath, FastPathError, Hook},
     route::Router,
     server::ChannelHook,
-    turn::ChannelBinding,
 };
+use turn_proto::server::ChannelBinding;
 
 /// Which data plane to run, as asked for on the command line (`offloadEngine` in STUNner's
 /// configuration: `None`, `XDP`, `TC`, `Auto`).

@@ -36,8 +36,8 @@ use crate::{
     server::{Shared, lock},
     stream::FIRST_MESSAGE_TIMEOUT,
     tls::{CertStore, read_pem},
-    turn::ListenerId,
 };
+use turn_proto::server::ListenerId;
 
 /// How often session deadlines and DTLS retransmissions are looked at.
 const TICK: Duration = Duration::from_millis(100);

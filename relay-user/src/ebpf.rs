@@ -90,9 +90,9 @@ pub struct ChannelEntry {
     pub to_client_ifindex: u32,
 }
 
-impl From<&crate::turn::ChannelBinding> for ChannelEntry {
+impl From<&turn_proto::server::ChannelBinding> for ChannelEntry {
     /// The binding's entry, its egress interfaces not known yet (0).
-    fn from(binding: &crate::turn::ChannelBinding) -> ChannelEntry {
+    fn from(binding: &turn_proto::server::ChannelBinding) -> ChannelEntry {
         ChannelEntry {
             client: binding.client,
             listener: binding.server,

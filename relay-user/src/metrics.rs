@@ -32,8 +32,8 @@ use crate::{
     dataplane::XdpHook,
     ebpf::{ChannelCounters, ChannelEntry},
     server::{ChannelHook, ConnectionSnapshot, IoSnapshot, ServerHandle},
-    turn::{self, ChannelBinding},
 };
+use turn_proto::server::{self as turn, ChannelBinding};
 
 /// The HTTP `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -7,7 +7,9 @@
 //! says which fields were left as they were. (The log level is applied by xturnd itself.)
 use std::net::IpAddr;
 
-use crate::{auth::Credentials, config::Config, policy::PeerPolicy};
+use turn_proto::{auth::Credentials, policy::PeerPolicy};
+
+use crate::config::Config;
 
 /// The credentials `config` describes.
 pub fn credentials(config: &Config) -> Credentials {
@@ -24,7 +26,8 @@ pub fn credentials(config: &Config) -> Credentials {
 /// The peer policy `config` describes, with `host_ips` (every address of this host) added to
 /// the relay's own addresses.
 pub fn policy(config: &Config, host_ips: &[IpAddr]) -> PeerPolicy {
-    PeerPolicy::from_config(config)
+    config
+        .peer_policy()
         .own_host(host_ips.iter().copied(), (config.min_port, config.max_port))
 }
 

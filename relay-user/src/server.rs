@@ -37,8 +37,8 @@ use crate::{
     dtls::DtlsListener,
     stream::{Connections, StreamListener},
     tls::CertStore,
-    turn::{self, BindFailure, ChannelBinding, Command, ListenerId},
 };
+use turn_proto::server::{self as turn, BindFailure, ChannelBinding, Command, ListenerId};
 
 /// Largest datagram we read: bigger than any MTU, so nothing is truncated silently.
 const MAX_DATAGRAM: usize = 65_536;

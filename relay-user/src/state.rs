@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::turn::Snapshot;
+use turn_proto::server::Snapshot;
 
 /// The allocation state file in a state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -156,7 +156,7 @@ mod tests {
         let dir = temp_dir("roundtrip");
         assert!(load(&dir).unwrap().is_none());
         let snapshot = Snapshot {
-            version: crate::turn::SNAPSHOT_VERSION,
+            version: turn_proto::server::SNAPSHOT_VERSION,
             taken_unix_ms: 5,
             allocations: Vec::new(),
         };

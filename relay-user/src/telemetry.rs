@@ -1,8 +1,7 @@
 //! Logging: `tracing` for the agent's own events, with `log` records (aya, aya-log's kernel
 //! messages) forwarded into it.
 //!
-//! [`init`] is the simple form (`xturnctl`). The agent uses [`init_agent`], which also picks the
-//! output format ([`LogFormat`]) and returns a [`LogControl`] that changes the filter while the
+//! [`init_agent`] picks the output format ([`LogFormat`]) and returns a [`LogControl`] that changes the filter while the
 //! process runs (the admin endpoint `PUT /log-level`).
 use std::sync::Mutex;
 
@@ -49,21 +48,6 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
         filter: filter.to_owned(),
         source,
     })
-}
-
-/// Installs the global subscriber. `filter` is an `EnvFilter` directive such as `info` or
-/// `relay_user=debug,info`; `RUST_LOG` overrides it when set.
-pub fn init(filter: &str) -> Result<(), TelemetryError> {
-    let filter = initial_filter(filter);
-    let env_filter = parse_filter(&filter)?;
-    // `try_init` also installs the `log` → tracing bridge (tracing-subscriber's `tracing-log`
-    // feature), so aya and aya-log's kernel records end up here too.
-    fmt()
-        .with_env_filter(env_filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init()
-        .map_err(|_| TelemetryError::AlreadyInstalled)
 }
 
 /// Changes the log filter of a running agent.

@@ -130,8 +130,8 @@ pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
 /// `rounds` round trips of ChannelData. Returns how many completed; panics in here are
 /// avoided so the caller can collect the relay's counters whatever happens.
 pub fn hairpin_rounds(ns: &crate::netns::NetNs, server: std::net::SocketAddr, rounds: u8) -> usize {
-    use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
     use std::time::Duration;
+    use xturnctl::{AllocateOptions, ClientCredentials, TurnClient, Via};
     ns.within(|| {
         block_on(async {
             let creds = || ClientCredentials::new("alice", "wonderland");
@@ -224,8 +224,8 @@ pub async fn bound_client(
     server: std::net::SocketAddr,
     peer: std::net::SocketAddr,
     channel: u16,
-) -> relay_user::client::TurnClient {
-    use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient};
+) -> xturnctl::TurnClient {
+    use xturnctl::{AllocateOptions, ClientCredentials, TurnClient};
     let mut client = TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
         .await
         .expect("connect");

@@ -261,7 +261,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} not found: build it first (`cargo build -p relay-user --bins`; `cargo xtask test` does)",
+        "{} not found: build it first (`cargo build --workspace --bins`; `cargo xtask test` does)",
         path.display()
     );
     path

@@ -16,16 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_user::client::{
-    AllocateOptions, ClientCredentials, TurnClient, Via,
-    proto::{TransactionId, build_send_indication},
-};
+use turn_proto::client::message::{TransactionId, build_send_indication};
 use xturn_tests::{
     admin::{self, http, metric},
     clients::block_on,
     netns::{ChildGuard, NetNs},
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
+use xturnctl::{AllocateOptions, ClientCredentials, TurnClient, Via};
 
 const PEER_PORT: u16 = 3480;
 const METRICS: &str = "198.18.1.1:9100";

@@ -7,12 +7,12 @@ use std::{
     time::Duration,
 };
 
-use relay_user::client::{AllocateOptions, ClientCredentials, ClientError, TurnClient};
 use xturn_tests::{
     clients::block_on,
     netns::ChildGuard,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
+use xturnctl::{AllocateOptions, ClientCredentials, ClientError, TurnClient};
 
 /// A STUNner-shaped dataplane configuration: one static user, one listener routed to `cluster`.
 fn config_yaml(user: &str, password: &str, cluster: &str) -> String {

@@ -11,13 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_user::client::Via;
 use xturn_tests::{
     admin::{metric, metric_sum, scrape},
     clients::{block_on, log_path, start_echo_peers, uclient_command, uclient_totals},
     netns::ChildGuard,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
+use xturnctl::Via;
 
 const PEER_PORT: &str = "3480";
 const CHANNEL: u16 = 0x4000;

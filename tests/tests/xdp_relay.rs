@@ -6,7 +6,6 @@
 //! counters` log lines), so the test sees what an operator would.
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-use relay_user::client::{AllocateOptions, ClientCredentials, TurnClient, Via};
 use xturn_tests::{
     clients::{
         PEER_PORT, UclientTotals, block_on, hairpin_rounds, log_path, number_after,
@@ -15,6 +14,7 @@ use xturn_tests::{
     netns::ChildGuard,
     topology::{LISTENER_V4, LISTENER_V6, PEER_V4, PEER_V6, RELAY_V4, RELAY_V6, Topology, binary},
 };
+use xturnctl::{AllocateOptions, ClientCredentials, TurnClient, Via};
 
 fn start_xdp_relay(topology: &Topology, log: &std::path::Path, extra: &[&str]) -> ChildGuard {
     let mut args = vec![

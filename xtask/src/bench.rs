@@ -520,15 +520,8 @@ pub fn run(opts: &Options) -> Result<()> {
     }
 
     setup::run()?;
-    sh::step("bench: building xturnd and xturn-bench (release)");
-    sh::run(sh::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "relay-user",
-        "--bins",
-    ]))?;
-    let bin = sh::root().join("target/release");
+    sh::step("bench: building xturnd, xturn-ceiling and xturn-bench (release)");
+    let bin = sh::build_release(&["relay-user", "xturn-bench"])?;
     let cores = Cores::detect()?;
     let mut facts = Facts::collect(command, cores.clone());
     let run_dir = PathBuf::from("/tmp/xturn-bench-run");
@@ -628,9 +621,8 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
     let relay_cmd: Option<(String, Vec<String>)> = match c.kind {
         Kind::Generator => None,
         Kind::Ceiling => Some((
-            bin("xturn-bench"),
+            bin("xturn-ceiling"),
             strings(&[
-                "ceiling",
                 "--listen",
                 LISTENER,
                 "--client-ip",

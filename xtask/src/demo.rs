@@ -39,14 +39,7 @@ const NAMES: Names = Names {
 pub fn run() -> Result<()> {
     setup::run()?;
     sh::step("demo: building xturnd and xturnctl");
-    sh::run(sh::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "relay-user",
-        "--bins",
-    ]))?;
-    let bin = sh::root().join("target/release");
+    let bin = sh::build_release(&["relay-user", "xturnctl"])?;
 
     sh::step("demo: creating the topology (client ⇄ relay ⇄ peer namespaces, default settings)");
     let _topology = Topology::create(&NAMES, false, false)?;

@@ -69,3 +69,13 @@ pub fn output(mut cmd: Command) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// `cargo build --release --bins` of `packages`; returns the directory the binaries are in.
+pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
+    let mut args = vec!["build", "--release", "--bins"];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    run(cargo(&args))?;
+    Ok(root().join("target/release"))
+}

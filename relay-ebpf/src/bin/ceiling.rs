@@ -33,27 +33,14 @@ mod program {
         headers::{ETH_LEN, ETH_P_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UDP_LEN, UdpHdr},
     };
 
-    /// What to rewrite to. The layout is shared with the loader (`relay-user/src/bench/`):
-    /// addresses and ports in network order, 24 bytes.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    pub struct CeilingConfig {
-        pub listener_ip: [u8; 4],
-        pub client_ip: [u8; 4],
-        pub relay_ip: [u8; 4],
-        pub peer_ip: [u8; 4],
-        pub listener_port: [u8; 2],
-        pub peer_port: [u8; 2],
-        pub channel: [u8; 2],
-        pub _pad: [u8; 2],
-    }
+    use relay_common::ceiling::CeilingConfig;
 
     /// The single configuration entry, written by the loader before attaching.
-    #[map(name = "CEILING_CONFIG")]
+    #[map(name = "CEILING_CONFIG")] // relay_common::ceiling::CONFIG_MAP
     static CONFIG: Array<CeilingConfig> = Array::with_max_entries(1, 0);
 
     /// Packets per outcome, per CPU: 0 to peer, 1 to client, 2 passed, 3 dropped.
-    #[map(name = "CEILING_STATS")]
+    #[map(name = "CEILING_STATS")] // relay_common::ceiling::STATS_MAP
     static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
     const TO_PEER: u32 = 0;

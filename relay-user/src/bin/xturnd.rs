@@ -21,10 +21,10 @@ use relay_user::{
     state,
     telemetry::{self, LogControl},
     tls::CertStore,
-    turn::{self, Listener, ServerConfig},
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
+use turn_proto::server::{self as turn, Listener, ServerConfig};
 
 /// How often a drain checks whether the allocations are gone.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
@@ -95,12 +95,10 @@ fn fetch_config_map(args: &XturndArgs, reference: &configmap::ConfigMapRef) -> R
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("--config-map: cannot reach the Kubernetes API (in-cluster or KUBECONFIG)")?;
-        Ok(configmap::fetch(client, reference, &config_map_key(args)).await?)
-    })
+    Ok(runtime.block_on(configmap::connect_and_fetch(
+        reference,
+        &config_map_key(args),
+    ))?)
 }
 
 async fn run(
@@ -274,15 +272,7 @@ async fn run(
     // --config-map: the ConfigMap's changes, as they happen.
     let mut config_map = match (&args.config_map, config_map_text) {
         (Some(reference), Some(text)) => {
-            let client = kube::Client::try_default()
-                .await
-                .context("--config-map: cannot reach the Kubernetes API")?;
-            Some(configmap::watch(
-                client,
-                reference.clone(),
-                config_map_key(args),
-                text,
-            ))
+            Some(configmap::connect_and_watch(reference.clone(), config_map_key(args), text).await?)
         }
         _ => None,
     };

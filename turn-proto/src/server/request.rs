@@ -1,0 +1,226 @@
+//! Client datagrams: demultiplexing, request dispatch, responses and the transaction cache.
+use bytecodec::EncodeExt as _;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
+use stun_codec::{Message, MessageClass, MessageEncoder};
+use tracing::{trace, warn};
+
+use super::state::*;
+use super::{Command, FiveTuple, ListenerId};
+use crate::attributes::{Attribute, ErrorCode, UnknownAttributes, XorMappedAddress};
+use crate::wire::{self, Demux, FrameError, Header, StunFrame};
+
+impl Server {
+    // ---------------------------------------------------------------------------------------
+    // Client datagrams
+    // ---------------------------------------------------------------------------------------
+
+    /// A message from `client` arrived on listener `listener`: a UDP datagram, or one STUN
+    /// message or ChannelData message (padding included) framed off a stream connection.
+    pub fn handle_client_datagram(
+        &mut self,
+        listener: ListenerId,
+        client: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) {
+        let Some((server, transport)) = self
+            .config
+            .listeners
+            .get(usize::from(listener.0))
+            .map(|l| (l.addr, l.transport))
+        else {
+            warn!(?listener, "datagram on an unknown listener");
+            self.stats.malformed_dropped += 1;
+            return;
+        };
+        let five_tuple = FiveTuple {
+            client,
+            server,
+            transport,
+        };
+        match wire::demux(data) {
+            Demux::Stun => self.handle_stun(listener, five_tuple, data, now),
+            Demux::ChannelData => self.handle_client_channel_data(five_tuple, data, now),
+            Demux::Other => self.stats.malformed_dropped += 1,
+        }
+    }
+
+    pub(super) fn handle_stun(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        data: &[u8],
+        now: Instant,
+    ) {
+        let frame = match StunFrame::parse(data) {
+            Ok(frame) => frame,
+            Err(FrameError::BadAttributes(header)) if header.class == MessageClass::Request => {
+                self.count_request(header);
+                self.respond(listener, five_tuple, header, Reply::error(400), None, None);
+                return;
+            }
+            Err(error) => {
+                trace!(client = %five_tuple.client, ?error, "dropping malformed STUN");
+                self.stats.malformed_dropped += 1;
+                return;
+            }
+        };
+        match frame.header.class {
+            MessageClass::Request => self.handle_request(listener, five_tuple, &frame, now),
+            MessageClass::Indication => {
+                self.handle_indication(listener, five_tuple, &frame, data.len(), now);
+            }
+            MessageClass::SuccessResponse | MessageClass::ErrorResponse => {
+                self.stats.malformed_dropped += 1;
+            }
+        }
+    }
+
+    pub(super) fn count_request(&mut self, header: Header) {
+        let counter = match header.method {
+            BINDING => &mut self.stats.binding_requests,
+            ALLOCATE => &mut self.stats.allocate_requests,
+            REFRESH => &mut self.stats.refresh_requests,
+            CREATE_PERMISSION => &mut self.stats.create_permission_requests,
+            CHANNEL_BIND => &mut self.stats.channel_bind_requests,
+            _ => &mut self.stats.other_requests,
+        };
+        *counter += 1;
+    }
+
+    pub(super) fn handle_request(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        frame: &StunFrame<'_>,
+        now: Instant,
+    ) {
+        let header = frame.header;
+        self.count_request(header);
+        let key = (five_tuple, header.transaction_id, header.method);
+        if let Some(response) = self.tx_cache.get(&key, now) {
+            let data = response.to_vec();
+            self.stats.retransmissions_answered_from_cache += 1;
+            self.commands.push_back(Command::SendToClient {
+                listener,
+                client: five_tuple.client,
+                data,
+            });
+            return;
+        }
+        if let Some(id) = self.pending_by_tuple.get(&five_tuple)
+            && self
+                .pending
+                .get(id)
+                .is_some_and(|p| p.header.transaction_id == header.transaction_id)
+        {
+            // A retransmission while its relayed sockets are being bound: the answer is coming.
+            return;
+        }
+        let Some(message) = decode(frame) else {
+            self.respond(listener, five_tuple, header, Reply::error(400), None, None);
+            return;
+        };
+        if header.method == BINDING {
+            let reply = match unknown_required(&message) {
+                unknown if !unknown.is_empty() => {
+                    Reply::Error(420, vec![UnknownAttributes::new(unknown).into()])
+                }
+                _ => Reply::Success(vec![XorMappedAddress::new(five_tuple.client).into()]),
+            };
+            self.respond(listener, five_tuple, header, reply, None, None);
+            return;
+        }
+        if !matches!(
+            header.method,
+            ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
+        ) {
+            self.respond(listener, five_tuple, header, Reply::error(400), None, None);
+            return;
+        }
+        let auth = match self.authenticate(five_tuple.client, frame, &message, now) {
+            Ok(auth) => auth,
+            Err(reply) => {
+                self.respond(listener, five_tuple, header, reply, None, None);
+                return;
+            }
+        };
+        let unknown = unknown_required(&message);
+        let reply = if !unknown.is_empty() {
+            Reply::Error(420, vec![UnknownAttributes::new(unknown).into()])
+        } else {
+            match header.method {
+                ALLOCATE => self.allocate(listener, five_tuple, header, &message, &auth, now),
+                REFRESH => self.refresh(five_tuple, &message, &auth, now),
+                CREATE_PERMISSION => {
+                    self.create_permission(listener, five_tuple, &message, &auth, now)
+                }
+                _ => self.channel_bind(listener, five_tuple, &message, &auth, now),
+            }
+        };
+        if matches!(reply, Reply::Success(_)) {
+            self.touch();
+        }
+        if !matches!(reply, Reply::Parked) {
+            self.respond(listener, five_tuple, header, reply, Some(&auth), Some(now));
+        }
+    }
+
+    /// Encodes and sends a response; `cache_at`: remember it for retransmissions.
+    pub(super) fn respond(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        header: Header,
+        reply: Reply,
+        auth: Option<&AuthContext>,
+        cache_at: Option<Instant>,
+    ) {
+        let (class, mut attributes) = match reply {
+            Reply::Success(attributes) => (MessageClass::SuccessResponse, attributes),
+            Reply::Error(code, attributes) => {
+                self.stats.count_error(code);
+                let mut all = Vec::with_capacity(attributes.len() + 1);
+                match ErrorCode::new(code, reason_phrase(code).to_owned()) {
+                    Ok(error) => all.push(error.into()),
+                    Err(error) => warn!(code, %error, "bad error code"),
+                }
+                all.extend(attributes);
+                (MessageClass::ErrorResponse, all)
+            }
+            Reply::Parked => return,
+        };
+        attributes.push(self.software.clone().into());
+        let mut message = Message::<Attribute>::new(class, header.method, header.transaction_id);
+        for attribute in attributes {
+            message.add_attribute(attribute);
+        }
+        let mut bytes = match MessageEncoder::<Attribute>::new().encode_into_bytes(message) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                warn!(%error, "could not encode a response");
+                return;
+            }
+        };
+        if let Some(auth) = auth {
+            wire::append_integrity(&mut bytes, auth.integrity, &auth.key);
+        }
+        wire::append_fingerprint(&mut bytes);
+        if let Some(now) = cache_at {
+            self.tx_cache.insert(
+                (five_tuple, header.transaction_id, header.method),
+                bytes.clone(),
+                now,
+            );
+        }
+        self.commands.push_back(Command::SendToClient {
+            listener,
+            client: five_tuple.client,
+            data: bytes,
+        });
+    }
+}

@@ -1,0 +1,197 @@
+//! `xturn-bench`: the benchmark's load generator and echo (the ceiling XDP program is loaded by
+//! `xturn-ceiling`, in the agent's package, which builds the eBPF objects). `cargo xtask bench`
+//! runs it in network namespaces; see docs/benchmarks.md. Every subcommand is bounded in time
+//! and prints its results as JSON on stdout.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use turn_proto::client::ClientCredentials;
+use xturn_bench::{
+    cpu::CpuSpec,
+    echo::{self, EchoSpec},
+    load::{self, LoadSpec, PhaseSpec},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "xturn-bench",
+    version,
+    about = "xturn's benchmark tools: load generator and echo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make N allocations with TURN handshakes, then send ChannelData in phases and report.
+    Load(Box<LoadArgs>),
+    /// Echo every datagram back to its sender, counting per phase, until SIGTERM.
+    Echo(EchoArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The relay's TURN listener.
+    #[arg(long)]
+    server: SocketAddr,
+    /// The peer the channels are bound to (the echo).
+    #[arg(long)]
+    peer: SocketAddr,
+    /// Long-term credential NAME:PASSWORD. Without it: raw mode, no TURN exchange.
+    #[arg(long)]
+    user: Option<String>,
+    /// Allocations (each with one channel), or sockets in raw mode.
+    #[arg(long, default_value_t = 16)]
+    allocations: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 32)]
+    setup_concurrency: usize,
+    /// A phase: max:PAYLOAD:SECONDS or rate:PAYLOAD:SECONDS:PER_SECOND. Repeatable, in order.
+    #[arg(long = "phase")]
+    phases: Vec<String>,
+    /// Datagrams per sendmmsg.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Datagrams in flight at most in a max phase (all allocations together).
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// A process whose threads' CPU time is the relay's (the relay, its NAPI threads).
+    /// Repeatable.
+    #[arg(long = "relay-pid")]
+    relay_pids: Vec<u32>,
+    /// A process of the load side besides this one (the echo, NAPI threads), to tell other
+    /// processes' use of the load cores apart. Repeatable.
+    #[arg(long = "load-pid")]
+    load_pids: Vec<u32>,
+    /// Run a phase again when other processes used more than this share of the relay's or the
+    /// load's cores during it (0..1).
+    #[arg(long, default_value_t = 0.15)]
+    interference_limit: f64,
+    /// Seconds all repeated phases together may take (0: never repeat).
+    #[arg(long, default_value_t = 0.0)]
+    retry_budget_s: f64,
+    /// Attempts per phase at most.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// The cores the relay is pinned to (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    relay_cpus: Vec<usize>,
+    /// The cores the load generator and echo are pinned to (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    load_cpus: Vec<usize>,
+    /// Counting continues this long after a phase stops sending.
+    #[arg(long, default_value_t = 300)]
+    drain_ms: u64,
+    /// Low-rate traffic before the first phase, not reported.
+    #[arg(long, default_value_t = 300)]
+    warmup_ms: u64,
+    /// Only time the allocations (then delete them); no data.
+    #[arg(long)]
+    setup_only: bool,
+    /// Upper bound for the whole run.
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+}
+
+#[derive(clap::Args)]
+struct EchoArgs {
+    #[arg(long)]
+    bind: SocketAddr,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Stop by itself after this long.
+    #[arg(long, default_value_t = 900)]
+    max_seconds: u64,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn stop_on_signals() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.context("installing a signal handler")?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Load(args) => run_load(*args),
+        Command::Echo(args) => run_echo(&args),
+    }
+}
+
+fn run_load(args: LoadArgs) -> Result<()> {
+    let credentials = match &args.user {
+        Some(user) => {
+            let (name, password) = user
+                .split_once(':')
+                .context("--user must be NAME:PASSWORD")?;
+            Some(ClientCredentials::new(name, password))
+        }
+        None => None,
+    };
+    let phases = args
+        .phases
+        .iter()
+        .map(|p| p.parse::<PhaseSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    if phases.is_empty() && !args.setup_only {
+        bail!("give at least one --phase, or --setup-only");
+    }
+    let spec = LoadSpec {
+        server: args.server,
+        credentials,
+        peer: args.peer,
+        allocations: args.allocations,
+        setup_concurrency: args.setup_concurrency,
+        phases,
+        batch: args.batch,
+        window: args.window,
+        cpu: CpuSpec {
+            relay_pids: args.relay_pids,
+            relay_cpus: args.relay_cpus,
+            load_cpus: args.load_cpus,
+            load_pids: args.load_pids,
+        },
+        drain: Duration::from_millis(args.drain_ms),
+        warmup: Duration::from_millis(args.warmup_ms),
+        setup_only: args.setup_only,
+        max_total: Duration::from_secs(args.max_seconds),
+        interference_limit: args.interference_limit,
+        retry_budget: Duration::from_secs_f64(args.retry_budget_s.clamp(0.0, 3600.0)),
+        max_attempts: args.max_attempts,
+    };
+    let report = load::run(&spec)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn run_echo(args: &EchoArgs) -> Result<()> {
+    stop_on_signals()?;
+    let spec = EchoSpec {
+        bind: args.bind,
+        batch: args.batch,
+        max_duration: Duration::from_secs(args.max_seconds),
+    };
+    let socket = echo::bind(&spec).with_context(|| format!("binding {}", args.bind))?;
+    eprintln!("xturn-bench echo: ready on {}", args.bind);
+    let report = echo::run(&spec, &socket, &STOP)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
