@@ -6,7 +6,6 @@
 //! - [`render`]: Gateway → agent config, ConfigMap, workload, Service, RBAC, statuses (pure);
 //! - [`reconcile`]: the controller that applies what [`render`] produced;
 //! - [`ice`]: the credential service handing out ICE server configurations.
-pub mod agent;
 pub mod crd;
 pub mod ice;
 pub mod inputs;

@@ -26,9 +26,11 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use stunner_config::{
+    self as agent, CONFIG_KEY, HEALTH_PORT, METRICS_PORT, StunnerConfig as AgentConfig,
+};
 
 use crate::{
-    agent::{self, AgentConfig, CONFIG_KEY, HEALTH_PORT, METRICS_PORT},
     crd::{
         BackendRef, DataplaneSpec, GatewayConfig, GatewayConfigSpec, ParentReference,
         RouteParentStatus, SecretKeyReference, StringOrSecretRef, UDPRoute, UDPRouteStatus,
@@ -282,49 +284,56 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         .filter_map(|cluster| {
             let route = attached.iter().find(|(r, _)| cluster_name(r) == cluster)?.0;
             Some(agent::Cluster {
-                name: cluster,
-                kind: "STATIC".to_owned(),
-                protocol: "UDP".to_owned(),
-                endpoints: route_endpoints(inputs, route).endpoints,
+                name: Some(cluster),
+                kind: Some("STATIC".to_owned()),
+                protocol: Some("UDP".to_owned()),
+                endpoints: Some(route_endpoints(inputs, route).endpoints),
             })
         })
         .collect();
 
     let config = AgentConfig {
-        version: "v1".to_owned(),
+        version: Some("v1".to_owned()),
         admin: agent::Admin {
-            name: format!("{namespace}/{}", gateway.name_any()),
-            loglevel: gwconfig
-                .spec
-                .log_level
-                .clone()
-                .unwrap_or_else(|| "all:INFO".to_owned()),
-            metrics_endpoint: gwconfig
-                .spec
-                .metrics_endpoint
-                .clone()
-                .unwrap_or_else(|| format!("http://:{METRICS_PORT}/metrics")),
-            healthcheck_endpoint: gwconfig
-                .spec
-                .health_check_endpoint
-                .clone()
-                .unwrap_or_else(|| format!("http://:{HEALTH_PORT}")),
+            name: Some(format!("{namespace}/{}", gateway.name_any())),
+            loglevel: Some(
+                gwconfig
+                    .spec
+                    .log_level
+                    .clone()
+                    .unwrap_or_else(|| "all:INFO".to_owned()),
+            ),
+            metrics_endpoint: Some(
+                gwconfig
+                    .spec
+                    .metrics_endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("http://:{METRICS_PORT}/metrics")),
+            ),
+            healthcheck_endpoint: Some(
+                gwconfig
+                    .spec
+                    .health_check_endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("http://:{HEALTH_PORT}")),
+            ),
             user_quota: gwconfig.spec.user_quota.filter(|q| *q > 0),
-            offload_engine: mode.to_owned(),
+            offload_engine: Some(mode.to_owned()),
             offload_interfaces: dataplane
                 .xdp_interfaces
                 .clone()
                 .or_else(|| dataplane.offload_interfaces.clone())
-                .unwrap_or_default(),
+                .filter(|interfaces| !interfaces.is_empty()),
+            license_config: None,
         },
-        auth: auth.agent.clone(),
+        auth: Some(auth.agent.clone()),
         listeners,
         clusters,
     };
 
     let owner = owner_reference(gateway);
     let labels = labels(gateway, &name);
-    let config_json = match serde_json::to_string_pretty(&config) {
+    let config_json = match stunner_config::to_json(&config) {
         Ok(json) => json,
         Err(e) => return refuse("Invalid", format!("cannot serialise the agent config: {e}")),
     };
@@ -397,17 +406,18 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
     let ice = IceSource {
         namespace: namespace.clone(),
         gateway: gateway.name_any(),
-        realm: config.auth.realm.clone(),
+        realm: auth.agent.realm.clone().unwrap_or_default(),
         auth: auth.ice,
         addresses: addresses.iter().map(|a| a.value.clone()).collect(),
         listeners: config
             .listeners
             .iter()
             .filter_map(|l| {
+                let name = l.name.as_deref()?;
                 Some((
-                    l.name.rsplit('/').next().unwrap_or(&l.name).to_owned(),
-                    Transport::from_protocol(&l.protocol)?,
-                    l.port,
+                    name.rsplit('/').next().unwrap_or(name).to_owned(),
+                    Transport::from_protocol(l.protocol.as_deref()?)?,
+                    u16::try_from(l.port?).ok()?,
                 ))
             })
             .collect(),
@@ -525,13 +535,13 @@ fn resolve_auth(inputs: &Inputs, gwconfig: &GatewayConfig) -> Result<ResolvedAut
                 .ok_or("authType static needs a password")?;
             Ok(ResolvedAuth {
                 agent: agent::Auth {
-                    kind: "static".to_owned(),
-                    realm,
-                    credentials: agent::Credentials {
+                    kind: Some("static".to_owned()),
+                    realm: Some(realm),
+                    credentials: Some(agent::Credentials {
                         username: Some(user.clone()),
                         password: Some(password.clone()),
                         secret: None,
-                    },
+                    }),
                 },
                 ice: IceAuth::Static { user, password },
             })
@@ -544,13 +554,13 @@ fn resolve_auth(inputs: &Inputs, gwconfig: &GatewayConfig) -> Result<ResolvedAut
             )?;
             Ok(ResolvedAuth {
                 agent: agent::Auth {
-                    kind: "ephemeral".to_owned(),
-                    realm,
-                    credentials: agent::Credentials {
+                    kind: Some("ephemeral".to_owned()),
+                    realm: Some(realm),
+                    credentials: Some(agent::Credentials {
                         username: None,
                         password: None,
                         secret: Some(secret.clone()),
-                    },
+                    }),
                 },
                 ice: IceAuth::Rest {
                     secret,
@@ -1020,18 +1030,26 @@ fn render_listener(
         cond("Programmed", true, "Programmed", String::new()),
     ];
     let rendered = agent::Listener {
-        name: format!("{namespace}/{}/{}", gateway.name_any(), listener.name),
-        protocol: protocol.to_owned(),
-        address: "$STUNNER_ADDR".to_owned(),
-        port,
+        name: Some(format!(
+            "{namespace}/{}/{}",
+            gateway.name_any(),
+            listener.name
+        )),
+        protocol: Some(protocol.to_owned()),
+        address: Some("$STUNNER_ADDR".to_owned()),
+        port: Some(i64::from(port)),
         cert,
         key,
-        routes: routes
-            .iter()
-            .map(|r| cluster_name(r))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+        // Always written: an empty list reaches no peer at all.
+        routes: Some(
+            routes
+                .iter()
+                .map(|r| cluster_name(r))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        ),
+        ..agent::Listener::default()
     };
     (status, Some((rendered, secret_name)))
 }
@@ -1385,7 +1403,7 @@ fn workload(
         .listeners
         .iter()
         .map(|l| {
-            let tcp = matches!(l.protocol.as_str(), "TURN-TCP" | "TURN-TLS");
+            let tcp = matches!(l.protocol.as_deref(), Some("TURN-TCP" | "TURN-TLS"));
             json!({"containerPort": l.port, "protocol": if tcp { "TCP" } else { "UDP" }})
         })
         .collect();
@@ -1520,9 +1538,9 @@ fn service(
         .iter()
         .enumerate()
         .map(|(index, l)| {
-            let tcp = matches!(l.protocol.as_str(), "TURN-TCP" | "TURN-TLS");
+            let tcp = matches!(l.protocol.as_deref(), Some("TURN-TCP" | "TURN-TLS"));
             json!({
-                "name": port_name(&l.name, index, &mut used),
+                "name": port_name(l.name.as_deref().unwrap_or_default(), index, &mut used),
                 "port": l.port,
                 "targetPort": l.port,
                 "protocol": if tcp { "TCP" } else { "UDP" },

@@ -7,8 +7,8 @@ use common::*;
 use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
+use stunner_config::StunnerConfig as AgentConfig;
 use xturn_operator::{
-    agent::AgentConfig,
     ice::{IceAuth, IceSource, Transport},
     inputs::Inputs,
     offline,
@@ -53,7 +53,7 @@ fn cluster_endpoints(rendered: &Rendered) -> Vec<Vec<String>> {
         .config
         .clusters
         .iter()
-        .map(|c| c.endpoints.clone())
+        .map(|c| c.endpoints.clone().unwrap_or_default())
         .collect()
 }
 
@@ -568,8 +568,16 @@ fn a_daemonset_dataplane_renders_a_daemonset_without_replicas() {
             "55",
         ])
     );
-    assert_eq!(rendered.config.admin.offload_engine, "XDP");
-    assert_eq!(rendered.config.admin.offload_interfaces, ["eth1"]);
+    assert_eq!(rendered.config.admin.offload_engine.as_deref(), Some("XDP"));
+    assert_eq!(
+        rendered
+            .config
+            .admin
+            .offload_interfaces
+            .clone()
+            .unwrap_or_default(),
+        ["eth1"]
+    );
     assert_eq!(
         rendered.service.metadata.name.as_deref(),
         Some("stunner-gateway")
@@ -597,7 +605,11 @@ fn dataplane_modes_reach_the_agents_offload_engine() {
             ),
         );
         let rendered = render(&inputs, &settings());
-        assert_eq!(rendered.config.admin.offload_engine, engine, "{spec}");
+        assert_eq!(
+            rendered.config.admin.offload_engine.as_deref(),
+            Some(engine),
+            "{spec}"
+        );
     }
 }
 
@@ -795,7 +807,7 @@ fn an_unsupported_listener_protocol_is_not_accepted() {
             .config
             .listeners
             .iter()
-            .map(|l| l.name.as_str())
+            .map(|l| l.name.as_deref().unwrap_or_default())
             .collect::<Vec<_>>(),
         ["stunner/stunner-gateway/udp-listener"]
     );
@@ -1169,7 +1181,10 @@ fn routes_from_other_namespaces_need_allowed_routes_all() {
     let rendered_same = render(&inputs, &settings());
     assert_eq!(rendered_same.config.clusters.len(), 1);
     assert_eq!(
-        rendered_same.config.listeners[0].routes,
+        rendered_same.config.listeners[0]
+            .routes
+            .clone()
+            .unwrap_or_default(),
         ["stunner/media-route"]
     );
 
@@ -1180,7 +1195,10 @@ fn routes_from_other_namespaces_need_allowed_routes_all() {
     );
     let rendered_all = render(&inputs, &settings());
     assert_eq!(
-        rendered_all.config.listeners[0].routes,
+        rendered_all.config.listeners[0]
+            .routes
+            .clone()
+            .unwrap_or_default(),
         ["apps/foreign", "stunner/media-route"]
     );
     assert_eq!(
@@ -1199,8 +1217,20 @@ fn section_name_attaches_a_route_to_one_listener() {
     route.spec.parent_refs[0].section_name = Some("udp-listener".into());
     inputs.routes = vec![std::sync::Arc::new(route)];
     let rendered = render(&inputs, &settings());
-    assert_eq!(rendered.config.listeners[0].routes, ["stunner/media-route"]);
-    assert_eq!(rendered.config.listeners[1].routes, Vec::<String>::new());
+    assert_eq!(
+        rendered.config.listeners[0]
+            .routes
+            .clone()
+            .unwrap_or_default(),
+        ["stunner/media-route"]
+    );
+    assert_eq!(
+        rendered.config.listeners[1]
+            .routes
+            .clone()
+            .unwrap_or_default(),
+        Vec::<String>::new()
+    );
     let counts = attached_counts(&rendered);
     assert_eq!(counts, [1, 0]);
 
@@ -1274,10 +1304,19 @@ fn each_listener_takes_routes_only_from_the_namespaces_it_allows() {
     );
     let rendered = render(&inputs, &settings());
     assert_eq!(
-        rendered.config.listeners[0].routes,
+        rendered.config.listeners[0]
+            .routes
+            .clone()
+            .unwrap_or_default(),
         ["apps/foreign", "stunner/media-route"]
     );
-    assert_eq!(rendered.config.listeners[1].routes, ["stunner/media-route"]);
+    assert_eq!(
+        rendered.config.listeners[1]
+            .routes
+            .clone()
+            .unwrap_or_default(),
+        ["stunner/media-route"]
+    );
     let counts = attached_counts(&rendered);
     assert_eq!(counts, [2, 1]);
     // The route is accepted: one listener takes it.
@@ -1314,7 +1353,13 @@ fn a_second_listener_on_a_taken_port_is_conflicted_and_not_served() {
         .config
         .listeners
         .iter()
-        .map(|l| (l.name.as_str(), l.protocol.as_str(), l.port))
+        .map(|l| {
+            (
+                l.name.as_deref().unwrap_or_default(),
+                l.protocol.as_deref().unwrap_or_default(),
+                l.port.unwrap_or_default(),
+            )
+        })
         .collect();
     assert_eq!(
         served,

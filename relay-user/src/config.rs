@@ -16,7 +16,10 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use stunner_config::{
+    Auth as FileAuth, Cluster as FileCluster, Credentials as FileCredentials,
+    Listener as FileListener, StunnerConfig as FileConfig,
+};
 
 pub use crate::dataplane::Dataplane;
 pub use crate::telemetry::LogFormat;
@@ -330,127 +333,6 @@ impl fmt::Debug for XturndArgs {
     }
 }
 
-/// The configuration file: STUNner's dataplane configuration (`stunnerd`'s `StunnerConfig`,
-/// API versions `v1` and `v1alpha1`). Unknown fields are refused; fields STUNner has and xturnd
-/// does not use are accepted and ignored (each says so). `null` is accepted wherever a value is
-/// optional, since STUNner's JSON rendering produces it for empty maps.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// `v1` or `v1alpha1`; optional.
-    pub version: Option<String>,
-    pub admin: Option<FileAdmin>,
-    pub auth: Option<FileAuth>,
-    pub listeners: Option<Vec<FileListener>>,
-    pub clusters: Option<Vec<FileCluster>>,
-}
-
-/// `admin`: the agent itself.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileAdmin {
-    /// Instance name, for logs. Default "xturnd".
-    pub name: Option<String>,
-    /// STUNner's `all:INFO,turn:DEBUG` syntax (only the `all` level is used) or a tracing
-    /// filter.
-    pub loglevel: Option<String>,
-    /// `http://ADDRESS[:PORT][/PATH]`; the path is ignored. Empty: no metrics.
-    pub metrics_endpoint: Option<String>,
-    /// `http://ADDRESS[:PORT]`; empty or absent: no health checks (unlike stunnerd, which
-    /// defaults to `http://:8086`).
-    #[serde(alias = "health_check_endpoint")]
-    pub healthcheck_endpoint: Option<String>,
-    /// Allocations per user; 0 or less means "not set" (STUNner: no quota).
-    pub user_quota: Option<i64>,
-    /// `None` (userspace), `XDP`, `Auto`; `TC` is refused.
-    pub offload_engine: Option<String>,
-    /// Ignored: xturnd attaches XDP where its listeners' traffic arrives.
-    pub offload_interfaces: Option<Vec<String>>,
-    /// Ignored: STUNner's licensing.
-    pub license_config: Option<serde::de::IgnoredAny>,
-}
-
-/// `auth`: how clients authenticate.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileAuth {
-    /// `static` (alias `plaintext`) or `ephemeral` (aliases `longterm`, `timewindowed`).
-    /// Default `static` when credentials are given.
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub realm: Option<String>,
-    pub credentials: Option<FileCredentials>,
-}
-
-/// `auth.credentials`.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCredentials {
-    /// For `static`.
-    pub username: Option<String>,
-    /// For `static`.
-    pub password: Option<String>,
-    /// For `ephemeral`: the TURN REST API shared secret.
-    pub secret: Option<String>,
-}
-
-impl fmt::Debug for FileCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hidden = |s: &Option<String>| s.as_ref().map(|_| "<hidden>");
-        f.debug_struct("FileCredentials")
-            .field("username", &self.username)
-            .field("password", &hidden(&self.password))
-            .field("secret", &hidden(&self.secret))
-            .finish()
-    }
-}
-
-/// One of `listeners`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileListener {
-    /// Required; unique.
-    pub name: Option<String>,
-    /// `TURN-UDP` (alias `UDP`; the default), `TURN-TCP`, `TURN-TLS`, `TURN-DTLS` (or `TCP`,
-    /// `TLS`, `DTLS`).
-    pub protocol: Option<String>,
-    /// The IP to bind; `$VAR` or `${VAR}` is read from the environment (STUNner's
-    /// `$STUNNER_ADDR`, the pod IP). Default `0.0.0.0`.
-    pub address: Option<String>,
-    /// Default 3478.
-    pub port: Option<i64>,
-    /// Ignored: the address clients are told about is the operator's business.
-    pub public_address: Option<String>,
-    /// Ignored, like `public_address`.
-    pub public_port: Option<i64>,
-    /// `v1alpha1`: the relay port range. xturnd has one range, so every listener that sets
-    /// these must agree.
-    pub min_relay_port: Option<i64>,
-    pub max_relay_port: Option<i64>,
-    /// TURN-TLS / TURN-DTLS: the PEM certificate chain's file path (default --tls-cert).
-    pub cert: Option<String>,
-    /// TURN-TLS / TURN-DTLS: the PEM private key's file path (default --tls-key).
-    pub key: Option<String>,
-    /// Names of clusters this listener may reach. Absent: every peer but the deny list. Present
-    /// (even empty): only the endpoints of those clusters.
-    pub routes: Option<Vec<String>>,
-}
-
-/// One of `clusters`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCluster {
-    /// Required; unique.
-    pub name: Option<String>,
-    /// `STATIC` (the default); `STRICT_DNS` is refused.
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// `UDP` (the default); `TCP` is refused.
-    pub protocol: Option<String>,
-    /// `IP[/len][:port[-endport]]`, see [`Endpoint`].
-    pub endpoints: Option<Vec<String>>,
-}
-
 /// How clients reach a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Transport {
@@ -562,11 +444,7 @@ pub struct TlsFiles {
 
 /// Parses a configuration file's text. `origin` names it in errors (usually its path).
 pub fn parse_file(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
-    // An empty document is an empty configuration, not a syntax error.
-    if text.trim().is_empty() {
-        return Ok(FileConfig::default());
-    }
-    serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+    stunner_config::parse(text).map_err(|e| ConfigError::Parse {
         origin: origin.to_owned(),
         message: e.to_string(),
     })
@@ -779,8 +657,7 @@ pub fn resolve(
 ) -> Result<Config, ConfigError> {
     let empty = FileConfig::default();
     let file = file.unwrap_or(&empty);
-    let no_admin = FileAdmin::default();
-    let admin = file.admin.as_ref().unwrap_or(&no_admin);
+    let admin = &file.admin;
 
     if let Some(version) = file.version.as_deref()
         && !matches!(version, "v1" | "v1alpha1")
@@ -791,7 +668,7 @@ pub fn resolve(
         ));
     }
 
-    let clusters = resolve_clusters(file.clusters.as_deref().unwrap_or_default())?;
+    let clusters = resolve_clusters(&file.clusters)?;
     let listeners = resolve_listeners(args, file, &clusters, env)?;
     let (users, auth_secrets) = resolve_credentials(args, file.auth.as_ref())?;
     let (relay_ipv4, relay_ipv6) = resolve_relay_ips(&args.relay_ip, &listeners)?;
@@ -1156,7 +1033,7 @@ fn resolve_listeners(
     clusters: &[ClusterConfig],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
-    let file_listeners = file.listeners.as_deref().unwrap_or_default();
+    let file_listeners = file.listeners.as_slice();
     let drafts = if args.listen.is_empty() {
         file_listeners
             .iter()
@@ -1408,7 +1285,7 @@ struct PortSetting {
 }
 
 fn resolve_port_range(args: &XturndArgs, file: &FileConfig) -> Result<(u16, u16), ConfigError> {
-    let file_listeners = file.listeners.as_deref().unwrap_or_default();
+    let file_listeners = file.listeners.as_slice();
     let from_file = |get: fn(&FileListener) -> Option<i64>,
                      key: &str|
      -> Result<Option<PortSetting>, ConfigError> {
