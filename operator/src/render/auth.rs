@@ -1,0 +1,146 @@
+//! The GatewayConfig's authentication, resolved from its Secrets: what the agent and the credential service get.
+
+use k8s_openapi::api::core::v1::Secret;
+use stunner_config::{self as agent};
+
+use crate::{
+    crd::{GatewayConfig, GatewayConfigSpec, SecretKeyReference, StringOrSecretRef},
+    ice::IceAuth,
+    inputs::{Inputs, namespace_of},
+};
+
+use super::*;
+
+/// The authentication a GatewayConfig asks for, for the agent and the credential service.
+#[derive(Clone, Debug)]
+pub struct ResolvedAuth {
+    pub agent: agent::Auth,
+    pub ice: IceAuth,
+}
+
+pub(super) fn resolve_auth(
+    inputs: &Inputs,
+    gwconfig: &GatewayConfig,
+) -> Result<ResolvedAuth, String> {
+    let spec: &GatewayConfigSpec = &gwconfig.spec;
+    let namespace = namespace_of(gwconfig);
+    let realm = spec
+        .realm
+        .clone()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| DEFAULT_REALM.to_owned());
+    let lifetime = spec.auth_lifetime.unwrap_or(DEFAULT_AUTH_LIFETIME_SECS);
+    if lifetime <= 0 {
+        return Err(format!("authLifetime must be positive, not {lifetime}"));
+    }
+    // authRef: one Secret with the whole setting (STUNner's).
+    let (kind, user, password, secret) = if let Some(reference) = &spec.auth_ref {
+        let ns = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| namespace.clone());
+        let found = inputs
+            .secret(&ns, &reference.name)
+            .ok_or_else(|| format!("authRef: Secret {ns}/{} not found", reference.name))?;
+        (
+            secret_value(found, "type").or(spec.auth_type.clone()),
+            secret_value(found, "username"),
+            secret_value(found, "password"),
+            secret_value(found, "secret"),
+        )
+    } else {
+        let value = |field: &str, v: &Option<StringOrSecretRef>| {
+            v.as_ref()
+                .map(|v| resolve_value(inputs, &namespace, field, v))
+                .transpose()
+        };
+        (
+            spec.auth_type.clone(),
+            spec.user_name.clone(),
+            value("password", &spec.password)?,
+            value("sharedSecret", &spec.shared_secret)?,
+        )
+    };
+    let kind = kind.unwrap_or_else(|| "static".to_owned());
+    match kind.to_ascii_lowercase().as_str() {
+        "static" | "plaintext" => {
+            let user = user
+                .filter(|u| !u.is_empty())
+                .ok_or("authType static needs userName")?;
+            let password = password
+                .filter(|p| !p.is_empty())
+                .ok_or("authType static needs a password")?;
+            Ok(ResolvedAuth {
+                agent: agent::Auth {
+                    kind: Some("static".to_owned()),
+                    realm: Some(realm),
+                    credentials: Some(agent::Credentials {
+                        username: Some(user.clone()),
+                        password: Some(password.clone()),
+                        secret: None,
+                    }),
+                },
+                ice: IceAuth::Static { user, password },
+            })
+        }
+        // longterm with a password: the password is the TURN REST API shared secret, and the
+        // credential service mints `expiry:userName` credentials valid for authLifetime.
+        "ephemeral" | "longterm" | "timewindowed" => {
+            let secret = secret.or(password).filter(|s| !s.is_empty()).ok_or(
+                "authType longterm needs sharedSecret or password (used as the shared secret)",
+            )?;
+            Ok(ResolvedAuth {
+                agent: agent::Auth {
+                    kind: Some("ephemeral".to_owned()),
+                    realm: Some(realm),
+                    credentials: Some(agent::Credentials {
+                        username: None,
+                        password: None,
+                        secret: Some(secret.clone()),
+                    }),
+                },
+                ice: IceAuth::Rest {
+                    secret,
+                    user_id: user.filter(|u| !u.is_empty()),
+                    lifetime_secs: lifetime,
+                },
+            })
+        }
+        other => Err(format!(
+            "authType {other:?} is not one of static, plaintext, longterm, ephemeral, timewindowed"
+        )),
+    }
+}
+
+pub(super) fn resolve_value(
+    inputs: &Inputs,
+    namespace: &str,
+    field: &str,
+    value: &StringOrSecretRef,
+) -> Result<String, String> {
+    match value {
+        StringOrSecretRef::Value(value) => Ok(value.clone()),
+        StringOrSecretRef::Secret(SecretKeyReference {
+            name,
+            namespace: ns,
+            key,
+        }) => {
+            let ns = ns.as_deref().unwrap_or(namespace);
+            let secret = inputs
+                .secret(ns, name)
+                .ok_or_else(|| format!("{field}: Secret {ns}/{name} not found"))?;
+            secret_value(secret, key)
+                .ok_or_else(|| format!("{field}: Secret {ns}/{name} has no key {key:?}"))
+        }
+    }
+}
+
+/// A Secret's value for `key`, from `data` (what the API server holds) or `stringData` (what a
+/// manifest may say).
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    if let Some(value) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+        return Some(value.clone());
+    }
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}

@@ -1,0 +1,504 @@
+//! Rendering: from a Gateway and the objects around it ([`Inputs`]) to everything the operator
+//! makes of it — the agent configuration and its ConfigMap, the workload, its LoadBalancer
+//! Service and RBAC, the Gateway's status and its routes' statuses, and what the credential
+//! service hands out. Pure: no API calls, time passed in. The controller (`reconcile`) and
+//! `xturn-operator render` both call [`render_gateway`].
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway_api::apis::standard::{
+    gatewayclasses::GatewayClass,
+    gateways::{Gateway, GatewayStatus},
+};
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment},
+        core::v1::{ConfigMap, Service, ServiceAccount},
+        rbac::v1::{Role, RoleBinding},
+    },
+    jiff::Timestamp,
+};
+use kube::ResourceExt;
+use serde_json::json;
+use stunner_config::{
+    self as agent, CONFIG_KEY, HEALTH_PORT, METRICS_PORT, StunnerConfig as AgentConfig,
+};
+
+use crate::{
+    crd::{DataplaneSpec, GatewayConfig, UDPRoute},
+    ice::{IceSource, Transport},
+    inputs::{Inputs, namespace_of},
+};
+
+mod auth;
+mod objects;
+mod routes;
+mod status;
+
+pub use auth::*;
+use objects::*;
+pub use routes::*;
+pub use status::*;
+
+/// The controller name our GatewayClasses carry (`spec.controllerName`), by default.
+pub const DEFAULT_CONTROLLER_NAME: &str = "xturn.io/gateway-operator";
+/// STUNner's defaults.
+pub const DEFAULT_REALM: &str = "stunner.l7mp.io";
+pub const DEFAULT_AUTH_LIFETIME_SECS: i64 = 86_400;
+pub const DEFAULT_DATAPLANE: &str = "default";
+/// How long a terminating agent may drain its allocations (STUNner's default).
+pub const DEFAULT_GRACE_SECS: i64 = 3600;
+/// The label every rendered object carries, with the Gateway's name.
+pub const GATEWAY_LABEL: &str = "xturn.io/gateway";
+pub const MANAGED_BY: &str = "xturn-operator";
+/// The role every agent's ServiceAccount is bound to (read the ConfigMap).
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+/// Where TLS listener certificates are mounted in the agent's container.
+pub const TLS_MOUNT_ROOT: &str = "/etc/xturn/tls";
+/// Where the agent keeps state across container restarts (hitless restart).
+pub(super) const STATE_DIR: &str = "/var/lib/xturn";
+
+/// What rendering needs besides the objects.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub controller_name: String,
+    /// The `xturnd` image when a Dataplane does not name one.
+    pub agent_image: String,
+    /// Condition timestamps and `observedGeneration` bookkeeping use this.
+    pub now: Timestamp,
+}
+
+impl Settings {
+    pub fn new(agent_image: impl Into<String>, now: Timestamp) -> Settings {
+        Settings {
+            controller_name: DEFAULT_CONTROLLER_NAME.to_owned(),
+            agent_image: agent_image.into(),
+            now,
+        }
+    }
+}
+
+/// The workload kind a Dataplane asks for.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Workload {
+    Deployment(Deployment),
+    DaemonSet(DaemonSet),
+}
+
+/// Everything made of one Gateway.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The name shared by the ConfigMap, workload, Service, ServiceAccount, Role and
+    /// RoleBinding (the Gateway's, unless the Dataplane sets `workloadName`).
+    pub name: String,
+    pub namespace: String,
+    pub config: AgentConfig,
+    pub config_map: ConfigMap,
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub workload: Workload,
+    pub service: Service,
+    pub status: GatewayStatus,
+    pub ice: IceSource,
+}
+
+/// Why a Gateway gets no (new) relays: its status says so, the running ones stay as they were.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    pub status: GatewayStatus,
+    pub reason: String,
+}
+
+/// The outcome of rendering one Gateway.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// Not ours: its class is missing or names another controller.
+    NotOurs,
+    Refused(Refused),
+    Rendered(Box<Rendered>),
+}
+
+/// Whether a GatewayClass is ours.
+pub fn is_our_class(class: &GatewayClass, settings: &Settings) -> bool {
+    class.spec.controller_name == settings.controller_name
+}
+
+/// The GatewayConfig a class's `parametersRef` names, or why there is none.
+pub fn class_parameters<'a>(
+    inputs: &'a Inputs,
+    class: &GatewayClass,
+) -> Result<&'a GatewayConfig, String> {
+    let Some(reference) = &class.spec.parameters_ref else {
+        return Err(format!(
+            "GatewayClass {} has no parametersRef naming a GatewayConfig",
+            class.name_any()
+        ));
+    };
+    if reference.group != crate::crd::GROUP || reference.kind != "GatewayConfig" {
+        return Err(format!(
+            "GatewayClass {} parametersRef must name a {}/GatewayConfig, not {}/{}",
+            class.name_any(),
+            crate::crd::GROUP,
+            reference.group,
+            reference.kind
+        ));
+    }
+    let namespace = reference.namespace.as_deref().unwrap_or("default");
+    inputs
+        .gateway_config(namespace, &reference.name)
+        .ok_or_else(|| format!("GatewayConfig {namespace}/{} not found", reference.name))
+}
+
+/// Renders one Gateway.
+pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -> Outcome {
+    let Some(class) = inputs.gateway_class(&gateway.spec.gateway_class_name) else {
+        return Outcome::NotOurs;
+    };
+    if !is_our_class(class, settings) {
+        return Outcome::NotOurs;
+    }
+    let namespace = namespace_of(gateway);
+    let refuse = |reason: &str, message: String| {
+        Outcome::Refused(Refused {
+            status: refused_status(gateway, settings, reason, &message),
+            reason: message,
+        })
+    };
+    let gwconfig = match class_parameters(inputs, class) {
+        Ok(config) => config,
+        Err(message) => return refuse("InvalidParameters", message),
+    };
+    let dataplane_name = gwconfig
+        .spec
+        .dataplane
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DATAPLANE.to_owned());
+    let dataplane = match inputs.dataplane(&dataplane_name) {
+        Some(dataplane) => dataplane.spec.clone(),
+        None if gwconfig.spec.dataplane.is_none() => DataplaneSpec::default(),
+        None => {
+            return refuse(
+                "InvalidParameters",
+                format!("Dataplane {dataplane_name} (named by the GatewayConfig) not found"),
+            );
+        }
+    };
+    let auth = match resolve_auth(inputs, gwconfig) {
+        Ok(auth) => auth,
+        Err(message) => return refuse("InvalidParameters", message),
+    };
+    let mode = match dataplane_mode(&dataplane) {
+        Ok(mode) => mode,
+        Err(message) => return refuse("InvalidParameters", message),
+    };
+    let kind = dataplane
+        .dataplane_resource
+        .as_deref()
+        .unwrap_or("Deployment");
+    if kind != "Deployment" && kind != "DaemonSet" {
+        return refuse(
+            "InvalidParameters",
+            format!(
+                "Dataplane {dataplane_name}: dataplaneResource must be Deployment or DaemonSet, not {kind:?}"
+            ),
+        );
+    }
+    let name = dataplane
+        .workload_name
+        .clone()
+        .unwrap_or_else(|| gateway.name_any());
+    if let Some(older) = older_gateway_named(inputs, settings, gateway, &name) {
+        return refuse(
+            "InvalidParameters",
+            format!(
+                "the relay objects' name {name:?} is already used by Gateway {namespace}/{older}; \
+                 give this Gateway's GatewayConfig a Dataplane with another workloadName"
+            ),
+        );
+    }
+
+    // Listeners, their routes, and the clusters of those routes.
+    let attached = attached_routes(inputs, gateway);
+    let mut listener_statuses = Vec::new();
+    let mut listeners = Vec::new();
+    let mut tls_secrets = BTreeSet::new();
+    let mut routed = BTreeSet::new();
+    let mut sockets = BTreeMap::new();
+    for listener in &gateway.spec.listeners {
+        let routes: Vec<&UDPRoute> = attached
+            .iter()
+            .filter(|(route, parent)| {
+                parent
+                    .section_name
+                    .as_deref()
+                    .is_none_or(|s| s == listener.name)
+                    && listener_allows(gateway, listener, route)
+            })
+            .map(|(route, _)| *route)
+            .collect();
+        // Two listeners on one port and socket type cannot both be served: the first one wins.
+        let conflict = listener_socket(listener).and_then(|socket| match sockets.entry(socket) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert((listener.name.as_str(), listener.protocol.as_str()));
+                None
+            }
+            std::collections::btree_map::Entry::Occupied(entry) => {
+                let (first, protocol) = *entry.get();
+                Some(Conflict {
+                    reason: if protocol.eq_ignore_ascii_case(&listener.protocol) {
+                        "HostnameConflict"
+                    } else {
+                        "ProtocolConflict"
+                    },
+                    message: format!(
+                        "listener {first} already serves {} port {}",
+                        socket.1, socket.0
+                    ),
+                })
+            }
+        });
+        let (status, rendered) =
+            render_listener(inputs, gateway, listener, &routes, conflict, settings);
+        listener_statuses.push(status);
+        if let Some((rendered, secret)) = rendered {
+            routed.extend(routes.iter().map(|r| cluster_name(r)));
+            tls_secrets.extend(secret);
+            listeners.push(rendered);
+        }
+    }
+    if listeners.is_empty() {
+        // Nothing an agent could serve: say why per listener, keep what runs.
+        let status = gateway_status(gateway, settings, listener_statuses, &[], false);
+        return Outcome::Refused(Refused {
+            status,
+            reason: "no valid listener".to_owned(),
+        });
+    }
+    let clusters = attached
+        .iter()
+        .filter(|(route, _)| routed.contains(&cluster_name(route)))
+        .map(|(route, _)| cluster_name(route))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|cluster| {
+            let route = attached.iter().find(|(r, _)| cluster_name(r) == cluster)?.0;
+            Some(agent::Cluster {
+                name: Some(cluster),
+                kind: Some("STATIC".to_owned()),
+                protocol: Some("UDP".to_owned()),
+                endpoints: Some(route_endpoints(inputs, route).endpoints),
+            })
+        })
+        .collect();
+
+    let config = AgentConfig {
+        version: Some("v1".to_owned()),
+        admin: agent::Admin {
+            name: Some(format!("{namespace}/{}", gateway.name_any())),
+            loglevel: Some(
+                gwconfig
+                    .spec
+                    .log_level
+                    .clone()
+                    .unwrap_or_else(|| "all:INFO".to_owned()),
+            ),
+            metrics_endpoint: Some(
+                gwconfig
+                    .spec
+                    .metrics_endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("http://:{METRICS_PORT}/metrics")),
+            ),
+            healthcheck_endpoint: Some(
+                gwconfig
+                    .spec
+                    .health_check_endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("http://:{HEALTH_PORT}")),
+            ),
+            user_quota: gwconfig.spec.user_quota.filter(|q| *q > 0),
+            offload_engine: Some(mode.to_owned()),
+            offload_interfaces: dataplane
+                .xdp_interfaces
+                .clone()
+                .or_else(|| dataplane.offload_interfaces.clone())
+                .filter(|interfaces| !interfaces.is_empty()),
+            license_config: None,
+        },
+        auth: Some(auth.agent.clone()),
+        listeners,
+        clusters,
+    };
+
+    let owner = owner_reference(gateway);
+    let labels = labels(gateway, &name);
+    let config_json = match stunner_config::to_json(&config) {
+        Ok(json) => json,
+        Err(e) => return refuse("Invalid", format!("cannot serialise the agent config: {e}")),
+    };
+    let objects = (|| -> Result<_, serde_json::Error> {
+        let config_map: ConfigMap = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": metadata(&name, &namespace, &labels, owner.as_ref(), None),
+            "data": { CONFIG_KEY: config_json },
+        }))?;
+        let service_account: ServiceAccount = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": metadata(&name, &namespace, &labels, owner.as_ref(), None),
+        }))?;
+        let role: Role = serde_json::from_value(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": metadata(&name, &namespace, &labels, owner.as_ref(), None),
+            "rules": [{
+                "apiGroups": [""], "resources": ["configmaps"],
+                "resourceNames": [name], "verbs": ["get", "list", "watch"],
+            }],
+        }))?;
+        let role_binding: RoleBinding = serde_json::from_value(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": metadata(&name, &namespace, &labels, owner.as_ref(), None),
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": namespace }],
+        }))?;
+        let workload = workload(
+            &name,
+            &namespace,
+            &labels,
+            owner.as_ref(),
+            &dataplane,
+            kind,
+            &config,
+            &tls_secrets,
+            settings,
+        )?;
+        let service = service(
+            &name,
+            &namespace,
+            &labels,
+            owner.as_ref(),
+            gateway,
+            gwconfig,
+            &config,
+        )?;
+        Ok((
+            config_map,
+            service_account,
+            role,
+            role_binding,
+            workload,
+            service,
+        ))
+    })();
+    let (config_map, service_account, role, role_binding, workload, service) = match objects {
+        Ok(objects) => objects,
+        Err(e) => return refuse("Invalid", format!("cannot build the objects: {e}")),
+    };
+
+    let addresses = gateway_addresses(inputs, gateway, &namespace, &name, &dataplane);
+    let status = gateway_status(
+        gateway,
+        settings,
+        listener_statuses,
+        &addresses,
+        !config.listeners.is_empty(),
+    );
+    let ice = IceSource {
+        namespace: namespace.clone(),
+        gateway: gateway.name_any(),
+        realm: auth.agent.realm.clone().unwrap_or_default(),
+        auth: auth.ice,
+        addresses: addresses.iter().map(|a| a.value.clone()).collect(),
+        listeners: config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let name = l.name.as_deref()?;
+                Some((
+                    name.rsplit('/').next().unwrap_or(name).to_owned(),
+                    Transport::from_protocol(l.protocol.as_deref()?)?,
+                    u16::try_from(l.port?).ok()?,
+                ))
+            })
+            .collect(),
+    };
+    Outcome::Rendered(Box::new(Rendered {
+        name,
+        namespace,
+        config,
+        config_map,
+        service_account,
+        role,
+        role_binding,
+        workload,
+        service,
+        status,
+        ice,
+    }))
+}
+
+/// The name of the objects a Gateway of ours gets (its Dataplane's `workloadName`, else its own
+/// name), if its parameters resolve.
+fn relay_name(inputs: &Inputs, gateway: &Gateway) -> Option<String> {
+    let class = inputs.gateway_class(&gateway.spec.gateway_class_name)?;
+    let gwconfig = class_parameters(inputs, class).ok()?;
+    let dataplane = match &gwconfig.spec.dataplane {
+        Some(name) => inputs.dataplane(name)?.spec.workload_name.clone(),
+        None => inputs
+            .dataplane(DEFAULT_DATAPLANE)
+            .and_then(|d| d.spec.workload_name.clone()),
+    };
+    Some(dataplane.unwrap_or_else(|| gateway.name_any()))
+}
+
+/// Another Gateway of ours in the same namespace, older than `gateway` (by creation time, then
+/// name), whose objects would have the same `name`: it keeps them and `gateway` is refused.
+fn older_gateway_named(
+    inputs: &Inputs,
+    settings: &Settings,
+    gateway: &Gateway,
+    name: &str,
+) -> Option<String> {
+    let age = |g: &Gateway| (g.metadata.creation_timestamp.clone(), g.name_any());
+    let namespace = namespace_of(gateway);
+    inputs
+        .gateways
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|g| namespace_of(*g) == namespace && g.name_any() != gateway.name_any())
+        .filter(|g| g.metadata.deletion_timestamp.is_none())
+        .filter(|g| {
+            inputs
+                .gateway_class(&g.spec.gateway_class_name)
+                .is_some_and(|c| is_our_class(c, settings))
+        })
+        .filter(|g| age(g) < age(gateway))
+        .find(|g| relay_name(inputs, g).as_deref() == Some(name))
+        .map(|g| g.name_any())
+}
+
+fn dataplane_mode(dataplane: &DataplaneSpec) -> Result<&'static str, String> {
+    if let Some(mode) = &dataplane.mode {
+        return match mode.to_ascii_lowercase().as_str() {
+            "xdp" => Ok("XDP"),
+            "tc" => Ok("TC"),
+            "userspace" => Ok("None"),
+            "auto" => Ok("Auto"),
+            other => Err(format!(
+                "Dataplane mode must be auto, tc, xdp or userspace, not {other:?}"
+            )),
+        };
+    }
+    match dataplane.offload_engine.as_deref() {
+        None => Ok("Auto"),
+        Some(engine) => match engine.to_ascii_lowercase().as_str() {
+            "none" | "" => Ok("None"),
+            "xdp" => Ok("XDP"),
+            "tc" => Ok("TC"),
+            "auto" => Ok("Auto"),
+            other => Err(format!(
+                "Dataplane offloadEngine {other:?} is not supported (None, XDP, TC or Auto)"
+            )),
+        },
+    }
+}
