@@ -361,8 +361,8 @@ pub fn run(opts: &Options) -> Result<()> {
     }
 
     setup::run()?;
-    sh::step("bench: building xturnd, xturn-ceiling and xturn-bench (release)");
-    let bin = sh::build_release(&["relay-user", "xturn-bench"])?;
+    sh::step("bench: building xturnd, xturn-ceiling, xturnctl and xturn-bench (release)");
+    let bin = sh::build_release(&["relay-user", "xturnctl", "xturn-bench"])?;
     let cores = Cores::detect()?;
     let mut facts = Facts::collect(command, cores.clone());
     let run_dir = PathBuf::from("/tmp/xturn-bench-run");
