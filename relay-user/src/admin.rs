@@ -1,12 +1,13 @@
 //! The admin HTTP server: Prometheus metrics (`/metrics`), health checks (`/live`, `/ready`)
 //! and the log filter (`/log-level`).
 //!
-//! A small HTTP/1.1 server, GET/HEAD/PUT only, one request per connection. It runs as its own
+//! An axum router served over HTTP/1.1 by hyper, one request per connection. It runs as its own
 //! tasks and never touches a socket of the relay: every connection has a deadline for its
-//! request (and one for the whole exchange), request heads and bodies have size limits, and at
-//! most [`MAX_CONNECTIONS`] are served at once (more are closed at once). A scrape reads the
-//! counters on a blocking thread, one scrape at a time, so neither a slow client nor a flood of
-//! scrapes can hold up relaying. docs/metrics.md describes the endpoints.
+//! request head (hyper) and one for the whole exchange, request heads (hyper's buffer) and bodies
+//! (tower-http's body limit) have size limits, handlers have a timeout (tower-http), and at most
+//! [`MAX_CONNECTIONS`] are served at once (more are closed at once). A scrape reads the counters
+//! on a blocking thread, one scrape at a time, so neither a slow client nor a flood of scrapes
+//! can hold up relaying. docs/metrics.md describes the endpoints.
 use std::{
     io,
     net::SocketAddr,
@@ -17,12 +18,26 @@ use std::{
     time::Duration,
 };
 
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
     task::JoinHandle,
 };
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -198,11 +213,35 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     info!(%local_addr, what, "admin HTTP server listening");
-    let task = tokio::spawn(accept_loop(listener, routes, state));
+    let task = tokio::spawn(accept_loop(listener, router(routes, state)));
     Ok(AdminServer { local_addr, task })
 }
 
-async fn accept_loop(listener: TcpListener, routes: Routes, state: Arc<AdminState>) {
+/// The endpoints `routes` selects, with the body limit, the handler timeout and the headers
+/// every answer carries.
+fn router(routes: Routes, state: Arc<AdminState>) -> Router {
+    let mut router = Router::new();
+    if routes.metrics {
+        router = router
+            .route("/metrics", get(scrape))
+            .route("/log-level", get(log_level).put(set_log_level));
+    }
+    if routes.health {
+        router = router.route("/live", get(live)).route("/ready", get(ready));
+    }
+    router
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn(refuse_transfer_codings))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            EXCHANGE_TIMEOUT,
+        ))
+        .layer(middleware::map_response(no_store))
+        .with_state(state)
+}
+
+async fn accept_loop(listener: TcpListener, router: Router) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, from) = match listener.accept().await {
@@ -218,10 +257,10 @@ async fn accept_loop(listener: TcpListener, routes: Routes, state: Arc<AdminStat
             debug!(%from, "admin server: too many connections, closing one");
             continue;
         };
-        let state = Arc::clone(&state);
+        let router = router.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, routes, &state))
+            if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, router))
                 .await
                 .is_err()
             {
@@ -231,108 +270,27 @@ async fn accept_loop(listener: TcpListener, routes: Routes, state: Arc<AdminStat
     }
 }
 
-/// A parsed request.
-#[derive(Debug, PartialEq, Eq)]
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
-/// Why a request could not be read; each becomes an error status.
-#[derive(Debug, PartialEq, Eq)]
-enum BadRequest {
-    Malformed,
-    HeadTooLarge,
-    BodyTooLarge,
-    /// Chunked bodies and other transfer codings are not supported.
-    TransferEncoding,
-}
-
-impl BadRequest {
-    fn response(&self) -> Response {
-        match self {
-            BadRequest::Malformed => Response::text(400, "malformed request"),
-            BadRequest::HeadTooLarge => Response::text(431, "request head too large"),
-            BadRequest::BodyTooLarge => Response::text(413, "request body too large"),
-            BadRequest::TransferEncoding => Response::text(
-                501,
-                "transfer codings are not supported: send Content-Length",
-            ),
-        }
+/// One request on one connection: hyper reads the head (at most [`MAX_HEAD`] bytes, within
+/// [`REQUEST_TIMEOUT`]; 431 and 400 for heads too large or malformed), the router answers.
+async fn exchange(mut stream: TcpStream, router: Router) {
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD)
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .serve_connection(TokioIo::new(&mut stream), TowerToHyperService::new(router))
+        .await;
+    if let Err(e) = served {
+        debug!(error = %e, "admin server: request refused or connection ended");
     }
+    linger(&mut stream).await;
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-    allow: Option<&'static str>,
-}
-
-impl Response {
-    fn text(status: u16, text: &str) -> Response {
-        Response {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{text}\n"),
-            allow: None,
-        }
-    }
-
-    fn not_allowed(allow: &'static str) -> Response {
-        Response {
-            allow: Some(allow),
-            ..Response::text(405, "method not allowed")
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
-async fn exchange(mut stream: TcpStream, routes: Routes, state: &AdminState) {
-    let (response, head_only) =
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
-            Err(_) => (Response::text(408, "request timeout"), false),
-            Ok(Err(_)) => return, // the client went away
-            Ok(Ok(Err(bad))) => (bad.response(), false),
-            Ok(Ok(Ok(request))) => {
-                let head_only = request.method == "HEAD";
-                let response = route(&request, routes, state).await;
-                debug!(
-                    method = %request.method,
-                    path = %request.path,
-                    status = response.status,
-                    "admin request"
-                );
-                (response, head_only)
-            }
-        };
-    if write_response(&mut stream, &response, head_only)
-        .await
-        .is_ok()
-    {
-        linger(&mut stream).await;
-    }
-}
-
-/// Reads and discards what the client still sends, until it closes, [`LINGER`] passes or
-/// [`LINGER_BYTES`] were read.
+/// Closes the connection after the answer: reads and discards what the client still sends,
+/// until it closes, [`LINGER`] passes or [`LINGER_BYTES`] were read. Closing with unread data
+/// (a refused oversized request) would reset the connection before the client reads the answer.
 async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
     let mut left = LINGER_BYTES;
     let _ = tokio::time::timeout(LINGER, async {
@@ -346,208 +304,112 @@ async fn linger(stream: &mut TcpStream) {
     .await;
 }
 
-async fn write_response(
-    stream: &mut TcpStream,
-    response: &Response,
-    head_only: bool,
-) -> io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
-         Connection: close\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len()
-    );
-    if let Some(allow) = response.allow {
-        head.push_str("Allow: ");
-        head.push_str(allow);
-        head.push_str("\r\n");
+/// Chunked bodies and other transfer codings are refused (501): bodies are small and sized.
+async fn refuse_transfer_codings(request: Request, next: Next) -> Response {
+    if request.headers().contains_key(header::TRANSFER_ENCODING) {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "transfer codings are not supported: send Content-Length",
+        );
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(response.body.as_bytes()).await?;
-    }
-    stream.shutdown().await
+    next.run(request).await
 }
 
-/// Reads one request: the head up to [`MAX_HEAD`] bytes, then a body of `Content-Length` up to
-/// [`MAX_BODY`] bytes. The outer `Err` is an I/O error (the client went away).
-async fn read_request(stream: &mut TcpStream) -> io::Result<Result<Request, BadRequest>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        if let Some(end) = find_head_end(&buf) {
-            break end;
-        }
-        if buf.len() >= MAX_HEAD {
-            return Ok(Err(BadRequest::HeadTooLarge));
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    if head_end > MAX_HEAD {
-        return Ok(Err(BadRequest::HeadTooLarge));
-    }
-    let (mut request, content_length) = match parse_head(&buf[..head_end]) {
-        Ok(parsed) => parsed,
-        Err(bad) => return Ok(Err(bad)),
-    };
-    if content_length > MAX_BODY {
-        return Ok(Err(BadRequest::BodyTooLarge));
-    }
-    let mut body = buf.split_off(head_end);
-    while body.len() < content_length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        body.extend_from_slice(&chunk[..n]);
-        if body.len() > MAX_BODY {
-            return Ok(Err(BadRequest::BodyTooLarge));
-        }
-    }
-    body.truncate(content_length);
-    request.body = body;
-    Ok(Ok(request))
+/// Every answer is current: never cached.
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
-/// The length of the head including its blank line, once it is complete.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// A plain-text answer: `message` and a newline.
+fn text(status: StatusCode, message: &str) -> Response {
+    (status, format!("{message}\n")).into_response()
 }
 
-/// Parses the request line and headers; returns the request (no body yet) and its
-/// `Content-Length`.
-fn parse_head(head: &[u8]) -> Result<(Request, usize), BadRequest> {
-    let head = std::str::from_utf8(head).map_err(|_| BadRequest::Malformed)?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().ok_or(BadRequest::Malformed)?;
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(BadRequest::Malformed);
-    };
-    if method.is_empty() || !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return Err(BadRequest::Malformed);
-    }
-    let mut content_length = 0usize;
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or(BadRequest::Malformed)?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse().map_err(|_| BadRequest::Malformed)?;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(BadRequest::TransferEncoding);
-        }
-    }
-    let path = target.split(['?', '#']).next().unwrap_or_default();
-    Ok((
-        Request {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            body: Vec::new(),
-        },
-        content_length,
-    ))
-}
-
-async fn route(request: &Request, routes: Routes, state: &AdminState) -> Response {
-    let read = matches!(request.method.as_str(), "GET" | "HEAD");
-    match request.path.as_str() {
-        "/metrics" if routes.metrics => {
-            if read {
-                scrape(state).await
-            } else {
-                Response::not_allowed("GET, HEAD")
-            }
-        }
-        "/log-level" if routes.metrics => match (request.method.as_str(), state.log_control()) {
-            (_, None) => Response::text(404, "the log filter cannot be changed here"),
-            ("GET" | "HEAD", Some(log)) => Response::text(200, &log.current()),
-            ("PUT", Some(log)) => set_log_level(log, &request.body),
-            _ => Response::not_allowed("GET, HEAD, PUT"),
-        },
-        "/live" if routes.health => {
-            if read {
-                live(state)
-            } else {
-                Response::not_allowed("GET, HEAD")
-            }
-        }
-        "/ready" if routes.health => {
-            if !read {
-                return Response::not_allowed("GET, HEAD");
-            }
-            match state.phase() {
-                Phase::Ready => Response::text(200, "ready"),
-                Phase::Starting => Response::text(503, "starting"),
-                Phase::Draining => Response::text(503, "draining"),
-            }
-        }
-        _ => Response::text(404, "not found"),
+async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    match state.phase() {
+        Phase::Ready => text(StatusCode::OK, "ready"),
+        Phase::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "starting"),
+        Phase::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining"),
     }
 }
 
-fn live(state: &AdminState) -> Response {
+async fn live(State(state): State<Arc<AdminState>>) -> Response {
     let Some(server) = state.server.get() else {
-        return Response::text(200, "live (starting)");
+        return text(StatusCode::OK, "live (starting)");
     };
     match server.since_last_tick() {
-        Some(since) if since > LIVENESS_STALE => Response::text(
-            503,
+        Some(since) if since > LIVENESS_STALE => text(
+            StatusCode::SERVICE_UNAVAILABLE,
             &format!(
                 "the event loop's timer has not run for {} s",
                 since.as_secs()
             ),
         ),
-        Some(_) => Response::text(200, "live"),
-        None => Response::text(503, "the relay has stopped"),
+        Some(_) => text(StatusCode::OK, "live"),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "the relay has stopped"),
     }
 }
 
-fn set_log_level(log: &LogControl, body: &[u8]) -> Response {
-    let Ok(directive) = std::str::from_utf8(body) else {
-        return Response::text(400, "the log filter must be UTF-8 text");
+async fn log_level(State(state): State<Arc<AdminState>>) -> Response {
+    match state.log_control() {
+        Some(log) => text(StatusCode::OK, &log.current()),
+        None => no_log_control(),
+    }
+}
+
+fn no_log_control() -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        "the log filter cannot be changed here",
+    )
+}
+
+async fn set_log_level(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let Some(log) = state.log_control() else {
+        return no_log_control();
+    };
+    let Ok(directive) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "the log filter must be UTF-8 text");
     };
     let directive = directive.trim();
     if directive.is_empty() {
-        return Response::text(400, "empty log filter");
+        return text(StatusCode::BAD_REQUEST, "empty log filter");
     }
     let old = log.current();
     info!(old = %old, new = %directive, "log filter change requested");
     match log.set(directive) {
         Ok(()) => {
             info!(filter = %directive, "log filter changed");
-            Response::text(200, directive)
+            text(StatusCode::OK, directive)
         }
-        Err(e) => Response::text(400, &e.to_string()),
+        Err(e) => text(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
 
-async fn scrape(state: &AdminState) -> Response {
+async fn scrape(State(state): State<Arc<AdminState>>) -> Response {
     let Some(source) = state.metrics.get() else {
-        return Response::text(503, "starting");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
     };
     let _one_at_a_time = state.scrape.lock().await;
     let source = Arc::clone(source);
     // Gathering takes the core's lock and makes BPF syscalls: not on an async worker.
     let rendered = tokio::task::spawn_blocking(move || source.gather().map(metrics::render)).await;
     match rendered {
-        Err(e) => Response::text(500, &format!("the scrape failed: {e}")),
-        Ok(None) => Response::text(503, "the relay has stopped"),
-        Ok(Some(Err(e))) => Response::text(500, &format!("cannot encode the metrics: {e}")),
-        Ok(Some(Ok(body))) => Response {
-            status: 200,
-            content_type: metrics::CONTENT_TYPE,
-            body,
-            allow: None,
-        },
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("the scrape failed: {e}"),
+        ),
+        Ok(None) => text(StatusCode::SERVICE_UNAVAILABLE, "the relay has stopped"),
+        Ok(Some(Err(e))) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode the metrics: {e}"),
+        ),
+        Ok(Some(Ok(body))) => {
+            ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+        }
     }
 }
 
@@ -556,36 +418,48 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn heads_parse() {
-        let (r, len) =
-            parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
-                .unwrap();
+    #[tokio::test]
+    async fn malformed_heads_are_refused() {
+        let state = AdminState::new(None);
+        let routes = Routes {
+            metrics: true,
+            health: true,
+        };
+        let server = serve("127.0.0.1:0".parse().unwrap(), routes, state)
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        // The query is not part of the path.
         assert_eq!(
-            (r.method.as_str(), r.path.as_str(), len),
-            ("GET", "/metrics", 3)
+            exchange_raw(addr, b"GET /ready?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .0,
+            503
         );
         assert_eq!(
-            parse_head(b"GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err(),
-            BadRequest::TransferEncoding
+            exchange_raw(
+                addr,
+                b"PUT /log-level HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            .await
+            .0,
+            501
         );
         for bad in [
             &b"GET /x\r\n\r\n"[..],
-            b"GET x HTTP/1.1\r\n\r\n",
             b"GET /x SPDY/3\r\n\r\n",
             b"GET /x HTTP/1.1\r\nno colon\r\n\r\n",
             b"GET /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             b"GET /x HTTP/1.1 extra\r\n\r\n",
             b"\xff /x HTTP/1.1\r\n\r\n",
         ] {
-            assert_eq!(
-                parse_head(bad).unwrap_err(),
-                BadRequest::Malformed,
-                "{bad:?}"
+            let (status, _) = exchange_raw(addr, bad).await;
+            assert!(
+                status == 400 || status == 505,
+                "{status} for {:?}",
+                String::from_utf8_lossy(bad)
             );
         }
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
     }
 
     /// Sends `request` raw and returns the status and body of the answer.
