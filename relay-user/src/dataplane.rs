@@ -14,20 +14,14 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
 };
 
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
-    ebpf::{ChannelEntry, FastPath, FastPathError, Hook},
-    route::Router,
-    server::ChannelHook,
+    ebpf::{FastPath, FastPathError, Hook},
+    offload::KernelPath,
 };
-use turn_proto::server::ChannelBinding;
 
 /// Which data plane to run, as asked for on the command line (`offloadEngine` in STUNner's
 /// configuration: `None`, `XDP`, `TC`, `Auto`).
@@ -379,194 +373,13 @@ fn veth_peer_here(interface: &str) -> Option<String> {
     })
 }
 
-/// Installs kernel entries for channel bindings as the TURN core reports them.
-pub struct XdpHook {
-    fast_path: Mutex<FastPath>,
-    /// Route lookups for the TC program's egress interfaces.
-    router: Mutex<Option<Router>>,
-    /// The hook the programs run at.
-    hook: Hook,
-    /// Bindings installed in the kernel.
-    pub installed: AtomicU64,
-    /// Bindings left to userspace because a map was full.
-    pub map_full: AtomicU64,
-    /// Bindings left to userspace because of another error.
-    pub install_errors: AtomicU64,
-    /// Why the kernel path was withdrawn (it did not deliver), once it was.
-    withdrawn: Mutex<Option<String>>,
-}
-
-impl XdpHook {
-    pub fn new(fast_path: FastPath) -> XdpHook {
-        XdpHook::with_hook(fast_path, Hook::Xdp)
-    }
-
-    /// A hook for programs attached at `hook`.
-    pub fn with_hook(fast_path: FastPath, hook: Hook) -> XdpHook {
-        let router = match Router::new() {
-            Ok(router) => Some(router),
-            Err(e) => {
-                warn!(error = %e, "no route lookups: the TC path relays nothing in the kernel");
-                None
-            }
-        };
-        XdpHook {
-            fast_path: Mutex::new(fast_path),
-            router: Mutex::new(router),
-            hook,
-            installed: AtomicU64::new(0),
-            map_full: AtomicU64::new(0),
-            install_errors: AtomicU64::new(0),
-            withdrawn: Mutex::new(None),
-        }
-    }
-
-    /// Why the kernel path was withdrawn, if it was.
-    pub fn withdrawn(&self) -> Option<String> {
-        self.withdrawn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Takes the kernel path out of service: its programs are detached (every datagram goes to
-    /// the agent's sockets, which relay it), and no binding is installed any more.
-    pub fn withdraw(&self, why: String) {
-        let mut withdrawn = self
-            .withdrawn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if withdrawn.is_some() {
-            return;
-        }
-        error!(
-            hook = %self.hook,
-            why = %why,
-            "kernel path withdrawn: it does not deliver; every channel is relayed in userspace now"
-        );
-        self.with_fast_path(FastPath::detach_all);
-        *withdrawn = Some(why);
-    }
-
-    /// The hook the kernel programs run at.
-    pub fn hook(&self) -> Hook {
-        self.hook
-    }
-
-    /// Runs `f` with the fast path locked (counters, tests).
-    pub fn with_fast_path<T>(&self, f: impl FnOnce(&mut FastPath) -> T) -> T {
-        f(&mut self
-            .fast_path
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-
-    /// After a restart that adopted allocations: makes the kernel's channel entries exactly
-    /// `bindings` (installing those missing, keeping those present with their counters,
-    /// removing the rest) and its listener entries exactly `listeners`. Returns the bindings
-    /// that have kernel entries now.
-    pub fn adopt(
-        &self,
-        bindings: &[ChannelBinding],
-        listeners: &[SocketAddr],
-    ) -> Vec<ChannelBinding> {
-        let mut installed = Vec::with_capacity(bindings.len());
-        let entries: Vec<ChannelEntry> = bindings.iter().map(|b| self.entry(b)).collect();
-        self.with_fast_path(|fp| {
-            for (binding, entry) in bindings.iter().zip(&entries) {
-                match fp.ensure_channel_binding(entry) {
-                    Ok(_) => installed.push(*binding),
-                    Err(e) => {
-                        warn!(error = %e, ?entry, "adopted channel not in the kernel: relayed in userspace");
-                    }
-                }
-            }
-            let keep: Vec<ChannelEntry> = installed.iter().map(ChannelEntry::from).collect();
-            match fp.retain(&keep, listeners) {
-                Ok(removed) => info!(
-                    kept = keep.len(),
-                    removed, "kernel channel entries reconciled with the adopted allocations"
-                ),
-                Err(e) => warn!(error = %e, "cannot reconcile the kernel maps"),
-            }
-        });
-        self.installed
-            .fetch_add(installed.len() as u64, Ordering::Relaxed);
-        installed
-    }
-
-    /// The kernel entry of `binding`, with the interfaces the host's output routes to the peer
-    /// and to the client leave by (what the TC program sends on).
-    fn entry(&self, binding: &ChannelBinding) -> ChannelEntry {
-        let mut entry = ChannelEntry::from(binding);
-        if self.hook != Hook::Tc {
-            // XDP asks the FIB itself.
-            return entry;
-        }
-        let mut router = self
-            .router
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(router) = router.as_mut() {
-            let mut lookup = |src: SocketAddr, dst: SocketAddr| {
-                router
-                    .egress_ifindex(src.ip(), dst.ip())
-                    .inspect_err(|e| {
-                        debug!(error = %e, %src, %dst, "no route: relayed in userspace");
-                    })
-                    .unwrap_or(0)
-            };
-            entry.to_peer_ifindex = lookup(binding.relayed, binding.peer);
-            entry.to_client_ifindex = lookup(binding.server, binding.client);
-        }
-        entry
-    }
-}
-
-impl ChannelHook for XdpHook {
-    fn channel_bound(&self, binding: &ChannelBinding) {
-        if self.withdrawn().is_some() {
-            return;
-        }
-        let entry = self.entry(binding);
-        match self.with_fast_path(|fp| fp.add_channel_binding(&entry)) {
-            Ok(()) => {
-                self.installed.fetch_add(1, Ordering::Relaxed);
-                debug!(?entry, hook = %self.hook, "channel installed in the kernel");
-            }
-            Err(FastPathError::MapFull { name, capacity }) => {
-                self.map_full.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    map = name,
-                    capacity,
-                    ?entry,
-                    "kernel map full: channel relayed in userspace"
-                );
-            }
-            Err(e) => {
-                self.install_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, ?entry, "channel not installed in the kernel: relayed in userspace");
-            }
-        }
-    }
-
-    fn channel_unbound(&self, binding: &ChannelBinding) {
-        let entry = ChannelEntry::from(binding);
-        if let Err(e) = self.with_fast_path(|fp| fp.remove_channel_binding(&entry)) {
-            warn!(error = %e, ?entry, "removing a channel from the kernel failed");
-        } else {
-            debug!(?entry, "channel removed from the kernel");
-        }
-    }
-}
-
 /// Never a blackhole: watches that what the kernel path relays is delivered, by the drop
 /// counters of the interfaces it runs on. A veth counts every frame it cannot hand to its far
 /// end: in `tx_dropped` for what the stack or TC sends (the far end down or gone), in the
 /// receiving interface's `rx_dropped` for an XDP redirect or `XDP_TX` it refuses (the far end
 /// runs no XDP program and no GRO). When, over a [`DeliveryWatch::INTERVAL`], at least [`DeliveryWatch::MIN_DROPS`]
 /// frames were dropped there and they amount to half or more of what the kernel relayed, the
-/// path is withdrawn ([`XdpHook::withdraw`]) and userspace relays from then on.
+/// path is withdrawn ([`KernelPath::withdraw`]) and userspace relays from then on.
 pub struct DeliveryWatch {
     interfaces: Vec<String>,
     last: Option<(u64, u64)>,
@@ -588,7 +401,7 @@ impl DeliveryWatch {
 
     /// Compares the counters with the last look; withdraws the path if it does not deliver.
     /// Returns whether it is (still) in service.
-    pub fn check(&mut self, hook: &XdpHook) -> bool {
+    pub fn check(&mut self, hook: &KernelPath) -> bool {
         if hook.withdrawn().is_some() {
             return false;
         }

@@ -8,7 +8,9 @@
 //! - [`server`]: the tokio event loop that runs [`turn_proto::server::Server`] over real sockets.
 //! - [`dataplane`]: choosing XDP, TC or userspace relaying, attaching to interfaces.
 //! - [`ceiling`]: the benchmark's ceiling XDP program (`xturn-ceiling`).
-//! - [`ebpf`]: loading the XDP program and reading its maps.
+//! - [`offload`]: the kernel offload of channel bindings: applies the core's channel events,
+//!   owns what the kernel relayed.
+//! - [`ebpf`]: loading the kernel programs and reading their maps.
 //! - [`metrics`]: Prometheus metrics, collected when scraped.
 //! - [`admin`]: the HTTP server for metrics, health checks and the log level.
 //! - [`telemetry`]: logging (text or JSON, filter changeable at run time).
@@ -20,6 +22,7 @@ pub mod dataplane;
 pub mod dtls;
 pub mod ebpf;
 pub mod metrics;
+pub mod offload;
 pub mod reload;
 pub mod route;
 pub mod server;

@@ -6,17 +6,11 @@
 //! the OpenMetrics text format with `prometheus-client` ([`render`]). docs/metrics.md lists
 //! every metric and says exactly what it counts.
 //!
-//! Relayed bytes in the kernel come from the per-binding counters of the XDP maps, which count
-//! the data of every datagram the program relayed: exact payload sizes, whatever the address
-//! family. Map entries go away with their binding, so [`XdpMeter`] sits between the TURN core
-//! and the [`XdpHook`], keeps the set of installed bindings, and adds a binding's counters to a
-//! running total just before the binding is removed. Each binding carries the cluster its
-//! traffic counts for (a slot of [`turn::Stats::clusters`], resolved by the TURN core when the
-//! channel was bound), so kernel traffic is split by cluster exactly as userspace traffic is.
+//! What the kernel relayed is owned by the data plane ([`ChannelOffload`], in
+//! [`crate::offload`]); a scrape reads its [`KernelSnapshot`].
 use std::{
-    collections::HashMap,
     fmt,
-    sync::{Arc, Mutex, MutexGuard, Weak, atomic::Ordering},
+    sync::{Arc, Weak},
 };
 
 use prometheus_client::{
@@ -25,27 +19,19 @@ use prometheus_client::{
     metrics::MetricType,
     registry::Registry,
 };
-use relay_common::{Counter, Reason};
-use tracing::warn;
+use relay_common::Counter;
 
 use crate::{
-    dataplane::XdpHook,
-    ebpf::{ChannelCounters, ChannelEntry},
-    server::{ChannelHook, ConnectionSnapshot, IoSnapshot, ServerHandle},
+    offload::{ChannelOffload, KernelSnapshot},
+    server::{ConnectionSnapshot, IoSnapshot, ServerHandle},
 };
-use turn_proto::server::{self as turn, ChannelBinding};
+use turn_proto::server as turn;
 
 /// The HTTP `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Bytes of the ChannelData header (channel number and length) in front of relayed data.
 const CHANNEL_DATA_HEADER: u64 = 4;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// The name of a kernel path metric: `xturn_xdp_*` for XDP, `xturn_tc_*` for TC.
 fn kernel_metric(hook: &str, suffix: &str) -> &'static str {
@@ -64,186 +50,6 @@ fn kernel_metric(hook: &str, suffix: &str) -> &'static str {
         _ if tc => "xturn_tc_binding_install_failures",
         _ => "xturn_xdp_binding_install_failures",
     }
-}
-
-fn entry_of(binding: &ChannelBinding) -> ChannelEntry {
-    ChannelEntry::from(binding)
-}
-
-fn add(a: ChannelCounters, b: ChannelCounters) -> ChannelCounters {
-    ChannelCounters {
-        to_peer: a.to_peer.plus(b.to_peer),
-        to_client: a.to_client.plus(b.to_client),
-    }
-}
-
-fn max_counter(a: Counter, b: Counter) -> Counter {
-    Counter {
-        packets: a.packets.max(b.packets),
-        bytes: a.bytes.max(b.bytes),
-    }
-}
-
-fn max_counters(a: ChannelCounters, b: ChannelCounters) -> ChannelCounters {
-    ChannelCounters {
-        to_peer: max_counter(a.to_peer, b.to_peer),
-        to_client: max_counter(a.to_client, b.to_client),
-    }
-}
-
-/// Adds `counters` to `slot` of `by_cluster`, growing it as needed.
-fn add_to(by_cluster: &mut Vec<ChannelCounters>, slot: usize, counters: ChannelCounters) {
-    if by_cluster.len() <= slot {
-        by_cluster.resize(slot + 1, ChannelCounters::default());
-    }
-    by_cluster[slot] = add(by_cluster[slot], counters);
-}
-
-/// What the kernel relayed on channel bindings: in all, and per cluster slot.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Relayed {
-    total: ChannelCounters,
-    /// Indexed by cluster slot ([`turn::Stats::clusters`]); slots past its end relayed nothing.
-    by_cluster: Vec<ChannelCounters>,
-}
-
-/// The [`ChannelHook`] of the XDP data plane with metering: installs and removes bindings
-/// through the [`XdpHook`], and remembers what removed bindings relayed.
-pub struct XdpMeter {
-    hook: Arc<XdpHook>,
-    /// Bindings with entries in the kernel now, with their cluster slots.
-    live: Mutex<HashMap<ChannelEntry, usize>>,
-    /// What bindings relayed before their entries were removed (or replaced).
-    retired: Mutex<Relayed>,
-    /// The totals last reported: totals never go down (see [`XdpMeter::relayed`]).
-    reported: Mutex<Relayed>,
-}
-
-impl XdpMeter {
-    pub fn new(hook: Arc<XdpHook>) -> XdpMeter {
-        XdpMeter {
-            hook,
-            live: Mutex::new(HashMap::new()),
-            retired: Mutex::new(Relayed::default()),
-            reported: Mutex::new(Relayed::default()),
-        }
-    }
-
-    /// Reconciles the kernel with adopted allocations ([`XdpHook::adopt`]); the installed
-    /// bindings count as live.
-    pub fn adopt(&self, bindings: &[ChannelBinding], listeners: &[std::net::SocketAddr]) {
-        let installed = self.hook.adopt(bindings, listeners);
-        lock(&self.live).extend(installed.iter().map(|b| (entry_of(b), b.cluster)));
-    }
-
-    /// The hook it wraps.
-    pub fn hook(&self) -> &Arc<XdpHook> {
-        &self.hook
-    }
-
-    /// Bindings installed in the kernel now.
-    pub fn installed_now(&self) -> usize {
-        lock(&self.live).len()
-    }
-
-    /// Adds what `entry` relayed so far to the retired totals of all and of cluster slot
-    /// `cluster` (before its entries go).
-    fn retire(&self, entry: &ChannelEntry, cluster: usize) {
-        if let Some(counters) = self.hook.with_fast_path(|fp| fp.channel_counters(entry)) {
-            let mut retired = lock(&self.retired);
-            retired.total = add(retired.total, counters);
-            add_to(&mut retired.by_cluster, cluster, counters);
-        }
-    }
-
-    /// Everything the kernel relayed on channel bindings since the start: the retired total
-    /// plus the counters of every installed binding. A scrape reads two map entries per
-    /// installed binding, each under the fast path's lock on its own, so channel binds wait
-    /// for one lookup at most.
-    ///
-    /// The kernel adds to the per-binding counters without atomics, and a binding removed
-    /// during a scrape can be missed by it (and counted by the next): the totals are clamped
-    /// so they never go down, as Prometheus counters must not.
-    pub fn relayed(&self) -> ChannelCounters {
-        self.relayed_by_cluster().0
-    }
-
-    /// [`XdpMeter::relayed`], and the same split by cluster slot (a binding counts for the
-    /// slot it was bound with; the vector ends after the last slot with traffic).
-    pub fn relayed_by_cluster(&self) -> (ChannelCounters, Vec<ChannelCounters>) {
-        // Retired first: a binding retired after this read is still read live (or missed,
-        // never counted twice).
-        let mut now = lock(&self.retired).clone();
-        let entries: Vec<(ChannelEntry, usize)> =
-            lock(&self.live).iter().map(|(e, c)| (*e, *c)).collect();
-        for (entry, cluster) in &entries {
-            if let Some(counters) = self.hook.with_fast_path(|fp| fp.channel_counters(entry)) {
-                now.total = add(now.total, counters);
-                add_to(&mut now.by_cluster, *cluster, counters);
-            }
-        }
-        let mut reported = lock(&self.reported);
-        reported.total = max_counters(reported.total, now.total);
-        if reported.by_cluster.len() < now.by_cluster.len() {
-            reported
-                .by_cluster
-                .resize(now.by_cluster.len(), ChannelCounters::default());
-        }
-        for (slot, counters) in now.by_cluster.iter().enumerate() {
-            reported.by_cluster[slot] = max_counters(reported.by_cluster[slot], *counters);
-        }
-        (reported.total, reported.by_cluster.clone())
-    }
-}
-
-/// Called by the event loop under the TURN core's lock, so bindings come one at a time: the
-/// `installed` counter of the [`XdpHook`] tells whether this one made it into the kernel.
-impl ChannelHook for XdpMeter {
-    fn channel_bound(&self, binding: &ChannelBinding) {
-        let entry = entry_of(binding);
-        let previous = lock(&self.live).get(&entry).copied();
-        if let Some(cluster) = previous {
-            // Installing again resets the kernel's counters: keep what they hold.
-            self.retire(&entry, cluster);
-        }
-        let before = self.hook.installed.load(Ordering::Relaxed);
-        self.hook.channel_bound(binding);
-        let installed = self.hook.installed.load(Ordering::Relaxed) != before;
-        let mut live = lock(&self.live);
-        if installed {
-            live.insert(entry, binding.cluster);
-        } else {
-            live.remove(&entry);
-        }
-    }
-
-    fn channel_unbound(&self, binding: &ChannelBinding) {
-        let entry = entry_of(binding);
-        let was_live = lock(&self.live).remove(&entry);
-        if let Some(cluster) = was_live {
-            self.retire(&entry, cluster);
-        }
-        self.hook.channel_unbound(binding);
-    }
-}
-
-/// What the XDP data plane did, read at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct XdpSnapshot {
-    /// The program's `STATS` counters (frames and frame bytes per exit reason); empty if the
-    /// map could not be read.
-    pub reasons: Vec<(Reason, Counter)>,
-    /// Bindings with kernel entries now, and how many the maps hold.
-    pub bindings_installed: u64,
-    pub capacity: u64,
-    /// Bindings installed since the start, and those left to userspace (map full, other errors).
-    pub installs: u64,
-    pub map_full: u64,
-    pub install_errors: u64,
-    /// Datagrams and data bytes relayed on channel bindings, per direction.
-    pub relayed: ChannelCounters,
-    /// The same per cluster slot ([`turn::Stats::clusters`]); may be shorter than the slots.
-    pub relayed_by_cluster: Vec<ChannelCounters>,
 }
 
 /// Everything the metrics show, read at one moment.
@@ -266,7 +72,7 @@ pub struct Snapshot {
     pub listeners: Vec<(String, IoSnapshot)>,
     /// Traffic of the relayed sockets.
     pub relay_io: IoSnapshot,
-    pub xdp: Option<XdpSnapshot>,
+    pub xdp: Option<KernelSnapshot>,
     /// Name and connections of each TCP, TLS and DTLS listener.
     pub connections: Vec<(String, ConnectionSnapshot)>,
 }
@@ -305,7 +111,7 @@ impl Snapshot {
 pub struct MetricsSource {
     server: ServerHandle,
     listener_names: Vec<String>,
-    xdp: Option<Weak<XdpMeter>>,
+    xdp: Option<Weak<ChannelOffload>>,
     interfaces: Vec<crate::dataplane::InterfaceChoice>,
 }
 
@@ -314,7 +120,7 @@ impl MetricsSource {
     pub fn new(
         server: ServerHandle,
         listener_names: Vec<String>,
-        xdp: Option<&Arc<XdpMeter>>,
+        xdp: Option<&Arc<ChannelOffload>>,
     ) -> MetricsSource {
         MetricsSource {
             server,
@@ -375,25 +181,7 @@ impl MetricsSource {
             _ => "userspace",
         };
         let kernel_hook = meter.as_ref().map(|m| m.hook().hook().name());
-        let xdp = meter.map(|meter| {
-            let hook = meter.hook();
-            let (reasons, capacity) = hook.with_fast_path(|fp| (fp.stats(), fp.capacity()));
-            let reasons = reasons.unwrap_or_else(|e| {
-                warn!(error = %e, "cannot read the XDP counters");
-                Vec::new()
-            });
-            let (relayed, relayed_by_cluster) = meter.relayed_by_cluster();
-            XdpSnapshot {
-                reasons,
-                bindings_installed: meter.installed_now() as u64,
-                capacity: u64::from(capacity),
-                installs: hook.installed.load(Ordering::Relaxed),
-                map_full: hook.map_full.load(Ordering::Relaxed),
-                install_errors: hook.install_errors.load(Ordering::Relaxed),
-                relayed,
-                relayed_by_cluster,
-            }
-        });
+        let xdp = meter.map(|offload| offload.snapshot());
         Some(Snapshot {
             dataplane,
             kernel_hook,
@@ -928,6 +716,8 @@ impl Collector for SnapshotCollector {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::ebpf::ChannelCounters;
+    use relay_common::Reason;
 
     fn value(text: &str, series: &str) -> u64 {
         text.lines()
@@ -1022,7 +812,7 @@ mod tests {
         let mut snapshot = sample();
         snapshot.dataplane = "xdp";
         snapshot.kernel_hook = Some("xdp");
-        snapshot.xdp = Some(XdpSnapshot {
+        snapshot.xdp = Some(KernelSnapshot {
             reasons: vec![(
                 Reason::RelayedToPeer,
                 Counter {
@@ -1055,7 +845,7 @@ mod tests {
                     },
                 },
             ],
-            ..XdpSnapshot::default()
+            ..KernelSnapshot::default()
         });
         let text = render(snapshot).unwrap();
         // Userspace 138 + client ChannelData (1000 + 4·10) + peer data 400.

@@ -35,6 +35,7 @@ use tracing::{debug, info, trace, warn};
 pub use crate::config::Transport;
 use crate::{
     dtls::DtlsListener,
+    offload::ChannelOffload,
     stream::{Connections, StreamListener},
     tls::CertStore,
 };
@@ -62,32 +63,23 @@ pub enum ServerError {
     Dtls { addr: SocketAddr, message: String },
 }
 
-/// Passes on the channel bindings of UDP listeners' clients only.
-struct UdpClientsOnly {
-    inner: Arc<dyn ChannelHook>,
+/// Where the core's channel events go: the data plane's kernel offload, for the clients of
+/// UDP listeners only (the kernel speaks plain UDP to clients).
+struct ChannelEvents {
+    offload: Option<Arc<ChannelOffload>>,
     /// By [`ListenerId`].
     udp: Vec<bool>,
 }
 
-impl UdpClientsOnly {
-    fn wanted(&self, binding: &ChannelBinding) -> bool {
-        self.udp
+impl ChannelEvents {
+    /// The offload `binding`'s events go to, if any.
+    fn offload_for(&self, binding: &ChannelBinding) -> Option<&ChannelOffload> {
+        let udp = self
+            .udp
             .get(usize::from(binding.listener.0))
             .copied()
-            .unwrap_or(false)
-    }
-}
-
-impl ChannelHook for UdpClientsOnly {
-    fn channel_bound(&self, binding: &ChannelBinding) {
-        if self.wanted(binding) {
-            self.inner.channel_bound(binding);
-        }
-    }
-    fn channel_unbound(&self, binding: &ChannelBinding) {
-        if self.wanted(binding) {
-            self.inner.channel_unbound(binding);
-        }
+            .unwrap_or(false);
+        self.offload.as_deref().filter(|_| udp)
     }
 }
 
@@ -110,20 +102,6 @@ async fn certificate_task(stores: Vec<Arc<CertStore>>) {
             }
         }
     }
-}
-
-/// Something that wants to know when channels are bound and unbound (the XDP fast path).
-pub trait ChannelHook: Send + Sync + 'static {
-    fn channel_bound(&self, binding: &ChannelBinding);
-    fn channel_unbound(&self, binding: &ChannelBinding);
-}
-
-/// No fast path: every datagram is relayed in userspace.
-pub struct NoHook;
-
-impl ChannelHook for NoHook {
-    fn channel_bound(&self, _: &ChannelBinding) {}
-    fn channel_unbound(&self, _: &ChannelBinding) {}
 }
 
 /// A listener to serve.
@@ -254,7 +232,7 @@ pub(crate) struct Shared {
     /// Each listener's way to its clients, indexed by [`ListenerId`].
     clients: Vec<ClientIo>,
     relays: Mutex<HashMap<SocketAddr, RelaySocket>>,
-    hook: Arc<dyn ChannelHook>,
+    channel_events: ChannelEvents,
     /// Traffic of each listener's sockets, indexed by [`ListenerId`].
     listener_io: Vec<IoCounters>,
     /// Traffic of all relayed sockets together.
@@ -279,7 +257,7 @@ impl RunningServer {
     pub fn start(
         core: turn::Server,
         spec: &ServerSpec,
-        hook: Arc<dyn ChannelHook>,
+        offload: Option<Arc<ChannelOffload>>,
     ) -> Result<RunningServer, ServerError> {
         let threads = spec.threads.max(1);
         // Only UDP clients' channels go to the kernel fast path: it speaks plain UDP to them.
@@ -288,7 +266,7 @@ impl RunningServer {
             .iter()
             .map(|l| l.transport == Transport::Udp)
             .collect();
-        let hook: Arc<dyn ChannelHook> = Arc::new(UdpClientsOnly { inner: hook, udp });
+        let channel_events = ChannelEvents { offload, udp };
         let mut udp_sockets: Vec<(ListenerId, Vec<Arc<UdpSocket>>)> = Vec::new();
         let mut tcp_sockets: Vec<(Arc<StreamListener>, tokio::net::TcpListener)> = Vec::new();
         let mut dtls: Vec<Arc<DtlsListener>> = Vec::new();
@@ -355,7 +333,7 @@ impl RunningServer {
             core: Mutex::new(core),
             clients,
             relays: Mutex::new(HashMap::new()),
-            hook,
+            channel_events,
             listener_io: spec
                 .listeners
                 .iter()
@@ -551,14 +529,23 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Takes the core's commands. Channel hooks run here, under the core lock, so that bindings and
-/// unbindings reach the kernel in exactly the order the core decided them, whichever task
-/// carries out the rest; they are short map updates. Everything else is queued for `execute`.
-fn drain(core: &mut turn::Server, hook: &dyn ChannelHook, into: &mut VecDeque<Command>) {
+/// Takes the core's commands. Channel events go to the data plane here, under the core lock, so
+/// that bindings and unbindings reach the kernel in exactly the order the core decided them,
+/// whichever task carries out the rest; they are short map updates. Everything else is queued
+/// for `execute`.
+fn drain(core: &mut turn::Server, events: &ChannelEvents, into: &mut VecDeque<Command>) {
     while let Some(command) = core.poll_command() {
         match command {
-            Command::ChannelBound(binding) => hook.channel_bound(&binding),
-            Command::ChannelUnbound(binding) => hook.channel_unbound(&binding),
+            Command::ChannelBound(binding) => {
+                if let Some(offload) = events.offload_for(&binding) {
+                    offload.channel_bound(&binding);
+                }
+            }
+            Command::ChannelUnbound(binding) => {
+                if let Some(offload) = events.offload_for(&binding) {
+                    offload.channel_unbound(&binding);
+                }
+            }
             other => into.push_back(other),
         }
     }
@@ -577,7 +564,7 @@ fn bind_restored(shared: &Arc<Shared>, restored: &[SocketAddr]) -> usize {
                 warn!(%addr, ?failure, "adopted allocation dropped: its relayed address cannot be bound");
                 dropped += 1;
             }
-            drain(&mut core, shared.hook.as_ref(), &mut commands);
+            drain(&mut core, &shared.channel_events, &mut commands);
         }
     }
     execute(shared, &mut commands);
@@ -652,7 +639,7 @@ impl Shared {
         {
             let mut core = lock(&self.core);
             core.handle_client_datagram(listener, client, message, Instant::now());
-            drain(&mut core, self.hook.as_ref(), commands);
+            drain(&mut core, &self.channel_events, commands);
         }
         execute(self, commands);
     }
@@ -663,7 +650,7 @@ impl Shared {
         {
             let mut core = lock(&self.core);
             core.handle_client_closed(listener, client);
-            drain(&mut core, self.hook.as_ref(), &mut commands);
+            drain(&mut core, &self.channel_events, &mut commands);
         }
         execute(self, &mut commands);
     }
@@ -690,7 +677,7 @@ async fn relay_task(shared: Arc<Shared>, relayed: SocketAddr, socket: Arc<UdpSoc
                 shared.relay_io.received(len);
                 let mut core = lock(&shared.core);
                 core.handle_peer_datagram(relayed, peer, &buf[..len], Instant::now());
-                drain(&mut core, shared.hook.as_ref(), &mut commands);
+                drain(&mut core, &shared.channel_events, &mut commands);
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
@@ -712,7 +699,7 @@ async fn timer_task(shared: Arc<Shared>) {
         let next = {
             let mut core = lock(&shared.core);
             core.handle_timeout(now);
-            drain(&mut core, shared.hook.as_ref(), &mut commands);
+            drain(&mut core, &shared.channel_events, &mut commands);
             core.poll_timeout()
         };
         let tick_ms = u64::try_from(now.saturating_duration_since(shared.started).as_millis())
@@ -775,7 +762,7 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 let result = bind_relay(shared, addr);
                 let mut core = lock(&shared.core);
                 core.handle_relay_bound(addr, result, Instant::now());
-                drain(&mut core, shared.hook.as_ref(), commands);
+                drain(&mut core, &shared.channel_events, commands);
             }
             Command::ReleaseRelay { addr } => {
                 if let Some(relay) = lock(&shared.relays).remove(&addr) {

@@ -13,11 +13,11 @@ use rand::{RngCore as _, SeedableRng as _};
 use relay_user::{
     admin::{self, AdminState, Phase},
     config::{self, Config, Transport, XturndArgs},
-    configmap,
-    dataplane::{self, XdpHook},
-    metrics::{MetricsSource, XdpMeter},
+    configmap, dataplane,
+    metrics::MetricsSource,
+    offload::{ChannelOffload, KernelPath},
     reload,
-    server::{self, ChannelHook, ListenerSpec, NoHook, RunningServer, ServerSpec},
+    server::{self, ListenerSpec, RunningServer, ServerSpec},
     state,
     telemetry::{self, LogControl},
     tls::CertStore,
@@ -152,8 +152,8 @@ async fn run(
         config.xdp_max_channels,
         config.bpf_pin_dir.as_deref(),
     )?;
-    // The kernel path's hook, metered: it remembers what removed bindings relayed, for the
-    // metrics.
+    // The data plane's kernel offload: it applies the core's channel events and keeps what the
+    // kernel relayed, for the metrics.
     let interfaces = fast_path
         .as_ref()
         .map(|s| s.interfaces.clone())
@@ -161,15 +161,11 @@ async fn run(
     let xdp = fast_path.map(|selected| {
         let mut fast_path = selected.fast_path;
         fast_path.spawn_logger();
-        Arc::new(XdpMeter::new(Arc::new(XdpHook::with_hook(
+        Arc::new(ChannelOffload::new(Arc::new(KernelPath::with_hook(
             fast_path,
             selected.hook,
         ))))
     });
-    let hook: Arc<dyn ChannelHook> = match &xdp {
-        Some(meter) => Arc::clone(meter) as Arc<dyn ChannelHook>,
-        None => Arc::new(NoHook),
-    };
 
     let host_ips = dataplane::local_addresses();
     let mut core = build_core(&config, &host_ips)?;
@@ -215,7 +211,7 @@ async fn run(
             .unwrap_or_default(),
         state_dir: config.state_dir.clone(),
     };
-    let mut running = RunningServer::start(core, &spec, hook)?;
+    let mut running = RunningServer::start(core, &spec, xdp.clone())?;
     if let Some(outcome) = &adopted {
         let (allocations, channels) = running.with_core(|core| {
             let channels: usize = core
@@ -591,7 +587,7 @@ fn reload(
     }
 }
 
-fn log_final_stats(running: &RunningServer, xdp: Option<&XdpMeter>) {
+fn log_final_stats(running: &RunningServer, xdp: Option<&ChannelOffload>) {
     let allocations = running.with_core(turn::Server::allocation_count);
     let stats = running.with_core(|core| format!("{:?}", core.stats()));
     info!(allocations, %stats, "userspace counters");
