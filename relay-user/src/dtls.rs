@@ -13,10 +13,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -34,7 +31,7 @@ use tracing::{debug, trace, warn};
 
 use crate::{
     server::{Shared, lock},
-    stream::FIRST_MESSAGE_TIMEOUT,
+    stream::{ConnectionCounters, FIRST_MESSAGE_TIMEOUT},
     tls::{CertStore, read_pem},
 };
 use turn_proto::server::ListenerId;
@@ -46,23 +43,6 @@ const HANDSHAKE: u8 = 22;
 /// Sessions still in their handshake, at most (within `max_sessions`): a flood of (spoofable)
 /// ClientHellos fills this pool, not the established sessions' room.
 const MAX_HANDSHAKING: usize = 1024;
-
-/// A DTLS listener's counters.
-#[derive(Debug, Default)]
-pub struct DtlsCounters {
-    pub sessions_started: AtomicU64,
-    /// Datagrams from new addresses dropped: the listener was full, or it was no handshake.
-    pub refused: AtomicU64,
-    /// Sessions ended by a DTLS error (failed handshake, bad record, retransmissions spent).
-    pub failed: AtomicU64,
-    /// Sessions closed for no complete message in time.
-    pub timed_out: AtomicU64,
-    /// Messages for a client that could not be sent (no session, or not established yet).
-    pub dropped: AtomicU64,
-    /// Datagrams of an established session that did not decrypt or parse: dropped, the session
-    /// stays (anyone can send a datagram from a spoofed address).
-    pub bad_records: AtomicU64,
-}
 
 struct State {
     endpoint: Endpoint,
@@ -83,7 +63,7 @@ pub struct DtlsListener {
     /// Sessions still in their handshake, at most: `MAX_HANDSHAKING` within `max_sessions`.
     max_handshaking: usize,
     idle_timeout: Duration,
-    pub counters: DtlsCounters,
+    pub counters: ConnectionCounters,
 }
 
 /// A DTLS server configuration from the store's files (the key must be PKCS#8; ECDSA P-256 or
@@ -143,7 +123,7 @@ impl DtlsListener {
             max_sessions,
             max_handshaking: MAX_HANDSHAKING.min(max_sessions),
             idle_timeout,
-            counters: DtlsCounters::default(),
+            counters: ConnectionCounters::default(),
         })
     }
 
@@ -203,9 +183,7 @@ impl DtlsListener {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 return (Vec::new(), false);
             }
-            self.counters
-                .sessions_started
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             state.deadlines.insert(client, now + FIRST_MESSAGE_TIMEOUT);
         }
         let mut messages = Vec::new();
@@ -229,11 +207,15 @@ impl DtlsListener {
             // An established session outlives a bad datagram: it may not even be the client's.
             Err(e) if state.established.contains(&client) => {
                 trace!(%client, error = %e, "DTLS record dropped");
-                self.counters.bad_records.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 debug!(%client, error = %e, "DTLS handshake failed");
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 ended = true;
             }
         }
@@ -266,7 +248,9 @@ impl DtlsListener {
                 .poll_timeout(&client)
                 .is_some_and(|t| t <= now);
             if due && state.endpoint.handle_timeout(client, now).is_err() {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 ended.push(client);
             }
         }
@@ -443,8 +427,11 @@ mod tests {
         let (messages, ended) = listener.receive(client.addr(), JUNK, Instant::now());
         assert!(messages.is_empty());
         assert!(!ended, "a spoofable datagram ended the session");
-        assert_eq!(listener.counters.bad_records.load(Ordering::Relaxed), 1);
-        assert_eq!(listener.counters.failed.load(Ordering::Relaxed), 0);
+        assert_eq!(listener.counters.protocol_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            listener.counters.handshake_failures.load(Ordering::Relaxed),
+            0
+        );
         assert_eq!(listener.sessions(), 1);
 
         client
@@ -464,7 +451,10 @@ mod tests {
         assert_eq!(listener.sessions(), 1);
         let (_, ended) = listener.receive(client.addr(), JUNK, Instant::now());
         assert!(ended);
-        assert_eq!(listener.counters.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            listener.counters.handshake_failures.load(Ordering::Relaxed),
+            1
+        );
         assert_eq!(listener.sessions(), 0);
     }
 

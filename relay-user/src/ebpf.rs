@@ -199,6 +199,22 @@ pub struct TestRunOutcome {
     pub frame: Vec<u8>,
 }
 
+impl TestRunOutcome {
+    /// What program `name`'s run says: its return value and the frame it left in `out`.
+    fn of(
+        name: &'static str,
+        run: Result<aya::programs::TestRunResult, aya::programs::ProgramError>,
+        mut out: Vec<u8>,
+    ) -> Result<TestRunOutcome, FastPathError> {
+        let result = run.map_err(|source| FastPathError::Program { name, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: result.return_value,
+            frame: out,
+        })
+    }
+}
+
 /// A program attached to an interface by a [`FastPath`].
 enum Attachment {
     /// Owned by the program: detached when it goes.
@@ -352,7 +368,12 @@ impl FastPath {
         }
     }
 
-    fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, FastPathError> {
+    /// The program `name` of the object, as its type `P` (XDP or TC).
+    fn program<P>(&mut self, name: &'static str) -> Result<&mut P, FastPathError>
+    where
+        for<'a> &'a mut P:
+            TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
         let program = self
             .ebpf
             .program_mut(name)
@@ -362,15 +383,12 @@ impl FastPath {
             .map_err(|source| FastPathError::Program { name, source })
     }
 
+    fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, FastPathError> {
+        self.program(name)
+    }
+
     fn tc(&mut self) -> Result<&mut SchedClassifier, FastPathError> {
-        let name = names::TC_PROGRAM;
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(FastPathError::MissingProgram { name })?;
-        program
-            .try_into()
-            .map_err(|source| FastPathError::Program { name, source })
+        self.program(names::TC_PROGRAM)
     }
 
     /// Attaches the fast path at XDP to `interface`: native mode first, generic mode when the
@@ -602,31 +620,9 @@ impl FastPath {
         let peer_keys: HashSet<PeerKey> = keep.iter().map(ChannelEntry::peer_key).collect();
         let listener_keys: HashSet<Endpoint> =
             listeners.iter().map(|l| Endpoint::from(*l)).collect();
-        let map_err = |name| move |source| FastPathError::Map { name, source };
-        let stale_channels: Vec<ChannelKey> = self
-            .channels
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(names::CHANNELS_MAP))?
-            .into_iter()
-            .filter(|k| !channel_keys.contains(k))
-            .collect();
-        let stale_peers: Vec<PeerKey> = self
-            .peers
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(names::PEERS_MAP))?
-            .into_iter()
-            .filter(|k| !peer_keys.contains(k))
-            .collect();
-        let stale_listeners: Vec<Endpoint> = self
-            .listeners
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(names::LISTENERS_MAP))?
-            .into_iter()
-            .filter(|k| !listener_keys.contains(k))
-            .collect();
+        let stale_channels = stale(self.channels.keys(), &channel_keys, names::CHANNELS_MAP)?;
+        let stale_peers = stale(self.peers.keys(), &peer_keys, names::PEERS_MAP)?;
+        let stale_listeners = stale(self.listeners.keys(), &listener_keys, names::LISTENERS_MAP)?;
         let removed = stale_channels.len() + stale_peers.len();
         for key in &stale_channels {
             let _ = self.channels.remove(key);
@@ -760,19 +756,13 @@ impl FastPath {
             .flat_map(|w| w.to_ne_bytes())
             .collect();
         let program = self.xdp(name)?;
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: ingress_ifindex.map(|_| ctx.as_slice()),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| FastPathError::Program { name, source })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: result.return_value,
-            frame: out,
-        })
+        let run = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ingress_ifindex.map(|_| ctx.as_slice()),
+            ..TestRunOptions::default()
+        });
+        TestRunOutcome::of(name, run, out)
     }
 }
 
@@ -784,18 +774,12 @@ impl FastPath {
         let name = names::TC_PROGRAM;
         let mut out = vec![0u8; frame.len() + 256];
         let program = self.tc()?;
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| FastPathError::Program { name, source })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: result.return_value,
-            frame: out,
-        })
+        let run = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        });
+        TestRunOutcome::of(name, run, out)
     }
 }
 
@@ -835,4 +819,16 @@ impl Drop for FastPath {
     fn drop(&mut self) {
         self.detach_all();
     }
+}
+
+/// The keys of map `name` (read through `keys`) that are not in `keep`.
+fn stale<K: Eq + std::hash::Hash>(
+    keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
+    keep: &HashSet<K>,
+    name: &'static str,
+) -> Result<Vec<K>, FastPathError> {
+    let keys = keys
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| FastPathError::Map { name, source })?;
+    Ok(keys.into_iter().filter(|k| !keep.contains(k)).collect())
 }

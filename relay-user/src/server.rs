@@ -474,30 +474,8 @@ impl ServerHandle {
                 .iter()
                 .map(|client| match client {
                     ClientIo::Udp(_) => None,
-                    ClientIo::Stream(c) => {
-                        let n = &c.counters;
-                        Some(ConnectionSnapshot {
-                            open: c.len() as u64,
-                            accepted: n.accepted.load(Ordering::Relaxed),
-                            refused: n.refused.load(Ordering::Relaxed),
-                            handshake_failures: n.handshake_failures.load(Ordering::Relaxed),
-                            timed_out: n.timed_out.load(Ordering::Relaxed),
-                            protocol_errors: n.protocol_errors.load(Ordering::Relaxed),
-                            dropped: n.dropped.load(Ordering::Relaxed),
-                        })
-                    }
-                    ClientIo::Dtls(d) => {
-                        let n = &d.counters;
-                        Some(ConnectionSnapshot {
-                            open: d.sessions() as u64,
-                            accepted: n.sessions_started.load(Ordering::Relaxed),
-                            refused: n.refused.load(Ordering::Relaxed),
-                            handshake_failures: n.failed.load(Ordering::Relaxed),
-                            timed_out: n.timed_out.load(Ordering::Relaxed),
-                            protocol_errors: n.bad_records.load(Ordering::Relaxed),
-                            dropped: n.dropped.load(Ordering::Relaxed),
-                        })
-                    }
+                    ClientIo::Stream(c) => Some(c.counters.snapshot(c.len())),
+                    ClientIo::Dtls(d) => Some(d.counters.snapshot(d.sessions())),
                 })
                 .collect(),
         )

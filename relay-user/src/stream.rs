@@ -33,7 +33,7 @@ use turn_proto::server::ListenerId;
 use turn_proto::stream::{Framer, MAX_MESSAGE, frame_for_stream};
 
 use crate::{
-    server::{Shared, lock},
+    server::{ConnectionSnapshot, Shared, lock},
     tls::CertStore,
 };
 
@@ -41,27 +41,47 @@ use crate::{
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages waiting to be written to one client.
 pub const SEND_QUEUE: usize = 256;
-/// A listener's connection counters.
+/// A listener's connection counters: TCP and TLS connections here, DTLS sessions in
+/// [`crate::dtls`].
 #[derive(Debug, Default)]
-pub struct StreamCounters {
+pub struct ConnectionCounters {
+    /// Connections accepted (DTLS: sessions started).
     pub accepted: AtomicU64,
-    /// Closed at once: the listener was at `max_connections`.
+    /// Closed at once: the listener was at `max_connections` (DTLS: also datagrams from new
+    /// addresses that were no handshake).
     pub refused: AtomicU64,
-    /// TLS handshakes that failed or timed out.
+    /// TLS handshakes that failed or timed out (DTLS: sessions ended by a DTLS error).
     pub handshake_failures: AtomicU64,
     /// Closed for sending no complete message in time (first message or idle).
     pub timed_out: AtomicU64,
-    /// Closed for sending something that is not STUN or ChannelData.
+    /// Closed for sending something that is not STUN or ChannelData (DTLS: datagrams of an
+    /// established session that did not decrypt or parse: dropped, the session stays).
     pub protocol_errors: AtomicU64,
-    /// Messages for a client that were dropped because its send queue was full.
+    /// Messages for a client that were dropped (send queue full; DTLS: no session yet).
     pub dropped: AtomicU64,
+}
+
+impl ConnectionCounters {
+    /// The counters now, with `open` connections or sessions.
+    pub fn snapshot(&self, open: usize) -> ConnectionSnapshot {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ConnectionSnapshot {
+            open: open as u64,
+            accepted: read(&self.accepted),
+            refused: read(&self.refused),
+            handshake_failures: read(&self.handshake_failures),
+            timed_out: read(&self.timed_out),
+            protocol_errors: read(&self.protocol_errors),
+            dropped: read(&self.dropped),
+        }
+    }
 }
 
 /// A listener's open connections, by client address.
 #[derive(Debug, Default)]
 pub struct Connections {
     open: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
-    pub counters: StreamCounters,
+    pub counters: ConnectionCounters,
 }
 
 impl Connections {

@@ -39,15 +39,7 @@ use crate::{
     topology::{CLIENT_IP, LISTENER_IP, Names, RELAY_IP, Topology},
 };
 
-const CLIENT_NS: &str = "xturn-bench-client";
-const RELAY_NS: &str = "xturn-bench-relay";
-const PEER_NS: &str = "xturn-bench-peer";
-const NAMES: Names = Names {
-    client: CLIENT_NS,
-    relay: RELAY_NS,
-    peer: PEER_NS,
-    links: ["xtb-c0", "xtb-r0", "xtb-r1", "xtb-p0"],
-};
+const NAMES: Names = Names::BENCH;
 
 const LISTENER: &str = "198.18.1.1:3478";
 const PEER: &str = "198.18.2.2:4000";
@@ -559,7 +551,7 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
         Some((program, args)) => {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let log = ctx.run_dir.join(format!("{}-relay", c.key));
-            let proc = Proc::spawn(RELAY_NS, &relay_cpus, program, &args, &log)?;
+            let proc = Proc::spawn(NAMES.relay, &relay_cpus, program, &args, &log)?;
             if c.kind == Kind::Ceiling {
                 proc.wait_for_stderr("ready", Duration::from_secs(10))?;
             } else {
@@ -574,9 +566,9 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
     let mut to_peer_total = 0u64;
     for &n in &ctx.plan.allocations {
         let (echo_ns, echo_addr, echo_cpus) = if c.kind == Kind::Generator {
-            (RELAY_NS, LISTENER, &relay_cpus)
+            (NAMES.relay, LISTENER, &relay_cpus)
         } else {
-            (PEER_NS, PEER, &load_cpus)
+            (NAMES.peer, PEER, &load_cpus)
         };
         let echo_log = ctx.run_dir.join(format!("{}-echo-{n}", c.key));
         let echo = Proc::spawn(
@@ -596,12 +588,7 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
             load_pids.push(echo.pid());
         }
 
-        let mut args = strings(&[
-            "load",
-            "--server",
-            LISTENER,
-            "--peer",
-            PEER,
+        let mut args = load_args(&[
             "--allocations",
             &n.to_string(),
             "--window",
@@ -679,6 +666,19 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
     })
 }
 
+/// Starts `xturn-bench ARGS` in the client namespace on `load_cpus`, logging to `log`.
+fn spawn_load(ctx: &Ctx, load_cpus: &str, args: &[&str], log: &Path) -> Result<Proc> {
+    let bin = ctx.bin.join("xturn-bench");
+    Proc::spawn(NAMES.client, load_cpus, &bin.to_string_lossy(), args, log)
+}
+
+/// `xturn-bench load` against the relay's listener and the echo, then `extra`.
+fn load_args(extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["load", "--server", LISTENER, "--peer", PEER]);
+    args.extend(strings(extra));
+    args
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -688,12 +688,11 @@ fn run_load(ctx: &Ctx, key: &str, n: usize, args: &[String]) -> Result<LoadOut> 
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = ctx.run_dir.join(format!("{key}-load-{n}"));
     let load_cpus = Cores::list(&ctx.cores.load);
-    let bin = ctx.bin.join("xturn-bench");
     eprintln!(
         "bench: {key}: {n} allocation(s), phases {:?}",
         ctx.plan.phases()
     );
-    let proc = Proc::spawn(CLIENT_NS, &load_cpus, &bin.to_string_lossy(), &args, &log)?;
+    let proc = spawn_load(ctx, &load_cpus, &args, &log)?;
     let (stdout, stderr) = proc.wait(Duration::from_secs(ctx.plan.load_seconds() + 30))?;
     if stdout.trim().is_empty() {
         bail!("xturn-bench load printed nothing: {}", stderr.trim());
@@ -748,12 +747,7 @@ fn measure(key: &str, p: &PhaseOut, echo: EchoCounts) -> Measurement {
 fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupResult> {
     let relay_cpus = Cores::list(&ctx.cores.relay);
     let load_cpus = Cores::list(&ctx.cores.load);
-    let mut args = strings(&[
-        "load",
-        "--server",
-        LISTENER,
-        "--peer",
-        PEER,
+    let mut args = load_args(&[
         "--user",
         USER,
         "--setup-only",
@@ -780,8 +774,7 @@ fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupRes
     );
     let log = ctx.run_dir.join(format!("{}-setup", c.key));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let bin = ctx.bin.join("xturn-bench");
-    let proc = Proc::spawn(CLIENT_NS, &load_cpus, &bin.to_string_lossy(), &args, &log)?;
+    let proc = spawn_load(ctx, &load_cpus, &args, &log)?;
     let (stdout, stderr) = proc.wait(Duration::from_secs(150))?;
     if stdout.trim().is_empty() {
         bail!(
@@ -814,7 +807,7 @@ fn wait_for_stun(ctx: &Ctx, relay: &Proc) -> Result<()> {
     while Instant::now() < deadline {
         let mut probe = Command::new("ip");
         probe
-            .args(["netns", "exec", CLIENT_NS])
+            .args(["netns", "exec", NAMES.client])
             .arg(&xturnctl)
             .args(["binding", "--server", LISTENER]);
         if sh::succeeds(probe) {

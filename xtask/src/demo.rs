@@ -24,17 +24,9 @@ use crate::{
     topology::{Names, Topology, netns_cmd},
 };
 
-const CLIENT: &str = "xturn-demo-client";
-const RELAY: &str = "xturn-demo-relay";
-const PEER: &str = "xturn-demo-peer";
+const NAMES: Names = Names::DEMO;
 /// xturnd's metrics endpoint, in the relay namespace.
 const METRICS: &str = "198.18.1.1:9100";
-const NAMES: Names = Names {
-    client: CLIENT,
-    relay: RELAY,
-    peer: PEER,
-    links: ["xtd-c0", "xtd-r0", "xtd-r1", "xtd-p0"],
-};
 
 pub fn run() -> Result<()> {
     setup::run()?;
@@ -46,13 +38,13 @@ pub fn run() -> Result<()> {
 
     sh::step("demo: starting the echo peer and xturnd");
     let _peer = spawn(
-        PEER,
+        NAMES.peer,
         "turnutils_peer",
         &["-L", "198.18.2.2", "-p", "3480"],
         false,
     )?;
     let xturnd = spawn(
-        RELAY,
+        NAMES.relay,
         &bin.join("xturnd").to_string_lossy(),
         &[
             "--listen",
@@ -74,92 +66,74 @@ pub fn run() -> Result<()> {
     )?;
     wait_for_stun(&bin)?;
 
+    // Each session's traffic, with what the relay's counters say it relayed where.
+    const UCLIENT_TO_PEER: [&str; 8] = [
+        "-u",
+        "demo",
+        "-w",
+        "demo-password",
+        "-e",
+        "198.18.2.2",
+        "-r",
+        "3480",
+    ];
+    const UCLIENT_TIMING: [&str; 5] = ["-l", "200", "-z", "5", "198.18.1.1"];
+    let xturnctl = bin.join("xturnctl").to_string_lossy().into_owned();
+    let sessions: [(&str, &str, &str, Vec<&str>); 3] = [
+        (
+            "demo: coturn's turnutils_uclient through xturn (channels, 2 clients × 100 messages)",
+            "turnutils_uclient, channels",
+            "turnutils_uclient",
+            [
+                &UCLIENT_TO_PEER[..],
+                &["-n", "100", "-m", "2"],
+                &UCLIENT_TIMING,
+            ]
+            .concat(),
+        ),
+        (
+            "demo: xturnctl ping through xturn (channel mode, 200 datagrams)",
+            "xturnctl ping, channel",
+            &xturnctl,
+            vec![
+                "ping",
+                "--server",
+                "198.18.1.1:3478",
+                "--user",
+                "demo:demo-password",
+                "--peer",
+                "198.18.2.2:3480",
+                "--count",
+                "200",
+                "--interval-ms",
+                "2",
+                "--mode",
+                "channel",
+            ],
+        ),
+        (
+            "demo: a Send-indication session (not ChannelData: relayed in userspace)",
+            "turnutils_uclient, Send indications",
+            "turnutils_uclient",
+            [
+                &["-s", "-c"][..],
+                &UCLIENT_TO_PEER,
+                &["-n", "50", "-m", "1"],
+                &UCLIENT_TIMING,
+            ]
+            .concat(),
+        ),
+    ];
     let mut rows = Vec::new();
     let mut last = Relayed::read()?;
-    sh::step("demo: coturn's turnutils_uclient through xturn (channels, 2 clients × 100 messages)");
-    sh::run(netns_cmd(
-        CLIENT,
-        "turnutils_uclient",
-        &[
-            "-u",
-            "demo",
-            "-w",
-            "demo-password",
-            "-e",
-            "198.18.2.2",
-            "-r",
-            "3480",
-            "-n",
-            "100",
-            "-m",
-            "2",
-            "-l",
-            "200",
-            "-z",
-            "5",
-            "198.18.1.1",
-        ],
-    ))?;
-
-    let now = Relayed::read()?;
-    rows.push(("turnutils_uclient, channels", now.minus(&last)));
-    last = now;
-
-    sh::step("demo: xturnctl ping through xturn (channel mode, 200 datagrams)");
-    sh::run(netns_cmd(
-        CLIENT,
-        &bin.join("xturnctl").to_string_lossy(),
-        &[
-            "ping",
-            "--server",
-            "198.18.1.1:3478",
-            "--user",
-            "demo:demo-password",
-            "--peer",
-            "198.18.2.2:3480",
-            "--count",
-            "200",
-            "--interval-ms",
-            "2",
-            "--mode",
-            "channel",
-        ],
-    ))?;
-
-    let now = Relayed::read()?;
-    rows.push(("xturnctl ping, channel", now.minus(&last)));
-    last = now;
-
-    sh::step("demo: a Send-indication session (not ChannelData: relayed in userspace)");
-    sh::run(netns_cmd(
-        CLIENT,
-        "turnutils_uclient",
-        &[
-            "-s",
-            "-c",
-            "-u",
-            "demo",
-            "-w",
-            "demo-password",
-            "-e",
-            "198.18.2.2",
-            "-r",
-            "3480",
-            "-n",
-            "50",
-            "-m",
-            "1",
-            "-l",
-            "200",
-            "-z",
-            "5",
-            "198.18.1.1",
-        ],
-    ))?;
-
-    let now = Relayed::read()?;
-    rows.push(("turnutils_uclient, Send indications", now.minus(&last)));
-    let interfaces = now.interfaces;
+    for (title, label, program, args) in &sessions {
+        sh::step(title);
+        sh::run(netns_cmd(NAMES.client, program, args))?;
+        let now = Relayed::read()?;
+        rows.push((*label, now.minus(&last)));
+        last = now;
+    }
+    let interfaces = last.interfaces;
 
     sh::step("demo: stopping xturnd");
     let output = xturnd.stop()?;
@@ -259,7 +233,7 @@ fn scrape_metrics() -> Result<String> {
     use std::io::{Read as _, Write as _};
     thread::scope(|s| {
         s.spawn(|| -> Result<String> {
-            let ns = std::fs::File::open(format!("/run/netns/{RELAY}"))
+            let ns = std::fs::File::open(format!("/run/netns/{}", NAMES.relay))
                 .context("open the relay namespace")?;
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
                 .context("enter the relay namespace")?;
@@ -282,7 +256,7 @@ fn wait_for_stun(bin: &std::path::Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let probe = netns_cmd(
-            CLIENT,
+            NAMES.client,
             &bin.join("xturnctl").to_string_lossy(),
             &["binding", "--server", "198.18.1.1:3478"],
         );

@@ -32,6 +32,32 @@ pub struct Names {
 }
 
 impl Names {
+    /// The demo's namespaces and links.
+    pub const DEMO: Names = Names::of(
+        ["xturn-demo-client", "xturn-demo-relay", "xturn-demo-peer"],
+        ["xtd-c0", "xtd-r0", "xtd-r1", "xtd-p0"],
+    );
+    /// The benchmark's namespaces and links.
+    pub const BENCH: Names = Names::of(
+        [
+            "xturn-bench-client",
+            "xturn-bench-relay",
+            "xturn-bench-peer",
+        ],
+        ["xtb-c0", "xtb-r0", "xtb-r1", "xtb-p0"],
+    );
+
+    /// Client, relay and peer namespaces, and the links (see [`Names::links`]).
+    const fn of(namespaces: [&'static str; 3], links: [&'static str; 4]) -> Names {
+        let [client, relay, peer] = namespaces;
+        Names {
+            client,
+            relay,
+            peer,
+            links,
+        }
+    }
+
     fn namespaces(&self) -> [&'static str; 3] {
         [self.client, self.relay, self.peer]
     }

@@ -337,7 +337,34 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         Ok(json) => json,
         Err(e) => return refuse("Invalid", format!("cannot serialise the agent config: {e}")),
     };
-    let objects = (|| -> Result<_, serde_json::Error> {
+    let addresses = gateway_addresses(inputs, gateway, &namespace, &name, &dataplane);
+    let status = gateway_status(
+        gateway,
+        settings,
+        listener_statuses,
+        &addresses,
+        !config.listeners.is_empty(),
+    );
+    let ice = IceSource {
+        namespace: namespace.clone(),
+        gateway: gateway.name_any(),
+        realm: auth.agent.realm.clone().unwrap_or_default(),
+        auth: auth.ice,
+        addresses: addresses.iter().map(|a| a.value.clone()).collect(),
+        listeners: config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let name = l.name.as_deref()?;
+                Some((
+                    name.rsplit('/').next().unwrap_or(name).to_owned(),
+                    Transport::from_protocol(l.protocol.as_deref()?)?,
+                    u16::try_from(l.port?).ok()?,
+                ))
+            })
+            .collect(),
+    };
+    let rendered = (|| -> Result<Rendered, serde_json::Error> {
         let config_map: ConfigMap = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": metadata(&name, &namespace, &labels, owner.as_ref(), None),
@@ -381,60 +408,24 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
             gwconfig,
             &config,
         )?;
-        Ok((
+        Ok(Rendered {
+            name,
+            namespace,
+            config,
             config_map,
             service_account,
             role,
             role_binding,
             workload,
             service,
-        ))
+            status,
+            ice,
+        })
     })();
-    let (config_map, service_account, role, role_binding, workload, service) = match objects {
-        Ok(objects) => objects,
-        Err(e) => return refuse("Invalid", format!("cannot build the objects: {e}")),
-    };
-
-    let addresses = gateway_addresses(inputs, gateway, &namespace, &name, &dataplane);
-    let status = gateway_status(
-        gateway,
-        settings,
-        listener_statuses,
-        &addresses,
-        !config.listeners.is_empty(),
-    );
-    let ice = IceSource {
-        namespace: namespace.clone(),
-        gateway: gateway.name_any(),
-        realm: auth.agent.realm.clone().unwrap_or_default(),
-        auth: auth.ice,
-        addresses: addresses.iter().map(|a| a.value.clone()).collect(),
-        listeners: config
-            .listeners
-            .iter()
-            .filter_map(|l| {
-                let name = l.name.as_deref()?;
-                Some((
-                    name.rsplit('/').next().unwrap_or(name).to_owned(),
-                    Transport::from_protocol(l.protocol.as_deref()?)?,
-                    u16::try_from(l.port?).ok()?,
-                ))
-            })
-            .collect(),
-    };
-    Outcome::Rendered(Box::new(Rendered {
-        name,
-        namespace,
-        config,
-        config_map,
-        service_account,
-        role,
-        role_binding,
-        workload,
-        service,
-        status,
-        ice,
-    }))
+    match rendered {
+        Ok(rendered) => Outcome::Rendered(Box::new(rendered)),
+        Err(e) => refuse("Invalid", format!("cannot build the objects: {e}")),
+    }
 }
 
 /// The name of the objects a Gateway of ours gets (its Dataplane's `workloadName`, else its own

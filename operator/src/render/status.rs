@@ -219,21 +219,30 @@ pub(super) fn condition(
     generation: Option<i64>,
     settings: &Settings,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let existing = gateway
+    let current = gateway
         .status
         .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == kind && c.status == status));
-    make_condition(
-        kind,
-        status,
-        reason,
-        message,
-        generation,
-        settings.now,
-        existing,
-    )
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    condition_in(current, kind, ok, reason, message, generation, settings.now)
+}
+
+/// Condition `kind` ("True" if `ok`), keeping the transition time of the condition of the same
+/// type and status among `current`.
+fn condition_in(
+    current: &[Condition],
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let existing = current
+        .iter()
+        .find(|c| c.type_ == kind && c.status == status);
+    make_condition(kind, status, reason, message, generation, now, existing)
 }
 
 pub fn make_condition(
@@ -418,32 +427,28 @@ pub fn route_status(
         .unwrap_or_default();
     let resolved = route_endpoints(inputs, route);
     let generation = route.metadata.generation;
-    let existing = |kind: &str, status: &str, parent: &ParentReference| {
+    let current = |parent: &ParentReference| {
         route
             .status
             .as_ref()
             .and_then(|s| s.parents.iter().find(|p| &p.parent_ref == parent))
-            .and_then(|p| {
-                p.conditions
-                    .iter()
-                    .find(|c| c.type_ == kind && c.status == status)
-            })
-            .cloned()
+            .map(|p| p.conditions.clone())
+            .unwrap_or_default()
     };
     for parent in &route.spec.parent_refs {
         let Some(gateway) = gateways.iter().find(|g| refers_to(route, parent, g)) else {
             continue;
         };
+        let current = current(parent);
         let cond = |kind: &str, ok: bool, reason: &str, message: &str| {
-            let status = if ok { "True" } else { "False" };
-            make_condition(
+            condition_in(
+                &current,
                 kind,
-                status,
+                ok,
                 reason,
                 message,
                 generation,
                 settings.now,
-                existing(kind, status, parent).as_ref(),
             )
         };
         let listener_exists = parent

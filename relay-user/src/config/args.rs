@@ -10,7 +10,8 @@ use super::*;
 /// `xturnd`'s command line. Every flag is optional; defaults are applied by [`load`] so that a
 /// flag given explicitly can be told apart from a default (flags override the file, defaults
 /// do not). `XturndArgs::default()` is "no flags at all".
-#[derive(Clone, Default, clap::Parser)]
+/// Passwords and secrets stay out of `Debug` (see [`UserFlag`], [`SecretFlag`]).
+#[derive(Clone, Default, Debug, clap::Parser)]
 #[command(
     name = "xturnd",
     version,
@@ -80,7 +81,7 @@ pub struct XturndArgs {
     /// A long-term credential, NAME:PASSWORD. Repeatable. Replaces the file's static
     /// credentials.
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
-    pub users: Vec<String>,
+    pub users: Vec<UserFlag>,
 
     /// A TURN REST API shared secret (time-limited credentials). Repeatable, to rotate secrets:
     /// credentials made with any of them are accepted. Replaces the file's ephemeral secret.
@@ -90,7 +91,7 @@ pub struct XturndArgs {
         env = "XTURN_AUTH_SECRET",
         hide_env_values = true
     )]
-    pub auth_secrets: Vec<String>,
+    pub auth_secrets: Vec<SecretFlag>,
 
     /// A YAML configuration file in the shape of STUNner's dataplane configuration.
     #[arg(long, short = 'c', value_name = "FILE", env = "XTURN_CONFIG")]
@@ -187,46 +188,42 @@ pub struct XturndArgs {
     pub log_format: Option<LogFormat>,
 }
 
-/// Passwords and secrets stay out of logs: only user names and the number of secrets show.
-impl fmt::Debug for XturndArgs {
+/// A `--user NAME:PASSWORD` value. Its `Debug` shows the name only, so the flags can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserFlag(pub String);
+
+impl std::str::FromStr for UserFlag {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(UserFlag(value.to_owned()))
+    }
+}
+
+impl fmt::Debug for UserFlag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let user_names = self
-            .users
-            .iter()
-            .map(|u| u.split_once(':').map_or("<malformed>", |(name, _)| name))
-            .collect::<Vec<_>>();
-        f.debug_struct("XturndArgs")
-            .field("listen", &self.listen)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("max_connections", &self.max_connections)
-            .field("idle_timeout_secs", &self.idle_timeout_secs)
-            .field("relay_ip", &self.relay_ip)
-            .field("min_port", &self.min_port)
-            .field("max_port", &self.max_port)
-            .field("realm", &self.realm)
-            .field("users", &user_names)
-            .field(
-                "auth_secrets",
-                &format_args!("<{} hidden>", self.auth_secrets.len()),
-            )
-            .field("config", &self.config)
-            .field("config_map", &self.config_map)
-            .field("config_map_key", &self.config_map_key)
-            .field("log_level", &self.log_level)
-            .field("threads", &self.threads)
-            .field("max_allocations", &self.max_allocations)
-            .field("max_allocations_per_user", &self.max_allocations_per_user)
-            .field("max_lifetime_secs", &self.max_lifetime_secs)
-            .field("default_lifetime_secs", &self.default_lifetime_secs)
-            .field("dataplane", &self.dataplane)
-            .field("allow_loopback_peers", &self.allow_loopback_peers)
-            .field("metrics_listen", &self.metrics_listen)
-            .field("health_listen", &self.health_listen)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("log_format", &self.log_format)
-            .field("state_dir", &self.state_dir)
-            .field("bpf_pin_dir", &self.bpf_pin_dir)
-            .finish()
+        let name = self
+            .0
+            .split_once(':')
+            .map_or("<malformed>", |(name, _)| name);
+        write!(f, "{name:?}")
+    }
+}
+
+/// An `--auth-secret` value. Its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretFlag(pub String);
+
+impl std::str::FromStr for SecretFlag {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(SecretFlag(value.to_owned()))
+    }
+}
+
+impl fmt::Debug for SecretFlag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<hidden>")
     }
 }

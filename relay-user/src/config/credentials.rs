@@ -68,7 +68,7 @@ pub(super) fn resolve_credentials(
 
     let mut secrets: Vec<String> = Vec::new();
     if !args.auth_secrets.is_empty() {
-        for secret in &args.auth_secrets {
+        for SecretFlag(secret) in &args.auth_secrets {
             if secret.is_empty() {
                 return Err(invalid("--auth-secret", "empty secret"));
             }
@@ -93,9 +93,9 @@ pub(super) fn resolve_credentials(
     Ok((users, secrets))
 }
 
-pub(super) fn parse_users(flags: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+pub(super) fn parse_users(flags: &[UserFlag]) -> Result<Vec<(String, String)>, ConfigError> {
     let mut users: Vec<(String, String)> = Vec::with_capacity(flags.len());
-    for flag in flags {
+    for UserFlag(flag) in flags {
         // No colon means no password, so the value can be quoted back safely; past this point
         // only the name is.
         let Some((name, password)) = flag.split_once(':') else {

@@ -109,7 +109,7 @@ mod args;
 mod credentials;
 mod listeners;
 
-pub use args::XturndArgs;
+pub use args::{SecretFlag, UserFlag, XturndArgs};
 use credentials::*;
 use listeners::*;
 

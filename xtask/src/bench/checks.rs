@@ -49,7 +49,7 @@ pub(super) fn xdp_program_stats() -> Option<String> {
     let mut ids = Vec::new();
     for interface in RELAY_IFS {
         let out = sh::output(netns_cmd(
-            RELAY_NS,
+            NAMES.relay,
             "bpftool",
             &["-j", "net", "show", "dev", interface],
         ))?;
