@@ -238,6 +238,7 @@ fn router(routes: Routes, state: Arc<AdminState>) -> Router {
             EXCHANGE_TIMEOUT,
         ))
         .layer(middleware::map_response(no_store))
+        .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
 
@@ -313,6 +314,20 @@ async fn refuse_transfer_codings(request: Request, next: Next) -> Response {
         );
     }
     next.run(request).await
+}
+
+/// Each request is logged at debug, once answered (a request that turns debug on is logged).
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    debug!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        "admin request"
+    );
+    response
 }
 
 /// Every answer is current: never cached.
