@@ -6,6 +6,10 @@
 //! → `{"iceServers":[{"urls":["turn:ADDR:PORT?transport=udp",...],"username":..,"credential":..}],
 //!     "iceTransportPolicy":"relay"}`.
 //!
+//! `GET /?service=turn[&…the same filters…]` → `{"username":..,"password":..,"ttl":..,
+//! "uris":[..]}`: the same credentials in the shape of the TURN REST API draft
+//! (draft-uberti-behave-turn-rest-00 §2.2), which STUNner's auth service also serves.
+//!
 //! With `longterm`/`ephemeral` authentication the credentials are TURN REST API credentials
 //! (user name `EXPIRY:ID`, password `base64(HMAC-SHA1(secret, user name))`) valid for the
 //! GatewayConfig's `authLifetime` (or a shorter `ttl`); with `static` authentication, the
@@ -173,6 +177,56 @@ pub fn ice_config<'a>(
     query: &IceQuery,
     now: i64,
 ) -> Result<IceConfig, IceError> {
+    Ok(IceConfig {
+        ice_servers: ice_servers(sources, query, now)?
+            .into_iter()
+            .map(|(server, _)| server)
+            .collect(),
+        ice_transport_policy: "relay".to_owned(),
+    })
+}
+
+/// The TURN REST API answer (draft-uberti-behave-turn-rest-00 §2.2), as STUNner's auth service
+/// gives it at `GET /?service=turn`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnCredentials {
+    pub username: String,
+    pub password: String,
+    /// Seconds the credentials are valid for.
+    pub ttl: i64,
+    pub uris: Vec<String>,
+}
+
+/// [`ice_config`] in the TURN REST API's shape: the first matching Gateway's credentials, with
+/// the URIs of every matching Gateway that takes the same credentials.
+pub fn turn_credentials<'a>(
+    sources: impl IntoIterator<Item = &'a IceSource>,
+    query: &IceQuery,
+    now: i64,
+) -> Result<TurnCredentials, IceError> {
+    let servers = ice_servers(sources, query, now)?;
+    let Some((first, ttl)) = servers.first() else {
+        return Err(IceError::NoGateway);
+    };
+    let uris = servers
+        .iter()
+        .filter(|(s, _)| s.username == first.username && s.credential == first.credential)
+        .flat_map(|(s, _)| s.urls.iter().cloned())
+        .collect();
+    Ok(TurnCredentials {
+        username: first.username.clone(),
+        password: first.credential.clone(),
+        ttl: *ttl,
+        uris,
+    })
+}
+
+/// One ICE server per matching Gateway, with how long its credentials are valid.
+fn ice_servers<'a>(
+    sources: impl IntoIterator<Item = &'a IceSource>,
+    query: &IceQuery,
+    now: i64,
+) -> Result<Vec<(IceServer, i64)>, IceError> {
     if let Some(service) = query.service.as_deref().filter(|s| *s != "turn") {
         return Err(IceError::UnknownService(service.to_owned()));
     }
@@ -211,8 +265,13 @@ pub fn ice_config<'a>(
         if urls.is_empty() {
             continue;
         }
-        let (username, credential) = match &source.auth {
-            IceAuth::Static { user, password } => (user.clone(), password.clone()),
+        let (username, credential, ttl) = match &source.auth {
+            // Static credentials do not expire: the ttl asked for, else a day (STUNner's).
+            IceAuth::Static { user, password } => (
+                user.clone(),
+                password.clone(),
+                query.ttl.unwrap_or(STATIC_TTL_SECS),
+            ),
             IceAuth::Rest {
                 secret,
                 user_id,
@@ -225,14 +284,18 @@ pub fn ice_config<'a>(
                     .or_else(|| user_id.clone())
                     .unwrap_or_else(|| "user".to_owned());
                 let expiry = u64::try_from(now.saturating_add(ttl)).unwrap_or(0);
-                rest_credentials(secret, &id, expiry)
+                let (username, password) = rest_credentials(secret, &id, expiry);
+                (username, password, ttl)
             }
         };
-        servers.push(IceServer {
-            urls,
-            username,
-            credential,
-        });
+        servers.push((
+            IceServer {
+                urls,
+                username,
+                credential,
+            },
+            ttl,
+        ));
     }
     if servers.is_empty() {
         return Err(if matched {
@@ -241,18 +304,35 @@ pub fn ice_config<'a>(
             IceError::NoGateway
         });
     }
-    Ok(IceConfig {
-        ice_servers: servers,
-        ice_transport_policy: "relay".to_owned(),
+    Ok(servers)
+}
+
+/// The `ttl` reported for static credentials when the client asks for none.
+const STATIC_TTL_SECS: i64 = 86_400;
+
+async fn handle_ice(State(registry): State<Registry>, Query(query): Query<IceQuery>) -> Response {
+    answer(&registry, &query, |sources, query, now| {
+        ice_config(sources.iter().copied(), query, now)
     })
 }
 
-async fn handle_ice(State(registry): State<Registry>, Query(query): Query<IceQuery>) -> Response {
+async fn handle_turn(State(registry): State<Registry>, Query(query): Query<IceQuery>) -> Response {
+    answer(&registry, &query, |sources, query, now| {
+        turn_credentials(sources.iter().copied(), query, now)
+    })
+}
+
+/// `make`'s answer for `query` now, as JSON, or the error with its status.
+fn answer<T: Serialize>(
+    registry: &Registry,
+    query: &IceQuery,
+    make: impl Fn(&[&IceSource], &IceQuery, i64) -> Result<T, IceError>,
+) -> Response {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let result = match registry.read() {
-        Ok(sources) => ice_config(sources.values(), &query, now),
+        Ok(sources) => make(&sources.values().collect::<Vec<_>>(), query, now),
         Err(_) => Err(IceError::NoGateway),
     };
     match result {
@@ -268,10 +348,11 @@ async fn handle_ice(State(registry): State<Registry>, Query(query): Query<IceQue
     }
 }
 
-/// The HTTP routes: `/ice` and a `/healthz` for probes.
+/// The HTTP routes: `/ice`, `/` (the TURN REST API) and a `/healthz` for probes.
 pub fn router(registry: Registry) -> Router {
     Router::new()
         .route("/ice", get(handle_ice))
+        .route("/", get(handle_turn))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(registry)
 }
@@ -420,6 +501,74 @@ mod tests {
             Transport::Dtls.url("198.18.1.1", 443),
             "turns:198.18.1.1:443?transport=udp"
         );
+    }
+
+    #[test]
+    fn the_turn_rest_api_answer_carries_the_same_credentials() {
+        let sources = [source(rest())];
+        let query = IceQuery {
+            username: Some("alice".into()),
+            ttl: Some(600),
+            ..IceQuery::default()
+        };
+        let ice = ice_config(&sources, &query, 1_000).unwrap();
+        let turn = turn_credentials(&sources, &query, 1_000).unwrap();
+        assert_eq!(turn.username, "1600:alice");
+        assert_eq!(turn.password, rest_password("s3cret", "1600:alice"));
+        assert_eq!(turn.ttl, 600);
+        assert_eq!(turn.uris, ice.ice_servers[0].urls);
+        // Static credentials: the static user, a day unless a ttl is asked for.
+        let sources = [source(IceAuth::Static {
+            user: "user-1".into(),
+            password: "pass-1".into(),
+        })];
+        let turn = turn_credentials(&sources, &IceQuery::default(), 1_000).unwrap();
+        assert_eq!(
+            (turn.username.as_str(), turn.password.as_str(), turn.ttl),
+            ("user-1", "pass-1", 86_400)
+        );
+        // The same refusals as /ice.
+        let stun = IceQuery {
+            service: Some("stun".into()),
+            ..IceQuery::default()
+        };
+        assert_eq!(
+            turn_credentials(&sources, &stun, 1_000),
+            Err(IceError::UnknownService("stun".into()))
+        );
+        let none = IceQuery {
+            gateway: Some("nope".into()),
+            ..IceQuery::default()
+        };
+        assert_eq!(
+            turn_credentials(&sources, &none, 1_000),
+            Err(IceError::NoGateway)
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_the_turn_rest_api_over_http() {
+        let registry: Registry = Arc::default();
+        registry
+            .write()
+            .unwrap()
+            .insert(("stunner".into(), "stunner-gateway".into()), source(rest()));
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), registry)
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = "GET /?service=turn&username=bob&ttl=60 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let body = response.split_once("\r\n\r\n").unwrap().1;
+        let turn: TurnCredentials = serde_json::from_str(body).unwrap();
+        assert!(turn.username.ends_with(":bob"), "{body}");
+        assert_eq!(turn.ttl, 60);
+        assert_eq!(turn.uris.len(), 4, "{body}");
+        task.abort();
     }
 
     #[tokio::test]
