@@ -546,22 +546,33 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn serves_the_turn_rest_api_over_http() {
+    /// The service on a free loopback port, answering for the REST-auth test Gateway.
+    async fn serve_test_gateway() -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
         let registry: Registry = Arc::default();
         registry
             .write()
             .unwrap()
             .insert(("stunner".into(), "stunner-gateway".into()), source(rest()));
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), registry)
+        serve("127.0.0.1:0".parse().unwrap(), registry)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `GET path` on its own connection; the whole response, head and body.
+    async fn http_get(addr: SocketAddr, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = "GET /?service=turn&username=bob&ttl=60 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn serves_the_turn_rest_api_over_http() {
+        let (addr, task) = serve_test_gateway().await;
+        let response = http_get(addr, "/?service=turn&username=bob&ttl=60").await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         let body = response.split_once("\r\n\r\n").unwrap().1;
         let turn: TurnCredentials = serde_json::from_str(body).unwrap();
@@ -573,23 +584,8 @@ mod tests {
 
     #[tokio::test]
     async fn serves_over_http() {
-        let registry: Registry = Arc::default();
-        registry
-            .write()
-            .unwrap()
-            .insert(("stunner".into(), "stunner-gateway".into()), source(rest()));
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), registry)
-            .await
-            .unwrap();
-        let get = |path: &'static str| async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
-        };
+        let (addr, task) = serve_test_gateway().await;
+        let get = |path: &'static str| http_get(addr, path);
         let ok = get("/ice?service=turn&username=bob").await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains(":bob\""), "{ok}");
