@@ -10,12 +10,14 @@
 //!   HMAC, so a server needs no per-client state before a request authenticates;
 //! - [`rest_credentials`]: what an application server hands out under the TURN REST API
 //!   convention (`username = "<expiry>:<user id>"`, `password = base64(HMAC-SHA1(secret,
-//!   username))`).
+//!   username))`). Verification takes the expiry from any position, as STUNner does (see
+//!   [`rest_expiry`]).
 //!
 //! Nothing here reads a clock: callers pass the current UNIX second.
 //!
 //! Strings are used as given: usernames, realms and passwords are not run through SASLprep /
 //! OpaqueString, which makes no difference for ASCII credentials.
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -29,13 +31,16 @@ use ring::{digest, hmac};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// Neither a static user nor a well-formed TURN REST username (or no REST secret is set).
+    /// A REST username is well-formed when one of its `:`-separated parts is a non-zero
+    /// timestamp ([`rest_expiry`]).
     #[error("unknown user {0:?}")]
     UnknownUser(String),
     /// A TURN REST username whose expiry has passed.
     #[error("credentials of {username:?} expired at {expired_at} (now {now})")]
     Expired {
         username: String,
-        expired_at: u64,
+        /// The username's timestamp (UNIX seconds; may be negative).
+        expired_at: i64,
         now: u64,
     },
 }
@@ -181,13 +186,17 @@ pub fn rest_credentials(secret: &str, user_id: &str, expires_unix: u64) -> (Stri
     (username, password)
 }
 
-/// The expiry of a TURN REST username (`"<unix seconds>"` or `"<unix seconds>:<user id>"`).
-fn rest_expiry(username: &str) -> Option<u64> {
-    let stamp = username.split(':').next()?;
-    if stamp.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stamp.parse().ok()
+/// The expiry of a TURN REST username, as STUNner reads it: the username is split at every
+/// `:`, and the first part that is a signed decimal integer (`1700000000`, `+17`, `-5`) is the
+/// expiry in UNIX seconds, wherever it stands (`"<ts>:<user>"`, `"<user>:<ts>"`,
+/// `"<a>:<ts>:<b>"`, or `"<ts>"` alone). Returns the part's index and its value; `None` when no
+/// part is an integer or the first integer part is 0 (not a time-limited username).
+pub fn rest_expiry(username: &str) -> Option<(usize, i64)> {
+    let (index, stamp) = username
+        .split(':')
+        .enumerate()
+        .find_map(|(i, part)| part.parse::<i64>().ok().map(|stamp| (i, stamp)))?;
+    (stamp != 0).then_some((index, stamp))
 }
 
 /// Who may authenticate: static users and TURN REST shared secrets.
@@ -257,14 +266,27 @@ impl Credentials {
         self.by_userhash.get(&hash).map(String::as_str)
     }
 
-    /// What quotas count `username` under: the user id of a TURN REST username (each fresh
-    /// credential has a new expiry, so the full name would escape a per-user quota), else the
-    /// username itself.
-    pub fn quota_key<'a>(&self, username: &'a str) -> &'a str {
-        if self.users.contains_key(username) || rest_expiry(username).is_none() {
-            return username;
+    /// What quotas count `username` under: a TURN REST username without its timestamp part
+    /// (`"1700000000:alice"` and `"alice:1700000000"` count as `alice`, `"a:1700000000:b"` as
+    /// `a:b`; each fresh credential has a new expiry, so the full name would escape a per-user
+    /// quota), else the username itself.
+    pub fn quota_key<'a>(&self, username: &'a str) -> Cow<'a, str> {
+        if self.users.contains_key(username) {
+            return Cow::Borrowed(username);
         }
-        username.split_once(':').map_or(username, |(_, id)| id)
+        let Some((index, _)) = rest_expiry(username) else {
+            return Cow::Borrowed(username);
+        };
+        let rest: Vec<&str> = username
+            .split(':')
+            .enumerate()
+            .filter_map(|(i, part)| (i != index).then_some(part))
+            .collect();
+        match rest.as_slice() {
+            [] => Cow::Borrowed(username),
+            [one] => Cow::Borrowed(one),
+            parts => Cow::Owned(parts.join(":")),
+        }
     }
 
     /// The password(s) `username` may use at `unix_now`: one for a static user, one per REST
@@ -276,10 +298,11 @@ impl Credentials {
         if self.rest_secrets.is_empty() {
             return Err(AuthError::UnknownUser(username.to_owned()));
         }
-        let Some(expiry) = rest_expiry(username) else {
+        let Some((_, expiry)) = rest_expiry(username) else {
             return Err(AuthError::UnknownUser(username.to_owned()));
         };
-        if unix_now > expiry {
+        // A timestamp equal to now is still valid (as in STUNner).
+        if i64::try_from(unix_now).unwrap_or(i64::MAX) > expiry {
             return Err(AuthError::Expired {
                 username: username.to_owned(),
                 expired_at: expiry,
@@ -528,6 +551,60 @@ mod tests {
             rest_password("key", "The quick brown fox jumps over the lazy dog"),
             STANDARD.encode(hex::decode("de7c9b85b8b78aa6bc8a7a36f70a90701c9db4d9").unwrap())
         );
+    }
+
+    #[test]
+    fn rest_usernames_carry_the_timestamp_in_any_position() {
+        assert_eq!(rest_expiry("1000:alice"), Some((0, 1000)));
+        assert_eq!(rest_expiry("alice:1000"), Some((1, 1000)));
+        assert_eq!(rest_expiry("a:1000:b"), Some((1, 1000)));
+        assert_eq!(rest_expiry("1000"), Some((0, 1000)));
+        // The first integer part wins, signed as strconv.Atoi reads it.
+        assert_eq!(rest_expiry("a:+1000:2000"), Some((1, 1000)));
+        assert_eq!(rest_expiry("a:-5:b"), Some((1, -5)));
+        // No integer part, or the first one is 0: not a time-limited username.
+        assert_eq!(rest_expiry("alice"), None);
+        assert_eq!(rest_expiry("alice:bob"), None);
+        assert_eq!(rest_expiry("0:alice"), None);
+        assert_eq!(rest_expiry("alice:0:1000"), None);
+        assert_eq!(rest_expiry(""), None);
+        assert_eq!(rest_expiry("1 000:x"), None);
+        assert_eq!(rest_expiry("99999999999999999999:a:7"), Some((2, 7)));
+
+        let creds = Credentials::new("r").with_rest_secret("s");
+        let now = 1_000;
+        for username in ["1000:alice", "alice:1000", "a:1000:b", "2000"] {
+            let expected = rest_password("s", username);
+            assert_eq!(
+                creds.passwords(username, now),
+                Ok(vec![expected]),
+                "{username}"
+            );
+        }
+        for username in ["999:alice", "alice:999", "x:-5:y"] {
+            assert!(
+                matches!(
+                    creds.passwords(username, now),
+                    Err(AuthError::Expired { .. })
+                ),
+                "{username}"
+            );
+        }
+        for username in ["alice", "0:alice", "alice:0", "alice:bob:"] {
+            assert!(
+                matches!(
+                    creds.passwords(username, now),
+                    Err(AuthError::UnknownUser(_))
+                ),
+                "{username}"
+            );
+        }
+        // Quotas count the user without the timestamp.
+        assert_eq!(creds.quota_key("1000:alice"), "alice");
+        assert_eq!(creds.quota_key("alice:2000"), "alice");
+        assert_eq!(creds.quota_key("a:1000:b"), "a:b");
+        assert_eq!(creds.quota_key("1000"), "1000");
+        assert_eq!(creds.quota_key("alice"), "alice");
     }
 
     #[test]

@@ -483,7 +483,7 @@ impl Server {
         total_slots: usize,
     ) -> Result<(), Quota> {
         let key = self.credentials.quota_key(username);
-        let user_count = self.per_user.get(key).copied().unwrap_or(0);
+        let user_count = self.per_user.get(key.as_ref()).copied().unwrap_or(0);
         if user_count + user_slots > self.config.max_allocations_per_user {
             return Err(Quota::User);
         }
@@ -513,17 +513,17 @@ impl Server {
         if slots == 0 {
             return;
         }
-        let key = self.credentials.quota_key(username).to_owned();
+        let key = self.credentials.quota_key(username).into_owned();
         *self.per_user.entry(key).or_default() += slots;
     }
 
     /// Takes `slots` off the quota count of `username`.
     pub(super) fn forget_user(&mut self, username: &str, slots: usize) {
         let key = self.credentials.quota_key(username);
-        if let Some(count) = self.per_user.get_mut(key) {
+        if let Some(count) = self.per_user.get_mut(key.as_ref()) {
             *count = count.saturating_sub(slots);
             if *count == 0 {
-                self.per_user.remove(key);
+                self.per_user.remove(key.as_ref());
             }
         }
     }

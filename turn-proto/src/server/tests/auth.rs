@@ -119,6 +119,37 @@ fn rest_credentials_valid_expired_and_wrong() {
 }
 
 #[test]
+fn rest_usernames_with_the_timestamp_anywhere_allocate() {
+    let mut h = Harness::new();
+    for (i, username) in [
+        format!("app-user:{}", START_UNIX + 120),
+        format!("tenant:{}:app-user", START_UNIX + 120),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let password = cred::rest_password(REST_SECRET, &username);
+        let mut client = Client::new(&format!("192.0.2.3{i}:5000"), &username, &password);
+        h.allocate(&mut client);
+    }
+    // Expired, or with no usable timestamp: 401.
+    for username in [
+        format!("app-user:{}", START_UNIX - 1),
+        "app-user:0".to_owned(),
+    ] {
+        let password = cred::rest_password(REST_SECRET, &username);
+        let mut client = Client::new("192.0.2.40:5000", &username, &password);
+        assert_eq!(
+            h.ask(&mut client, ALLOCATE, vec![udp()]).error_code(),
+            Some(401),
+            "{username}"
+        );
+    }
+    let reasons = h.server.stats().auth_failures_by_reason;
+    assert_eq!((reasons.expired, reasons.unknown_user), (1, 1));
+}
+
+#[test]
 fn sha256_password_algorithm_and_integrity() {
     let mut h = Harness::new();
     let mut client = Client::alice();
