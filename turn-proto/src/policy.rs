@@ -4,12 +4,17 @@
 //! listener), the canonicalisation of IPv6 addresses that embed an IPv4 address (so that
 //! `::ffff:127.0.0.1` is judged as `127.0.0.1`), STUNner-style routing (a listener's `routes` name
 //! clusters, and a routed listener only reaches its clusters' endpoints), and the syntax of
-//! cluster endpoints (`IP[/len][:port[-endport]]`, see [`Endpoint`]).
+//! cluster endpoints (`IP[/len][:port[-endport]]` and STUNner's `IP[/len]:<min-max>`, see
+//! [`Endpoint`]; STRICT_DNS clusters' host names, see [`DnsEndpoint`]).
+//!
+//! The policy does no I/O: a STRICT_DNS cluster's endpoints are the addresses its host names
+//! resolved to, which the agent's resolver keeps in a [`ResolvedNames`] and hands over
+//! ([`DnsEndpoint::endpoints`]) whenever they change.
 //!
 //! The policy is consulted by the TURN server for CreatePermission ([`PeerPolicy::permits_ip`],
 //! no port known) and for ChannelBind and Send ([`PeerPolicy::permits`]).
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
@@ -70,11 +75,16 @@ impl fmt::Display for PortRange {
 
 /// One endpoint of a cluster: an IP prefix and, optionally, a port range.
 ///
-/// Syntax (as in STUNner's STATIC clusters, plus ports): `IP[/len][:port[-endport]]`. An IPv6
-/// address or prefix needs brackets when a port follows (`[2001:db8::1]:5000-6000`,
-/// `[2001:db8::/32]:5000`); without a port the brackets are optional (`2001:db8::/32`). A bare
-/// address is a host prefix (`/32` or `/128`); host bits below the prefix length are cleared, as
-/// STUNner does. No port means every port.
+/// Two syntaxes:
+/// - xturn's `IP[/len][:port[-endport]]`. An IPv6 address or prefix needs brackets when a port
+///   follows (`[2001:db8::1]:5000-6000`, `[2001:db8::/32]:5000`); without a port the brackets
+///   are optional (`2001:db8::/32`).
+/// - STUNner's `IP[/len]:<min-max>`, with literal angle brackets (`10.0.0.1:<1000-2000>`,
+///   `10.0.0.0/8:<5000-5100>`, `fd00::1:<1-100>`): the suffix is unambiguous, so IPv6 needs no
+///   brackets (they are accepted). A minimum of 0 reads as 1 (port 0 is no peer's port).
+///
+/// A bare address is a host prefix (`/32` or `/128`); host bits below the prefix length are
+/// cleared, as STUNner does. No port means every port. Displayed in the first syntax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// The addresses covered.
@@ -115,7 +125,7 @@ impl fmt::Display for Endpoint {
 pub enum EndpointError {
     /// The address part is not an IP address.
     #[error(
-        "{text:?} is not an IP address (STATIC cluster endpoints are IP[/len][:port[-endport]]; DNS names are not supported)"
+        "{text:?} is not an IP address (STATIC cluster endpoints are IP[/len][:port[-endport]] or IP[/len]:<min-max>; host names go in a STRICT_DNS cluster)"
     )]
     NotAnIp { text: String },
     /// The prefix length is not a number or too long for the address family.
@@ -144,6 +154,20 @@ impl FromStr for Endpoint {
         if trimmed.is_empty() {
             return Err(syntax("it is empty"));
         }
+        if let Some((addr_part, ports)) = stunner_port_suffix(trimmed) {
+            let addr_part = match addr_part.strip_prefix('[') {
+                Some(inside) => inside
+                    .strip_suffix(']')
+                    .ok_or_else(|| syntax("\"[\" without a matching \"]\""))?,
+                None => addr_part,
+            };
+            let net = parse_prefix(text, addr_part)?;
+            let ports = parse_angle_ports(text, ports)?;
+            return Ok(Endpoint {
+                net,
+                ports: Some(ports),
+            });
+        }
         let (addr_part, port_part) = if let Some(rest) = trimmed.strip_prefix('[') {
             let Some((inside, after)) = rest.split_once(']') else {
                 return Err(syntax("\"[\" without a matching \"]\""));
@@ -171,6 +195,39 @@ impl FromStr for Endpoint {
         let ports = port_part.map(|p| parse_ports(text, p)).transpose()?;
         Ok(Endpoint { net, ports })
     }
+}
+
+/// STUNner's `ANYTHING:<min-max>` suffix: `(ANYTHING, "min-max")`.
+fn stunner_port_suffix(text: &str) -> Option<(&str, &str)> {
+    let inner = text.strip_suffix('>')?;
+    let (before, ports) = inner.rsplit_once(":<")?;
+    Some((before, ports))
+}
+
+/// The `min-max` of STUNner's `:<min-max>` (both given; a minimum of 0 reads as 1).
+fn parse_angle_ports(text: &str, ports: &str) -> Result<PortRange, EndpointError> {
+    let Some((first, last)) = ports.split_once('-') else {
+        return Err(EndpointError::Syntax {
+            text: text.to_owned(),
+            why: "a port range in angle brackets is <min-max>",
+        });
+    };
+    let port = |p: &str, zero_ok: bool| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| zero_ok || *p != 0)
+            .ok_or_else(|| EndpointError::InvalidPort {
+                text: text.to_owned(),
+                port: p.to_owned(),
+            })
+    };
+    let first = port(first, true)?.max(1);
+    let last = port(last, false)?;
+    PortRange::new(first, last).ok_or_else(|| EndpointError::EmptyPortRange {
+        text: text.to_owned(),
+        first,
+        last,
+    })
 }
 
 /// `IP` or `IP/len`, host bits cleared.
@@ -223,6 +280,135 @@ fn parse_ports(text: &str, ports: &str) -> Result<PortRange, EndpointError> {
         first,
         last,
     })
+}
+
+/// One endpoint of a STRICT_DNS cluster: a host name whose addresses (A and AAAA) are peers,
+/// on every port or on STUNner's `:<min-max>` range if one follows the name
+/// (`media.ns.svc.cluster.local`, `media.example.org:<10000-20000>`).
+///
+/// A peer is admitted when its address equals one the name resolved to ([`Self::endpoints`]);
+/// the resolving is the agent's, which keeps the answers in a [`ResolvedNames`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsEndpoint {
+    /// The host name, as written (case kept, no trailing-dot handling: the resolver's).
+    pub host: String,
+    /// The ports covered; `None` is every port.
+    pub ports: Option<PortRange>,
+}
+
+impl DnsEndpoint {
+    /// The endpoints `names` gives this host name now: one host prefix per address it
+    /// resolved to, with this endpoint's ports. None before it first resolved.
+    pub fn endpoints(&self, names: &ResolvedNames) -> Vec<Endpoint> {
+        names
+            .addresses(&self.host)
+            .map(|ip| Endpoint {
+                net: IpNet::from(ip),
+                ports: self.ports,
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for DnsEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ports {
+            Some(ports) => write!(f, "{}:<{}-{}>", self.host, ports.first(), ports.last()),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+impl FromStr for DnsEndpoint {
+    type Err = EndpointError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let (host, ports) = match stunner_port_suffix(trimmed) {
+            Some((host, ports)) => (host, Some(parse_angle_ports(text, ports)?)),
+            None => (trimmed, None),
+        };
+        let syntax = |why| EndpointError::Syntax {
+            text: text.to_owned(),
+            why,
+        };
+        if host.is_empty() {
+            return Err(syntax("the host name is empty"));
+        }
+        // Letters, digits, '-', '_' and '.' (and ':' for IPv6 literals, which resolve to
+        // themselves); anything else cannot be a name a resolver answers for.
+        if !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            return Err(syntax(
+                "a host name has letters, digits, '-', '_' and '.' only",
+            ));
+        }
+        Ok(DnsEndpoint {
+            host: host.to_owned(),
+            ports,
+        })
+    }
+}
+
+/// What the host names of STRICT_DNS clusters resolved to, as last seen: the sans-IO half of
+/// the agent's resolver. [`ResolvedNames::update`] applies one lookup's outcome: a success
+/// replaces the name's addresses, a failure keeps the previous ones (as STUNner does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedNames {
+    names: BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
+/// What [`ResolvedNames::update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameUpdate {
+    /// The name's addresses are different now (the policy must be rebuilt).
+    Changed,
+    /// The lookup answered the addresses the name had.
+    Unchanged,
+    /// The lookup failed (or answered nothing): the previous addresses stay.
+    Failed,
+}
+
+impl ResolvedNames {
+    /// The addresses `host` resolved to last (none if it never did).
+    pub fn addresses(&self, host: &str) -> impl Iterator<Item = IpAddr> + '_ {
+        self.names.get(host).into_iter().flatten().copied()
+    }
+
+    /// Applies a lookup of `host`: `Some(addresses)` on success, `None` on failure. An empty
+    /// answer counts as a failure: a name that suddenly has no address is more likely a
+    /// resolver hiccup than a deliberate change, and keeping the previous addresses is what
+    /// STUNner does on a failed lookup.
+    pub fn update(&mut self, host: &str, outcome: Option<Vec<IpAddr>>) -> NameUpdate {
+        let Some(addresses) = outcome.filter(|a| !a.is_empty()) else {
+            return NameUpdate::Failed;
+        };
+        let addresses: BTreeSet<IpAddr> = addresses.into_iter().collect();
+        if self.names.get(host) == Some(&addresses) {
+            return NameUpdate::Unchanged;
+        }
+        self.names.insert(host.to_owned(), addresses);
+        NameUpdate::Changed
+    }
+
+    /// Forgets every name not in `hosts` (a reload removed its cluster). True if any went.
+    pub fn retain(&mut self, hosts: &BTreeSet<String>) -> bool {
+        let before = self.names.len();
+        self.names.retain(|host, _| hosts.contains(host));
+        self.names.len() != before
+    }
+
+    /// The names with addresses.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// No name has addresses.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 /// The IPv4 address an IPv6 address stands for, if it is one of the forms that reach an IPv4
@@ -865,6 +1051,125 @@ mod tests {
             "[2001:db8::1]:5000-6000"
         );
         assert_eq!(ep("10.0.0.0/8:7").to_string(), "10.0.0.0/8:7");
+    }
+
+    #[test]
+    fn stunner_endpoint_syntax() {
+        let cases = [
+            ("10.0.0.1:<1000-2000>", "10.0.0.1/32", (1000, 2000)),
+            ("10.0.0.0/8:<5000-5100>", "10.0.0.0/8", (5000, 5100)),
+            ("10.1.2.3/8:<1-65535>", "10.0.0.0/8", (1, 65535)),
+            ("fd00::1:<1-100>", "fd00::1/128", (1, 100)),
+            ("fd00::/64:<7-7>", "fd00::/64", (7, 7)),
+            ("[fd00::1]:<1-100>", "fd00::1/128", (1, 100)),
+            ("0.0.0.0/0:<0-65535>", "0.0.0.0/0", (1, 65535)),
+            (" 192.0.2.1:<80-81> ", "192.0.2.1/32", (80, 81)),
+        ];
+        for (text, net, ports) in cases {
+            let e: Endpoint = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(e.net, net.parse::<IpNet>().unwrap(), "{text}");
+            assert_eq!(
+                e.ports.map(|p| (p.first(), p.last())),
+                Some(ports),
+                "{text}"
+            );
+            // Displayed in xturn's syntax, which reads back the same.
+            assert_eq!(e.to_string().parse::<Endpoint>(), Ok(e), "{text} -> {e}");
+        }
+        let e = ep("fd00::1:<1-100>");
+        assert!(e.contains(sa("[fd00::1]:100")));
+        assert!(!e.contains(sa("[fd00::1]:101")));
+        let bad = |text: &str| text.parse::<Endpoint>().unwrap_err();
+        assert!(matches!(
+            bad("10.0.0.1:<2000-1000>"),
+            EndpointError::EmptyPortRange { .. }
+        ));
+        assert!(matches!(
+            bad("10.0.0.1:<1-65536>"),
+            EndpointError::InvalidPort { .. }
+        ));
+        assert!(matches!(
+            bad("10.0.0.1:<1000>"),
+            EndpointError::Syntax { .. }
+        ));
+        assert!(matches!(
+            bad("media.svc:<1-2>"),
+            EndpointError::NotAnIp { .. }
+        ));
+        assert!(matches!(
+            bad("[fd00::1:<1-2>"),
+            EndpointError::Syntax { .. }
+        ));
+    }
+
+    #[test]
+    fn dns_endpoints_admit_exactly_the_resolved_addresses() {
+        let media: DnsEndpoint = "media.example.org".parse().unwrap();
+        assert_eq!(media.ports, None);
+        assert_eq!(media.to_string(), "media.example.org");
+        let rtp: DnsEndpoint = "rtp.example.org:<10000-20000>".parse().unwrap();
+        assert_eq!(rtp.host, "rtp.example.org");
+        assert_eq!(rtp.to_string(), "rtp.example.org:<10000-20000>");
+        assert!("".parse::<DnsEndpoint>().is_err());
+        assert!("bad host".parse::<DnsEndpoint>().is_err());
+        assert!("a/b".parse::<DnsEndpoint>().is_err());
+
+        let mut names = ResolvedNames::default();
+        // Nothing resolved yet: no endpoint, the routed listener reaches nothing.
+        assert!(media.endpoints(&names).is_empty());
+        assert_eq!(
+            names.update(
+                "media.example.org",
+                Some(vec![ip("192.0.2.7"), ip("2001:db8::7")])
+            ),
+            NameUpdate::Changed
+        );
+        assert_eq!(
+            names.update(
+                "media.example.org",
+                Some(vec![ip("2001:db8::7"), ip("192.0.2.7")])
+            ),
+            NameUpdate::Unchanged
+        );
+        assert_eq!(
+            names.update("rtp.example.org", Some(vec![ip("192.0.2.8")])),
+            NameUpdate::Changed
+        );
+        let policy = open()
+            .route_cluster("l", "media", media.endpoints(&names))
+            .route_cluster("l", "rtp", rtp.endpoints(&names));
+        // Any port of a resolved address; nothing else.
+        assert_eq!(policy.permits("l", sa("192.0.2.7:1")), Ok(()));
+        assert_eq!(policy.permits("l", sa("[2001:db8::7]:65535")), Ok(()));
+        assert_eq!(policy.permits("l", sa("[::ffff:192.0.2.7]:5")), Ok(()));
+        assert_eq!(policy.permits_ip("l", ip("192.0.2.7")), Ok(()));
+        assert!(policy.permits("l", sa("192.0.2.6:1")).is_err());
+        assert!(policy.permits_ip("l", ip("2001:db8::8")).is_err());
+        // The port range of a DNS endpoint applies.
+        assert_eq!(policy.permits("l", sa("192.0.2.8:10000")), Ok(()));
+        assert!(policy.permits("l", sa("192.0.2.8:9999")).is_err());
+        assert_eq!(policy.cluster_of("l", sa("192.0.2.8:10000")), Some(1));
+        assert_eq!(policy.cluster_of("l", sa("192.0.2.7:10000")), Some(0));
+
+        // A failed or empty lookup keeps what the name had.
+        assert_eq!(names.update("media.example.org", None), NameUpdate::Failed);
+        assert_eq!(
+            names.update("media.example.org", Some(Vec::new())),
+            NameUpdate::Failed
+        );
+        assert_eq!(media.endpoints(&names).len(), 2);
+        // A new answer replaces the old one.
+        assert_eq!(
+            names.update("media.example.org", Some(vec![ip("192.0.2.9")])),
+            NameUpdate::Changed
+        );
+        assert_eq!(media.endpoints(&names), vec![ep("192.0.2.9")]);
+        // Names no cluster has any more are forgotten.
+        let keep: BTreeSet<String> = ["rtp.example.org".to_owned()].into();
+        assert!(names.retain(&keep));
+        assert!(!names.retain(&keep));
+        assert_eq!(names.len(), 1);
+        assert!(media.endpoints(&names).is_empty());
     }
 
     #[test]
