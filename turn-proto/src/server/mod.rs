@@ -93,6 +93,11 @@ pub struct ServerConfig {
     pub max_allocations: usize,
     /// Allocations per username; beyond it: 486.
     pub max_allocations_per_user: usize,
+    /// A STUN server only (STUNner's `auth.type: none`): Binding requests are answered, every
+    /// TURN request (Allocate, Refresh, CreatePermission, ChannelBind) is refused with 403
+    /// Forbidden before any authentication and counted (`Stats::stun_only_refused`), so no
+    /// credentials are needed and nothing is ever relayed.
+    pub stun_only: bool,
 }
 
 impl ServerConfig {
@@ -115,6 +120,7 @@ impl ServerConfig {
             nonce_lifetime: Duration::from_secs(600),
             max_allocations: 10_000,
             max_allocations_per_user: 100,
+            stun_only: false,
         }
     }
 }

@@ -142,6 +142,13 @@ impl Server {
             self.respond(listener, five_tuple, header, Reply::error(400), None, None);
             return;
         }
+        if self.config.stun_only {
+            // STUN only (STUNner's `auth.type: none`): no TURN, whoever asks.
+            self.stats.stun_only_refused += 1;
+            trace!(client = %five_tuple.client, method = ?header.method, "TURN refused: STUN only");
+            self.respond(listener, five_tuple, header, Reply::error(403), None, None);
+            return;
+        }
         let auth = match self.authenticate(five_tuple.client, frame, &message, now) {
             Ok(auth) => auth,
             Err(reply) => {

@@ -81,6 +81,9 @@ pub struct Stats {
     pub quota_rejections: u64,
     /// Allocates refused (508) because the server is draining.
     pub drain_rejections: u64,
+    /// TURN requests (Allocate, Refresh, CreatePermission, ChannelBind) refused with 403
+    /// because the server is a STUN server only (`ServerConfig::stun_only`).
+    pub stun_only_refused: u64,
     /// BindRelay outcomes that were failures.
     pub relay_bind_failures: u64,
     /// Saved allocations not adopted on a restart, by the rule that refused them (indexed like

@@ -13,6 +13,7 @@ mod limits;
 mod permissions;
 mod restore;
 mod rfc5769;
+mod stun_only;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
