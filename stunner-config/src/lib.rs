@@ -9,6 +9,9 @@
 //! STUNner has and xturnd does not use are accepted and ignored (each says so). `null` is
 //! accepted wherever a value is optional, since STUNner's JSON rendering produces it for empty
 //! maps and lists.
+//!
+//! [`parse`] reads the text as it is; [`parse_with_env`] first expands `$VAR` and `${VAR}`
+//! everywhere but in `auth.credentials`, as stunnerd does (the agent reads files that way).
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -76,11 +79,14 @@ pub struct Admin {
 }
 
 /// `auth`: how clients authenticate.
+///
+/// `type: none` makes the agent a STUN server only: Binding requests are answered and every
+/// TURN request is refused with 403, with no credentials (STUNner's "STUN mode").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
-    /// `static` (alias `plaintext`) or `ephemeral` (aliases `longterm`, `timewindowed`).
-    /// Default `static` when credentials are given.
+    /// `static` (alias `plaintext`), `ephemeral` (aliases `longterm`, `timewindowed`) or
+    /// `none` (STUN only, no TURN); case ignored. Default `static` when credentials are given.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,7 +95,7 @@ pub struct Auth {
     pub credentials: Option<Credentials>,
 }
 
-/// `auth.credentials`.
+/// `auth.credentials`. Its values are never `$VAR`-expanded (see [`parse_with_env`]).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
@@ -99,7 +105,10 @@ pub struct Credentials {
     /// For `static`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    /// For `ephemeral`: the TURN REST API shared secret.
+    /// For `ephemeral`: the TURN REST API shared secret. A TURN REST username carries its
+    /// expiry (UNIX seconds) as any of its `:`-separated parts: the first part that is a
+    /// signed integer (`1700000000:alice`, `alice:1700000000`, `a:1700000000:b`); a username
+    /// with none, or with 0 there, is refused, as is one whose expiry has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
@@ -127,11 +136,13 @@ pub struct Listener {
     /// `TLS`, `DTLS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// The IP to bind; `$VAR` or `${VAR}` is read from the environment (STUNner's
-    /// `$STUNNER_ADDR`, the pod IP). Default `0.0.0.0`.
+    /// The IP to bind. STUNner's operator writes `$STUNNER_ADDR` (the pod IP, from the
+    /// environment; [`parse_with_env`] expands it, and the agent also reads a `$VAR` or
+    /// `${VAR}` left here). Empty or absent: `0.0.0.0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// Default 3478.
+    /// Default 3478. Written as `$STUNNER_PORT` it is that variable, else
+    /// `STUNNER_PUBLIC_PORT`, else 3478 ([`parse_with_env`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i64>,
     /// Ignored: the address clients are told about is the operator's business.
@@ -146,10 +157,13 @@ pub struct Listener {
     pub min_relay_port: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_relay_port: Option<i64>,
-    /// TURN-TLS / TURN-DTLS: the PEM certificate chain's file path (default --tls-cert).
+    /// TURN-TLS / TURN-DTLS: the PEM certificate chain, either inline as STUNner's operator
+    /// writes it (standard base64 of the PEM text) or as a file path (absolute or `./`,
+    /// watched for changes). Absent: `--tls-cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<String>,
-    /// TURN-TLS / TURN-DTLS: the PEM private key's file path (default --tls-key).
+    /// TURN-TLS / TURN-DTLS: the PEM private key, inline (base64 of the PEM text) or a file
+    /// path, like `cert`. Absent: `--tls-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Names of clusters this listener may reach. Absent: every peer but the deny list. Present
@@ -165,13 +179,18 @@ pub struct Cluster {
     /// Required; unique (the operator writes `NAMESPACE/ROUTE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `STATIC` (the default); `STRICT_DNS` is refused.
+    /// `STATIC` (the default: `endpoints` are addresses and prefixes) or `STRICT_DNS`
+    /// (`endpoints` are host names, resolved (A and AAAA) at start and every 5 s; a peer is
+    /// admitted when its address is one they resolved to, on any port). Case ignored.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// `UDP` (the default); `TCP` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// `IP[/LEN][:PORT[-ENDPORT]]`, IPv6 in brackets when a port follows.
+    /// STATIC: `IP[/LEN]`, optionally with ports, either STUNner's `IP[/LEN]:<MIN-MAX>`
+    /// (literal angle brackets; IPv6 needs no brackets: `fd00::1:<1-100>`) or
+    /// `IP[/LEN]:PORT[-ENDPORT]` (IPv6 in brackets: `[fd00::1]:5000`). No ports: every port.
+    /// STRICT_DNS: host names, optionally with `:<MIN-MAX>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<String>>,
 }
@@ -192,6 +211,153 @@ pub fn parse(text: &str) -> Result<StunnerConfig, serde_norway::Error> {
         return Ok(StunnerConfig::default());
     }
     serde_norway::from_str(text)
+}
+
+/// A configuration read with [`parse_with_env`], and the environment variables its text named
+/// that were not set (they read as empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expanded {
+    pub config: StunnerConfig,
+    /// Names of unset variables the text referred to, in order of first use, each once.
+    pub unset: Vec<String>,
+}
+
+/// Parses a configuration's text as stunnerd does, with environment variables expanded:
+///
+/// - `$NAME` and `${NAME}` anywhere in the text are replaced with the variable's value (Go's
+///   `os.ExpandEnv` rules: `NAME` is letters, digits and `_`, or one of the shell's special
+///   characters; an unset variable is empty; a `$` followed by nothing that can be a name
+///   stays). Expansion is textual and comes before parsing, so a variable may fill a number
+///   (`port: $STUNNER_PORT`) or any string (`realm: $REALM`).
+/// - Except `auth.credentials`: its values are taken from the text as written, never expanded,
+///   since a password or secret may contain `$`.
+/// - `STUNNER_PORT` always has a value: the variable if it is a decimal number, else
+///   `STUNNER_PUBLIC_PORT` if that is an integer, else `3478` (stunnerd's default; it sets the
+///   variable, this only reads it that way).
+///
+/// `env` looks variables up (the process environment, or a test's map).
+pub fn parse_with_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Expanded, serde_norway::Error> {
+    let lookup = |name: &str| -> Option<String> {
+        if name == "STUNNER_PORT" {
+            return Some(stunner_port(env));
+        }
+        env(name)
+    };
+    let (expanded, _) = expand_env(text, &lookup);
+    let mut config = parse(&expanded)?;
+    let raw: Option<serde_norway::Value> = serde_norway::from_str(text).ok();
+    if let Some(auth) = config.auth.as_mut()
+        && let Some(literal) = raw.as_ref().and_then(literal_credentials)
+    {
+        auth.credentials = literal;
+    }
+    // The unset variables outside the credentials (whose text stays out of messages).
+    let unset = raw
+        .map(|mut raw| {
+            if let Some(auth) = raw.get_mut("auth").and_then(|a| a.as_mapping_mut()) {
+                auth.remove("credentials");
+            }
+            serde_norway::to_string(&raw)
+                .map(|rest| expand_env(&rest, &lookup).1)
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    Ok(Expanded { config, unset })
+}
+
+/// What `$STUNNER_PORT` means (see [`parse_with_env`]).
+fn stunner_port(env: &dyn Fn(&str) -> Option<String>) -> String {
+    let decimal = |v: &String| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    if let Some(port) = env("STUNNER_PORT").filter(decimal) {
+        return port;
+    }
+    env("STUNNER_PUBLIC_PORT")
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or_else(|| "3478".to_owned(), |port| port.to_string())
+}
+
+/// `auth.credentials` as the unexpanded text has it: `Some(None)` for none (or `null`), `None`
+/// when they do not read (then the expanded credentials stand).
+fn literal_credentials(raw: &serde_norway::Value) -> Option<Option<Credentials>> {
+    match raw.get("auth").and_then(|auth| auth.get("credentials")) {
+        None | Some(serde_norway::Value::Null) => Some(None),
+        Some(credentials) => serde_norway::from_value(credentials.clone()).ok().map(Some),
+    }
+}
+
+/// Go's `os.Expand` over `text`: returns the expanded text and the names `lookup` had no value
+/// for (each once).
+pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut unset: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if after.is_empty() {
+            // A `$` at the very end stays.
+            out.push('$');
+            rest = after;
+            break;
+        }
+        let (name, width) = shell_name(after);
+        match name {
+            // Bad syntax (`${` without `}`, or `${}`): eaten.
+            None if width > 0 => {}
+            // No name follows: the `$` stays.
+            None => out.push('$'),
+            Some(name) => match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    if !unset.iter().any(|u| u == name) {
+                        unset.push(name.to_owned());
+                    }
+                }
+            },
+        }
+        rest = &after[width..];
+    }
+    out.push_str(rest);
+    (out, unset)
+}
+
+/// The shell's one-character special parameters, which Go's expansion also takes as names.
+fn is_special(c: u8) -> bool {
+    matches!(
+        c,
+        b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-' | b'0'..=b'9'
+    )
+}
+
+/// The variable name at the start of `s` (just after a `$`) and how many bytes it takes;
+/// `(None, n)` for bad syntax to drop (`n > 0`) or no name at all (`n == 0`).
+fn shell_name(s: &str) -> (Option<&str>, usize) {
+    let bytes = s.as_bytes();
+    if bytes.first() == Some(&b'{') {
+        if bytes.len() > 2 && is_special(bytes[1]) && bytes[2] == b'}' {
+            return (Some(&s[1..2]), 3);
+        }
+        return match s[1..].find('}') {
+            Some(0) => (None, 2),
+            Some(end) => (Some(&s[1..=end]), end + 2),
+            None => (None, 1),
+        };
+    }
+    if bytes.first().copied().is_some_and(is_special) {
+        return (Some(&s[..1]), 1);
+    }
+    let end = bytes
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        .unwrap_or(bytes.len());
+    if end == 0 {
+        (None, 0)
+    } else {
+        (Some(&s[..end]), end)
+    }
 }
 
 /// The configuration as the operator publishes it: pretty JSON, as STUNner's operator does.
@@ -240,6 +406,99 @@ mod tests {
         // An empty routes list is written (it means "no peer"), absent fields are not.
         assert!(text.contains("\"routes\": []"), "{text}");
         assert!(!text.contains("public_address"), "{text}");
+    }
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "STUNNER_ADDR" => Some("10.0.0.7".into()),
+            "REALM" => Some("example.org".into()),
+            "PORT" => Some("3479".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn variables_are_expanded_everywhere_but_in_credentials() {
+        let text = "admin: {name: '${REALM}/gw'}\n\
+                    auth: {type: ephemeral, realm: $REALM, credentials: {secret: 'pa$$word${REALM}'}}\n\
+                    listeners:\n\
+                    - {name: udp, address: \"$STUNNER_ADDR\", port: $PORT, routes: [c]}\n\
+                    - {name: tcp, protocol: TURN-TCP, address: $UNSET_ONE, port: $STUNNER_PORT, \
+                       public_address: '${UNSET_TWO}x'}\n";
+        let Expanded { config, unset } = parse_with_env(text, &env).expect("parses");
+        assert_eq!(config.admin.name.as_deref(), Some("example.org/gw"));
+        let auth = config.auth.expect("auth");
+        assert_eq!(auth.realm.as_deref(), Some("example.org"));
+        // Credentials exactly as written.
+        assert_eq!(
+            auth.credentials.and_then(|c| c.secret).as_deref(),
+            Some("pa$$word${REALM}")
+        );
+        assert_eq!(config.listeners[0].address.as_deref(), Some("10.0.0.7"));
+        assert_eq!(config.listeners[0].port, Some(3479));
+        // Unset: empty.
+        assert_eq!(config.listeners[1].address, None);
+        assert_eq!(config.listeners[1].public_address.as_deref(), Some("x"));
+        assert_eq!(config.listeners[1].port, Some(3478));
+        assert_eq!(unset, ["UNSET_ONE", "UNSET_TWO"]);
+        // No credentials, or null ones, stay that way.
+        let Expanded { config, .. } =
+            parse_with_env("auth: {type: none, credentials: null}", &env).expect("parses");
+        assert_eq!(config.auth.and_then(|a| a.credentials), None);
+    }
+
+    #[test]
+    fn stunner_port_defaults_like_stunnerd() {
+        let port = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let env =
+                move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            parse_with_env("listeners: [{name: a, port: $STUNNER_PORT}]", &env)
+                .expect("parses")
+                .config
+                .listeners[0]
+                .port
+        };
+        assert_eq!(port(&[]), Some(3478));
+        assert_eq!(port(&[("STUNNER_PORT", "4000")]), Some(4000));
+        assert_eq!(port(&[("STUNNER_PUBLIC_PORT", "5000")]), Some(5000));
+        assert_eq!(
+            port(&[("STUNNER_PORT", "x"), ("STUNNER_PUBLIC_PORT", "5000")]),
+            Some(5000)
+        );
+        assert_eq!(
+            port(&[("STUNNER_PORT", ""), ("STUNNER_PUBLIC_PORT", "nope")]),
+            Some(3478)
+        );
+    }
+
+    #[test]
+    fn expansion_follows_go_rules() {
+        let lookup = |name: &str| match name {
+            "A" => Some("1".to_owned()),
+            "A_B2" => Some("2".to_owned()),
+            _ => None,
+        };
+        let x = |text: &str| expand_env(text, &lookup);
+        assert_eq!(x("$A"), ("1".to_owned(), vec![]));
+        assert_eq!(x("${A}x"), ("1x".to_owned(), vec![]));
+        assert_eq!(x("$A_B2-$A"), ("2-1".to_owned(), vec![]));
+        assert_eq!(x("a$"), ("a$".to_owned(), vec![]));
+        assert_eq!(x("$ a"), ("$ a".to_owned(), vec![]));
+        assert_eq!(x("$/"), ("$/".to_owned(), vec![]));
+        // Unset: empty, and reported once.
+        assert_eq!(
+            x("[$NOPE,${NOPE}]"),
+            ("[,]".to_owned(), vec!["NOPE".to_owned()])
+        );
+        // Special one-character names, and bad syntax eaten.
+        assert_eq!(x("$1x"), ("x".to_owned(), vec!["1".to_owned()]));
+        assert_eq!(x("${}x"), ("x".to_owned(), vec![]));
+        assert_eq!(x("${Ax"), ("Ax".to_owned(), vec![]));
+        assert_eq!(x("é$Aé"), ("é1é".to_owned(), vec![]));
     }
 
     #[test]
