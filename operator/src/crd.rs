@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::ResourceRequirements,
+    api::core::v1::{
+        Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext,
+        ResourceRequirements, SecurityContext, Toleration, TopologySpreadConstraint,
+    },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{CustomResource, CustomResourceExt};
@@ -23,7 +26,11 @@ pub const GROUP: &str = "stunner.l7mp.io";
     version = "v1",
     kind = "GatewayConfig",
     namespaced,
-    shortname = "gwconf"
+    shortname = "gwconf",
+    category = "stunner",
+    printcolumn = r#"{"name":"Realm","type":"string","jsonPath":".spec.realm"}"#,
+    printcolumn = r#"{"name":"Dataplane","type":"string","jsonPath":".spec.dataplane"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayConfigSpec {
@@ -48,7 +55,8 @@ pub struct GatewayConfigSpec {
     #[schemars(schema_with = "string_or_secret_ref")]
     pub shared_secret: Option<StringOrSecretRef>,
     /// A Secret holding the whole authentication setting, keys `type`, `username`,
-    /// `password`, `secret` (STUNner's `authRef`); it overrides the fields above.
+    /// `password`, and `secret` or `sharedSecret` (STUNner's `authRef`); it overrides the
+    /// fields above. In another namespace it needs a ReferenceGrant there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_ref: Option<SecretObjectReference>,
     /// Lifetime of minted credentials, in seconds. Default 86400 (one day).
@@ -72,6 +80,10 @@ pub struct GatewayConfigSpec {
     /// Allocations per user; unset: the agent's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_quota: Option<i64>,
+    /// A STUN server only: Binding requests are answered, every TURN request is refused (403)
+    /// and no credentials are needed (STUNner's `stunMode`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stun_mode: Option<bool>,
 }
 
 /// A value given inline or kept in a Secret.
@@ -120,7 +132,9 @@ fn string_or_secret_ref(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     version = "v1",
     kind = "UDPRoute",
     namespaced,
-    status = "UDPRouteStatus"
+    status = "UDPRouteStatus",
+    category = "stunner",
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct UDPRouteSpec {
@@ -202,7 +216,9 @@ pub struct RouteParentStatus {
     group = "stunner.l7mp.io",
     version = "v1",
     kind = "StaticService",
-    namespaced
+    namespaced,
+    shortname = "ssvc",
+    category = "stunner"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StaticServiceSpec {
@@ -212,22 +228,67 @@ pub struct StaticServiceSpec {
 }
 
 /// `Dataplane`: the shape of the agents' workload (cluster-scoped, like STUNner's; GatewayConfig's
-/// `dataplane` names it, default `default`; without one the operator's defaults apply).
+/// `dataplane` names it, default `default`; without one the operator's defaults apply). Every
+/// field of STUNner's v1 Dataplane is here. A Dataplane written for STUNner (its `l7mp/stunnerd`
+/// image, the `stunnerd` command and its flags) runs `xturnd` instead: see
+/// `render::agent_command`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "stunner.l7mp.io", version = "v1", kind = "Dataplane")]
+#[kube(
+    group = "stunner.l7mp.io",
+    version = "v1",
+    kind = "Dataplane",
+    shortname = "dps",
+    category = "stunner"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct DataplaneSpec {
-    /// The `xturnd` image. Default: the operator's `--agent-image`.
+    /// The `xturnd` image. Default: the operator's `--agent-image`. STUNner's images
+    /// (`l7mp/stunnerd`, `docker.io/l7mp/stunnerd`, …) are replaced by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
-    /// Deployment replicas. Leave unset when an autoscaler (HPA, KEDA) owns the count: the
-    /// operator then never sets it after creating the Deployment.
+    /// Secrets for pulling the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// The container's entrypoint. Default `["xturnd"]`; `stunnerd` (any path) means `xturnd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Extra arguments, after the ones the operator sets. stunnerd's flags are translated
+    /// (`--udp-thread-num N` → `--threads N`; `-w`/`--watch`, `-c`/`--config` and `--id`,
+    /// which the operator's own `--config-map` covers, are dropped); others are passed as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Extra environment variables of the agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from: Option<Vec<EnvFromSource>>,
+    /// Deployment replicas. Unset or 1: not enforced after the Deployment is created (STUNner's
+    /// rule), so an autoscaler (HPA, KEDA) owns the count; any other value is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// The pod's security context; merged over the operator's (see docs/operator.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// The agent container's security context; merged over the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<SecurityContext>,
+    /// No liveness and readiness probes (the agent still serves them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_health_check: Option<bool>,
+    /// Publish the metrics port on the pod and add Prometheus scrape annotations. xturn always
+    /// serves metrics and publishes them by default; `false` leaves out the annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_metrics_endpoint: Option<bool>,
     /// `Deployment` (default) or `DaemonSet` (one agent per node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane_resource: Option<String>,
@@ -255,8 +316,10 @@ pub struct DataplaneSpec {
     /// Seconds a terminating agent drains its allocations. Default 3600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Labels added to the agent pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Annotations added to the agent pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
 }

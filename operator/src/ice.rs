@@ -1,19 +1,23 @@
 //! The credential service: an HTTP endpoint that hands WebRTC clients an ICE server
-//! configuration for a Gateway — its public TURN URLs and credentials — like STUNner's auth
-//! service:
+//! configuration for a Gateway — its public TURN URLs and credentials — with the API of
+//! STUNner's auth service (`l7mp/stunner-auth-service`), so that STUNner clients work unchanged:
 //!
-//! `GET /ice?service=turn[&namespace=NS][&gateway=GW][&listener=L][&username=ID][&ttl=SECS]`
+//! `GET /ice?service=turn[&namespace=NS[&gateway=GW[&listener=L]]][&username=ID][&ttl=SECS]
+//! [&public-addr=ADDR][&iceTransportPolicy=all|relay|public]`
 //! → `{"iceServers":[{"urls":["turn:ADDR:PORT?transport=udp",...],"username":..,"credential":..}],
-//!     "iceTransportPolicy":"relay"}`.
+//!     "iceTransportPolicy":"all"}`: one ICE server per matching Gateway.
 //!
 //! `GET /?service=turn[&…the same filters…]` → `{"username":..,"password":..,"ttl":..,
-//! "uris":[..]}`: the same credentials in the shape of the TURN REST API draft
-//! (draft-uberti-behave-turn-rest-00 §2.2), which STUNner's auth service also serves.
+//! "uris":[..]}`: the first matching Gateway's credentials in the shape of the TURN REST API
+//! draft (draft-uberti-behave-turn-rest-00 §2.2).
 //!
-//! With `longterm`/`ephemeral` authentication the credentials are TURN REST API credentials
-//! (user name `EXPIRY:ID`, password `base64(HMAC-SHA1(secret, user name))`) valid for the
-//! GatewayConfig's `authLifetime` (or a shorter `ttl`); with `static` authentication, the
-//! static user. [`ice_config`] is the pure part; [`serve`] puts it on HTTP.
+//! As in STUNner's, `gateway` filters only together with `namespace`, and `listener` only with
+//! both; `key` is accepted and ignored; `public-addr` replaces the Gateway's public addresses in
+//! the URLs; errors are plain text with STUNner's status codes and messages. With
+//! `longterm`/`ephemeral` authentication the credentials are TURN REST API credentials (user
+//! name `EXPIRY:ID`, password `base64(HMAC-SHA1(secret, user name))`) valid for `ttl` seconds
+//! (default and upper bound: the GatewayConfig's `authLifetime`); with `static` authentication,
+//! the static user. [`ice_config`] is the pure part; [`serve`] puts it on HTTP.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -40,6 +44,8 @@ pub enum IceAuth {
         user: String,
         password: String,
     },
+    /// A STUN server only (`stunMode`): no credentials.
+    None,
     /// TURN REST API credentials.
     Rest {
         secret: String,
@@ -53,6 +59,7 @@ impl std::fmt::Debug for IceAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             IceAuth::Static { user, .. } => f.debug_struct("Static").field("user", user).finish(),
+            IceAuth::None => f.write_str("None"),
             IceAuth::Rest {
                 user_id,
                 lifetime_secs,
@@ -120,7 +127,7 @@ pub struct IceSource {
 pub type Registry = Arc<RwLock<BTreeMap<(String, String), IceSource>>>;
 
 /// A request's query.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IceQuery {
     pub service: Option<String>,
     pub namespace: Option<String>,
@@ -128,6 +135,40 @@ pub struct IceQuery {
     pub listener: Option<String>,
     pub username: Option<String>,
     pub ttl: Option<i64>,
+    /// Replaces every Gateway's public addresses in the URLs.
+    pub public_addr: Option<String>,
+    /// Echoed in `/ice` answers; default `all`.
+    pub ice_transport_policy: Option<String>,
+}
+
+impl IceQuery {
+    /// The query of a request, from its `key=value` pairs. A `ttl` that is not an integer is
+    /// refused as STUNner's service refuses it; unknown parameters (`key`) are ignored.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<IceQuery, IceError> {
+        let mut query = IceQuery::default();
+        for (name, value) in pairs {
+            let value = Some(value.to_owned()).filter(|v| !v.is_empty());
+            match name {
+                "service" => query.service = value,
+                "namespace" => query.namespace = value,
+                "gateway" => query.gateway = value,
+                "listener" => query.listener = value,
+                "username" => query.username = value,
+                "public-addr" => query.public_addr = value,
+                "iceTransportPolicy" => query.ice_transport_policy = value,
+                "ttl" => {
+                    let Some(text) = value else { continue };
+                    query.ttl = Some(text.parse().map_err(|e: std::num::ParseIntError| {
+                        IceError::BadParameter("ttl", e.to_string())
+                    })?);
+                }
+                _ => {}
+            }
+        }
+        Ok(query)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,31 +185,70 @@ pub struct IceServer {
     pub credential: String,
 }
 
-/// Why no configuration was handed out; each maps to an HTTP status.
+/// Why no configuration was handed out; each maps to STUNner's HTTP status and message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IceError {
-    #[error("service must be \"turn\", not {0:?}")]
+    #[error("Query argument service is required, but not found")]
+    MissingService,
+    #[error("Invalid format for parameter {0}: {1}")]
+    BadParameter(&'static str, String),
+    #[error("\"service\" must be \"turn\"")]
     UnknownService(String),
-    #[error("ttl must be positive")]
-    BadTtl,
-    #[error("user name {0:?} must not contain ':'")]
-    BadUserName(String),
-    #[error("no Gateway matches the query")]
-    NoGateway,
-    #[error("the Gateway has no public address yet")]
+    /// The service knows no Gateway at all.
+    #[error("no STUNner configuration available")]
+    NoConfiguration,
+    #[error("no valid listener found")]
+    NoListener,
+    /// Matching Gateways exist but none has a public address yet (STUNner's would hand out
+    /// URLs with the pod address; we say so instead).
+    #[error("no public address for the matching Gateways yet")]
     NoAddress,
 }
 
 impl IceError {
     fn status(&self) -> StatusCode {
         match self {
-            IceError::UnknownService(_) | IceError::BadTtl | IceError::BadUserName(_) => {
+            IceError::MissingService | IceError::BadParameter(..) | IceError::UnknownService(_) => {
                 StatusCode::BAD_REQUEST
             }
-            IceError::NoGateway => StatusCode::NOT_FOUND,
+            IceError::NoConfiguration => StatusCode::INTERNAL_SERVER_ERROR,
+            IceError::NoListener => StatusCode::NOT_FOUND,
             IceError::NoAddress => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
+
+    /// The plain-text body STUNner's service answers with, for the endpoint `what` ("TURN auth
+    /// token" at `/`, "ICE config" or "ICE auth token" at `/ice`).
+    fn message(&self, endpoint: Endpoint) -> String {
+        match self {
+            IceError::MissingService | IceError::BadParameter(..) | IceError::NoConfiguration => {
+                self.to_string()
+            }
+            IceError::UnknownService(_) => {
+                let what = match endpoint {
+                    Endpoint::Turn => "TURN auth token",
+                    Endpoint::Ice => "ICE auth token",
+                };
+                format!("could not generate {what}: {:?}", self.to_string())
+            }
+            IceError::NoListener | IceError::NoAddress => {
+                let what = match endpoint {
+                    Endpoint::Turn => "TURN auth token",
+                    Endpoint::Ice => "ICE config",
+                };
+                format!("could not generate {what}: {self}")
+            }
+        }
+    }
+}
+
+/// Which of the two endpoints answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// `GET /`, the TURN REST API.
+    Turn,
+    /// `GET /ice`.
+    Ice,
 }
 
 /// The ICE configuration for `query` at `now` (Unix seconds).
@@ -182,7 +262,10 @@ pub fn ice_config<'a>(
             .into_iter()
             .map(|(server, _)| server)
             .collect(),
-        ice_transport_policy: "relay".to_owned(),
+        ice_transport_policy: query
+            .ice_transport_policy
+            .clone()
+            .unwrap_or_else(|| "all".to_owned()),
     })
 }
 
@@ -204,9 +287,13 @@ pub fn turn_credentials<'a>(
     query: &IceQuery,
     now: i64,
 ) -> Result<TurnCredentials, IceError> {
+    // `service` is required here (optional at /ice, where it defaults to `turn`).
+    if query.service.is_none() {
+        return Err(IceError::MissingService);
+    }
     let servers = ice_servers(sources, query, now)?;
     let Some((first, ttl)) = servers.first() else {
-        return Err(IceError::NoGateway);
+        return Err(IceError::NoListener);
     };
     let uris = servers
         .iter()
@@ -230,38 +317,43 @@ fn ice_servers<'a>(
     if let Some(service) = query.service.as_deref().filter(|s| *s != "turn") {
         return Err(IceError::UnknownService(service.to_owned()));
     }
-    if query.ttl.is_some_and(|t| t <= 0) {
-        return Err(IceError::BadTtl);
-    }
-    if let Some(user) = query.username.as_deref().filter(|u| u.contains(':')) {
-        return Err(IceError::BadUserName(user.to_owned()));
-    }
     let mut servers = Vec::new();
     let mut matched = false;
+    let mut any = false;
     for source in sources {
-        let wanted = query
+        any = true;
+        // STUNner's filters: the gateway only with a namespace, the listener only with both.
+        let namespace_ok = query
             .namespace
             .as_ref()
-            .is_none_or(|n| *n == source.namespace)
-            && query.gateway.as_ref().is_none_or(|g| *g == source.gateway);
-        if !wanted {
+            .is_none_or(|n| *n == source.namespace);
+        let gateway_ok = query.namespace.is_none()
+            || query.gateway.as_ref().is_none_or(|g| *g == source.gateway);
+        if !(namespace_ok && gateway_ok) {
             continue;
         }
-        let urls: Vec<String> = source
-            .addresses
+        let listener_filter = query
+            .listener
+            .as_ref()
+            .filter(|_| query.namespace.is_some() && query.gateway.is_some());
+        let addresses = match &query.public_addr {
+            Some(address) => std::slice::from_ref(address),
+            None => source.addresses.as_slice(),
+        };
+        let urls: Vec<String> = addresses
             .iter()
             .flat_map(|address| {
                 source
                     .listeners
                     .iter()
-                    .filter(|(name, _, _)| query.listener.as_ref().is_none_or(|l| l == name))
+                    .filter(|(name, _, _)| listener_filter.is_none_or(|l| l == name))
                     .map(move |(_, transport, port)| transport.url(address, *port))
             })
             .collect();
-        matched |= query
-            .listener
-            .as_ref()
-            .is_none_or(|l| source.listeners.iter().any(|(name, _, _)| name == l));
+        matched |= source
+            .listeners
+            .iter()
+            .any(|(name, _, _)| listener_filter.is_none_or(|l| l == name));
         if urls.is_empty() {
             continue;
         }
@@ -272,17 +364,23 @@ fn ice_servers<'a>(
                 password.clone(),
                 query.ttl.unwrap_or(STATIC_TTL_SECS),
             ),
+            IceAuth::None => (
+                String::new(),
+                String::new(),
+                query.ttl.unwrap_or(STATIC_TTL_SECS),
+            ),
             IceAuth::Rest {
                 secret,
                 user_id,
                 lifetime_secs,
             } => {
                 let ttl = query.ttl.map_or(*lifetime_secs, |t| t.min(*lifetime_secs));
+                // STUNner's: `EXPIRY:ID`, with an empty id when none is given.
                 let id = query
                     .username
                     .clone()
                     .or_else(|| user_id.clone())
-                    .unwrap_or_else(|| "user".to_owned());
+                    .unwrap_or_default();
                 let expiry = u64::try_from(now.saturating_add(ttl)).unwrap_or(0);
                 let (username, password) = rest_credentials(secret, &id, expiry);
                 (username, password, ttl)
@@ -297,53 +395,61 @@ fn ice_servers<'a>(
             ttl,
         ));
     }
+    if !any {
+        return Err(IceError::NoConfiguration);
+    }
     if servers.is_empty() {
         return Err(if matched {
             IceError::NoAddress
         } else {
-            IceError::NoGateway
+            IceError::NoListener
         });
     }
     Ok(servers)
 }
 
-/// The `ttl` reported for static credentials when the client asks for none.
+/// The `ttl` reported for static credentials when the client asks for none (STUNner's default).
 const STATIC_TTL_SECS: i64 = 86_400;
 
-async fn handle_ice(State(registry): State<Registry>, Query(query): Query<IceQuery>) -> Response {
-    answer(&registry, &query, |sources, query, now| {
+async fn handle_ice(
+    State(registry): State<Registry>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    answer(&registry, &pairs, Endpoint::Ice, |sources, query, now| {
         ice_config(sources.iter().copied(), query, now)
     })
 }
 
-async fn handle_turn(State(registry): State<Registry>, Query(query): Query<IceQuery>) -> Response {
-    answer(&registry, &query, |sources, query, now| {
+async fn handle_turn(
+    State(registry): State<Registry>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    answer(&registry, &pairs, Endpoint::Turn, |sources, query, now| {
         turn_credentials(sources.iter().copied(), query, now)
     })
 }
 
-/// `make`'s answer for `query` now, as JSON, or the error with its status.
+/// `make`'s answer for the query `pairs` now, as JSON, or the error with STUNner's status and
+/// plain-text message.
 fn answer<T: Serialize>(
     registry: &Registry,
-    query: &IceQuery,
+    pairs: &[(String, String)],
+    endpoint: Endpoint,
     make: impl Fn(&[&IceSource], &IceQuery, i64) -> Result<T, IceError>,
 ) -> Response {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let result = match registry.read() {
-        Ok(sources) => make(&sources.values().collect::<Vec<_>>(), query, now),
-        Err(_) => Err(IceError::NoGateway),
-    };
+    let result = IceQuery::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .and_then(|query| match registry.read() {
+            Ok(sources) => make(&sources.values().collect::<Vec<_>>(), &query, now),
+            Err(_) => Err(IceError::NoConfiguration),
+        });
     match result {
         Ok(config) => (StatusCode::OK, Json(config)).into_response(),
         Err(e) => {
-            tracing::debug!(error = %e, ?query, "ICE configuration refused");
-            (
-                e.status(),
-                Json(serde_json::json!({"error": e.to_string()})),
-            )
-                .into_response()
+            tracing::debug!(error = %e, "ICE configuration refused");
+            (e.status(), format!("{}\n", e.message(endpoint))).into_response()
         }
     }
 }
@@ -399,7 +505,7 @@ mod tests {
     fn rest_credentials_expire_after_the_lifetime_and_verify() {
         let sources = [source(rest())];
         let config = ice_config(&sources, &IceQuery::default(), 1_000).unwrap();
-        assert_eq!(config.ice_transport_policy, "relay");
+        assert_eq!(config.ice_transport_policy, "all");
         let server = &config.ice_servers[0];
         assert_eq!(server.username, "87400:stunner");
         assert_eq!(server.credential, rest_password("s3cret", "87400:stunner"));
@@ -476,18 +582,60 @@ mod tests {
             q(|q| q.service = Some("stun".into())),
             IceError::UnknownService("stun".into())
         );
-        assert_eq!(q(|q| q.ttl = Some(0)), IceError::BadTtl);
+        // STUNner's filters: the listener only with a namespace and a gateway.
+        let filtered = |f: fn(&mut IceQuery)| {
+            let mut q = IceQuery::default();
+            f(&mut q);
+            ice_config(&sources, &q, 0)
+        };
         assert_eq!(
-            q(|q| q.username = Some("a:b".into())),
-            IceError::BadUserName("a:b".into())
+            filtered(|q| {
+                q.namespace = Some("stunner".into());
+                q.gateway = Some("other".into());
+            }),
+            Err(IceError::NoListener)
         );
-        assert_eq!(q(|q| q.gateway = Some("other".into())), IceError::NoGateway);
-        assert_eq!(q(|q| q.listener = Some("nope".into())), IceError::NoGateway);
+        assert_eq!(
+            filtered(|q| {
+                q.namespace = Some("stunner".into());
+                q.gateway = Some("stunner-gateway".into());
+                q.listener = Some("nope".into());
+            }),
+            Err(IceError::NoListener)
+        );
+        assert!(filtered(|q| q.gateway = Some("other".into())).is_ok());
+        assert!(filtered(|q| q.listener = Some("nope".into())).is_ok());
+        assert_eq!(
+            ice_config(&[], &IceQuery::default(), 0),
+            Err(IceError::NoConfiguration)
+        );
         let mut pending = source(rest());
         pending.addresses.clear();
         assert_eq!(
             ice_config(&[pending], &IceQuery::default(), 0).unwrap_err(),
             IceError::NoAddress
+        );
+        // Query parsing: a ttl that is not a number; `key` ignored; empty values are absent.
+        assert!(matches!(
+            IceQuery::from_pairs([("service", "turn"), ("ttl", "soon")]),
+            Err(IceError::BadParameter("ttl", _))
+        ));
+        let query = IceQuery::from_pairs([
+            ("service", "turn"),
+            ("key", "k"),
+            ("username", ""),
+            ("public-addr", "198.18.9.9"),
+            ("iceTransportPolicy", "relay"),
+            ("ttl", "-5"),
+        ])
+        .unwrap();
+        assert_eq!(query.username, None);
+        assert_eq!(query.ttl, Some(-5));
+        let config = ice_config(&sources, &query, 1_000).unwrap();
+        assert_eq!(config.ice_transport_policy, "relay");
+        assert_eq!(
+            config.ice_servers[0].urls[0],
+            "turn:198.18.9.9:3478?transport=udp"
         );
     }
 
@@ -507,6 +655,7 @@ mod tests {
     fn the_turn_rest_api_answer_carries_the_same_credentials() {
         let sources = [source(rest())];
         let query = IceQuery {
+            service: Some("turn".into()),
             username: Some("alice".into()),
             ttl: Some(600),
             ..IceQuery::default()
@@ -522,10 +671,19 @@ mod tests {
             user: "user-1".into(),
             password: "pass-1".into(),
         })];
-        let turn = turn_credentials(&sources, &IceQuery::default(), 1_000).unwrap();
+        let turn_query = IceQuery {
+            service: Some("turn".into()),
+            ..IceQuery::default()
+        };
+        let turn = turn_credentials(&sources, &turn_query, 1_000).unwrap();
         assert_eq!(
             (turn.username.as_str(), turn.password.as_str(), turn.ttl),
             ("user-1", "pass-1", 86_400)
+        );
+        // `service` is required here.
+        assert_eq!(
+            turn_credentials(&sources, &IceQuery::default(), 1_000),
+            Err(IceError::MissingService)
         );
         // The same refusals as /ice.
         let stun = IceQuery {
@@ -537,12 +695,13 @@ mod tests {
             Err(IceError::UnknownService("stun".into()))
         );
         let none = IceQuery {
-            gateway: Some("nope".into()),
+            service: Some("turn".into()),
+            namespace: Some("nope".into()),
             ..IceQuery::default()
         };
         assert_eq!(
             turn_credentials(&sources, &none, 1_000),
-            Err(IceError::NoGateway)
+            Err(IceError::NoListener)
         );
     }
 
@@ -589,11 +748,39 @@ mod tests {
         let ok = get("/ice?service=turn&username=bob").await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains(":bob\""), "{ok}");
+        // Errors as STUNner's service answers them: status, plain text, its messages.
         let bad = get("/ice?service=stun").await;
         assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
-        assert!(bad.contains("must be"), "{bad}");
-        let missing = get("/ice?gateway=nope").await;
+        assert!(bad.contains("text/plain"), "{bad}");
+        assert!(
+            bad.ends_with(
+                "could not generate ICE auth token: \"\\\"service\\\" must be \\\"turn\\\"\"\n"
+            ),
+            "{bad}"
+        );
+        let missing = get("/ice?service=turn&namespace=nope").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        assert!(
+            missing.ends_with("could not generate ICE config: no valid listener found\n"),
+            "{missing}"
+        );
+        let no_service = get("/").await;
+        assert!(no_service.starts_with("HTTP/1.1 400"), "{no_service}");
+        assert!(
+            no_service.ends_with("Query argument service is required, but not found\n"),
+            "{no_service}"
+        );
+        let bad_ttl = get("/?service=turn&ttl=x").await;
+        assert!(bad_ttl.starts_with("HTTP/1.1 400"), "{bad_ttl}");
+        assert!(
+            bad_ttl.contains("Invalid format for parameter ttl"),
+            "{bad_ttl}"
+        );
+        let no_turn = get("/?service=turn&namespace=stunner&gateway=nope").await;
+        assert!(
+            no_turn.ends_with("could not generate TURN auth token: no valid listener found\n"),
+            "{no_turn}"
+        );
         task.abort();
     }
 }

@@ -3,10 +3,12 @@
 //! (`xturn-operator render -f`) from YAML documents.
 use std::{path::Path, sync::Arc};
 
-use gateway_api::apis::standard::{gatewayclasses::GatewayClass, gateways::Gateway};
+use gateway_api::apis::standard::{
+    gatewayclasses::GatewayClass, gateways::Gateway, referencegrants::ReferenceGrant,
+};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
-    core::v1::{Node, Secret, Service},
+    core::v1::{Namespace, Node, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::ResourceExt;
@@ -20,13 +22,23 @@ pub struct Inputs {
     pub gateway_classes: Vec<Arc<GatewayClass>>,
     pub gateways: Vec<Arc<Gateway>>,
     pub gateway_configs: Vec<Arc<GatewayConfig>>,
+    /// STUNner's UDPRoutes (`stunner.l7mp.io/v1`).
     pub routes: Vec<Arc<UDPRoute>>,
+    /// Gateway API's UDPRoutes (`gateway.networking.k8s.io/v1alpha2`), read as STUNner's with
+    /// the backends' ports dropped (every port of a backend is reachable, as with STUNner). One
+    /// with the namespace and name of a STUNner UDPRoute is masked by it.
+    pub gateway_api_routes: Vec<Arc<UDPRoute>>,
     pub static_services: Vec<Arc<StaticService>>,
     pub dataplanes: Vec<Arc<Dataplane>>,
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
     pub nodes: Vec<Arc<Node>>,
+    /// For `allowedRoutes.namespaces.from: Selector`.
+    pub namespaces: Vec<Arc<Namespace>>,
+    /// Gateway API ReferenceGrants (v1 or v1beta1): what may refer to a Secret in another
+    /// namespace.
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
     /// Workloads the operator made (label `xturn.io/gateway`): a Gateway whose Dataplane
     /// switched between Deployment and DaemonSet has its old one removed.
     pub deployments: Vec<Arc<Deployment>>,
@@ -68,6 +80,68 @@ impl Inputs {
     }
     pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
         find(&self.secrets, namespace, name)
+    }
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|n| n.name_any() == name)
+    }
+
+    /// Every UDPRoute rendering considers: STUNner's, then Gateway API's that no STUNner route
+    /// of the same namespace and name masks.
+    pub fn all_routes(&self) -> impl Iterator<Item = (&UDPRoute, RouteApi)> + '_ {
+        let stunner = self.routes.iter().map(|r| (r.as_ref(), RouteApi::Stunner));
+        let gateway_api = self
+            .gateway_api_routes
+            .iter()
+            .filter(|r| !self.masked(r))
+            .map(|r| (r.as_ref(), RouteApi::GatewayApi));
+        stunner.chain(gateway_api)
+    }
+
+    /// Every UDPRoute, masked ones included, with its API: whose statuses are written.
+    pub fn every_route(&self) -> impl Iterator<Item = (&UDPRoute, RouteApi)> + '_ {
+        let stunner = self.routes.iter().map(|r| (r.as_ref(), RouteApi::Stunner));
+        let gateway_api = self
+            .gateway_api_routes
+            .iter()
+            .map(|r| (r.as_ref(), RouteApi::GatewayApi));
+        stunner.chain(gateway_api)
+    }
+
+    /// Whether a Gateway API UDPRoute is masked by a STUNner one of the same namespace and name.
+    pub fn masked(&self, route: &UDPRoute) -> bool {
+        find(&self.routes, &namespace_of(route), &route.name_any()).is_some()
+    }
+
+    /// Whether a ReferenceGrant in `to_namespace` lets objects of `from_kind` (group
+    /// `stunner.l7mp.io` for GatewayConfig, `gateway.networking.k8s.io` for Gateway) in
+    /// `from_namespace` refer to the Secret `secret` there.
+    pub fn reference_granted(
+        &self,
+        from_namespace: &str,
+        from_kind: &str,
+        to_namespace: &str,
+        secret: &str,
+    ) -> bool {
+        let from_group = if from_kind == "GatewayConfig" {
+            crate::crd::GROUP
+        } else {
+            "gateway.networking.k8s.io"
+        };
+        self.reference_grants
+            .iter()
+            .filter(|g| namespace_of(g.as_ref()) == to_namespace)
+            .any(|grant| {
+                grant.spec.from.iter().any(|f| {
+                    f.group == from_group && f.kind == from_kind && f.namespace == from_namespace
+                }) && grant.spec.to.iter().any(|t| {
+                    t.group.is_empty()
+                        && t.kind == "Secret"
+                        && t.name.as_deref().is_none_or(|n| n == secret)
+                })
+            })
     }
     /// The EndpointSlices of a Service (label `kubernetes.io/service-name`).
     pub fn endpoint_slices_of<'a>(
@@ -171,6 +245,21 @@ impl Inputs {
                 self.gateway_configs.push(typed(value, origin)?);
             }
             ("stunner.l7mp.io", "UDPRoute") => self.routes.push(typed(value, origin)?),
+            ("gateway.networking.k8s.io", "UDPRoute") => {
+                let json = serde_json::to_value(&value).map_err(|e| FilesError::Parse {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+                let route = route_from_gateway_api(json).map_err(|e| FilesError::Parse {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+                self.gateway_api_routes.push(Arc::new(route));
+            }
+            ("gateway.networking.k8s.io", "ReferenceGrant") => {
+                self.reference_grants.push(typed(value, origin)?);
+            }
+            ("", "Namespace") => self.namespaces.push(typed(value, origin)?),
             ("stunner.l7mp.io", "StaticService") => {
                 self.static_services.push(typed(value, origin)?);
             }
@@ -187,6 +276,54 @@ impl Inputs {
         }
         Ok(())
     }
+}
+
+/// Which API a UDPRoute came from (its status is written back there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteApi {
+    /// `stunner.l7mp.io/v1`.
+    Stunner,
+    /// `gateway.networking.k8s.io/v1alpha2`.
+    GatewayApi,
+}
+
+/// A Gateway API UDPRoute (any version's JSON) as a STUNner one: the same parents and
+/// backends, without the backends' ports and weights.
+pub fn route_from_gateway_api(value: serde_json::Value) -> Result<UDPRoute, serde_json::Error> {
+    let mut value = value;
+    if let Some(rules) = value
+        .pointer_mut("/spec/rules")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for rule in rules {
+            // Only backends carry over (a rule's name, timeouts... do not apply to TURN).
+            let backends = rule.get("backendRefs").cloned().unwrap_or_default();
+            let backends: Vec<serde_json::Value> = backends
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let mut b = b.clone();
+                    if let Some(fields) = b.as_object_mut() {
+                        fields.remove("port");
+                        fields.remove("weight");
+                    }
+                    b
+                })
+                .collect();
+            *rule = serde_json::json!({ "backendRefs": backends });
+        }
+    }
+    if let Some(spec) = value
+        .get_mut("spec")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        spec.retain(|k, _| k == "parentRefs" || k == "rules");
+    }
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("apiVersion".into(), "stunner.l7mp.io/v1".into());
+    }
+    serde_json::from_value(value)
 }
 
 /// Why manifest files could not be read.

@@ -16,9 +16,16 @@ use xturn_operator::{crd, ice, inputs::Inputs, offline, reconcile, render};
 struct Args {
     #[command(subcommand)]
     command: Command,
-    /// The GatewayClass controllerName this operator serves.
-    #[arg(long, global = true, env = "XTURN_CONTROLLER_NAME", default_value = render::DEFAULT_CONTROLLER_NAME)]
-    controller_name: String,
+    /// The GatewayClass controllerNames this operator serves (repeat the flag or separate with
+    /// commas). Default: ours and STUNner's.
+    #[arg(
+        long = "controller-name",
+        global = true,
+        env = "XTURN_CONTROLLER_NAME",
+        value_delimiter = ',',
+        default_values_t = render::DEFAULT_CONTROLLER_NAMES.map(str::to_owned)
+    )]
+    controller_names: Vec<String>,
     /// The xturnd image for Dataplanes that name none.
     #[arg(
         long,
@@ -69,7 +76,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let settings = || render::Settings {
-        controller_name: args.controller_name.clone(),
+        controller_names: args.controller_names.clone(),
         agent_image: args.agent_image.clone(),
         now: Timestamp::now(),
     };
@@ -116,7 +123,7 @@ fn main() -> Result<()> {
                 tracing::info!(%addr, "credential service listening");
                 let controller = reconcile::run(
                     client,
-                    args.controller_name.clone(),
+                    args.controller_names.clone(),
                     args.agent_image.clone(),
                     registry,
                 );

@@ -59,6 +59,9 @@ pub fn render_all(
                 out.objects.push(serde_json::to_value(&rendered.role)?);
                 out.objects
                     .push(serde_json::to_value(&rendered.role_binding)?);
+                if let Some(certificates) = &rendered.certificates {
+                    out.objects.push(serde_json::to_value(certificates)?);
+                }
                 out.objects.push(match &rendered.workload {
                     Workload::Deployment(d) => serde_json::to_value(d)?,
                     Workload::DaemonSet(d) => serde_json::to_value(d)?,
@@ -72,17 +75,17 @@ pub fn render_all(
             }
         }
     }
-    for route in &inputs.routes {
-        let status = route_status(inputs, settings, route, &ours);
+    for (route, api) in inputs.every_route() {
+        let status = route_status(inputs, settings, route, api, &ours);
         for parent in status
             .parents
             .iter()
-            .filter(|p| p.controller_name == settings.controller_name)
+            .filter(|p| settings.serves(&p.controller_name))
         {
             let conditions = summarise(&parent.conditions);
             out.report.push(format!(
                 "UDPRoute {}/{} → Gateway {}: {conditions}",
-                namespace_of(route.as_ref()),
+                namespace_of(route),
                 route.name_any(),
                 parent.parent_ref.name
             ));

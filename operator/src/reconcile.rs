@@ -18,7 +18,7 @@ use gateway_api::apis::standard::{gatewayclasses::GatewayClass, gateways::Gatewa
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment},
-        core::v1::{ConfigMap, Node, Secret, Service, ServiceAccount},
+        core::v1::{ConfigMap, Namespace, Node, Secret, Service, ServiceAccount},
         discovery::v1::EndpointSlice,
         rbac::v1::{Role, RoleBinding},
     },
@@ -27,7 +27,8 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    discovery::Discovery,
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
@@ -43,7 +44,7 @@ use tracing::{info, warn};
 use crate::{
     crd::{Dataplane, GatewayConfig, StaticService, UDPRoute},
     ice::Registry,
-    inputs::{Inputs, namespace_of},
+    inputs::{Inputs, RouteApi, namespace_of, route_from_gateway_api},
     render::{self, Outcome, Rendered, Settings, Workload, is_our_class, render_gateway},
 };
 
@@ -70,7 +71,7 @@ pub enum Error {
 /// the cluster, a fixed snapshot in tests); `now` gives the time.
 pub struct Context {
     pub client: Client,
-    pub controller_name: String,
+    pub controller_names: Vec<String>,
     pub agent_image: String,
     pub inputs: Box<dyn Fn() -> Inputs + Send + Sync>,
     pub now: Box<dyn Fn() -> Timestamp + Send + Sync>,
@@ -80,7 +81,7 @@ pub struct Context {
 impl Context {
     fn settings(&self) -> Settings {
         Settings {
-            controller_name: self.controller_name.clone(),
+            controller_names: self.controller_names.clone(),
             agent_image: self.agent_image.clone(),
             now: (self.now)(),
         }
@@ -183,6 +184,9 @@ async fn apply_objects(client: &Client, rendered: &Rendered) -> Result<(), Error
     ssa::<ServiceAccount>(client, ns, &rendered.service_account).await?;
     ssa::<Role>(client, ns, &rendered.role).await?;
     ssa::<RoleBinding>(client, ns, &rendered.role_binding).await?;
+    if let Some(certificates) = &rendered.certificates {
+        ssa::<Secret>(client, ns, certificates).await?;
+    }
     match &rendered.workload {
         Workload::Deployment(d) => ssa::<Deployment>(client, ns, d).await?,
         Workload::DaemonSet(d) => ssa::<DaemonSet>(client, ns, d).await?,
@@ -327,29 +331,34 @@ async fn patch_route_statuses(
                 || (namespace_of(*g), g.name_any()) == gateway_key && !leaving
         })
         .collect();
-    for route in &inputs.routes {
+    for (route, kind) in inputs.every_route() {
         let names_gateway = route.spec.parent_refs.iter().any(|p| {
             p.name == gateway_key.1
-                && p.namespace
-                    .clone()
-                    .unwrap_or_else(|| namespace_of(route.as_ref()))
-                    == gateway_key.0
+                && p.namespace.clone().unwrap_or_else(|| namespace_of(route)) == gateway_key.0
         });
         if !names_gateway {
             continue;
         }
-        let status = render::route_status(inputs, settings, route, &ours);
+        let status = render::route_status(inputs, settings, route, kind, &ours);
         // No status yet and none to write (a leaving Gateway's only route) is no change either.
         if route.status.clone().unwrap_or_default() == status {
             continue;
         }
-        let api: Api<UDPRoute> = Api::namespaced(ctx.client.clone(), &namespace_of(route.as_ref()));
-        api.patch_status(
-            &route.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        let patch = Patch::Merge(json!({ "status": status }));
+        let namespace = namespace_of(route);
+        match kind {
+            RouteApi::Stunner => {
+                let api: Api<UDPRoute> = Api::namespaced(ctx.client.clone(), &namespace);
+                api.patch_status(&route.name_any(), &PatchParams::default(), &patch)
+                    .await?;
+            }
+            RouteApi::GatewayApi => {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(ctx.client.clone(), &namespace, &gateway_api_udp_route());
+                api.patch_status(&route.name_any(), &PatchParams::default(), &patch)
+                    .await?;
+            }
+        }
     }
     Ok(())
 }
@@ -416,6 +425,45 @@ where
     Action::requeue(Duration::from_secs(15))
 }
 
+/// Gateway API's UDPRoute (experimental channel, `v1alpha2`), whose statuses we write.
+fn gateway_api_udp_route() -> ApiResource {
+    ApiResource {
+        group: render::GATEWAY_API_GROUP.to_owned(),
+        version: "v1alpha2".to_owned(),
+        api_version: format!("{}/v1alpha2", render::GATEWAY_API_GROUP),
+        kind: "UDPRoute".to_owned(),
+        plural: "udproutes".to_owned(),
+    }
+}
+
+/// The resource of `kind` in `group` the API server serves, in `version` or else its preferred
+/// version, if any.
+async fn discovered(
+    client: &Client,
+    group: &str,
+    kind: &str,
+    version: Option<&str>,
+) -> Option<ApiResource> {
+    let discovery = match Discovery::new(client.clone()).filter(&[group]).run().await {
+        Ok(discovery) => discovery,
+        Err(e) => {
+            warn!(%group, error = %e, "API discovery failed");
+            return None;
+        }
+    };
+    discovery.get(group).and_then(|g| {
+        g.versioned_resources(g.preferred_version_or_latest())
+            .into_iter()
+            .chain(
+                g.versions()
+                    .flat_map(|v| g.versioned_resources(v))
+                    .collect::<Vec<_>>(),
+            )
+            .map(|(resource, _)| resource)
+            .find(|r| r.kind == kind && version.is_none_or(|v| r.version == v))
+    })
+}
+
 /// The watch caches of every input kind.
 pub struct Caches {
     pub gateway_classes: Store<GatewayClass>,
@@ -428,8 +476,35 @@ pub struct Caches {
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
     pub nodes: Store<Node>,
+    pub namespaces: Store<Namespace>,
     pub deployments: Store<Deployment>,
     pub daemon_sets: Store<DaemonSet>,
+    /// Gateway API UDPRoutes and ReferenceGrants, when the cluster serves them.
+    pub gateway_api_routes: Option<Store<DynamicObject>>,
+    pub reference_grants: Option<Store<DynamicObject>>,
+}
+
+/// The objects of a dynamic cache, as `T` (those that do not read as `T` are logged and left
+/// out).
+fn converted<T>(
+    store: Option<&Store<DynamicObject>>,
+    convert: impl Fn(serde_json::Value) -> Result<T, serde_json::Error>,
+) -> Vec<Arc<T>> {
+    store
+        .map(Store::state)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|object| {
+            let value = serde_json::to_value(object.as_ref()).ok()?;
+            match convert(value) {
+                Ok(converted) => Some(Arc::new(converted)),
+                Err(e) => {
+                    warn!(object = %object.name_any(), error = %e, "cannot read; ignored");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 impl Caches {
@@ -445,8 +520,11 @@ impl Caches {
             endpoint_slices: self.endpoint_slices.state(),
             secrets: self.secrets.state(),
             nodes: self.nodes.state(),
+            namespaces: self.namespaces.state(),
             deployments: self.deployments.state(),
             daemon_sets: self.daemon_sets.state(),
+            gateway_api_routes: converted(self.gateway_api_routes.as_ref(), route_from_gateway_api),
+            reference_grants: converted(self.reference_grants.as_ref(), serde_json::from_value),
         }
     }
 }
@@ -489,14 +567,54 @@ where
     reader
 }
 
+/// A watch cache of the dynamic resource `resource`, like [`cache`].
+fn cache_dynamic(
+    client: &Client,
+    changed: tokio::sync::mpsc::Sender<()>,
+    resource: &ApiResource,
+) -> Store<DynamicObject> {
+    let writer = reflector::store::Writer::new(resource.clone());
+    let reader = writer.as_reader();
+    let api = Api::<DynamicObject>::all_with(client.clone(), resource);
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        .default_backoff();
+    let kind = resource.kind.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    let _ = changed.try_send(());
+                }
+                Err(e) => warn!(%kind, error = %e, "watch failed; retrying"),
+            }
+        }
+    });
+    reader
+}
+
 /// Runs the controller until the process stops.
 pub async fn run(
     client: Client,
-    controller_name: String,
+    controller_names: Vec<String>,
     agent_image: String,
     registry: Registry,
 ) -> anyhow::Result<()> {
     let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    // Gateway API's UDPRoute (experimental channel) and ReferenceGrant, if installed.
+    let udp_routes = discovered(
+        &client,
+        render::GATEWAY_API_GROUP,
+        "UDPRoute",
+        Some("v1alpha2"),
+    )
+    .await;
+    let grants = discovered(&client, render::GATEWAY_API_GROUP, "ReferenceGrant", None).await;
+    info!(
+        gateway_api_udp_routes = udp_routes.is_some(),
+        reference_grants = grants.is_some(),
+        "optional Gateway API resources"
+    );
     let caches = Arc::new(Caches {
         gateway_classes: cache(&client, changed_tx.clone()),
         gateways: cache(&client, changed_tx.clone()),
@@ -508,6 +626,13 @@ pub async fn run(
         endpoint_slices: cache(&client, changed_tx.clone()),
         secrets: cache(&client, changed_tx.clone()),
         nodes: cache(&client, changed_tx.clone()),
+        namespaces: cache(&client, changed_tx.clone()),
+        gateway_api_routes: udp_routes
+            .as_ref()
+            .map(|r| cache_dynamic(&client, changed_tx.clone(), r)),
+        reference_grants: grants
+            .as_ref()
+            .map(|r| cache_dynamic(&client, changed_tx.clone(), r)),
         deployments: cache_selected(
             &client,
             changed_tx.clone(),
@@ -534,14 +659,21 @@ pub async fn run(
         endpoint_slices,
         secrets,
         nodes,
+        namespaces,
         deployments,
         daemon_sets
     );
+    for store in [&caches.gateway_api_routes, &caches.reference_grants]
+        .into_iter()
+        .flatten()
+    {
+        store.wait_until_ready().await?;
+    }
     info!("caches loaded; reconciling");
     let snapshot = Arc::clone(&caches);
     let ctx = Arc::new(Context {
         client: client.clone(),
-        controller_name,
+        controller_names,
         agent_image,
         inputs: Box::new(move || snapshot.snapshot()),
         now: Box::new(Timestamp::now),

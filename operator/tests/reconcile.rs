@@ -141,7 +141,7 @@ impl ApiServer {
 fn context(client: kube::Client, inputs: Inputs, now: Timestamp, registry: Registry) -> Context {
     Context {
         client,
-        controller_name: CONTROLLER.to_owned(),
+        controller_names: vec![CONTROLLER.to_owned()],
         agent_image: AGENT_IMAGE.to_owned(),
         inputs: Box::new(move || inputs.clone()),
         now: Box::new(move || now),
@@ -235,7 +235,10 @@ fn listener_status(name: &str) -> Value {
     json!({
         "name": name,
         "attachedRoutes": 1,
-        "supportedKinds": [{"group": "stunner.l7mp.io", "kind": "UDPRoute"}],
+        "supportedKinds": [
+            {"group": "stunner.l7mp.io", "kind": "UDPRoute"},
+            {"group": "gateway.networking.k8s.io", "kind": "UDPRoute"},
+        ],
         "conditions": [
             condition("Accepted", "True", "Accepted", "", NOW),
             condition("ResolvedRefs", "True", "ResolvedRefs", "", NOW),
@@ -319,6 +322,14 @@ async fn a_gateway_with_our_finalizer_is_applied_then_its_statuses_written() {
                 condition(
                     "Programmed", "False", "AddressNotAssigned",
                     "waiting for the LoadBalancer Service's address", NOW,
+                ),
+                // STUNner's rule: one protocol per LoadBalancer unless mixed is enabled.
+                condition(
+                    "xturn.io/Translated", "True", "Translated",
+                    "listener tcp-listener: left out of the LoadBalancer Service, which carries \
+                     the first listener's protocol only (set \
+                     stunner.l7mp.io/enable-mixed-protocol-lb: \"true\")",
+                    NOW,
                 ),
             ],
             "listeners": [listener_status("udp-listener"), listener_status("tcp-listener")],

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use stunner_config::StunnerConfig as AgentConfig;
 use xturn_operator::{
     ice::{IceAuth, IceSource, Transport},
-    inputs::Inputs,
+    inputs::{Inputs, RouteApi},
     offline,
     render::{Outcome, Refused, Rendered, Settings, Workload, render_gateway, route_status},
 };
@@ -60,7 +60,13 @@ fn cluster_endpoints(rendered: &Rendered) -> Vec<Vec<String>> {
 /// The route's parent conditions as `(type, status, reason, message)`.
 fn route_conditions(inputs: &Inputs, settings: &Settings) -> Vec<(String, String, String, String)> {
     let gateway = the_gateway(inputs);
-    let status = route_status(inputs, settings, &inputs.routes[0], &[&gateway]);
+    let status = route_status(
+        inputs,
+        settings,
+        &inputs.routes[0],
+        RouteApi::Stunner,
+        &[&gateway],
+    );
     assert_eq!(status.parents.len(), 1);
     assert_eq!(status.parents[0].controller_name, CONTROLLER);
     fours(&status.parents[0].conditions)
@@ -173,6 +179,10 @@ fn seed_renders_a_deployment_named_by_the_dataplane_without_replicas() {
             "app.kubernetes.io/instance": "stunner",
             "app.kubernetes.io/managed-by": "xturn-operator",
             "xturn.io/gateway": "stunner-gateway",
+            // STUNner's, for its tooling.
+            "stunner.l7mp.io/owned-by": "stunner",
+            "stunner.l7mp.io/related-gateway-name": "stunner-gateway",
+            "stunner.l7mp.io/related-gateway-namespace": "stunner",
         })
     );
     // A Gateway read from a file has no uid: no owner reference.
@@ -186,7 +196,21 @@ fn seed_renders_a_deployment_named_by_the_dataplane_without_replicas() {
         "xturn.io/gateway": "stunner-gateway",
     });
     assert_eq!(spec["selector"]["matchLabels"], selector);
-    assert_eq!(spec["template"]["metadata"]["labels"], selector);
+    let mut pod_labels = selector.clone();
+    pod_labels["app"] = json!("stunner");
+    pod_labels["stunner.l7mp.io/related-gateway-name"] = json!("stunner-gateway");
+    pod_labels["stunner.l7mp.io/related-gateway-namespace"] = json!("stunner");
+    assert_eq!(spec["template"]["metadata"]["labels"], pod_labels);
+    let annotations = &spec["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations["stunner.l7mp.io/related-gateway-name"],
+        "stunner/stunner-gateway"
+    );
+    assert_eq!(annotations["prometheus.io/port"], "8080");
+    assert_eq!(
+        annotations["xturn.io/config-hash"].as_str().unwrap().len(),
+        64
+    );
     assert_eq!(
         spec["strategy"],
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
@@ -208,29 +232,34 @@ fn seed_renders_a_deployment_named_by_the_dataplane_without_replicas() {
             "stunner/stunner",
             "--state-dir",
             "/var/lib/xturn",
-            "--bpf-pin-dir",
-            "/sys/fs/bpf/xturn/$(POD_UID)",
             "--drain-timeout",
             "3595",
+            "--bpf-pin-dir",
+            "/sys/fs/bpf/xturn/$(POD_UID)",
         ])
     );
     assert_eq!(
         c["env"],
         json!([
             {"name": "STUNNER_ADDR", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "STUNNER_NAME", "value": "stunner-gateway"},
+            {"name": "STUNNER_NAMESPACE", "value": "stunner"},
+            {"name": "STUNNER_NODENAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         ])
     );
+    // The kernel path (mode auto): only what loading and attaching the programs takes.
     assert_eq!(
         c["securityContext"],
         json!({
-            "capabilities": {
-                "drop": ["ALL"],
-                "add": ["NET_ADMIN", "NET_RAW", "BPF", "PERFMON", "SYS_RESOURCE", "NET_BIND_SERVICE"],
-            },
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "BPF", "PERFMON"]},
             "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
         })
+    );
+    assert_eq!(
+        pod["securityContext"],
+        json!({"runAsUser": 0, "runAsNonRoot": false})
     );
     assert_eq!(
         c["livenessProbe"],
@@ -245,7 +274,7 @@ fn seed_renders_a_deployment_named_by_the_dataplane_without_replicas() {
         json!([
             {"containerPort": 3478, "protocol": "UDP"},
             {"containerPort": 3478, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
+            {"name": "metrics-port", "containerPort": 8080, "protocol": "TCP"},
             {"name": "health", "containerPort": 8086, "protocol": "TCP"},
         ])
     );
@@ -257,15 +286,15 @@ fn seed_renders_a_deployment_named_by_the_dataplane_without_replicas() {
     assert_eq!(
         pod["volumes"],
         json!([
-            {"name": "bpffs", "hostPath": {"path": "/sys/fs/bpf", "type": "Directory"}},
             {"name": "state", "emptyDir": {}},
+            {"name": "bpffs", "hostPath": {"path": "/sys/fs/bpf", "type": "Directory"}},
         ])
     );
     assert_eq!(
         c["volumeMounts"],
         json!([
-            {"name": "bpffs", "mountPath": "/sys/fs/bpf"},
             {"name": "state", "mountPath": "/var/lib/xturn"},
+            {"name": "bpffs", "mountPath": "/sys/fs/bpf"},
         ])
     );
 }
@@ -277,13 +306,17 @@ fn seed_renders_a_loadbalancer_service_and_rbac() {
     let service = serde_json::to_value(&rendered.service).unwrap();
     assert_eq!(service["metadata"]["name"], "stunner");
     assert_eq!(service["metadata"]["namespace"], "stunner");
-    assert!(service["metadata"].get("annotations").is_none());
+    assert_eq!(
+        service["metadata"]["annotations"],
+        json!({"stunner.l7mp.io/related-gateway-name": "stunner/stunner-gateway"})
+    );
+    // STUNner's defaults: externalTrafficPolicy left to Kubernetes (Cluster), one protocol per
+    // LoadBalancer (the first listener's), so the TCP listener is left out.
     assert_eq!(
         service["spec"],
         json!({
             "type": "LoadBalancer",
             "sessionAffinity": "ClientIP",
-            "externalTrafficPolicy": "Local",
             "selector": {
                 "app.kubernetes.io/name": "xturn",
                 "app.kubernetes.io/instance": "stunner",
@@ -291,10 +324,11 @@ fn seed_renders_a_loadbalancer_service_and_rbac() {
             },
             "ports": [
                 {"name": "udp-listener", "port": 3478, "targetPort": 3478, "protocol": "UDP"},
-                {"name": "tcp-listener", "port": 3478, "targetPort": 3478, "protocol": "TCP"},
             ],
         })
     );
+    assert_eq!(rendered.notes.len(), 1, "{:?}", rendered.notes);
+    assert!(rendered.notes[0].starts_with("listener tcp-listener: left out"));
     let role = serde_json::to_value(&rendered.role).unwrap();
     assert_eq!(
         role["rules"],
@@ -343,10 +377,8 @@ fn seed_renders_the_credential_service_entry_and_statuses() {
                 lifetime_secs: 86_400,
             },
             addresses: vec![],
-            listeners: vec![
-                ("udp-listener".into(), Transport::Udp, 3478),
-                ("tcp-listener".into(), Transport::Tcp, 3478),
-            ],
+            // The TCP listener is not on the (single-protocol) LoadBalancer.
+            listeners: vec![("udp-listener".into(), Transport::Udp, 3478)],
         }
     );
     let status = &rendered.status;
@@ -356,6 +388,7 @@ fn seed_renders_the_credential_service_entry_and_statuses() {
         [
             ("Accepted", "True", "Accepted"),
             ("Programmed", "False", "AddressNotAssigned"),
+            ("xturn.io/Translated", "True", "Translated"),
         ]
     );
     for c in conditions {
@@ -384,7 +417,10 @@ fn seed_renders_the_credential_service_entry_and_statuses() {
         let kinds = serde_json::to_value(&l.supported_kinds).unwrap();
         assert_eq!(
             kinds,
-            json!([{"group": "stunner.l7mp.io", "kind": "UDPRoute"}])
+            json!([
+                {"group": "stunner.l7mp.io", "kind": "UDPRoute"},
+                {"group": "gateway.networking.k8s.io", "kind": "UDPRoute"},
+            ])
         );
     }
     assert_eq!(
@@ -428,7 +464,8 @@ fn a_loadbalancer_address_programs_the_gateway() {
         briefs(rendered.status.conditions.as_deref().unwrap()),
         [
             ("Accepted", "True", "Accepted"),
-            ("Programmed", "True", "Programmed")
+            ("Programmed", "True", "Programmed"),
+            ("xturn.io/Translated", "True", "Translated"),
         ]
     );
     assert_eq!(rendered.ice.addresses, ["198.18.1.1"]);
@@ -467,7 +504,10 @@ fn offline_render_of_the_seed_lists_objects_in_apply_order() {
         out.report,
         [
             "Gateway stunner/stunner-gateway: Accepted=True (Accepted), Programmed=False \
-             (AddressNotAssigned: waiting for the LoadBalancer Service's address)",
+             (AddressNotAssigned: waiting for the LoadBalancer Service's address), \
+             xturn.io/Translated=True (Translated: listener tcp-listener: left out of the \
+             LoadBalancer Service, which carries the first listener's protocol only (set \
+             stunner.l7mp.io/enable-mixed-protocol-lb: \"true\"))",
             "UDPRoute stunner/media-route → Gateway stunner-gateway: Accepted=True (Accepted), \
              ResolvedRefs=True (ResolvedRefs)",
         ]
@@ -562,10 +602,10 @@ fn a_daemonset_dataplane_renders_a_daemonset_without_replicas() {
             "stunner/stunner-gateway",
             "--state-dir",
             "/var/lib/xturn",
-            "--bpf-pin-dir",
-            "/sys/fs/bpf/xturn/$(POD_UID)",
             "--drain-timeout",
             "55",
+            "--bpf-pin-dir",
+            "/sys/fs/bpf/xturn/$(POD_UID)",
         ])
     );
     assert_eq!(rendered.config.admin.offload_engine.as_deref(), Some("XDP"));
@@ -884,7 +924,7 @@ fn a_tls_listener_without_certificate_refs_is_an_invalid_certificate_ref() {
     );
     assert_eq!(
         tls.conditions[1].message,
-        "TURN-TLS needs tls.certificateRefs naming a Secret"
+        "TLS and DTLS listeners need tls.certificateRefs naming a Secret"
     );
     assert_eq!(
         brief(&rendered.status.conditions.as_ref().unwrap()[0]),
@@ -914,20 +954,29 @@ fn a_tls_listener_mounts_its_certificate_secret() {
             "protocol": "TURN-TLS",
             "address": "$STUNNER_ADDR",
             "port": 443,
-            "cert": "/etc/xturn/tls/turn-cert/tls.crt",
-            "key": "/etc/xturn/tls/turn-cert/tls.key",
+            "cert": "/etc/xturn/tls/tls-listener.crt",
+            "key": "/etc/xturn/tls/tls-listener.key",
             "routes": ["stunner/media-route"],
         }])
     );
+    // The certificate is copied into the relay's own Secret, mounted in the agent.
+    let certificates = rendered.certificates.as_ref().expect("a certificates Secret");
+    assert_eq!(
+        certificates.metadata.name.as_deref(),
+        Some("stunner-certificates")
+    );
+    let data = certificates.data.as_ref().unwrap();
+    assert_eq!(data["tls-listener.crt"].0, b"CERT");
+    assert_eq!(data["tls-listener.key"].0, b"KEY");
     let d = deployment(&rendered);
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(
         pod["volumes"][2],
-        json!({"name": "tls-turn-cert", "secret": {"secretName": "turn-cert"}})
+        json!({"name": "certificates", "secret": {"secretName": "stunner-certificates"}})
     );
     assert_eq!(
         pod["containers"][0]["volumeMounts"][2],
-        json!({"name": "tls-turn-cert", "mountPath": "/etc/xturn/tls/turn-cert", "readOnly": true})
+        json!({"name": "certificates", "mountPath": "/etc/xturn/tls", "readOnly": true})
     );
     assert_eq!(
         rendered.ice.listeners,
@@ -1092,7 +1141,7 @@ fn gateways_of_other_controllers_are_not_ours() {
     ));
     // Our class, but this operator runs under another controller name.
     let mut other = settings();
-    other.controller_name = "example.com/other-controller".into();
+    other.controller_names = vec!["example.com/other-controller".into()];
     assert!(matches!(
         render_gateway(&inputs, &other, &the_gateway(&inputs)),
         Outcome::NotOurs
@@ -1149,8 +1198,20 @@ fn unchanged_conditions_keep_their_transition_time() {
 
     // The route's conditions too.
     let mut route = inputs.routes[0].as_ref().clone();
-    route.status = Some(route_status(&inputs, &settings(), &route, &[&gateway]));
-    let again = route_status(&inputs, &at(&settings(), later()), &route, &[&gateway]);
+    route.status = Some(route_status(
+        &inputs,
+        &settings(),
+        &route,
+        RouteApi::Stunner,
+        &[&gateway],
+    ));
+    let again = route_status(
+        &inputs,
+        &at(&settings(), later()),
+        &route,
+        RouteApi::Stunner,
+        &[&gateway],
+    );
     assert_eq!(Some(again), route.status);
 }
 
@@ -1170,7 +1231,13 @@ fn routes_from_other_namespaces_need_allowed_routes_all() {
         .find(|r| r.metadata.name.as_deref() == Some("foreign"))
         .unwrap()
         .clone();
-    let status = route_status(&inputs, &settings(), &foreign, &[&gateway]);
+    let status = route_status(
+        &inputs,
+        &settings(),
+        &foreign,
+        RouteApi::Stunner,
+        &[&gateway],
+    );
     assert_eq!(
         briefs(&status.parents[0].conditions),
         [
@@ -1279,7 +1346,11 @@ fn service_annotations_come_from_the_gateway_config_and_the_gateway() {
     let service = serde_json::to_value(&rendered.service).unwrap();
     assert_eq!(
         service["metadata"]["annotations"],
-        json!({"a.example/x": "config", "a.example/y": "gateway"})
+        json!({
+            "a.example/x": "config",
+            "a.example/y": "gateway",
+            "stunner.l7mp.io/related-gateway-name": "stunner/stunner-gateway",
+        })
     );
     assert_eq!(service["spec"]["loadBalancerIP"], "198.18.9.9");
     // Until the Service has an ingress address, the requested one is the Gateway's.
@@ -1327,7 +1398,13 @@ fn each_listener_takes_routes_only_from_the_namespaces_it_allows() {
         .unwrap()
         .clone();
     let gateway = the_gateway(&inputs);
-    let status = route_status(&inputs, &settings(), &foreign, &[&gateway]);
+    let status = route_status(
+        &inputs,
+        &settings(),
+        &foreign,
+        RouteApi::Stunner,
+        &[&gateway],
+    );
     assert_eq!(
         brief(&status.parents[0].conditions[0]),
         ("Accepted", "True", "Accepted")

@@ -195,6 +195,39 @@ pub struct Cluster {
     pub endpoints: Option<Vec<String>>,
 }
 
+impl StunnerConfig {
+    /// The part of the configuration a running agent takes only when it starts: the listeners
+    /// without their routes, the realm, and the admin settings but the name and log level.
+    /// Users, secrets, routes, clusters and the log level are applied without a restart
+    /// (docs/configuration.md, "Reloading the configuration"). The operator hashes this into the
+    /// pod template, so that changing any of it rolls the agents.
+    pub fn start_settings(&self) -> StunnerConfig {
+        StunnerConfig {
+            version: None,
+            admin: Admin {
+                name: None,
+                loglevel: None,
+                license_config: None,
+                ..self.admin.clone()
+            },
+            auth: self.auth.as_ref().map(|auth| Auth {
+                kind: None,
+                realm: auth.realm.clone(),
+                credentials: None,
+            }),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|listener| Listener {
+                    routes: None,
+                    ..listener.clone()
+                })
+                .collect(),
+            clusters: Vec::new(),
+        }
+    }
+}
+
 /// `null` reads as the default (STUNner writes `null` for empty lists).
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -406,6 +439,40 @@ mod tests {
         // An empty routes list is written (it means "no peer"), absent fields are not.
         assert!(text.contains("\"routes\": []"), "{text}");
         assert!(!text.contains("public_address"), "{text}");
+    }
+
+    #[test]
+    fn start_settings_leave_out_what_applies_without_a_restart() {
+        let base = parse(
+            "admin: {loglevel: 'all:INFO', offload_engine: TC}\n\
+             auth: {type: static, realm: r1, credentials: {username: u, password: p}}\n\
+             listeners: [{name: l, port: 3478, routes: [a]}]\n\
+             clusters: [{name: a, endpoints: [198.18.2.1]}]\n",
+        )
+        .expect("parses");
+        let mut reloadable = base.clone();
+        reloadable.admin.loglevel = Some("all:DEBUG".into());
+        reloadable.auth = Some(Auth {
+            credentials: Some(Credentials {
+                username: Some("v".into()),
+                ..Credentials::default()
+            }),
+            ..base.auth.clone().expect("auth")
+        });
+        reloadable.listeners[0].routes = Some(vec!["b".into()]);
+        reloadable.clusters.clear();
+        assert_eq!(reloadable.start_settings(), base.start_settings());
+        for change in [
+            |c: &mut StunnerConfig| c.listeners[0].port = Some(3479),
+            |c: &mut StunnerConfig| c.admin.offload_engine = Some("None".into()),
+            |c: &mut StunnerConfig| {
+                c.auth.as_mut().expect("auth").realm = Some("r2".into());
+            },
+        ] {
+            let mut changed = base.clone();
+            change(&mut changed);
+            assert_ne!(changed.start_settings(), base.start_settings());
+        }
     }
 
     fn env(name: &str) -> Option<String> {

@@ -35,10 +35,27 @@ pub(super) fn resolve_auth(
     }
     // authRef: one Secret with the whole setting (STUNner's).
     let (kind, user, password, secret) = if let Some(reference) = &spec.auth_ref {
+        if !matches!(reference.group.as_deref(), None | Some("" | "v1"))
+            || !matches!(reference.kind.as_deref(), None | Some("Secret"))
+        {
+            return Err(format!(
+                "authRef {}: only core Secrets are supported",
+                reference.name
+            ));
+        }
         let ns = reference
             .namespace
             .clone()
             .unwrap_or_else(|| namespace.clone());
+        if ns != namespace
+            && !inputs.reference_granted(&namespace, "GatewayConfig", &ns, &reference.name)
+        {
+            return Err(format!(
+                "authRef: Secret {ns}/{} is in another namespace and no ReferenceGrant there \
+                 allows GatewayConfigs of {namespace} to use it",
+                reference.name
+            ));
+        }
         let found = inputs
             .secret(&ns, &reference.name)
             .ok_or_else(|| format!("authRef: Secret {ns}/{} not found", reference.name))?;
@@ -46,7 +63,7 @@ pub(super) fn resolve_auth(
             secret_value(found, "type").or(spec.auth_type.clone()),
             secret_value(found, "username"),
             secret_value(found, "password"),
-            secret_value(found, "secret"),
+            secret_value(found, "secret").or_else(|| secret_value(found, "sharedSecret")),
         )
     } else {
         let value = |field: &str, v: &Option<StringOrSecretRef>| {
@@ -61,6 +78,17 @@ pub(super) fn resolve_auth(
             value("sharedSecret", &spec.shared_secret)?,
         )
     };
+    if spec.stun_mode == Some(true) {
+        // A STUN server only: the agent refuses every TURN request, so no credentials.
+        return Ok(ResolvedAuth {
+            agent: agent::Auth {
+                kind: Some("none".to_owned()),
+                realm: Some(realm),
+                credentials: None,
+            },
+            ice: IceAuth::None,
+        });
+    }
     let kind = kind.unwrap_or_else(|| "static".to_owned());
     match kind.to_ascii_lowercase().as_str() {
         "static" | "plaintext" => {

@@ -12,7 +12,7 @@ use gateway_api::apis::standard::{
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment},
-        core::v1::{ConfigMap, Service, ServiceAccount},
+        core::v1::{ConfigMap, Secret, Service, ServiceAccount},
         rbac::v1::{Role, RoleBinding},
     },
     jiff::Timestamp,
@@ -30,17 +30,24 @@ use crate::{
 };
 
 mod auth;
+pub mod dataplane;
 mod objects;
 mod routes;
 mod status;
 
 pub use auth::*;
-use objects::*;
+pub use dataplane::{AgentCommand, agent_command, dataplane_mode};
+pub use objects::*;
 pub use routes::*;
 pub use status::*;
 
-/// The controller name our GatewayClasses carry (`spec.controllerName`), by default.
+/// Our own GatewayClass controller name (`spec.controllerName`).
 pub const DEFAULT_CONTROLLER_NAME: &str = "xturn.io/gateway-operator";
+/// STUNner's: the GatewayClass of STUNner's Helm chart and examples names it. Served by default,
+/// so that STUNner's manifests apply unchanged.
+pub const STUNNER_CONTROLLER_NAME: &str = "stunner.l7mp.io/gateway-operator";
+/// The controller names served unless told otherwise.
+pub const DEFAULT_CONTROLLER_NAMES: [&str; 2] = [DEFAULT_CONTROLLER_NAME, STUNNER_CONTROLLER_NAME];
 /// STUNner's defaults.
 pub const DEFAULT_REALM: &str = "stunner.l7mp.io";
 pub const DEFAULT_AUTH_LIFETIME_SECS: i64 = 86_400;
@@ -54,13 +61,16 @@ pub const MANAGED_BY: &str = "xturn-operator";
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 /// Where TLS listener certificates are mounted in the agent's container.
 pub const TLS_MOUNT_ROOT: &str = "/etc/xturn/tls";
+/// The Gateway condition listing what was translated or left out (`Rendered::notes`).
+pub const TRANSLATED_CONDITION: &str = "xturn.io/Translated";
 /// Where the agent keeps state across container restarts (hitless restart).
 pub(super) const STATE_DIR: &str = "/var/lib/xturn";
 
 /// What rendering needs besides the objects.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub controller_name: String,
+    /// The GatewayClass `controllerName`s served (ours and STUNner's by default).
+    pub controller_names: Vec<String>,
     /// The `xturnd` image when a Dataplane does not name one.
     pub agent_image: String,
     /// Condition timestamps and `observedGeneration` bookkeeping use this.
@@ -68,9 +78,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Whether `controller_name` is one this operator serves.
+    pub fn serves(&self, controller_name: &str) -> bool {
+        self.controller_names.iter().any(|c| c == controller_name)
+    }
+
     pub fn new(agent_image: impl Into<String>, now: Timestamp) -> Settings {
         Settings {
-            controller_name: DEFAULT_CONTROLLER_NAME.to_owned(),
+            controller_names: DEFAULT_CONTROLLER_NAMES.map(str::to_owned).to_vec(),
             agent_image: agent_image.into(),
             now,
         }
@@ -99,8 +114,14 @@ pub struct Rendered {
     pub role_binding: RoleBinding,
     pub workload: Workload,
     pub service: Service,
+    /// The TLS listeners' certificates (`NAME-certificates`), when there are TLS listeners.
+    pub certificates: Option<Secret>,
     pub status: GatewayStatus,
     pub ice: IceSource,
+    /// What was translated or left out on the way (a STUNner Dataplane's image and flags, a
+    /// listener a single-protocol LoadBalancer cannot carry, an annotation that could not be
+    /// used), one sentence each; also in the Gateway's `xturn.io/Translated` condition.
+    pub notes: Vec<String>,
 }
 
 /// Why a Gateway gets no (new) relays: its status says so, the running ones stay as they were.
@@ -121,7 +142,7 @@ pub enum Outcome {
 
 /// Whether a GatewayClass is ours.
 pub fn is_our_class(class: &GatewayClass, settings: &Settings) -> bool {
-    class.spec.controller_name == settings.controller_name
+    settings.serves(&class.spec.controller_name)
 }
 
 /// The GatewayConfig a class's `parametersRef` names, or why there is none.
@@ -218,11 +239,17 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         );
     }
 
+    let agent = agent_command(&dataplane, &settings.agent_image);
+    let service_annotations = service_annotations(gateway, gwconfig);
+    let service_options = ServiceOptions::from_annotations(&service_annotations);
+    let mut notes = agent.notes.clone();
+    notes.extend(service_options.notes.iter().cloned());
+
     // Listeners, their routes, and the clusters of those routes.
     let attached = attached_routes(inputs, gateway);
     let mut listener_statuses = Vec::new();
     let mut listeners = Vec::new();
-    let mut tls_secrets = BTreeSet::new();
+    let mut certificates = BTreeMap::new();
     let mut routed = BTreeSet::new();
     let mut sockets = BTreeMap::new();
     for listener in &gateway.spec.listeners {
@@ -233,7 +260,7 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
                     .section_name
                     .as_deref()
                     .is_none_or(|s| s == listener.name)
-                    && listener_allows(gateway, listener, route)
+                    && listener_allows(inputs, gateway, listener, route)
             })
             .map(|(route, _)| *route)
             .collect();
@@ -261,15 +288,21 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         let (status, rendered) =
             render_listener(inputs, gateway, listener, &routes, conflict, settings);
         listener_statuses.push(status);
-        if let Some((rendered, secret)) = rendered {
+        if let Some((mut rendered, pem)) = rendered {
             routed.extend(routes.iter().map(|r| cluster_name(r)));
-            tls_secrets.extend(secret);
+            if let Some(pem) = pem {
+                certificates.insert(listener.name.clone(), pem);
+            }
+            // STUNner's targetport annotation moves the agent's port too.
+            if let Some(port) = service_options.target_ports.get(&listener.name) {
+                rendered.port = Some(i64::from(*port));
+            }
             listeners.push(rendered);
         }
     }
     if listeners.is_empty() {
         // Nothing an agent could serve: say why per listener, keep what runs.
-        let status = gateway_status(gateway, settings, listener_statuses, &[], false);
+        let status = gateway_status(gateway, settings, listener_statuses, &[], false, &notes);
         return Outcome::Refused(Refused {
             status,
             reason: "no valid listener".to_owned(),
@@ -337,34 +370,64 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         Ok(json) => json,
         Err(e) => return refuse("Invalid", format!("cannot serialise the agent config: {e}")),
     };
-    let addresses = gateway_addresses(inputs, gateway, &namespace, &name, &dataplane);
-    let status = gateway_status(
-        gateway,
-        settings,
-        listener_statuses,
-        &addresses,
-        !config.listeners.is_empty(),
-    );
-    let ice = IceSource {
-        namespace: namespace.clone(),
-        gateway: gateway.name_any(),
-        realm: auth.agent.realm.clone().unwrap_or_default(),
-        auth: auth.ice,
-        addresses: addresses.iter().map(|a| a.value.clone()).collect(),
-        listeners: config
-            .listeners
-            .iter()
-            .filter_map(|l| {
-                let name = l.name.as_deref()?;
-                Some((
-                    name.rsplit('/').next().unwrap_or(name).to_owned(),
-                    Transport::from_protocol(l.protocol.as_deref()?)?,
-                    u16::try_from(l.port?).ok()?,
-                ))
-            })
-            .collect(),
-    };
+    let certificates_name = format!("{name}-certificates");
     let rendered = (|| -> Result<Rendered, serde_json::Error> {
+        let mut exposed = BTreeSet::new();
+        let service = service(
+            &name,
+            &namespace,
+            &labels,
+            owner.as_ref(),
+            gateway,
+            &service_annotations,
+            &service_options,
+            &config,
+            &mut notes,
+            &mut exposed,
+        )?;
+        let public = gateway_addresses(inputs, gateway, &namespace, &name, &dataplane);
+        let status = gateway_status(
+            gateway,
+            settings,
+            listener_statuses,
+            &public.addresses,
+            !config.listeners.is_empty(),
+            &notes,
+        );
+        let ice = IceSource {
+            namespace: namespace.clone(),
+            gateway: gateway.name_any(),
+            realm: auth.agent.realm.clone().unwrap_or_default(),
+            auth: auth.ice.clone(),
+            addresses: public.addresses.iter().map(|a| a.value.clone()).collect(),
+            listeners: config
+                .listeners
+                .iter()
+                .filter_map(|l| {
+                    let name = l.name.as_deref()?;
+                    let short = name.rsplit('/').next().unwrap_or(name).to_owned();
+                    // A listener the Service does not carry is not reachable.
+                    if !exposed.contains(&short) {
+                        return None;
+                    }
+                    // Clients use the Gateway's port (or the node port), not the agent's.
+                    let port = match &public.node_ports {
+                        Some(ports) => *ports.get(&short)?,
+                        None => gateway
+                            .spec
+                            .listeners
+                            .iter()
+                            .find(|g| g.name == short)
+                            .and_then(|g| u16::try_from(g.port).ok())?,
+                    };
+                    Some((
+                        short,
+                        Transport::from_protocol(l.protocol.as_deref()?)?,
+                        port,
+                    ))
+                })
+                .collect(),
+        };
         let config_map: ConfigMap = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": metadata(&name, &namespace, &labels, owner.as_ref(), None),
@@ -388,38 +451,44 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
             "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
             "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": namespace }],
         }))?;
-        let workload = workload(
-            &name,
-            &namespace,
-            &labels,
-            owner.as_ref(),
-            &dataplane,
-            kind,
-            &config,
-            &tls_secrets,
-            settings,
-        )?;
-        let service = service(
-            &name,
-            &namespace,
-            &labels,
-            owner.as_ref(),
+        let certificates = if certificates.is_empty() {
+            None
+        } else {
+            Some(certificates_secret(
+                &certificates_name,
+                &namespace,
+                &labels,
+                owner.as_ref(),
+                &certificates,
+            )?)
+        };
+        let workload = workload(&WorkloadParts {
+            name: &name,
+            namespace: &namespace,
             gateway,
-            gwconfig,
-            &config,
-        )?;
+            labels: &labels,
+            owner: owner.as_ref(),
+            dataplane: &dataplane,
+            kind,
+            mode,
+            config: &config,
+            agent: &agent,
+            certificates: certificates.as_ref().map(|_| certificates_name.as_str()),
+        })?;
         Ok(Rendered {
-            name,
-            namespace,
-            config,
+            name: name.clone(),
+            namespace: namespace.clone(),
+            config: config.clone(),
             config_map,
             service_account,
             role,
             role_binding,
             workload,
             service,
+            certificates,
             status,
             ice,
+            notes: notes.clone(),
         })
     })();
     match rendered {
@@ -466,30 +535,4 @@ fn older_gateway_named(
         .filter(|g| age(g) < age(gateway))
         .find(|g| relay_name(inputs, g).as_deref() == Some(name))
         .map(|g| g.name_any())
-}
-
-fn dataplane_mode(dataplane: &DataplaneSpec) -> Result<&'static str, String> {
-    if let Some(mode) = &dataplane.mode {
-        return match mode.to_ascii_lowercase().as_str() {
-            "xdp" => Ok("XDP"),
-            "tc" => Ok("TC"),
-            "userspace" => Ok("None"),
-            "auto" => Ok("Auto"),
-            other => Err(format!(
-                "Dataplane mode must be auto, tc, xdp or userspace, not {other:?}"
-            )),
-        };
-    }
-    match dataplane.offload_engine.as_deref() {
-        None => Ok("Auto"),
-        Some(engine) => match engine.to_ascii_lowercase().as_str() {
-            "none" | "" => Ok("None"),
-            "xdp" => Ok("XDP"),
-            "tc" => Ok("TC"),
-            "auto" => Ok("Auto"),
-            other => Err(format!(
-                "Dataplane offloadEngine {other:?} is not supported (None, XDP, TC or Auto)"
-            )),
-        },
-    }
 }

@@ -21,10 +21,12 @@ pub(super) fn attached_routes<'a>(
     gateway: &Gateway,
 ) -> Vec<(&'a UDPRoute, ParentReference)> {
     let mut attached = Vec::new();
-    for route in &inputs.routes {
+    for (route, _) in inputs.all_routes() {
         for parent in &route.spec.parent_refs {
-            if refers_to(route, parent, gateway) && namespace_allowed(gateway, parent, route) {
-                attached.push((route.as_ref(), parent.clone()));
+            if refers_to(route, parent, gateway)
+                && namespace_allowed(inputs, gateway, parent, route)
+            {
+                attached.push((route, parent.clone()));
             }
         }
     }
@@ -46,6 +48,7 @@ pub(super) fn refers_to(route: &UDPRoute, parent: &ParentReference, gateway: &Ga
 /// Whether some listener `parent` names (by `sectionName`, or all) takes routes from the
 /// route's namespace.
 pub(super) fn namespace_allowed(
+    inputs: &Inputs,
     gateway: &Gateway,
     parent: &ParentReference,
     route: &UDPRoute,
@@ -55,24 +58,53 @@ pub(super) fn namespace_allowed(
         .listeners
         .iter()
         .filter(|l| parent.section_name.as_deref().is_none_or(|s| s == l.name))
-        .any(|l| listener_allows(gateway, l, route))
+        .any(|l| listener_allows(inputs, gateway, l, route))
 }
 
-/// Whether `listener` takes routes from the route's namespace: its own Gateway's namespace
-/// always (`Same`, the default), others only with `allowedRoutes.namespaces.from: All`
-/// (`Selector` is not supported and admits only the Gateway's namespace).
+/// Whether `listener` takes routes from the route's namespace (`allowedRoutes.namespaces`):
+/// `Same` (the default) the Gateway's own namespace, `All` every namespace, `Selector` the
+/// namespaces whose labels the selector matches (a missing selector or Namespace matches none).
 pub(super) fn listener_allows(
+    inputs: &Inputs,
     gateway: &Gateway,
     listener: &GatewayListeners,
     route: &UDPRoute,
 ) -> bool {
-    namespace_of(route) == namespace_of(gateway)
-        || listener
-            .allowed_routes
-            .as_ref()
-            .and_then(|a| a.namespaces.as_ref())
-            .and_then(|n| n.from.as_ref())
-            .is_some_and(|from| matches!(from, GatewayListenersAllowedRoutesNamespacesFrom::All))
+    let route_namespace = namespace_of(route);
+    let namespaces = listener
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    match namespaces.and_then(|n| n.from.as_ref()) {
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => true,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
+            let Some(selector) = namespaces.and_then(|n| n.selector.as_ref()) else {
+                return false;
+            };
+            let Some(namespace) = inputs.namespace(&route_namespace) else {
+                return false;
+            };
+            let labels = namespace.labels();
+            let match_labels = selector
+                .match_labels
+                .iter()
+                .flatten()
+                .all(|(k, v)| labels.get(k) == Some(v));
+            let match_expressions = selector.match_expressions.iter().flatten().all(|e| {
+                let value = labels.get(&e.key);
+                let values = e.values.as_deref().unwrap_or_default();
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            });
+            match_labels && match_expressions
+        }
+        _ => route_namespace == namespace_of(gateway),
+    }
 }
 
 /// `NAMESPACE/ROUTE`: the cluster a route becomes.

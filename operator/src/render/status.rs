@@ -1,5 +1,8 @@
 //! Listeners, Gateway and route statuses: conditions, addresses, the rendered agent listeners.
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use gateway_api::apis::standard::gateways::{
     Gateway, GatewayListeners, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
@@ -14,7 +17,7 @@ use stunner_config::{self as agent};
 
 use crate::{
     crd::{DataplaneSpec, ParentReference, RouteParentStatus, UDPRoute, UDPRouteStatus},
-    inputs::{Inputs, namespace_of},
+    inputs::{Inputs, RouteApi, namespace_of},
 };
 
 use super::*;
@@ -25,7 +28,10 @@ pub(super) struct Conflict {
     pub(super) message: String,
 }
 
-/// One listener's status, and its agent listener (with the TLS Secret to mount) when valid.
+/// A valid listener's agent listener, with its PEM certificate chain and key (TLS, DTLS).
+pub(super) type RenderedListener = (agent::Listener, Option<(String, String)>);
+
+/// One listener's status, and its agent listener (with its certificate) when valid.
 pub(super) fn render_listener(
     inputs: &Inputs,
     gateway: &Gateway,
@@ -33,10 +39,7 @@ pub(super) fn render_listener(
     routes: &[&UDPRoute],
     conflict: Option<Conflict>,
     settings: &Settings,
-) -> (
-    GatewayStatusListeners,
-    Option<(agent::Listener, Option<String>)>,
-) {
+) -> (GatewayStatusListeners, Option<RenderedListener>) {
     let generation = gateway.metadata.generation;
     // A listener's conditions keep the transition times of the listener's own current ones.
     let current = gateway
@@ -61,10 +64,12 @@ pub(super) fn render_listener(
             existing,
         )
     };
-    let supported = vec![GatewayStatusListenersSupportedKinds {
-        group: Some(crate::crd::GROUP.to_owned()),
-        kind: "UDPRoute".to_owned(),
-    }];
+    let supported = [crate::crd::GROUP, GATEWAY_API_GROUP]
+        .map(|group| GatewayStatusListenersSupportedKinds {
+            group: Some(group.to_owned()),
+            kind: "UDPRoute".to_owned(),
+        })
+        .to_vec();
     let mut status = GatewayStatusListeners {
         name: listener.name.clone(),
         attached_routes: i32::try_from(routes.len()).unwrap_or(i32::MAX),
@@ -117,65 +122,27 @@ pub(super) fn render_listener(
     }
     let mut cert = None;
     let mut key = None;
-    let mut secret_name = None;
+    let mut pem = None;
     if protocol == "TURN-TLS" || protocol == "TURN-DTLS" {
-        let reference = listener
-            .tls
-            .as_ref()
-            .and_then(|t| t.certificate_refs.as_ref())
-            .and_then(|refs| refs.first());
-        let problem = match reference {
-            None => Some(format!(
-                "{protocol} needs tls.certificateRefs naming a Secret"
-            )),
-            Some(r)
-                if r.kind.as_deref().unwrap_or("Secret") != "Secret"
-                    || !r.group.as_deref().unwrap_or("").is_empty() =>
-            {
-                Some(format!(
-                    "certificateRef {}: only core Secrets are supported",
-                    r.name
-                ))
+        match listener_certificate(inputs, gateway, listener) {
+            Ok(pair) => {
+                cert = Some(format!("{TLS_MOUNT_ROOT}/{}.crt", listener.name));
+                key = Some(format!("{TLS_MOUNT_ROOT}/{}.key", listener.name));
+                pem = Some(pair);
             }
-            Some(r) if r.namespace.as_deref().is_some_and(|ns| ns != namespace) => Some(format!(
-                "certificateRef {}: a Secret in another namespace is not supported",
-                r.name
-            )),
-            Some(r) => match inputs.secret(&namespace, &r.name) {
-                None => Some(format!(
-                    "certificate Secret {namespace}/{} not found",
-                    r.name
-                )),
-                Some(s)
-                    if secret_value(s, "tls.crt").is_none()
-                        || secret_value(s, "tls.key").is_none() =>
-                {
-                    Some(format!(
-                        "Secret {namespace}/{} lacks tls.crt or tls.key",
-                        r.name
-                    ))
-                }
-                Some(_) => {
-                    let dir = format!("{TLS_MOUNT_ROOT}/{}", r.name);
-                    cert = Some(format!("{dir}/tls.crt"));
-                    key = Some(format!("{dir}/tls.key"));
-                    secret_name = Some(r.name.clone());
-                    None
-                }
-            },
-        };
-        if let Some(message) = problem {
-            status.conditions = vec![
-                cond("Accepted", true, "Accepted", String::new()),
-                cond("ResolvedRefs", false, "InvalidCertificateRef", message),
-                cond(
-                    "Programmed",
-                    false,
-                    "Invalid",
-                    "certificate not resolved".to_owned(),
-                ),
-            ];
-            return (status, None);
+            Err(message) => {
+                status.conditions = vec![
+                    cond("Accepted", true, "Accepted", String::new()),
+                    cond("ResolvedRefs", false, "InvalidCertificateRef", message),
+                    cond(
+                        "Programmed",
+                        false,
+                        "Invalid",
+                        "certificate not resolved".to_owned(),
+                    ),
+                ];
+                return (status, None);
+            }
         }
     }
     status.conditions = vec![
@@ -205,7 +172,60 @@ pub(super) fn render_listener(
         ),
         ..agent::Listener::default()
     };
-    (status, Some((rendered, secret_name)))
+    (status, Some((rendered, pem)))
+}
+
+/// The PEM certificate chain and key of a TLS/DTLS listener: from the first of its
+/// `certificateRefs` that resolves (as STUNner tries them in order). A core Secret, in the
+/// Gateway's namespace or, with a ReferenceGrant there, in another; the certificate under
+/// `tls.crt`, `crt` or `cert`, the key under `tls.key` or `key`.
+fn listener_certificate(
+    inputs: &Inputs,
+    gateway: &Gateway,
+    listener: &GatewayListeners,
+) -> Result<(String, String), String> {
+    let namespace = namespace_of(gateway);
+    let references = listener
+        .tls
+        .as_ref()
+        .and_then(|t| t.certificate_refs.as_ref())
+        .filter(|refs| !refs.is_empty())
+        .ok_or_else(|| {
+            "TLS and DTLS listeners need tls.certificateRefs naming a Secret".to_owned()
+        })?;
+    let mut problems = Vec::new();
+    for r in references {
+        if r.kind.as_deref().unwrap_or("Secret") != "Secret"
+            || !matches!(r.group.as_deref(), None | Some("" | "v1"))
+        {
+            problems.push(format!("{}: only core Secrets are supported", r.name));
+            continue;
+        }
+        let ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
+        if ns != namespace && !inputs.reference_granted(&namespace, "Gateway", &ns, &r.name) {
+            problems.push(format!(
+                "{ns}/{}: no ReferenceGrant in {ns} lets Gateways of {namespace} use it",
+                r.name
+            ));
+            continue;
+        }
+        let Some(secret) = inputs.secret(&ns, &r.name) else {
+            problems.push(format!("Secret {ns}/{} not found", r.name));
+            continue;
+        };
+        let first = |keys: &[&str]| keys.iter().find_map(|k| secret_value(secret, k));
+        match (
+            first(&["tls.crt", "crt", "cert"]),
+            first(&["tls.key", "key"]),
+        ) {
+            (Some(cert), Some(key)) => return Ok((cert, key)),
+            _ => problems.push(format!(
+                "Secret {ns}/{} lacks a certificate (tls.crt, crt, cert) or a key (tls.key, key)",
+                r.name
+            )),
+        }
+    }
+    Err(format!("certificateRefs: {}", problems.join("; ")))
 }
 
 /// A Gateway API condition; the transition time of the Gateway's current condition of the same
@@ -298,6 +318,7 @@ pub(super) fn gateway_status(
     listeners: Vec<GatewayStatusListeners>,
     addresses: &[GatewayStatusAddresses],
     any_listener: bool,
+    notes: &[String],
 ) -> GatewayStatus {
     let generation = gateway.metadata.generation;
     let cond = |kind: &str, ok: bool, reason: &str, message: &str| {
@@ -333,23 +354,43 @@ pub(super) fn gateway_status(
     } else {
         cond("Programmed", true, "Programmed", "")
     };
+    let mut conditions = vec![accepted, programmed];
+    if !notes.is_empty() {
+        conditions.push(cond(
+            TRANSLATED_CONDITION,
+            true,
+            "Translated",
+            &notes.join("; "),
+        ));
+    }
     GatewayStatus {
         addresses: (!addresses.is_empty()).then(|| addresses.to_vec()),
-        conditions: Some(vec![accepted, programmed]),
+        conditions: Some(conditions),
         listeners: Some(listeners),
         ..GatewayStatus::default()
     }
 }
 
-/// The Gateway's public addresses: the LoadBalancer Service's ingress, else the requested
-/// `spec.addresses`, else (host network) the nodes' external or internal IPs.
+/// Where clients reach a Gateway: its addresses, and the ports by listener when they are not
+/// the listeners' own (a NodePort fallback).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PublicAddresses {
+    pub addresses: Vec<GatewayStatusAddresses>,
+    /// Listener name → the Service's node port, when the addresses are nodes' addresses.
+    pub node_ports: Option<BTreeMap<String, u16>>,
+}
+
+/// The Gateway's public addresses, in STUNner's order: the requested `spec.addresses`, else the
+/// LoadBalancer Service's ingress, else (a Service with node ports, or host-network agents) the
+/// nodes' addresses — ExternalIP, then ExternalDNS, then (unlike STUNner, which gives up here)
+/// InternalIP — with the node ports in the URLs.
 pub(super) fn gateway_addresses(
     inputs: &Inputs,
     gateway: &Gateway,
     namespace: &str,
     service_name: &str,
     dataplane: &DataplaneSpec,
-) -> Vec<GatewayStatusAddresses> {
+) -> PublicAddresses {
     let address = |value: String| {
         let kind = if value.parse::<IpAddr>().is_ok() {
             "IPAddress"
@@ -361,19 +402,10 @@ pub(super) fn gateway_addresses(
             value,
         }
     };
-    let ingress: Vec<_> = inputs
-        .service(namespace, service_name)
-        .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
-        .map(address)
-        .collect();
-    if !ingress.is_empty() {
-        return ingress;
-    }
+    let plain = |addresses: Vec<GatewayStatusAddresses>| PublicAddresses {
+        addresses,
+        node_ports: None,
+    };
     let requested: Vec<_> = gateway
         .spec
         .addresses
@@ -383,27 +415,66 @@ pub(super) fn gateway_addresses(
         .map(address)
         .collect();
     if !requested.is_empty() {
-        return requested;
+        return plain(requested);
     }
-    if dataplane.host_network == Some(true) {
-        let mut nodes = Vec::new();
-        for wanted in ["ExternalIP", "InternalIP"] {
-            for node in &inputs.nodes {
-                let found = node
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.addresses.as_ref())
-                    .and_then(|a| a.iter().find(|a| a.type_ == wanted));
-                if let Some(found) = found {
-                    nodes.push(address(found.address.clone()));
-                }
-            }
-            if !nodes.is_empty() {
-                return nodes;
+    let service = inputs.service(namespace, service_name);
+    let ingress: Vec<_> = service
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .map(address)
+        .collect();
+    if !ingress.is_empty() {
+        return plain(ingress);
+    }
+    let node_addresses = || {
+        for wanted in ["ExternalIP", "ExternalDNS", "InternalIP"] {
+            let found: Vec<_> = inputs
+                .nodes
+                .iter()
+                .filter_map(|node| {
+                    node.status
+                        .as_ref()
+                        .and_then(|s| s.addresses.as_ref())
+                        .and_then(|a| a.iter().find(|a| a.type_ == wanted))
+                        .map(|a| address(a.address.clone()))
+                })
+                .collect();
+            if !found.is_empty() {
+                return found;
             }
         }
+        Vec::new()
+    };
+    if dataplane.host_network == Some(true) {
+        return plain(node_addresses());
     }
-    Vec::new()
+    let node_ports: BTreeMap<String, u16> = service
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let node_port = u16::try_from(p.node_port?).ok()?;
+            let listener = gateway
+                .spec
+                .listeners
+                .iter()
+                .find(|l| l.port == p.port && p.name.as_deref().is_some_and(|n| n == l.name))
+                .or_else(|| gateway.spec.listeners.iter().find(|l| l.port == p.port))?;
+            Some((listener.name.clone(), node_port))
+        })
+        .collect();
+    if node_ports.is_empty() {
+        return PublicAddresses::default();
+    }
+    PublicAddresses {
+        addresses: node_addresses(),
+        node_ports: Some(node_ports),
+    }
 }
 
 /// The status of a route as seen by every one of our Gateways it names; entries of other
@@ -412,15 +483,17 @@ pub fn route_status(
     inputs: &Inputs,
     settings: &Settings,
     route: &UDPRoute,
+    api: RouteApi,
     gateways: &[&Gateway],
 ) -> UDPRouteStatus {
+    let masked = api == RouteApi::GatewayApi && inputs.masked(route);
     let mut parents: Vec<RouteParentStatus> = route
         .status
         .as_ref()
         .map(|s| {
             s.parents
                 .iter()
-                .filter(|p| p.controller_name != settings.controller_name)
+                .filter(|p| !settings.serves(&p.controller_name))
                 .cloned()
                 .collect()
         })
@@ -455,14 +528,21 @@ pub fn route_status(
             .section_name
             .as_deref()
             .is_none_or(|section| gateway.spec.listeners.iter().any(|l| l.name == section));
-        let accepted = if !listener_exists {
+        let accepted = if masked {
+            cond(
+                "Accepted",
+                false,
+                "Pending",
+                "masked by the stunner.l7mp.io/v1 UDPRoute of the same namespace and name",
+            )
+        } else if !listener_exists {
             cond(
                 "Accepted",
                 false,
                 "NoMatchingParent",
                 "no listener of that sectionName",
             )
-        } else if !namespace_allowed(gateway, parent, route) {
+        } else if !namespace_allowed(inputs, gateway, parent, route) {
             cond(
                 "Accepted",
                 false,
@@ -478,7 +558,11 @@ pub fn route_status(
         };
         parents.push(RouteParentStatus {
             parent_ref: parent.clone(),
-            controller_name: settings.controller_name.clone(),
+            // The controller name of the Gateway's class (ours or STUNner's).
+            controller_name: inputs
+                .gateway_class(&gateway.spec.gateway_class_name)
+                .map(|c| c.spec.controller_name.clone())
+                .unwrap_or_else(|| DEFAULT_CONTROLLER_NAME.to_owned()),
             conditions: vec![accepted, refs],
         });
     }
