@@ -49,11 +49,10 @@ fn inputs(edit: &dyn Fn(&str, String) -> Option<String>) -> Inputs {
 
 /// The `stunnerd.conf` of every ConfigMap rendered from `inputs`.
 fn rendered_configs(inputs: &Inputs) -> Vec<String> {
-    let settings = Settings {
-        controller_name: "xturn.io/gateway-operator".to_owned(),
-        agent_image: "registry.test/xturnd:1".to_owned(),
-        now: "2026-12-04T00:00:00Z".parse().expect("time"),
-    };
+    let settings = Settings::new(
+        "registry.test/xturnd:1",
+        "2026-12-04T00:00:00Z".parse().expect("time"),
+    );
     let offline = render_all(inputs, &settings, Some("198.18.0.1")).expect("renders");
     offline
         .objects
