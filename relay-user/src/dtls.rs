@@ -9,7 +9,8 @@
 //! every `idle_timeout`, or it is closed (its allocation with it). A failed handshake (say, a
 //! DTLS 1.0 client, which gets a protocol_version alert) ends its session only.
 //!
-//! The certificate follows its files: after a reload, new sessions get the new one.
+//! The certificate follows its files: after a reload, new sessions get the new one. (An inline
+//! certificate from the configuration stays.)
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -69,11 +70,11 @@ pub struct DtlsListener {
 /// A DTLS server configuration from the store's files (the key must be PKCS#8; ECDSA P-256 or
 /// P-384, RSA or Ed25519).
 fn handshake_config(certs: &CertStore) -> Result<Arc<HandshakeConfig>, String> {
-    let pem = read_pem(certs.files()).map_err(|e| e.to_string())?;
+    let pem = read_pem(certs.material()).map_err(|e| e.to_string())?;
     let PrivateKeyDer::Pkcs8(key) = pem.key else {
         return Err(format!(
             "key {}: DTLS needs a PKCS#8 key (\"BEGIN PRIVATE KEY\"); convert it with `openssl pkcs8 -topk8 -nocrypt`",
-            certs.files().key.display()
+            certs.material().key
         ));
     };
     let provider = default_provider().map_err(|e| e.to_string())?;
@@ -90,7 +91,7 @@ fn handshake_config(certs: &CertStore) -> Result<Arc<HandshakeConfig>, String> {
             .import_signing_key(scheme, key.secret_pkcs8_der())
             .ok()
     })
-    .ok_or_else(|| format!("key {}: unsupported key type", certs.files().key.display()))?;
+    .ok_or_else(|| format!("key {}: unsupported key type", certs.material().key))?;
     let config = ConfigBuilder::default()
         .with_crypto_provider(provider)
         .with_certificates(vec![Certificate::from_signing_key(pem.chain, signing_key)])
@@ -300,7 +301,8 @@ pub(crate) async fn timer_task(shared: Arc<Shared>, listener: Arc<DtlsListener>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::tests::{self_signed, tempdir};
+    use crate::config::TlsMaterial;
+    use crate::tls::tests::{self_signed, self_signed_inline, tempdir};
 
     /// A client endpoint talking to `listener` over real loopback sockets, the test moving
     /// each datagram by hand.
@@ -360,7 +362,11 @@ mod tests {
 
     async fn listener_and_client(tag: &str) -> (DtlsListener, Client) {
         let dir = tempdir(tag);
-        let certs = CertStore::load(&self_signed(&dir, "relay")).unwrap();
+        listener_and_client_with(&self_signed(&dir, "relay")).await
+    }
+
+    async fn listener_and_client_with(material: &TlsMaterial) -> (DtlsListener, Client) {
+        let certs = CertStore::load(material).unwrap();
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let server = socket.local_addr().unwrap();
         let listener =
@@ -441,6 +447,21 @@ mod tests {
         let (messages, _) = client.send_queued(&listener);
         assert_eq!(messages, [BytesMut::from(&b"second"[..])]);
         assert!(listener.send(client.addr(), b"reply"));
+    }
+
+    #[tokio::test]
+    async fn an_inline_certificate_serves_sessions() {
+        let dir = tempdir("dtls-inline");
+        let material = self_signed_inline(&dir, "relay");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (listener, mut client) = listener_and_client_with(&material).await;
+        connect(&mut client, &listener);
+        client
+            .endpoint
+            .write(Instant::now(), client.server, b"inline")
+            .unwrap();
+        let (messages, _) = client.send_queued(&listener);
+        assert_eq!(messages, [BytesMut::from(&b"inline"[..])]);
     }
 
     #[tokio::test]

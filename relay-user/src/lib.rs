@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: `xturnd`'s flags and YAML configuration file.
 //! - [`reload`]: what a configuration means at run time, and what a reload may change.
+//! - [`dns`]: resolving STRICT_DNS clusters' host names, every 5 s.
 //! - [`server`]: the tokio event loop that runs [`turn_proto::server::Server`] over real sockets.
 //! - [`dataplane`]: choosing XDP, TC or userspace relaying, attaching to interfaces.
 //! - [`ceiling`]: the benchmark's ceiling XDP program (`xturn-ceiling`).
@@ -19,6 +20,7 @@ pub mod ceiling;
 pub mod config;
 pub mod configmap;
 pub mod dataplane;
+pub mod dns;
 pub mod dtls;
 pub mod ebpf;
 pub mod metrics;

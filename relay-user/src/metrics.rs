@@ -10,7 +10,10 @@
 //! [`crate::offload`]); a scrape reads its [`KernelSnapshot`].
 use std::{
     fmt,
-    sync::{Arc, Weak},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use prometheus_client::{
@@ -75,6 +78,10 @@ pub struct Snapshot {
     pub xdp: Option<KernelSnapshot>,
     /// Name and connections of each TCP, TLS and DTLS listener.
     pub connections: Vec<(String, ConnectionSnapshot)>,
+    /// The sockets of each UDP listener (`None` for the others), in the order of `listeners`.
+    pub udp_sockets: Vec<Option<u64>>,
+    /// STRICT_DNS lookups that failed since the start.
+    pub dns_failures: u64,
 }
 
 impl Snapshot {
@@ -113,6 +120,8 @@ pub struct MetricsSource {
     listener_names: Vec<String>,
     xdp: Option<Weak<ChannelOffload>>,
     interfaces: Vec<crate::dataplane::InterfaceChoice>,
+    udp_sockets: Vec<Option<u64>>,
+    dns_failures: Option<Arc<AtomicU64>>,
 }
 
 impl MetricsSource {
@@ -127,7 +136,24 @@ impl MetricsSource {
             listener_names,
             xdp: xdp.map(Arc::downgrade),
             interfaces: Vec::new(),
+            udp_sockets: Vec::new(),
+            dns_failures: None,
         }
+    }
+
+    /// Adds the number of sockets of each UDP listener (`None` for the others), in
+    /// [`turn::ListenerId`] order: stunnerd counts them as the listener's connections.
+    #[must_use]
+    pub fn with_udp_sockets(mut self, sockets: Vec<Option<u64>>) -> Self {
+        self.udp_sockets = sockets;
+        self
+    }
+
+    /// Adds the STRICT_DNS resolver's failure counter.
+    #[must_use]
+    pub fn with_dns_failures(mut self, failures: Arc<AtomicU64>) -> Self {
+        self.dns_failures = Some(failures);
+        self
     }
 
     /// Adds what the agent chose for each interface (`xturn_dataplane_interface_info`).
@@ -196,6 +222,11 @@ impl MetricsSource {
             relay_io,
             xdp,
             connections,
+            udp_sockets: self.udp_sockets.clone(),
+            dns_failures: self
+                .dns_failures
+                .as_ref()
+                .map_or(0, |f| f.load(Ordering::Relaxed)),
         })
     }
 }
@@ -242,6 +273,18 @@ impl Out<'_, '_> {
         Ok(())
     }
 
+    /// Untyped samples named exactly `name` (for a counter whose OpenMetrics family name
+    /// would clash with another family).
+    fn unknowns(&mut self, name: &'static str, help: &str, rows: &[(Labels, u64)]) -> fmt::Result {
+        let mut metric = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Unknown)?;
+        for (labels, value) in rows {
+            metric.encode_family(labels)?.encode_gauge(value)?;
+        }
+        Ok(())
+    }
+
     fn counters(&mut self, name: &'static str, help: &str, rows: &[(Labels, u64)]) -> fmt::Result {
         let mut metric = self
             .0
@@ -264,6 +307,110 @@ impl Out<'_, '_> {
             .encode_descriptor(name, help, None, MetricType::Info)?
             .encode_info(labels)
     }
+}
+
+/// STUNner's per-listener and per-cluster metrics, with its names and labels (`name` is the
+/// listener's or cluster's name as configured, `direction` is `rx` or `tx` as seen from the
+/// relay), counting what the kernel relayed as well as userspace.
+fn stunner_listener_and_cluster_metrics(out: &mut Out<'_, '_>, s: &Snapshot) -> fmt::Result {
+    let kernel_listener = |index: usize| {
+        s.xdp
+            .as_ref()
+            .and_then(|x| x.relayed_by_listener.get(index).copied())
+            .unwrap_or_default()
+    };
+    let mut packets = Vec::with_capacity(2 * s.listeners.len());
+    let mut bytes = Vec::with_capacity(2 * s.listeners.len());
+    for (index, (name, io)) in s.listeners.iter().enumerate() {
+        let kernel = kernel_listener(index);
+        // The kernel's clients send and receive ChannelData: data plus its 4-byte header.
+        let rx_packets = io.rx_packets + kernel.to_peer.packets;
+        let rx_bytes =
+            io.rx_bytes + kernel.to_peer.bytes + CHANNEL_DATA_HEADER * kernel.to_peer.packets;
+        let tx_packets = io.tx_packets + kernel.to_client.packets;
+        let tx_bytes =
+            io.tx_bytes + kernel.to_client.bytes + CHANNEL_DATA_HEADER * kernel.to_client.packets;
+        for (direction, p, b) in [("rx", rx_packets, rx_bytes), ("tx", tx_packets, tx_bytes)] {
+            let row = labels([("name", name), ("direction", direction)]);
+            packets.push((row.clone(), p));
+            bytes.push((row, b));
+        }
+    }
+    out.counters(
+        "stunner_listener_packets",
+        "Number of datagrams sent or received at a listener (userspace and kernel).",
+        &packets,
+    )?;
+    out.counters(
+        "stunner_listener_bytes",
+        "Number of bytes sent or received at a listener (userspace and kernel).",
+        &bytes,
+    )?;
+    // Connections: TCP/TLS connections and DTLS sessions; a UDP listener's sockets.
+    let mut open = Vec::with_capacity(s.listeners.len());
+    let mut total = Vec::with_capacity(s.listeners.len());
+    for (index, (name, _)) in s.listeners.iter().enumerate() {
+        let row = labels([("name", name)]);
+        if let Some(sockets) = s.udp_sockets.get(index).copied().flatten() {
+            open.push((row.clone(), sockets));
+            total.push((row, sockets));
+        } else if let Some((_, c)) = s.connections.iter().find(|(n, _)| n == name) {
+            open.push((row.clone(), c.open));
+            total.push((row, c.accepted));
+        }
+    }
+    out.gauges(
+        "stunner_listener_connections",
+        "Number of active downstream connections at a listener (a UDP listener's sockets count as connections).",
+        &open,
+    )?;
+    // A counter, but OpenMetrics would name its family `stunner_listener_connections`, which
+    // is the gauge's: it goes out as an untyped family under its full sample name.
+    out.unknowns(
+        "stunner_listener_connections_total",
+        "Number of all downstream connections observed at a listener (a counter).",
+        &total,
+    )?;
+    // Clusters: traffic with the peers each cluster admitted (tx: to peers, rx: from peers).
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    for (slot, cluster) in s.stats.clusters.iter().enumerate() {
+        if slot == 0 || cluster.name.is_empty() {
+            // Peers of no cluster: STUNner has no such series.
+            continue;
+        }
+        let kernel = s
+            .xdp
+            .as_ref()
+            .and_then(|x| x.relayed_by_cluster.get(slot).copied())
+            .unwrap_or_default();
+        for (direction, p, b) in [
+            (
+                "tx",
+                cluster.to_peer_packets + kernel.to_peer.packets,
+                cluster.to_peer_bytes + kernel.to_peer.bytes,
+            ),
+            (
+                "rx",
+                cluster.to_client_packets + kernel.to_client.packets,
+                cluster.to_client_bytes + kernel.to_client.bytes,
+            ),
+        ] {
+            let row = labels([("name", &cluster.name), ("direction", direction)]);
+            packets.push((row.clone(), p));
+            bytes.push((row, b));
+        }
+    }
+    out.counters(
+        "stunner_cluster_packets",
+        "Number of datagrams sent to or received from backends (userspace and kernel).",
+        &packets,
+    )?;
+    out.counters(
+        "stunner_cluster_bytes",
+        "Number of bytes sent to or received from backends (userspace and kernel).",
+        &bytes,
+    )
 }
 
 #[derive(Debug)]
@@ -296,6 +443,8 @@ impl Collector for SnapshotCollector {
             "UDP payload bytes sent to peers and clients while relaying (userspace and XDP).",
             s.bytes_sent(),
         )?;
+
+        stunner_listener_and_cluster_metrics(&mut out, s)?;
 
         out.info(
             "xturn_dataplane",
@@ -385,6 +534,16 @@ impl Collector for SnapshotCollector {
             "xturn_send_indications",
             "Send indications received.",
             st.send_indications,
+        )?;
+        out.counter(
+            "xturn_stun_only_refused",
+            "TURN requests refused with 403 because the agent is a STUN server only (auth.type none).",
+            st.stun_only_refused,
+        )?;
+        out.counter(
+            "xturn_dns_resolution_failures",
+            "Lookups of STRICT_DNS cluster host names that failed or answered no address (the previous addresses stay).",
+            s.dns_failures,
         )?;
         let errors: Vec<(Labels, u64)> = st
             .error_responses()
@@ -805,6 +964,103 @@ mod tests {
         assert!(text.contains("# TYPE stunner_allocations_active gauge"));
         assert!(!text.contains("xturn_xdp_"), "no XDP metrics without XDP");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn stunners_listener_and_cluster_metrics_count_userspace_and_kernel() {
+        let mut snapshot = sample();
+        snapshot.listeners.push((
+            "ns/gw/tls".to_owned(),
+            IoSnapshot {
+                rx_packets: 2,
+                rx_bytes: 200,
+                tx_packets: 1,
+                tx_bytes: 80,
+                ..IoSnapshot::default()
+            },
+        ));
+        snapshot.udp_sockets = vec![Some(4), None];
+        snapshot.connections = vec![(
+            "ns/gw/tls".to_owned(),
+            ConnectionSnapshot {
+                open: 2,
+                accepted: 9,
+                ..ConnectionSnapshot::default()
+            },
+        )];
+        snapshot.dns_failures = 3;
+        snapshot.stats.stun_only_refused = 5;
+        let kernel = ChannelCounters {
+            to_peer: Counter {
+                packets: 10,
+                bytes: 1000,
+            },
+            to_client: Counter {
+                packets: 5,
+                bytes: 400,
+            },
+        };
+        snapshot.kernel_hook = Some("tc");
+        snapshot.xdp = Some(KernelSnapshot {
+            relayed: kernel,
+            relayed_by_cluster: vec![ChannelCounters::default(), kernel],
+            relayed_by_listener: vec![kernel],
+            ..KernelSnapshot::default()
+        });
+        let text = render(snapshot).unwrap();
+        let v = |series: &str| value(&text, series);
+        // udp-0: 5 received in userspace + 10 ChannelData in the kernel.
+        assert_eq!(
+            v("stunner_listener_packets_total{name=\"udp-0\",direction=\"rx\"}"),
+            15
+        );
+        assert_eq!(
+            v("stunner_listener_bytes_total{name=\"udp-0\",direction=\"rx\"}"),
+            500 + 1000 + 4 * 10
+        );
+        assert_eq!(
+            v("stunner_listener_packets_total{name=\"udp-0\",direction=\"tx\"}"),
+            5
+        );
+        assert_eq!(
+            v("stunner_listener_bytes_total{name=\"udp-0\",direction=\"tx\"}"),
+            400 + 4 * 5
+        );
+        // A listener the kernel does not serve: userspace only.
+        assert_eq!(
+            v("stunner_listener_bytes_total{name=\"ns/gw/tls\",direction=\"tx\"}"),
+            80
+        );
+        // Connections: a UDP listener's sockets; a TLS listener's connections.
+        assert_eq!(v("stunner_listener_connections{name=\"udp-0\"}"), 4);
+        assert_eq!(v("stunner_listener_connections_total{name=\"udp-0\"}"), 4);
+        assert_eq!(v("stunner_listener_connections{name=\"ns/gw/tls\"}"), 2);
+        assert_eq!(
+            v("stunner_listener_connections_total{name=\"ns/gw/tls\"}"),
+            9
+        );
+        assert!(text.contains("# TYPE stunner_listener_connections gauge"));
+        assert!(text.contains("# TYPE stunner_listener_connections_total unknown"));
+        // Clusters: tx to peers, rx from peers; userspace plus kernel; no "" cluster.
+        assert_eq!(
+            v("stunner_cluster_packets_total{name=\"media\",direction=\"tx\"}"),
+            10
+        );
+        assert_eq!(
+            v("stunner_cluster_packets_total{name=\"media\",direction=\"rx\"}"),
+            3 + 5
+        );
+        assert_eq!(
+            v("stunner_cluster_bytes_total{name=\"media\",direction=\"rx\"}"),
+            30 + 400
+        );
+        assert!(
+            !text.contains("stunner_cluster_packets_total{name=\"\""),
+            "{text}"
+        );
+        assert_eq!(v("stunner_allocations_active"), 3);
+        assert_eq!(v("xturn_dns_resolution_failures_total"), 3);
+        assert_eq!(v("xturn_stun_only_refused_total"), 5);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! family. Map entries go away with their binding, so [`ChannelOffload`] keeps the set of
 //! installed bindings and adds a binding's counters to a running total just before the binding
 //! is removed. Each binding carries the cluster its traffic counts for (a slot of the core's
-//! `Stats::clusters`, resolved when the channel was bound), so kernel traffic is split by
-//! cluster exactly as userspace traffic is.
+//! `Stats::clusters`, resolved when the channel was bound) and the listener its client came
+//! through, so kernel traffic is split by cluster and by listener exactly as userspace traffic
+//! is.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -255,12 +256,48 @@ fn add_to(by_cluster: &mut Vec<ChannelCounters>, slot: usize, counters: ChannelC
     by_cluster[slot] = add(by_cluster[slot], counters);
 }
 
-/// What the kernel relayed on channel bindings: in all, and per cluster slot.
+/// What the kernel relayed on channel bindings: in all, per cluster slot and per listener.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Relayed {
     total: ChannelCounters,
     /// Indexed by cluster slot ([`turn::Stats::clusters`]); slots past its end relayed nothing.
     by_cluster: Vec<ChannelCounters>,
+    /// Indexed by listener (`ListenerId`); listeners past its end relayed nothing.
+    by_listener: Vec<ChannelCounters>,
+}
+
+impl Relayed {
+    fn add(&mut self, owner: Owner, counters: ChannelCounters) {
+        self.total = add(self.total, counters);
+        add_to(&mut self.by_cluster, owner.cluster, counters);
+        add_to(&mut self.by_listener, owner.listener, counters);
+    }
+}
+
+/// Whom a binding's kernel traffic counts for: its cluster slot and its client's listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    cluster: usize,
+    listener: usize,
+}
+
+impl Owner {
+    fn of(binding: &ChannelBinding) -> Owner {
+        Owner {
+            cluster: binding.cluster,
+            listener: usize::from(binding.listener.0),
+        }
+    }
+}
+
+/// Clamps `now` to never be below `reported`, slot by slot, and makes it the new `reported`.
+fn never_below(reported: &mut Vec<ChannelCounters>, now: &[ChannelCounters]) {
+    if reported.len() < now.len() {
+        reported.resize(now.len(), ChannelCounters::default());
+    }
+    for (slot, counters) in now.iter().enumerate() {
+        reported[slot] = max_counters(reported[slot], *counters);
+    }
 }
 
 /// The data plane's side of channel bindings: applies the TURN core's channel events
@@ -269,8 +306,8 @@ struct Relayed {
 /// total just before). Metrics read from it ([`ChannelOffload::snapshot`]).
 pub struct ChannelOffload {
     hook: Arc<KernelPath>,
-    /// Bindings with entries in the kernel now, with their cluster slots.
-    live: Mutex<HashMap<ChannelEntry, usize>>,
+    /// Bindings with entries in the kernel now, with whom they count for.
+    live: Mutex<HashMap<ChannelEntry, Owner>>,
     /// What bindings relayed before their entries were removed (or replaced).
     retired: Mutex<Relayed>,
     /// The totals last reported: totals never go down (see [`ChannelOffload::relayed`]).
@@ -291,7 +328,7 @@ impl ChannelOffload {
     /// bindings count as live.
     pub fn adopt(&self, bindings: &[ChannelBinding], listeners: &[std::net::SocketAddr]) {
         let installed = self.hook.adopt(bindings, listeners);
-        lock(&self.live).extend(installed.iter().map(|b| (entry_of(b), b.cluster)));
+        lock(&self.live).extend(installed.iter().map(|b| (entry_of(b), Owner::of(b))));
     }
 
     /// The hook it wraps.
@@ -313,7 +350,7 @@ impl ChannelOffload {
             warn!(error = %e, "cannot read the kernel path's counters");
             Vec::new()
         });
-        let (relayed, relayed_by_cluster) = self.relayed_by_cluster();
+        let relayed = self.relayed_split();
         KernelSnapshot {
             reasons,
             bindings_installed: self.installed_now() as u64,
@@ -321,18 +358,17 @@ impl ChannelOffload {
             installs: hook.installed.load(Ordering::Relaxed),
             map_full: hook.map_full.load(Ordering::Relaxed),
             install_errors: hook.install_errors.load(Ordering::Relaxed),
-            relayed,
-            relayed_by_cluster,
+            relayed: relayed.total,
+            relayed_by_cluster: relayed.by_cluster,
+            relayed_by_listener: relayed.by_listener,
         }
     }
 
-    /// Adds what `entry` relayed so far to the retired totals of all and of cluster slot
-    /// `cluster` (before its entries go).
-    fn retire(&self, entry: &ChannelEntry, cluster: usize) {
+    /// Adds what `entry` relayed so far to the retired totals of all, of its cluster slot and
+    /// of its listener (before its entries go).
+    fn retire(&self, entry: &ChannelEntry, owner: Owner) {
         if let Some(counters) = self.hook.with_fast_path(|fp| fp.channel_counters(entry)) {
-            let mut retired = lock(&self.retired);
-            retired.total = add(retired.total, counters);
-            add_to(&mut retired.by_cluster, cluster, counters);
+            lock(&self.retired).add(owner, counters);
         }
     }
 
@@ -345,34 +381,33 @@ impl ChannelOffload {
     /// during a scrape can be missed by it (and counted by the next): the totals are clamped
     /// so they never go down, as Prometheus counters must not.
     pub fn relayed(&self) -> ChannelCounters {
-        self.relayed_by_cluster().0
+        self.relayed_split().total
     }
 
     /// [`ChannelOffload::relayed`], and the same split by cluster slot (a binding counts for the
     /// slot it was bound with; the vector ends after the last slot with traffic).
     pub fn relayed_by_cluster(&self) -> (ChannelCounters, Vec<ChannelCounters>) {
+        let relayed = self.relayed_split();
+        (relayed.total, relayed.by_cluster)
+    }
+
+    /// The totals, by cluster slot and by listener, each clamped never to go down.
+    fn relayed_split(&self) -> Relayed {
         // Retired first: a binding retired after this read is still read live (or missed,
         // never counted twice).
         let mut now = lock(&self.retired).clone();
-        let entries: Vec<(ChannelEntry, usize)> =
-            lock(&self.live).iter().map(|(e, c)| (*e, *c)).collect();
-        for (entry, cluster) in &entries {
+        let entries: Vec<(ChannelEntry, Owner)> =
+            lock(&self.live).iter().map(|(e, o)| (*e, *o)).collect();
+        for (entry, owner) in &entries {
             if let Some(counters) = self.hook.with_fast_path(|fp| fp.channel_counters(entry)) {
-                now.total = add(now.total, counters);
-                add_to(&mut now.by_cluster, *cluster, counters);
+                now.add(*owner, counters);
             }
         }
         let mut reported = lock(&self.reported);
         reported.total = max_counters(reported.total, now.total);
-        if reported.by_cluster.len() < now.by_cluster.len() {
-            reported
-                .by_cluster
-                .resize(now.by_cluster.len(), ChannelCounters::default());
-        }
-        for (slot, counters) in now.by_cluster.iter().enumerate() {
-            reported.by_cluster[slot] = max_counters(reported.by_cluster[slot], *counters);
-        }
-        (reported.total, reported.by_cluster.clone())
+        never_below(&mut reported.by_cluster, &now.by_cluster);
+        never_below(&mut reported.by_listener, &now.by_listener);
+        reported.clone()
     }
 }
 
@@ -384,14 +419,14 @@ impl ChannelOffload {
     pub fn channel_bound(&self, binding: &ChannelBinding) {
         let entry = entry_of(binding);
         let previous = lock(&self.live).get(&entry).copied();
-        if let Some(cluster) = previous {
+        if let Some(owner) = previous {
             // Installing again resets the kernel's counters: keep what they hold.
-            self.retire(&entry, cluster);
+            self.retire(&entry, owner);
         }
         let installed = self.hook.install(binding);
         let mut live = lock(&self.live);
         if installed {
-            live.insert(entry, binding.cluster);
+            live.insert(entry, Owner::of(binding));
         } else {
             live.remove(&entry);
         }
@@ -401,8 +436,8 @@ impl ChannelOffload {
     pub fn channel_unbound(&self, binding: &ChannelBinding) {
         let entry = entry_of(binding);
         let was_live = lock(&self.live).remove(&entry);
-        if let Some(cluster) = was_live {
-            self.retire(&entry, cluster);
+        if let Some(owner) = was_live {
+            self.retire(&entry, owner);
         }
         self.hook.remove(binding);
     }
@@ -425,4 +460,6 @@ pub struct KernelSnapshot {
     pub relayed: ChannelCounters,
     /// The same per cluster slot ([`turn::Stats::clusters`]); may be shorter than the slots.
     pub relayed_by_cluster: Vec<ChannelCounters>,
+    /// The same per listener (by `ListenerId`); may be shorter than the listeners.
+    pub relayed_by_listener: Vec<ChannelCounters>,
 }

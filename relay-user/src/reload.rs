@@ -7,7 +7,10 @@
 //! says which fields were left as they were. (The log level is applied by xturnd itself.)
 use std::net::IpAddr;
 
-use turn_proto::{auth::Credentials, policy::PeerPolicy};
+use turn_proto::{
+    auth::Credentials,
+    policy::{PeerPolicy, ResolvedNames},
+};
 
 use crate::config::Config;
 
@@ -24,10 +27,10 @@ pub fn credentials(config: &Config) -> Credentials {
 }
 
 /// The peer policy `config` describes, with `host_ips` (every address of this host) added to
-/// the relay's own addresses.
-pub fn policy(config: &Config, host_ips: &[IpAddr]) -> PeerPolicy {
+/// the relay's own addresses, and its STRICT_DNS clusters' names resolved as in `names`.
+pub fn policy(config: &Config, host_ips: &[IpAddr], names: &ResolvedNames) -> PeerPolicy {
     config
-        .peer_policy()
+        .peer_policy_resolved(names)
         .own_host(host_ips.iter().copied(), (config.min_port, config.max_port))
 }
 
@@ -44,8 +47,9 @@ pub struct Reload {
     pub needs_restart: Vec<&'static str>,
 }
 
-/// Compares `new` with the running `old` configuration.
-pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
+/// Compares `new` with the running `old` configuration; `names` is what STRICT_DNS names
+/// resolved to so far.
+pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr], names: &ResolvedNames) -> Reload {
     let mut applied = Vec::new();
     if old.users != new.users {
         applied.push("users");
@@ -73,7 +77,7 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
             .map(|l| (l.name.clone(), l.addr, l.transport, l.tls.clone()))
             .collect::<Vec<_>>()
     };
-    let restart_fields: [(&'static str, bool); 10] = [
+    let restart_fields: [(&'static str, bool); 11] = [
         ("listeners", addresses(old) != addresses(new)),
         ("realm", old.realm != new.realm),
         (
@@ -103,6 +107,7 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
             "admin endpoints",
             (old.metrics_listen, old.health_listen) != (new.metrics_listen, new.health_listen),
         ),
+        ("auth type none (STUN only)", old.stun_only != new.stun_only),
     ];
     for (field, changed) in restart_fields {
         if changed {
@@ -126,7 +131,7 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr]) -> Reload {
     effective.relay_ipv6 = old.relay_ipv6;
     Reload {
         credentials: credentials(&effective),
-        policy: policy(&effective, host_ips),
+        policy: policy(&effective, host_ips, names),
         applied,
         needs_restart,
     }
@@ -171,7 +176,7 @@ clusters:
                 )
                 .replace("198.18.2.0/24", "198.18.3.0/24"),
         );
-        let reload = plan(&old, &new, &[]);
+        let reload = plan(&old, &new, &[], &ResolvedNames::default());
         assert_eq!(reload.applied, vec!["users", "routes and clusters"]);
         assert!(
             reload.needs_restart.is_empty(),
@@ -194,7 +199,7 @@ clusters:
                 .replace("realm: example.org", "realm: other.org")
                 .replace("port: 3478", "port: 3479"),
         );
-        let reload = plan(&old, &new, &[]);
+        let reload = plan(&old, &new, &[], &ResolvedNames::default());
         assert_eq!(reload.needs_restart, vec!["listeners", "realm"]);
         // Credentials stay in the running realm, so live allocations' keys still verify.
         assert_eq!(reload.credentials.realm(), "example.org");
@@ -203,7 +208,12 @@ clusters:
     #[test]
     fn the_relay_hosts_own_addresses_stay_denied_after_a_reload() {
         let old = config(BASE);
-        let reload = plan(&old, &old, &["198.18.2.9".parse().expect("ip")]);
+        let reload = plan(
+            &old,
+            &old,
+            &["198.18.2.9".parse().expect("ip")],
+            &ResolvedNames::default(),
+        );
         assert!(reload.applied.is_empty());
         assert!(
             reload
@@ -218,9 +228,14 @@ clusters:
         // No `routes`: the listener reaches every cluster. `routes: []`: it reaches none.
         let old = config(&BASE.replace("    routes: [media]\n", ""));
         let peer = "198.18.2.5:5000".parse().expect("addr");
-        assert!(plan(&old, &old, &[]).policy.permits("udp", peer).is_ok());
+        assert!(
+            plan(&old, &old, &[], &ResolvedNames::default())
+                .policy
+                .permits("udp", peer)
+                .is_ok()
+        );
         let new = config(&BASE.replace("routes: [media]", "routes: []"));
-        let reload = plan(&old, &new, &[]);
+        let reload = plan(&old, &new, &[], &ResolvedNames::default());
         assert!(
             reload.needs_restart.is_empty(),
             "{:?}",
@@ -230,9 +245,39 @@ clusters:
     }
 
     #[test]
+    fn dns_clusters_admit_what_their_names_resolved_to() {
+        let old = config(BASE);
+        let new = config(&BASE.replace(
+            "    type: STATIC\n    endpoints: [\"198.18.2.0/24\"]",
+            "    type: STRICT_DNS\n    endpoints: [media.example.org]",
+        ));
+        assert_eq!(new.dns_hosts().len(), 1);
+        let mut names = ResolvedNames::default();
+        let peer = "198.18.7.7:5000".parse().expect("addr");
+        let reload = plan(&old, &new, &[], &names);
+        assert_eq!(reload.applied, vec!["routes and clusters"]);
+        assert!(reload.policy.permits("udp", peer).is_err());
+        names.update("media.example.org", Some(vec![peer.ip()]));
+        assert!(policy(&new, &[], &names).permits("udp", peer).is_ok());
+        // auth type none cannot be switched on in a running relay.
+        let none = config(&BASE.replace(
+            "  type: static\n  realm: example.org\n  credentials: { username: alice, password: one }",
+            "  type: none\n  realm: example.org",
+        ));
+        assert!(none.stun_only);
+        assert_eq!(
+            plan(&old, &none, &[], &names).needs_restart,
+            vec!["auth type none (STUN only)"]
+        );
+    }
+
+    #[test]
     fn a_listener_changing_transport_needs_a_restart() {
         let old = config(BASE);
         let new = config(&BASE.replace("protocol: TURN-UDP", "protocol: TURN-TCP"));
-        assert_eq!(plan(&old, &new, &[]).needs_restart, vec!["listeners"]);
+        assert_eq!(
+            plan(&old, &new, &[], &ResolvedNames::default()).needs_restart,
+            vec!["listeners"]
+        );
     }
 }

@@ -94,7 +94,7 @@ async fn certificate_task(stores: Vec<Arc<CertStore>>) {
         tick.tick().await;
         for store in &stores {
             match store.reload_if_changed() {
-                Ok(true) => info!(cert = %store.files().cert.display(), "certificate reloaded"),
+                Ok(true) => info!(cert = %store.material().cert, "certificate reloaded"),
                 Ok(false) => {}
                 Err(e) => {
                     warn!(error = %e, "certificate not reloaded; the previous one stays in use");
@@ -367,10 +367,12 @@ impl RunningServer {
             ));
             tasks.spawn(crate::dtls::timer_task(Arc::clone(&shared), listener));
         }
+        // Only certificates from files can change.
         let certs: Vec<Arc<CertStore>> = spec
             .listeners
             .iter()
             .filter_map(|l| l.tls.clone())
+            .filter(|store| store.has_files())
             .collect();
         if !certs.is_empty() {
             tasks.spawn(certificate_task(certs));

@@ -1,10 +1,10 @@
 //! Certificates for TURN over TLS and DTLS: loaded from PEM files, and loaded again when the
-//! files change ([`CertStore::reload_if_changed`], polled by the server). A new certificate is
+//! files change ([`CertStore::reload_if_changed`], polled by the server), or taken inline from
+//! the configuration (STUNner's base64 `cert`/`key`; these never change). A new certificate is
 //! used by new handshakes only; sessions already open keep theirs.
 //!
 //! TLS is rustls with the ring provider, TLS 1.2 and 1.3, no client certificates.
 use std::{
-    path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
     time::SystemTime,
 };
@@ -17,16 +17,19 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use crate::config::TlsFiles;
+use crate::config::{PemSource, TlsMaterial};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("certificate {}: {message}", path.display())]
-    Cert { path: PathBuf, message: String },
-    #[error("key {}: {message}", path.display())]
-    Key { path: PathBuf, message: String },
-    #[error("certificate {} and key {} do not go together: {message}", files.cert.display(), files.key.display())]
-    Mismatch { files: TlsFiles, message: String },
+    #[error("certificate {from}: {message}")]
+    Cert { from: PemSource, message: String },
+    #[error("key {from}: {message}")]
+    Key { from: PemSource, message: String },
+    #[error("certificate {} and key {} do not go together: {message}", material.cert, material.key)]
+    Mismatch {
+        material: TlsMaterial,
+        message: String,
+    },
     #[error("TLS setup: {0}")]
     Setup(String),
 }
@@ -37,23 +40,33 @@ pub struct Pem {
     pub key: PrivateKeyDer<'static>,
 }
 
+/// The PEM text of `source`.
+fn pem_text(source: &PemSource) -> std::io::Result<Vec<u8>> {
+    match source {
+        PemSource::File(path) => std::fs::read(path),
+        PemSource::Inline(pem) => Ok(pem.as_bytes().to_vec()),
+    }
+}
+
 /// Reads and checks a certificate chain and its key.
-pub fn read_pem(files: &TlsFiles) -> Result<Pem, TlsError> {
+pub fn read_pem(material: &TlsMaterial) -> Result<Pem, TlsError> {
     let cert_error = |message: String| TlsError::Cert {
-        path: files.cert.clone(),
+        from: material.cert.clone(),
         message,
     };
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| cert_error(e.to_string()))?
+    let key_error = |message: String| TlsError::Key {
+        from: material.key.clone(),
+        message,
+    };
+    let cert_pem = pem_text(&material.cert).map_err(|e| cert_error(e.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| cert_error(e.to_string()))?;
     if chain.is_empty() {
         return Err(cert_error("no CERTIFICATE block".to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Key {
-        path: files.key.clone(),
-        message: e.to_string(),
-    })?;
+    let key_pem = pem_text(&material.key).map_err(|e| key_error(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| key_error(e.to_string()))?;
     Ok(Pem { chain, key })
 }
 
@@ -61,19 +74,23 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Both files' modification times and sizes: a change to either means "read them again".
+/// Both files' modification times and sizes (inline PEM: nothing, it never changes): a
+/// change to either means "read them again".
 type Stamp = [(Option<SystemTime>, u64); 2];
 
-fn stamp(files: &TlsFiles) -> Stamp {
-    let one =
-        |path: &Path| std::fs::metadata(path).map_or((None, 0), |m| (m.modified().ok(), m.len()));
-    [one(&files.cert), one(&files.key)]
+fn stamp(material: &TlsMaterial) -> Stamp {
+    let one = |source: &PemSource| {
+        source.path().map_or((None, 0), |path| {
+            std::fs::metadata(path).map_or((None, 0), |m| (m.modified().ok(), m.len()))
+        })
+    };
+    [one(&material.cert), one(&material.key)]
 }
 
 /// A listener's certificate, reloadable.
 #[derive(Debug)]
 pub struct CertStore {
-    files: TlsFiles,
+    material: TlsMaterial,
     current: RwLock<Arc<CertifiedKey>>,
     seen: Mutex<Stamp>,
     /// How many times a changed certificate was loaded.
@@ -81,19 +98,25 @@ pub struct CertStore {
 }
 
 impl CertStore {
-    pub fn load(files: &TlsFiles) -> Result<Arc<CertStore>, TlsError> {
-        let seen = stamp(files);
-        let key = certified_key(files)?;
+    pub fn load(material: &TlsMaterial) -> Result<Arc<CertStore>, TlsError> {
+        let seen = stamp(material);
+        let key = certified_key(material)?;
         Ok(Arc::new(CertStore {
-            files: files.clone(),
+            material: material.clone(),
             current: RwLock::new(Arc::new(key)),
             seen: Mutex::new(seen),
             reloads: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
+    /// Where the certificate and key come from.
+    pub fn material(&self) -> &TlsMaterial {
+        &self.material
+    }
+
+    /// Whether anything of it is a file (watched for changes).
+    pub fn has_files(&self) -> bool {
+        self.material.cert.path().is_some() || self.material.key.path().is_some()
     }
 
     /// The certificate new handshakes get.
@@ -115,7 +138,10 @@ impl CertStore {
     /// certificate is in use. An unreadable or inconsistent pair (half-written, say) leaves
     /// the current certificate in use and is reported; it is tried again on the next change.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamp(&self.files);
+        if !self.has_files() {
+            return Ok(false);
+        }
+        let now = stamp(&self.material);
         {
             let mut seen = self
                 .seen
@@ -126,7 +152,7 @@ impl CertStore {
             }
             *seen = now;
         }
-        let key = certified_key(&self.files)?;
+        let key = certified_key(&self.material)?;
         *self
             .current
             .write()
@@ -147,10 +173,10 @@ impl CertStore {
     }
 }
 
-fn certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
-    let pem = read_pem(files)?;
+fn certified_key(material: &TlsMaterial) -> Result<CertifiedKey, TlsError> {
+    let pem = read_pem(material)?;
     CertifiedKey::from_der(pem.chain, pem.key, &provider()).map_err(|e| TlsError::Mismatch {
-        files: files.clone(),
+        material: material.clone(),
         message: e.to_string(),
     })
 }
@@ -167,11 +193,30 @@ impl ResolvesServerCert for Resolver {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
 
     /// Writes a fresh self-signed certificate and key for `name` under `dir`, with
     /// openssl(1) (P-256, PKCS#8).
-    pub(crate) fn self_signed(dir: &Path, name: &str) -> TlsFiles {
-        let files = TlsFiles {
+    pub(crate) fn self_signed(dir: &Path, name: &str) -> TlsMaterial {
+        let (cert, key) = self_signed_paths(dir, name);
+        TlsMaterial::files(cert, key)
+    }
+
+    /// The same, inline: the PEM texts, as a configuration holds them after base64 decoding.
+    pub(crate) fn self_signed_inline(dir: &Path, name: &str) -> TlsMaterial {
+        let (cert, key) = self_signed_paths(dir, name);
+        TlsMaterial {
+            cert: PemSource::Inline(std::fs::read_to_string(cert).unwrap()),
+            key: PemSource::Inline(std::fs::read_to_string(key).unwrap()),
+        }
+    }
+
+    fn self_signed_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        struct Files {
+            cert: PathBuf,
+            key: PathBuf,
+        }
+        let files = Files {
             cert: dir.join(format!("{name}.crt")),
             key: dir.join(format!("{name}.key")),
         };
@@ -194,7 +239,7 @@ pub(crate) mod tests {
             .status()
             .unwrap();
         assert!(status.success());
-        files
+        (files.cert, files.key)
     }
 
     pub(crate) fn tempdir(tag: &str) -> PathBuf {
@@ -212,9 +257,9 @@ pub(crate) mod tests {
         let first = store.current();
         assert!(!store.reload_if_changed().unwrap());
         // Replace both files with another certificate (as a Secret update would).
-        let other = self_signed(&dir, "b");
-        std::fs::rename(&other.cert, &files.cert).unwrap();
-        std::fs::rename(&other.key, &files.key).unwrap();
+        let (other_cert, other_key) = self_signed_paths(&dir, "b");
+        std::fs::rename(&other_cert, files.cert.path().unwrap()).unwrap();
+        std::fs::rename(&other_key, files.key.path().unwrap()).unwrap();
         assert!(store.reload_if_changed().unwrap());
         assert_ne!(store.current().cert, first.cert);
         assert_eq!(store.reloads(), 1);
@@ -227,12 +272,12 @@ pub(crate) mod tests {
         let files = self_signed(&dir, "a");
         let store = CertStore::load(&files).unwrap();
         let before = store.current();
-        std::fs::write(&files.cert, "not a certificate").unwrap();
+        std::fs::write(files.cert.path().unwrap(), "not a certificate").unwrap();
         assert!(store.reload_if_changed().is_err());
         assert_eq!(store.current().cert, before.cert);
         // A key of another certificate does not go with this one.
         let other = self_signed(&dir, "b");
-        let mixed = TlsFiles {
+        let mixed = TlsMaterial {
             cert: other.cert,
             key: files.key.clone(),
         };
@@ -241,12 +286,31 @@ pub(crate) mod tests {
             Err(TlsError::Mismatch { .. })
         ));
         assert!(matches!(
-            CertStore::load(&TlsFiles {
-                cert: dir.join("missing.crt"),
+            CertStore::load(&TlsMaterial {
+                cert: PemSource::File(dir.join("missing.crt")),
                 key: files.key
             }),
             Err(TlsError::Cert { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn inline_material_loads_and_never_reloads() {
+        let dir = tempdir("inline");
+        let material = self_signed_inline(&dir, "a");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let store = CertStore::load(&material).unwrap();
+        assert!(!store.has_files());
+        assert!(!store.reload_if_changed().unwrap());
+        assert_eq!(store.reloads(), 0);
+        // Errors name the source without its content.
+        let broken = TlsMaterial {
+            cert: PemSource::Inline("-----BEGIN CERTIFICATE-----\nAAAA\n".to_owned()),
+            key: material.key.clone(),
+        };
+        let e = CertStore::load(&broken).unwrap_err().to_string();
+        assert!(e.starts_with("certificate inline PEM ("), "{e}");
+        assert!(!format!("{material:?}").contains("PRIVATE KEY"));
     }
 }

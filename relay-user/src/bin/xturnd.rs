@@ -13,7 +13,7 @@ use rand::{RngCore as _, SeedableRng as _};
 use relay_user::{
     admin::{self, AdminState, Phase},
     config::{self, Config, Transport, XturndArgs},
-    configmap, dataplane,
+    configmap, dataplane, dns,
     metrics::MetricsSource,
     offload::{ChannelOffload, KernelPath},
     reload,
@@ -24,7 +24,10 @@ use relay_user::{
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
-use turn_proto::server::{self as turn, Listener, ServerConfig};
+use turn_proto::{
+    policy::ResolvedNames,
+    server::{self as turn, Listener, ServerConfig},
+};
 
 /// How often a drain checks whether the allocations are gone.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
@@ -168,7 +171,13 @@ async fn run(
     });
 
     let host_ips = dataplane::local_addresses();
-    let mut core = build_core(&config, &host_ips)?;
+    // STRICT_DNS clusters: their names are resolved before the first client, then every 5 s.
+    let mut resolver = dns::DnsResolver::new(dns::system_lookup());
+    let dns_failures = resolver.failures();
+    resolver.set_hosts(config.dns_hosts()).await;
+    let (dns_hosts, dns_hosts_rx) = tokio::sync::watch::channel(config.dns_hosts());
+    let mut names = dns::spawn(resolver, dns_hosts_rx, dns::INTERVAL);
+    let mut core = build_core(&config, &host_ips, &names.borrow_and_update())?;
     let adopted = adopt_state(&config, &mut core);
     if let Some(meter) = &xdp
         && (adopted.is_some() || config.bpf_pin_dir.is_some())
@@ -228,11 +237,19 @@ async fn run(
             "adopted allocations from the state file"
         );
     }
-    let names = config.listeners.iter().map(|l| l.name.clone()).collect();
+    let listener_names = config.listeners.iter().map(|l| l.name.clone()).collect();
+    // STUNner counts each UDP listener's sockets as its connections.
+    let udp_sockets = config
+        .listeners
+        .iter()
+        .map(|l| (l.transport == Transport::Udp).then_some(config.threads as u64))
+        .collect();
     admin.set_running(
         running.handle(),
-        MetricsSource::new(running.handle(), names, xdp.as_ref())
-            .with_interfaces(interfaces.clone()),
+        MetricsSource::new(running.handle(), listener_names, xdp.as_ref())
+            .with_interfaces(interfaces.clone())
+            .with_udp_sockets(udp_sockets)
+            .with_dns_failures(dns_failures),
     );
     // Never a blackhole: a kernel path whose egress drops what it relays is withdrawn.
     if let Some(meter) = &xdp {
@@ -289,7 +306,14 @@ async fn run(
                 break;
             }
             _ = hangup.recv() => {
-                reload(load(args, &config_map), &mut config, &running, &host_ips, &admin, "SIGHUP");
+                let loaded = load(args, &config_map);
+                reload(loaded, &mut config, &running, &host_ips, &names.borrow(), &admin, "SIGHUP");
+                dns_hosts.send_if_modified(|hosts| replace(hosts, config.dns_hosts()));
+            }
+            Ok(()) = names.changed() => {
+                let policy = reload::policy(&config, &host_ips, &names.borrow_and_update());
+                running.with_core_mut(|core| core.set_policy(policy));
+                info!("peer policy updated: STRICT_DNS addresses changed");
             }
             Some(()) = async {
                 match config_map.as_mut() {
@@ -297,11 +321,15 @@ async fn run(
                     None => std::future::pending().await,
                 }
             } => {
-                reload(load(args, &config_map), &mut config, &running, &host_ips, &admin, "ConfigMap changed");
+                let loaded = load(args, &config_map);
+                reload(loaded, &mut config, &running, &host_ips, &names.borrow(), &admin, "ConfigMap changed");
+                dns_hosts.send_if_modified(|hosts| replace(hosts, config.dns_hosts()));
             }
             _ = tick.tick() => {
                 if watched.changed() {
-                    reload(load(args, &config_map), &mut config, &running, &host_ips, &admin, "config file changed");
+                    let loaded = load(args, &config_map);
+                    reload(loaded, &mut config, &running, &host_ips, &names.borrow(), &admin, "config file changed");
+                    dns_hosts.send_if_modified(|hosts| replace(hosts, config.dns_hosts()));
                 }
             }
             failure = running.task_failed() => anyhow::bail!("{failure}; stopping so a supervisor can restart xturnd"),
@@ -446,7 +474,16 @@ fn adopt_state(config: &Config, core: &mut turn::Server) -> Option<turn::Restore
     }
 }
 
-fn build_core(config: &Config, host_ips: &[IpAddr]) -> Result<turn::Server> {
+/// Sets `*slot` to `new`; true if it changed.
+fn replace<T: PartialEq>(slot: &mut T, new: T) -> bool {
+    if *slot == new {
+        return false;
+    }
+    *slot = new;
+    true
+}
+
+fn build_core(config: &Config, host_ips: &[IpAddr], names: &ResolvedNames) -> Result<turn::Server> {
     let listeners = config
         .listeners
         .iter()
@@ -470,11 +507,15 @@ fn build_core(config: &Config, host_ips: &[IpAddr]) -> Result<turn::Server> {
     server_config.max_lifetime = config.max_lifetime;
     server_config.max_allocations = config.max_allocations;
     server_config.max_allocations_per_user = config.max_allocations_per_user;
+    server_config.stun_only = config.stun_only;
+    if config.stun_only {
+        info!("auth type none: a STUN server only, every TURN request is refused (403)");
+    }
 
     let credentials = reload::credentials(config);
     // Besides the configured addresses, every address of this host is its own: a client must not
     // reach the host's services through the relay (wildcard listeners, other NICs, VIPs).
-    let policy = reload::policy(config, host_ips);
+    let policy = reload::policy(config, host_ips, names);
 
     // Nonces are HMACs under a per-process key: they stay valid only while this process runs
     // (or, with --state-dir, while the key file there is kept).
@@ -544,6 +585,7 @@ fn reload(
     config: &mut Config,
     running: &RunningServer,
     host_ips: &[IpAddr],
+    names: &ResolvedNames,
     admin: &AdminState,
     trigger: &str,
 ) {
@@ -554,7 +596,7 @@ fn reload(
             return;
         }
     };
-    let plan = reload::plan(config, &new, host_ips);
+    let plan = reload::plan(config, &new, host_ips, names);
     running.with_core_mut(|core| {
         core.set_credentials(plan.credentials);
         core.set_policy(plan.policy);

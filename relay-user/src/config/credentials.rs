@@ -9,9 +9,17 @@ use super::*;
 pub(super) enum AuthKind {
     Static,
     Ephemeral,
+    /// STUNner's `none`: a STUN server only.
+    None,
 }
 
-pub(super) type Credentials = (Vec<(String, String)>, Vec<String>);
+/// Who may authenticate, resolved.
+pub(super) struct Credentials {
+    pub(super) users: Vec<(String, String)>,
+    pub(super) secrets: Vec<String>,
+    /// `auth.type: none` and no credential flags: STUN only.
+    pub(super) stun_only: bool,
+}
 
 pub(super) fn resolve_credentials(
     args: &XturndArgs,
@@ -30,11 +38,12 @@ pub(super) fn resolve_credentials(
             match auth.kind.as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None | Some("" | "static" | "plaintext") => AuthKind::Static,
                 Some("ephemeral" | "longterm" | "timewindowed") => AuthKind::Ephemeral,
+                Some("none") => AuthKind::None,
                 Some(_) => {
                     return Err(invalid(
                         "auth.type",
                         format!(
-                            "unknown authentication type {:?} (expected static or ephemeral)",
+                            "unknown authentication type {:?} (expected static, ephemeral or none)",
                             auth.kind.as_deref().unwrap_or_default()
                         ),
                     ));
@@ -84,13 +93,26 @@ pub(super) fn resolve_credentials(
     }
 
     if users.is_empty() && secrets.is_empty() {
+        if file_kind == Some(AuthKind::None) {
+            // A STUN server: nothing is relayed, so no credentials are needed.
+            return Ok(Credentials {
+                users,
+                secrets,
+                stun_only: true,
+            });
+        }
         return Err(invalid(
             "auth",
             "no credentials configured: give --user NAME:PASSWORD, --auth-secret SECRET or \
-             auth.credentials in the config file (xturnd refuses to run as an open relay)",
+             auth.credentials in the config file (xturnd refuses to run as an open relay; \
+             auth.type none makes it a STUN server only)",
         ));
     }
-    Ok((users, secrets))
+    Ok(Credentials {
+        users,
+        secrets,
+        stun_only: false,
+    })
 }
 
 pub(super) fn parse_users(flags: &[UserFlag]) -> Result<Vec<(String, String)>, ConfigError> {

@@ -11,7 +11,7 @@ use stunner_config::{
     Cluster as FileCluster, Listener as FileListener, StunnerConfig as FileConfig,
 };
 
-use turn_proto::policy::Endpoint;
+use turn_proto::policy::{DnsEndpoint, Endpoint, EndpointError};
 
 use super::*;
 
@@ -37,35 +37,56 @@ pub(super) fn resolve_clusters(
                 format!("{name:?} is also the name of clusters[{first}]"),
             ));
         }
-        check_choice(
-            &format!("{field}.type"),
-            cluster.kind.as_deref(),
-            ("STATIC", "unknown cluster type"),
-            (
-                "STRICT_DNS",
-                "list the endpoints' IP addresses in a STATIC cluster",
-            ),
-        )?;
+        let type_field = format!("{field}.type");
+        let strict_dns = match cluster
+            .kind
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            None | Some("" | "STATIC") => false,
+            Some("STRICT_DNS") => true,
+            Some(_) => {
+                return Err(invalid(
+                    type_field,
+                    format!(
+                        "unknown cluster type {:?} (expected STATIC or STRICT_DNS)",
+                        cluster.kind.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        };
         check_choice(
             &format!("{field}.protocol"),
             cluster.protocol.as_deref(),
             ("UDP", "unknown cluster protocol"),
             ("TCP", "clusters are UDP only"),
         )?;
-        let endpoints = cluster
-            .endpoints
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(j, text)| {
-                text.parse::<Endpoint>()
-                    .map_err(|e| invalid(format!("{field}.endpoints[{j}]"), e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let texts = cluster.endpoints.as_deref().unwrap_or_default();
+        let endpoint_error =
+            |j: usize, e: EndpointError| invalid(format!("{field}.endpoints[{j}]"), e.to_string());
+        let (endpoints, dns) = if strict_dns {
+            let dns = texts
+                .iter()
+                .enumerate()
+                .map(|(j, text)| {
+                    text.parse::<DnsEndpoint>()
+                        .map_err(|e| endpoint_error(j, e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (Vec::new(), dns)
+        } else {
+            let endpoints = texts
+                .iter()
+                .enumerate()
+                .map(|(j, text)| text.parse::<Endpoint>().map_err(|e| endpoint_error(j, e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            (endpoints, Vec::new())
+        };
         resolved.push(ClusterConfig {
             name: name.to_owned(),
             endpoints,
+            dns,
         });
     }
     Ok(resolved)
@@ -82,7 +103,7 @@ pub(super) struct Draft {
     addr: SocketAddr,
     routes: Vec<String>,
     routed: bool,
-    tls: Option<TlsFiles>,
+    tls: Option<TlsMaterial>,
 }
 
 pub(super) fn resolve_file_listener(
@@ -134,9 +155,9 @@ pub(super) fn resolve_file_listener(
     let routes = listener.routes.clone().unwrap_or_default();
     let tls = match (&listener.cert, &listener.key) {
         (None, None) => None,
-        (Some(cert), Some(key)) if !cert.is_empty() && !key.is_empty() => Some(TlsFiles {
-            cert: tls_path(&format!("{field}.cert"), cert)?,
-            key: tls_path(&format!("{field}.key"), key)?,
+        (Some(cert), Some(key)) if !cert.is_empty() && !key.is_empty() => Some(TlsMaterial {
+            cert: pem_source(&format!("{field}.cert"), cert, PemKind::Certificate)?,
+            key: pem_source(&format!("{field}.key"), key, PemKind::Key)?,
         }),
         (Some(c), Some(k)) if c.is_empty() && k.is_empty() => None,
         _ => {
@@ -173,20 +194,75 @@ pub(super) fn port_in_range(port: i64) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
-/// A certificate or key named by a listener: a file path. (STUNner's operator puts inline
-/// base64 PEM here; ours mounts the Secret and names the files.)
-pub(super) fn tls_path(field: &str, value: &str) -> Result<PathBuf, ConfigError> {
-    let looks_like_path =
-        value.starts_with('/') || value.starts_with("./") || value.starts_with("../");
-    if looks_like_path {
-        Ok(PathBuf::from(value))
+/// What a listener's `cert` or `key` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PemKind {
+    Certificate,
+    Key,
+}
+
+/// A certificate or key named by a listener, as STUNner's operator writes it (standard base64
+/// of the PEM text) or as a file path. In order:
+/// - the PEM text itself (it has a `-----BEGIN` line): inline;
+/// - base64 (line breaks and spaces ignored) of text with a `-----BEGIN` line: inline;
+/// - other valid base64: refused (neither PEM nor, most likely, a file name);
+/// - anything else is the path of a PEM file (read at start, watched for changes).
+///
+/// Inline PEM is checked here, so a broken one is refused naming its field: a certificate
+/// needs a CERTIFICATE block, a key a private key block (PKCS#8, PKCS#1 or SEC1).
+pub(super) fn pem_source(
+    field: &str,
+    value: &str,
+    kind: PemKind,
+) -> Result<PemSource, ConfigError> {
+    use base64::Engine as _;
+    let value = value.trim();
+    let pem = if value.contains("-----BEGIN") {
+        Some(value.to_owned())
     } else {
-        Err(unsupported(
-            field,
-            "an inline certificate or key",
-            "give the path of a PEM file (absolute, or starting with ./)",
-        ))
+        let compact: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        match base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) if text.contains("-----BEGIN") => Some(text),
+                _ => {
+                    return Err(invalid(
+                        field,
+                        "is base64, but not of PEM text (expected the base64 of a PEM block, \
+                         or a file path such as ./tls.crt)",
+                    ));
+                }
+            },
+            Err(_) => None,
+        }
+    };
+    let Some(pem) = pem else {
+        if value.contains('\n') {
+            return Err(invalid(field, "neither PEM, base64 of PEM nor a file path"));
+        }
+        return Ok(PemSource::File(PathBuf::from(value)));
+    };
+    check_inline_pem(field, &pem, kind)?;
+    Ok(PemSource::Inline(pem))
+}
+
+/// Does inline `pem` hold what `kind` needs?
+fn check_inline_pem(field: &str, pem: &str, kind: PemKind) -> Result<(), ConfigError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    match kind {
+        PemKind::Certificate => {
+            let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(field, format!("inline certificate: {e}")))?;
+            if chain.is_empty() {
+                return Err(invalid(field, "inline certificate: no CERTIFICATE block"));
+            }
+        }
+        PemKind::Key => {
+            PrivateKeyDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| invalid(field, format!("inline private key: {e}")))?;
+        }
     }
+    Ok(())
 }
 
 pub(super) fn check_protocol(
@@ -336,10 +412,7 @@ pub(super) fn resolve_listeners(
         .map(|d| {
             let tls = if d.transport.is_secure() {
                 let files = d.tls.or_else(|| match (&args.tls_cert, &args.tls_key) {
-                    (Some(cert), Some(key)) => Some(TlsFiles {
-                        cert: cert.clone(),
-                        key: key.clone(),
-                    }),
+                    (Some(cert), Some(key)) => Some(TlsMaterial::files(cert, key)),
                     _ => None,
                 });
                 Some(files.ok_or_else(|| {

@@ -19,7 +19,7 @@ use stunner_config::StunnerConfig as FileConfig;
 
 pub use crate::dataplane::Dataplane;
 pub use crate::telemetry::LogFormat;
-use turn_proto::policy::{Endpoint, PeerPolicy};
+use turn_proto::policy::{DnsEndpoint, Endpoint, PeerPolicy, ResolvedNames};
 
 /// The standard TURN port, STUNner's default listener port.
 const DEFAULT_PORT: u16 = 3478;
@@ -64,6 +64,13 @@ pub enum ConfigError {
     /// A field or flag has a value that cannot work.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// An error in a file that refers to environment variables that are not set (they read
+    /// as empty, as in stunnerd), which may be why.
+    #[error("{error} (the configuration refers to environment variables that are not set and read as empty: {})", vars.join(", "))]
+    UnsetEnv {
+        error: Box<ConfigError>,
+        vars: Vec<String>,
+    },
     /// A field asks for something STUNner has and xturnd does not have yet; `hint` says what
     /// to do instead.
     #[error("{field}: {what} is not supported yet ({hint})")]
@@ -81,6 +88,7 @@ impl ConfigError {
             ConfigError::Invalid { field, .. } | ConfigError::Unsupported { field, .. } => {
                 Some(field)
             }
+            ConfigError::UnsetEnv { error, .. } => error.field(),
             ConfigError::Read { .. } | ConfigError::Parse { .. } => None,
         }
     }
@@ -215,14 +223,63 @@ impl From<SocketAddr> for ListenArg {
     }
 }
 
-/// A listener's certificate and key files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+/// Where a PEM certificate chain or key comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PemSource {
+    /// A file, read at start and again whenever it changes.
+    File(PathBuf),
+    /// The PEM text itself, from the configuration (STUNner's inline base64 `cert`/`key`).
+    Inline(String),
 }
 
-/// Parses a configuration file's text. `origin` names it in errors (usually its path).
+impl PemSource {
+    /// The file, if it is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            PemSource::File(path) => Some(path),
+            PemSource::Inline(_) => None,
+        }
+    }
+}
+
+/// A path as itself, inline PEM by its size only (a key must not reach a log).
+impl fmt::Display for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemSource::File(path) => write!(f, "{}", path.display()),
+            PemSource::Inline(pem) => write!(f, "inline PEM ({} bytes)", pem.len()),
+        }
+    }
+}
+
+impl fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            PemSource::Inline(pem) => write!(f, "Inline(<{} bytes>)", pem.len()),
+        }
+    }
+}
+
+/// A listener's certificate chain and key: files, or PEM from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsMaterial {
+    pub cert: PemSource,
+    pub key: PemSource,
+}
+
+impl TlsMaterial {
+    /// Both from files.
+    pub fn files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsMaterial {
+        TlsMaterial {
+            cert: PemSource::File(cert.into()),
+            key: PemSource::File(key.into()),
+        }
+    }
+}
+
+/// Parses a configuration file's text as it is (no `$VAR` expansion; see
+/// [`parse_file_with_env`]). `origin` names it in errors (usually its path).
 pub fn parse_file(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
     stunner_config::parse(text).map_err(|e| ConfigError::Parse {
         origin: origin.to_owned(),
@@ -230,13 +287,33 @@ pub fn parse_file(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Reads and parses the file at `path`.
+/// Parses a configuration file's text as stunnerd does: `$VAR` and `${VAR}` expanded
+/// everywhere but in `auth.credentials`, unset variables empty, `$STUNNER_PORT` defaulting to
+/// `STUNNER_PUBLIC_PORT` or 3478 ([`stunner_config::parse_with_env`]). Returns the file and the
+/// unset variables it named.
+pub fn parse_file_with_env(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(FileConfig, Vec<String>), ConfigError> {
+    stunner_config::parse_with_env(text, env)
+        .map(|expanded| (expanded.config, expanded.unset))
+        .map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Reads and parses the file at `path` (no `$VAR` expansion).
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    parse_file(&read_text(path)?, &path.display().to_string())
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    parse_file(&text, &path.display().to_string())
+    })
 }
 
 /// A listener.
@@ -255,14 +332,18 @@ pub struct ListenerConfig {
     /// list).
     pub routed: bool,
     /// For TLS and DTLS.
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<TlsMaterial>,
 }
 
-/// A STATIC cluster: peers clients may reach through the listeners that route to it.
+/// A cluster: peers clients may reach through the listeners that route to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub name: String,
+    /// STATIC: its endpoints (empty for STRICT_DNS).
     pub endpoints: Vec<Endpoint>,
+    /// STRICT_DNS: the host names whose addresses are its endpoints, resolved at run time
+    /// ([`crate::dns`]; empty for STATIC).
+    pub dns: Vec<DnsEndpoint>,
 }
 
 /// The resolved configuration: flags merged over the file, defaults filled in, validated.
@@ -289,8 +370,10 @@ pub struct Config {
     /// Long-term credentials, (name, password); names unique.
     pub users: Vec<(String, String)>,
     /// TURN REST API shared secrets; any of them verifies a credential. At least one of
-    /// `users` and `auth_secrets` is non-empty.
+    /// `users` and `auth_secrets` is non-empty, unless `stun_only`.
     pub auth_secrets: Vec<String>,
+    /// A STUN server only (`auth.type: none` and no credential flags): TURN requests get 403.
+    pub stun_only: bool,
     /// Test-only: loopback peers pass the deny list.
     pub allow_loopback_peers: bool,
     /// `0 < default_lifetime <= max_lifetime`.
@@ -318,14 +401,28 @@ pub struct Config {
     pub bpf_pin_dir: Option<std::path::PathBuf>,
 }
 
-/// Passwords and secrets stay out of logs.
 impl Config {
+    /// The host names of every STRICT_DNS cluster, for the resolver.
+    pub fn dns_hosts(&self) -> std::collections::BTreeSet<String> {
+        self.clusters
+            .iter()
+            .flat_map(|c| c.dns.iter().map(|d| d.host.clone()))
+            .collect()
+    }
+
+    /// [`Config::peer_policy_resolved`] before any host name resolved: STRICT_DNS clusters
+    /// admit no peer.
+    pub fn peer_policy(&self) -> PeerPolicy {
+        self.peer_policy_resolved(&ResolvedNames::default())
+    }
+
     /// The peer policy this configuration describes: its listeners' addresses are denied as peers (a wildcard
     /// listener stands for the relay addresses of its family, and an IPv6 wildcard also for the
     /// IPv4 relay address, since a dual-stack socket receives IPv4 too), each listener with
-    /// routes reaches exactly the endpoints of its routed clusters, and
-    /// `config.allow_loopback_peers` is applied.
-    pub fn peer_policy(&self) -> PeerPolicy {
+    /// routes reaches exactly the endpoints of its routed clusters (a STRICT_DNS cluster's:
+    /// the addresses `names` has for its host names), and `config.allow_loopback_peers` is
+    /// applied.
+    pub fn peer_policy_resolved(&self, names: &ResolvedNames) -> PeerPolicy {
         let config = self;
         let mut own = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
@@ -365,17 +462,16 @@ impl Config {
                 .iter()
                 .filter(|cluster| listener.routes.contains(&cluster.name))
             {
-                policy = policy.route_cluster(
-                    listener.name.clone(),
-                    &cluster.name,
-                    cluster.endpoints.clone(),
-                );
+                let mut endpoints = cluster.endpoints.clone();
+                endpoints.extend(cluster.dns.iter().flat_map(|d| d.endpoints(names)));
+                policy = policy.route_cluster(listener.name.clone(), &cluster.name, endpoints);
             }
         }
         policy
     }
 }
 
+/// Passwords and secrets stay out of logs.
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let user_names = self.users.iter().map(|(n, _)| n).collect::<Vec<_>>();
@@ -395,6 +491,7 @@ impl fmt::Debug for Config {
                 "auth_secrets",
                 &format_args!("<{} hidden>", self.auth_secrets.len()),
             )
+            .field("stun_only", &self.stun_only)
             .field("allow_loopback_peers", &self.allow_loopback_peers)
             .field("default_lifetime", &self.default_lifetime)
             .field("max_lifetime", &self.max_lifetime)
@@ -414,22 +511,48 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Reads `--config` (if given), merges the flags over it, and validates the result. Environment
-/// references in the file (`$STUNNER_ADDR`) are read from the process environment.
+/// Reads `--config` (if given), merges the flags over it, and validates the result. The file's
+/// `$VAR`s are expanded from the process environment ([`parse_file_with_env`]).
 pub fn load(args: &XturndArgs) -> Result<Config, ConfigError> {
-    let file = args.config.as_deref().map(read_file).transpose()?;
-    resolve(args, file.as_ref(), &|name| std::env::var(name).ok())
+    let env = |name: &str| std::env::var(name).ok();
+    match args.config.as_deref() {
+        None => resolve(args, None, &env),
+        Some(path) => {
+            let text = read_text(path)?;
+            resolve_text(args, &text, &path.display().to_string(), &env)
+        }
+    }
 }
 
 /// [`load`] with the file's text given (`--config-map`: the ConfigMap's); `origin` names it
 /// in errors.
 pub fn load_text(args: &XturndArgs, text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let file = parse_file(text, origin)?;
-    resolve(args, Some(&file), &|name| std::env::var(name).ok())
+    resolve_text(args, text, origin, &|name| std::env::var(name).ok())
+}
+
+/// [`load_text`] without the I/O: `env` looks up the environment variables the text names.
+pub fn resolve_text(
+    args: &XturndArgs,
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let (file, unset) = parse_file_with_env(text, origin, env)?;
+    resolve(args, Some(&file), env).map_err(|error| {
+        if unset.is_empty() {
+            error
+        } else {
+            ConfigError::UnsetEnv {
+                error: Box::new(error),
+                vars: unset,
+            }
+        }
+    })
 }
 
 /// [`load`] without the I/O: `file` is the parsed file (if any) and `env` looks up the
-/// environment variables the file refers to.
+/// environment variables a listener `address` still refers to (`$STUNNER_ADDR` in a file
+/// parsed without expansion; an unset one is an error here).
 pub fn resolve(
     args: &XturndArgs,
     file: Option<&FileConfig>,
@@ -450,7 +573,11 @@ pub fn resolve(
 
     let clusters = resolve_clusters(&file.clusters)?;
     let listeners = resolve_listeners(args, file, &clusters, env)?;
-    let (users, auth_secrets) = resolve_credentials(args, file.auth.as_ref())?;
+    let Credentials {
+        users,
+        secrets: auth_secrets,
+        stun_only,
+    } = resolve_credentials(args, file.auth.as_ref())?;
     let (relay_ipv4, relay_ipv6) = resolve_relay_ips(&args.relay_ip, &listeners)?;
     let (min_port, max_port) = resolve_port_range(args, file)?;
 
@@ -473,7 +600,7 @@ pub fn resolve(
         (Some(level), _) if level.trim().is_empty() => {
             return Err(invalid("--log-level", "must not be empty"));
         }
-        (Some(level), _) => level.clone(),
+        (Some(level), _) => translate_log_level("--log-level", level)?,
         (None, Some(level)) if !level.trim().is_empty() => {
             translate_log_level("admin.loglevel", level)?
         }
@@ -564,6 +691,7 @@ pub fn resolve(
         },
         users,
         auth_secrets,
+        stun_only,
         allow_loopback_peers: args.allow_loopback_peers,
         default_lifetime: Duration::from_secs(u64::from(default_lifetime_secs)),
         max_lifetime: Duration::from_secs(u64::from(max_lifetime_secs)),
@@ -1404,6 +1532,7 @@ mod tests {
             )),
         );
         assert_err(&e, "listeners[0]", "needs a certificate and key");
+        // Base64 of "-----BEGIN" alone: inline, but no certificate in it.
         let e = err(
             &[],
             Some(&with(
@@ -1411,7 +1540,14 @@ mod tests {
             )),
         );
         assert_err(&e, "listeners[0].cert", "inline certificate");
-        assert!(matches!(e, ConfigError::Unsupported { .. }));
+        // Base64 of something else.
+        let e = err(
+            &[],
+            Some(&with(
+                "listeners: [{name: a, address: 192.0.2.1, protocol: TURN-TLS, cert: /c.pem, key: aGVsbG8=}]",
+            )),
+        );
+        assert_err(&e, "listeners[0].key", "not of PEM text");
         for proto in ["tls", "DTLS", "TURN-TLS", "TURN-DTLS"] {
             let e = err(
                 &[],
@@ -1428,11 +1564,10 @@ mod tests {
         let e = err(
             &[],
             Some(&with(&format!(
-                "{base}clusters: [{{name: c, type: STRICT_DNS, endpoints: [media.svc]}}]"
+                "{base}clusters: [{{name: c, type: STRICT_DNS, endpoints: [media.svc, 'a b']}}]"
             ))),
         );
-        assert!(matches!(e, ConfigError::Unsupported { .. }), "{e}");
-        assert_eq!(e.field(), Some("clusters[0].type"));
+        assert_err(&e, "clusters[0].endpoints[1]", "host name");
         let e = err(
             &[],
             Some(&with(&format!(
@@ -1447,7 +1582,7 @@ mod tests {
         assert_err(
             &e,
             "clusters[0].type",
-            "unknown cluster type \"EDS\" (expected STATIC)",
+            "unknown cluster type \"EDS\" (expected STATIC or STRICT_DNS)",
         );
         let e = err(
             &[],
@@ -1593,6 +1728,232 @@ mod tests {
         // Nulls, as STUNner's JSON rendering has them, and an empty file.
         parse_file(r#"{"auth": {"credentials": null}, "listeners": null}"#, "x").unwrap();
         parse_file("  \n", "x").unwrap();
+    }
+
+    #[test]
+    fn inline_certificates_files_and_bad_values() {
+        use base64::Engine as _;
+        let dir = crate::tls::tests::tempdir("config-inline");
+        let material = crate::tls::tests::self_signed_inline(&dir, "relay");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (PemSource::Inline(cert_pem), PemSource::Inline(key_pem)) =
+            (&material.cert, &material.key)
+        else {
+            panic!("inline material");
+        };
+        let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        let yaml = |cert: &str, key: &str, protocol: &str| {
+            format!(
+                "auth: {{credentials: {{username: u, password: p}}}}\n\
+                 listeners: [{{name: t, address: 192.0.2.1, protocol: {protocol}, cert: '{cert}', key: '{key}'}}]"
+            )
+        };
+        // STUNner's form: base64 of the PEM text, for TLS and DTLS alike.
+        for protocol in ["TURN-TLS", "TURN-DTLS"] {
+            let c =
+                resolve_with(&[], Some(&yaml(&b64(cert_pem), &b64(key_pem), protocol))).unwrap();
+            assert_eq!(c.listeners[0].tls.as_ref(), Some(&material), "{protocol}");
+        }
+        // Base64 wrapped over lines (as `base64` writes it) reads too.
+        let wrapped: String = b64(cert_pem)
+            .as_bytes()
+            .chunks(76)
+            .map(|line| String::from_utf8(line.to_vec()).unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let c = resolve_with(&[], Some(&yaml(&wrapped, &b64(key_pem), "TURN-TLS"))).unwrap();
+        assert_eq!(c.listeners[0].tls.as_ref(), Some(&material));
+        // File paths, absolute or relative, are files.
+        let c = resolve_with(&[], Some(&yaml("/etc/tls/tls.crt", "tls.key", "TURN-TLS"))).unwrap();
+        assert_eq!(
+            c.listeners[0].tls,
+            Some(TlsMaterial::files("/etc/tls/tls.crt", "tls.key"))
+        );
+        // The key stays out of Debug and Display.
+        let debug = format!("{c:?} {material:?} {}", material.key);
+        assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+        // A broken inline key is refused, naming the field.
+        let e = err(
+            &[],
+            Some(&yaml(
+                &b64(cert_pem),
+                &b64("-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n"),
+                "TURN-TLS",
+            )),
+        );
+        assert_err(&e, "listeners[0].key", "inline private key");
+        // A certificate where the key goes is no key either.
+        let e = err(
+            &[],
+            Some(&yaml(&b64(cert_pem), &b64(cert_pem), "TURN-DTLS")),
+        );
+        assert_err(&e, "listeners[0].key", "inline private key");
+    }
+
+    /// `env` as a lookup over `vars`.
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn variables_are_expanded_in_the_whole_file_but_the_credentials() {
+        let text = r#"{
+  "version": "v1",
+  "admin": {"name": "$NAMESPACE/gw", "loglevel": "${LOGLEVEL}"},
+  "auth": {"type": "ephemeral", "realm": "$REALM", "credentials": {"secret": "s$ecret"}},
+  "listeners": [
+    {"name": "udp", "address": "$STUNNER_ADDR", "port": $STUNNER_PORT, "routes": ["media"]},
+    {"name": "tcp", "protocol": "TURN-TCP", "address": "$STUNNER_ADDR", "port": $TCP_PORT}
+  ],
+  "clusters": [{"name": "media", "endpoints": ["$PEER_NET:<5000-5100>"]}]
+}"#;
+        let env = env_of(&[
+            ("NAMESPACE", "ns"),
+            ("LOGLEVEL", "all:DEBUG"),
+            ("REALM", "example.org"),
+            ("STUNNER_ADDR", "192.0.2.1"),
+            ("STUNNER_PUBLIC_PORT", "3479"),
+            ("TCP_PORT", "443"),
+            ("PEER_NET", "198.18.0.0/16"),
+        ]);
+        let c = resolve_text(&XturndArgs::default(), text, "test.json", &env).unwrap();
+        assert_eq!(c.name, "ns/gw");
+        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.realm, "example.org");
+        assert_eq!(c.auth_secrets, ["s$ecret"]);
+        // $STUNNER_PORT, unset: STUNNER_PUBLIC_PORT.
+        assert_eq!(
+            c.listeners[0].addr,
+            "192.0.2.1:3479".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            c.listeners[1].addr,
+            "192.0.2.1:443".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            c.clusters[0].endpoints[0].to_string(),
+            "198.18.0.0/16:5000-5100"
+        );
+        // Unset variables read as empty; when the configuration is then refused, the error
+        // says which were unset.
+        let env = env_of(&[("TCP_PORT", "443"), ("PEER_NET", "198.18.0.0/16")]);
+        let e = resolve_text(&XturndArgs::default(), text, "test.json", &env).unwrap_err();
+        let message = e.to_string();
+        assert!(matches!(e, ConfigError::UnsetEnv { .. }), "{message}");
+        assert!(
+            message.contains("not set and read as empty: NAMESPACE, LOGLEVEL, REALM, STUNNER_ADDR"),
+            "{message}"
+        );
+        // `--listen` replaces the unset address: then nothing is refused.
+        let args = args(&["--listen", "192.0.2.1:3478"]);
+        let text = text.replace("\"$REALM\"", "\"r\"");
+        let c = resolve_text(&args, &text, "test.json", &env).unwrap();
+        assert_eq!(c.realm, "r");
+    }
+
+    #[test]
+    fn stunner_port_ranges_and_dns_clusters() {
+        let text = "auth: {credentials: {username: u, password: p}}\n\
+                    listeners: [{name: l, address: 192.0.2.1, routes: [rtp, media]}]\n\
+                    clusters:\n\
+                    - {name: rtp, type: STATIC, endpoints: ['10.0.0.1:<1000-2000>', 'fd00::/64:<1-100>']}\n\
+                    - {name: media, type: strict_dns, endpoints: [media.svc, 'rtp.svc:<7-8>']}\n";
+        let c = resolve_with(&[], Some(text)).unwrap();
+        assert_eq!(c.clusters[1].endpoints, []);
+        assert_eq!(
+            c.clusters[1]
+                .dns
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["media.svc", "rtp.svc:<7-8>"]
+        );
+        assert_eq!(
+            c.dns_hosts().into_iter().collect::<Vec<_>>(),
+            ["media.svc", "rtp.svc"]
+        );
+        let policy = c.peer_policy();
+        assert!(
+            policy
+                .permits("l", "10.0.0.1:1500".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            policy
+                .permits("l", "10.0.0.1:999".parse().unwrap())
+                .is_err()
+        );
+        assert!(
+            policy
+                .permits("l", "[fd00::9]:100".parse().unwrap())
+                .is_ok()
+        );
+        // Before the names resolve, the DNS cluster admits nothing.
+        assert!(policy.permits("l", "10.9.9.9:5".parse().unwrap()).is_err());
+        let mut names = ResolvedNames::default();
+        names.update("media.svc", Some(vec!["10.9.9.9".parse().unwrap()]));
+        names.update("rtp.svc", Some(vec!["10.9.9.10".parse().unwrap()]));
+        let policy = c.peer_policy_resolved(&names);
+        assert!(policy.permits("l", "10.9.9.9:5".parse().unwrap()).is_ok());
+        assert!(
+            policy
+                .permits("l", "10.9.9.9:65000".parse().unwrap())
+                .is_ok()
+        );
+        assert!(policy.permits("l", "10.9.9.10:7".parse().unwrap()).is_ok());
+        assert!(policy.permits("l", "10.9.9.10:9".parse().unwrap()).is_err());
+        assert_eq!(
+            policy.cluster_of("l", "10.9.9.9:5".parse().unwrap()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn auth_type_none_is_a_stun_server() {
+        let listener = "listeners: [{name: l, address: 192.0.2.1}]\n";
+        let c = resolve_with(&[], Some(&format!("{listener}auth: {{type: none}}"))).unwrap();
+        assert!(c.stun_only);
+        assert!(c.users.is_empty() && c.auth_secrets.is_empty());
+        let c = resolve_with(
+            &[],
+            Some(&format!(
+                "{listener}auth: {{type: NONE, credentials: null}}"
+            )),
+        )
+        .unwrap();
+        assert!(c.stun_only);
+        // Credentials from flags make it a TURN server again.
+        let c = resolve_with(
+            &["--user", "u:p"],
+            Some(&format!("{listener}auth: {{type: none}}")),
+        )
+        .unwrap();
+        assert!(!c.stun_only);
+        assert_eq!(c.users.len(), 1);
+        // Without a file or credentials: still refused.
+        let e = err(&["--listen", "192.0.2.1:3478"], None);
+        assert_err(&e, "auth", "auth.type none");
+        let e = err(&[], Some(&format!("{listener}auth: {{type: open}}")));
+        assert_err(&e, "auth.type", "expected static, ephemeral or none");
+    }
+
+    #[test]
+    fn log_level_flag_takes_stunners_syntax() {
+        let base = ["--listen", "192.0.2.1:3478", "--user", "u:p", "--log-level"];
+        let level = |value: &'static str| {
+            resolve_with(&[&base[..], &[value]].concat(), None)
+                .unwrap()
+                .log_level
+        };
+        assert_eq!(level("all:INFO,turn:DEBUG"), "info");
+        assert_eq!(level("all:TRACE"), "trace");
+        assert_eq!(level("relay_user=debug,info"), "relay_user=debug,info");
+        let e = err(&[&base[..], &["all:LOUD"]].concat(), None);
+        assert_err(&e, "--log-level", "LOUD");
     }
 
     #[test]
