@@ -238,13 +238,15 @@ impl Inputs {
                 }
             }
             ("gateway.networking.k8s.io", "GatewayClass") => {
-                self.gateway_classes.push(typed(value, origin)?);
+                upsert(&mut self.gateway_classes, typed(value, origin)?);
             }
-            ("gateway.networking.k8s.io", "Gateway") => self.gateways.push(typed(value, origin)?),
+            ("gateway.networking.k8s.io", "Gateway") => {
+                upsert(&mut self.gateways, typed(value, origin)?)
+            }
             ("stunner.l7mp.io", "GatewayConfig") => {
-                self.gateway_configs.push(typed(value, origin)?);
+                upsert(&mut self.gateway_configs, typed(value, origin)?);
             }
-            ("stunner.l7mp.io", "UDPRoute") => self.routes.push(typed(value, origin)?),
+            ("stunner.l7mp.io", "UDPRoute") => upsert(&mut self.routes, typed(value, origin)?),
             ("gateway.networking.k8s.io", "UDPRoute") => {
                 let json = serde_json::to_value(&value).map_err(|e| FilesError::Parse {
                     origin: origin.to_owned(),
@@ -254,28 +256,36 @@ impl Inputs {
                     origin: origin.to_owned(),
                     message: e.to_string(),
                 })?;
-                self.gateway_api_routes.push(Arc::new(route));
+                upsert(&mut self.gateway_api_routes, Arc::new(route));
             }
             ("gateway.networking.k8s.io", "ReferenceGrant") => {
-                self.reference_grants.push(typed(value, origin)?);
+                upsert(&mut self.reference_grants, typed(value, origin)?);
             }
-            ("", "Namespace") => self.namespaces.push(typed(value, origin)?),
+            ("", "Namespace") => upsert(&mut self.namespaces, typed(value, origin)?),
             ("stunner.l7mp.io", "StaticService") => {
-                self.static_services.push(typed(value, origin)?);
+                upsert(&mut self.static_services, typed(value, origin)?);
             }
-            ("stunner.l7mp.io", "Dataplane") => self.dataplanes.push(typed(value, origin)?),
-            ("", "Service") => self.services.push(typed(value, origin)?),
+            ("stunner.l7mp.io", "Dataplane") => upsert(&mut self.dataplanes, typed(value, origin)?),
+            ("", "Service") => upsert(&mut self.services, typed(value, origin)?),
             ("discovery.k8s.io", "EndpointSlice") => {
-                self.endpoint_slices.push(typed(value, origin)?);
+                upsert(&mut self.endpoint_slices, typed(value, origin)?);
             }
-            ("", "Secret") => self.secrets.push(typed(value, origin)?),
-            ("", "Node") => self.nodes.push(typed(value, origin)?),
-            ("apps", "Deployment") => self.deployments.push(typed(value, origin)?),
-            ("apps", "DaemonSet") => self.daemon_sets.push(typed(value, origin)?),
+            ("", "Secret") => upsert(&mut self.secrets, typed(value, origin)?),
+            ("", "Node") => upsert(&mut self.nodes, typed(value, origin)?),
+            ("apps", "Deployment") => upsert(&mut self.deployments, typed(value, origin)?),
+            ("apps", "DaemonSet") => upsert(&mut self.daemon_sets, typed(value, origin)?),
             _ => skipped.push(format!("{api_version} {kind} ({origin})")),
         }
         Ok(())
     }
+}
+
+/// Adds `object`, replacing one of the same namespace and name (a later document wins, as a
+/// later `kubectl apply` does).
+fn upsert<K: ResourceExt>(list: &mut Vec<Arc<K>>, object: Arc<K>) {
+    let key = |o: &K| (o.namespace(), o.name_any());
+    list.retain(|o| key(o) != key(&object));
+    list.push(object);
 }
 
 /// Which API a UDPRoute came from (its status is written back there).

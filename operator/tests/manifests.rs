@@ -355,7 +355,11 @@ const USED: &[(&str, &str, &[&str])] = &[
     // Optional Gateway API kinds (watched when served), Namespaces for allowedRoutes.
     ("gateway.networking.k8s.io", "udproutes", &["list", "watch"]),
     ("gateway.networking.k8s.io", "udproutes/status", &["patch"]),
-    ("gateway.networking.k8s.io", "referencegrants", &["list", "watch"]),
+    (
+        "gateway.networking.k8s.io",
+        "referencegrants",
+        &["list", "watch"],
+    ),
     ("", "namespaces", &["list", "watch"]),
 ];
 

@@ -960,7 +960,10 @@ fn a_tls_listener_mounts_its_certificate_secret() {
         }])
     );
     // The certificate is copied into the relay's own Secret, mounted in the agent.
-    let certificates = rendered.certificates.as_ref().expect("a certificates Secret");
+    let certificates = rendered
+        .certificates
+        .as_ref()
+        .expect("a certificates Secret");
     assert_eq!(
         certificates.metadata.name.as_deref(),
         Some("stunner-certificates")

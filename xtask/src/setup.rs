@@ -29,8 +29,12 @@ const PACKAGES: &[&str] = &[
     "chromium-driver",
 ];
 
-/// Python packages used by the end-to-end tests (real TURN clients).
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioice", "aioice")];
+/// Python packages used by the tests: a real TURN client (aioice), and Kubernetes' own
+/// OpenAPI schemas to validate every manifest and rendered object against (kubernetes-validate).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("aioice", "aioice"),
+    ("kubernetes_validate", "kubernetes-validate"),
+];
 
 /// The rustup toolchain name under which Debian's compiler is linked; relay-user/build.rs uses it.
 pub const BPF_TOOLCHAIN: &str = "xturn-bpf";

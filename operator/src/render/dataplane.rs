@@ -117,9 +117,10 @@ fn image_was_stunners(dataplane: &DataplaneSpec) -> bool {
 
 /// stunnerd's flags, as xturnd's. `-w`/`--watch` (xturnd always watches its ConfigMap),
 /// `-c`/`--config` and `--id` (the operator's `--config-map` says where the configuration is)
-/// and `-d`/`--dry-run` are dropped; `--udp-thread-num N` becomes `--threads N` (0, "no
-/// multithreading", becomes 1); `-l`/`--log LEVEL` becomes `--log-level LEVEL` and
-/// `-v`/`--verbose` `--log-level all:DEBUG`. Anything else stunnerd would not know either is
+/// `-d`/`--dry-run` and `--force-ready-status` are dropped; `--udp-thread-num N` becomes
+/// `--threads N` (0, "no multithreading", becomes 1); `-l`/`--log LEVEL` becomes
+/// `--log-level LEVEL`, `-v`/`--verbose` `--log-level all:DEBUG`; `--log-format text|json` is
+/// xturnd's own. Anything else stunnerd would not know either is
 /// dropped and reported, rather than passed on to make the agent refuse to start.
 pub fn translate_stunnerd_args(args: &[String], notes: &mut Vec<String>) -> Vec<String> {
     let mut out = Vec::new();
@@ -145,14 +146,25 @@ pub fn translate_stunnerd_args(args: &[String], notes: &mut Vec<String>) -> Vec<
                     "{arg}: dropped (xturnd always watches its ConfigMap)"
                 ));
             }
-            "-c" | "--config" | "--id" => {
+            "-c" | "--config" | "-i" | "--id" => {
                 let v = value().unwrap_or_default();
                 notes.push(format!(
                     "{flag} {v}: dropped (the operator points xturnd at its ConfigMap)"
                 ));
             }
-            "-d" | "--dry-run" => notes.push(format!("{arg}: dropped")),
-            "--udp-thread-num" => {
+            "-d" | "--dry-run" | "--force-ready-status" => {
+                notes.push(format!("{arg}: dropped"));
+            }
+            "--log-format" => {
+                let v = value().unwrap_or_default();
+                if v == "text" || v == "json" {
+                    out.push("--log-format".to_owned());
+                    out.push(v);
+                } else {
+                    notes.push(format!("--log-format {v:?}: dropped (not text or json)"));
+                }
+            }
+            "-u" | "--udp-thread-num" => {
                 let v = value().unwrap_or_default();
                 match v.parse::<u32>() {
                     Ok(n) => {
@@ -196,7 +208,13 @@ mod tests {
         let dataplane = DataplaneSpec {
             image: Some("docker.io/l7mp/stunnerd:0.21.0".into()),
             command: Some(strings(&["stunnerd"])),
-            args: Some(strings(&["-w", "--udp-thread-num=16", "-l", "all:INFO"])),
+            args: Some(strings(&[
+                "-w",
+                "--udp-thread-num=16",
+                "-l",
+                "all:INFO",
+                "--log-format=text",
+            ])),
             ..DataplaneSpec::default()
         };
         let agent = agent_command(&dataplane, "registry.test/xturnd:1");
@@ -204,7 +222,14 @@ mod tests {
         assert_eq!(agent.command, ["xturnd"]);
         assert_eq!(
             agent.extra_args,
-            ["--threads", "16", "--log-level", "all:INFO"]
+            [
+                "--threads",
+                "16",
+                "--log-level",
+                "all:INFO",
+                "--log-format",
+                "text"
+            ]
         );
         assert_eq!(agent.notes.len(), 5, "{:?}", agent.notes);
     }

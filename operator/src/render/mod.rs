@@ -61,6 +61,8 @@ pub const MANAGED_BY: &str = "xturn-operator";
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 /// Where TLS listener certificates are mounted in the agent's container.
 pub const TLS_MOUNT_ROOT: &str = "/etc/xturn/tls";
+/// The namespace label of Pod Security admission's enforced level.
+pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// The Gateway condition listing what was translated or left out (`Rendered::notes`).
 pub const TRANSLATED_CONDITION: &str = "xturn.io/Translated";
 /// Where the agent keeps state across container restarts (hitless restart).
@@ -244,6 +246,21 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
     let service_options = ServiceOptions::from_annotations(&service_annotations);
     let mut notes = agent.notes.clone();
     notes.extend(service_options.notes.iter().cloned());
+    // The kernel path needs privileges (capabilities, the host's bpffs) that Pod Security
+    // "baseline" and "restricted" refuse: there, `auto` means userspace, and the pods start.
+    let enforced = inputs
+        .namespace(&namespace)
+        .and_then(|n| n.labels().get(POD_SECURITY_ENFORCE).cloned());
+    let mode = match enforced.as_deref() {
+        Some(level @ ("baseline" | "restricted")) if mode == "Auto" => {
+            notes.push(format!(
+                "namespace {namespace} enforces Pod Security {level:?}: the agents run the \
+                 userspace data plane, without privileges"
+            ));
+            "None"
+        }
+        _ => mode,
+    };
 
     // Listeners, their routes, and the clusters of those routes.
     let attached = attached_routes(inputs, gateway);
