@@ -241,7 +241,7 @@ impl Inputs {
                 upsert(&mut self.gateway_classes, typed(value, origin)?);
             }
             ("gateway.networking.k8s.io", "Gateway") => {
-                upsert(&mut self.gateways, typed(value, origin)?)
+                upsert(&mut self.gateways, typed(value, origin)?);
             }
             ("stunner.l7mp.io", "GatewayConfig") => {
                 upsert(&mut self.gateway_configs, typed(value, origin)?);

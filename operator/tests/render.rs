@@ -196,7 +196,7 @@ fn seed_renders_a_deployment_named_by_the_dataplane_without_replicas() {
         "xturn.io/gateway": "stunner-gateway",
     });
     assert_eq!(spec["selector"]["matchLabels"], selector);
-    let mut pod_labels = selector.clone();
+    let mut pod_labels = selector;
     pod_labels["app"] = json!("stunner");
     pod_labels["stunner.l7mp.io/related-gateway-name"] = json!("stunner-gateway");
     pod_labels["stunner.l7mp.io/related-gateway-namespace"] = json!("stunner");
