@@ -805,3 +805,94 @@ async fn a_dataplane_switched_to_daemonset_deletes_the_old_deployment() {
     server.expect_status_patches(&gateway, &inputs).await;
     server.finish(task).await.unwrap();
 }
+
+/// A Gateway API UDPRoute (v1alpha2) attaches like STUNner's, and its status is written back
+/// to Gateway API's resource.
+#[tokio::test]
+async fn a_gateway_api_route_gets_its_status_in_gateway_apis_resource() {
+    let gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    inputs.gateway_api_routes = std::mem::take(&mut inputs.routes);
+    let expected = rendered(&inputs, &gateway, now());
+    assert_eq!(
+        expected.config.clusters.len(),
+        1,
+        "the route's backends are used"
+    );
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs.clone(), now(), Registry::default()),
+    );
+    expect_applies(&mut server, &expected).await;
+    server
+        .expect(
+            "PATCH",
+            &format!("{GATEWAY_URI}/status?"),
+            Some(serde_json::to_value(&gateway).unwrap()),
+        )
+        .await;
+    let route_reply = serde_json::to_value(inputs.gateway_api_routes[0].as_ref()).unwrap();
+    let route = server
+        .expect(
+            "PATCH",
+            "/apis/gateway.networking.k8s.io/v1alpha2/namespaces/stunner/udproutes/media-route/status?",
+            Some(route_reply),
+        )
+        .await;
+    assert_eq!(
+        route.body,
+        json!({"status": {"parents": route_parents_accepted()}})
+    );
+    server.finish(task).await.unwrap();
+}
+
+/// A TLS listener's certificate is applied as the relay's own Secret before the workload that
+/// mounts it.
+#[tokio::test]
+async fn a_tls_gateway_applies_its_certificates_secret_before_the_workload() {
+    let mut gateway = cluster_gateway(&seed(), &[FINALIZER]);
+    gateway.spec.listeners = serde_json::from_value(json!([{
+        "name": "tls-listener", "port": 443, "protocol": "TURN-TLS",
+        "tls": {"certificateRefs": [{"name": "turn-cert"}]},
+    }]))
+    .unwrap();
+    let mut inputs = inputs_with(&gateway, &["media-server.yaml"]);
+    let mut skipped = Vec::new();
+    inputs
+        .add_yaml(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: turn-cert, namespace: stunner}\n\
+             stringData: {tls.crt: CERT, tls.key: KEY}\n",
+            "test",
+            &mut skipped,
+        )
+        .unwrap();
+    let expected = rendered(&inputs, &gateway, now());
+    let (mut server, client) = ApiServer::new();
+    let task = spawn_reconcile(
+        gateway.clone(),
+        context(client, inputs.clone(), now(), Registry::default()),
+    );
+    for path in &APPLIES[..4] {
+        server
+            .expect("PATCH", &format!("{path}{APPLY}"), None)
+            .await;
+    }
+    let secret = server
+        .expect(
+            "PATCH",
+            &format!("/api/v1/namespaces/stunner/secrets/stunner-certificates{APPLY}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        secret.body,
+        serde_json::to_value(expected.certificates.as_ref().unwrap()).unwrap()
+    );
+    for path in &APPLIES[4..] {
+        server
+            .expect("PATCH", &format!("{path}{APPLY}"), None)
+            .await;
+    }
+    task.abort();
+}
