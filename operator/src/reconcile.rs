@@ -552,6 +552,16 @@ where
         watcher::watcher(Api::<K>::all(client.clone()), config),
     )
     .default_backoff();
+    announce_changes(stream, changed, K::kind(&()).into_owned());
+    reader
+}
+
+/// Drives a reflector's `stream` in the background, announcing every change on `changed`.
+fn announce_changes<K, S>(stream: S, changed: tokio::sync::mpsc::Sender<()>, kind: String)
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -560,11 +570,10 @@ where
                 Ok(_) => {
                     let _ = changed.try_send(());
                 }
-                Err(e) => warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+                Err(e) => warn!(%kind, error = %e, "watch failed; retrying"),
             }
         }
     });
-    reader
 }
 
 /// A watch cache of the dynamic resource `resource`, like [`cache`].
@@ -578,18 +587,7 @@ fn cache_dynamic(
     let api = Api::<DynamicObject>::all_with(client.clone(), resource);
     let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
         .default_backoff();
-    let kind = resource.kind.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => {
-                    let _ = changed.try_send(());
-                }
-                Err(e) => warn!(%kind, error = %e, "watch failed; retrying"),
-            }
-        }
-    });
+    announce_changes(stream, changed, resource.kind.clone());
     reader
 }
 

@@ -1228,19 +1228,8 @@ fn routes_from_other_namespaces_need_allowed_routes_all() {
          \x20 rules: [{backendRefs: [{name: media-server}]}]\n",
     );
     let gateway = the_gateway(&inputs);
-    let foreign = inputs
-        .routes
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some("foreign"))
-        .unwrap()
-        .clone();
-    let status = route_status(
-        &inputs,
-        &settings(),
-        &foreign,
-        RouteApi::Stunner,
-        &[&gateway],
-    );
+    let foreign = route_named(&inputs, "foreign");
+    let status = stunner_route_status(&inputs, &foreign, &gateway);
     assert_eq!(
         briefs(&status.parents[0].conditions),
         [
@@ -1394,20 +1383,9 @@ fn each_listener_takes_routes_only_from_the_namespaces_it_allows() {
     let counts = attached_counts(&rendered);
     assert_eq!(counts, [2, 1]);
     // The route is accepted: one listener takes it.
-    let foreign = inputs
-        .routes
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some("foreign"))
-        .unwrap()
-        .clone();
+    let foreign = route_named(&inputs, "foreign");
     let gateway = the_gateway(&inputs);
-    let status = route_status(
-        &inputs,
-        &settings(),
-        &foreign,
-        RouteApi::Stunner,
-        &[&gateway],
-    );
+    let status = stunner_route_status(&inputs, &foreign, &gateway);
     assert_eq!(
         brief(&status.parents[0].conditions[0]),
         ("Accepted", "True", "Accepted")
@@ -1530,4 +1508,23 @@ fn two_gateways_naming_the_same_relays_the_older_one_keeps_them() {
         render_gateway(&inputs, &settings(), &second),
         Outcome::Rendered(_)
     ));
+}
+
+fn route_named(inputs: &Inputs, name: &str) -> xturn_operator::crd::UDPRoute {
+    inputs
+        .routes
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(name))
+        .unwrap()
+        .as_ref()
+        .clone()
+}
+
+/// The status of a STUNner UDPRoute with `gateway` as the only Gateway of ours.
+fn stunner_route_status(
+    inputs: &Inputs,
+    route: &xturn_operator::crd::UDPRoute,
+    gateway: &Gateway,
+) -> xturn_operator::crd::UDPRouteStatus {
+    route_status(inputs, &settings(), route, RouteApi::Stunner, &[gateway])
 }
