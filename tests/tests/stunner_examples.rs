@@ -299,6 +299,143 @@ fn check_example(name: &str, inputs: &Inputs, relays: &BTreeMap<String, Rendered
     }
 }
 
+/// What Pod Security Standards' "restricted" profile (Kubernetes 1.30+) refuses in `pod` (a
+/// pod spec), one line each; empty: admitted.
+fn restricted_violations(pod: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if pod[host] == true {
+            out.push(host.to_owned());
+        }
+    }
+    const VOLUMES: [&str; 8] = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for volume in pod["volumes"].as_array().into_iter().flatten() {
+        let kinds: Vec<&String> = volume
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .filter(|k| *k != "name")
+            .collect();
+        if !kinds.iter().all(|k| VOLUMES.contains(&k.as_str())) {
+            out.push(format!("volume {volume}"));
+        }
+    }
+    const SAFE_SYSCTLS: [&str; 5] = [
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+    ];
+    let pod_security = &pod["securityContext"];
+    for sysctl in pod_security["sysctls"].as_array().into_iter().flatten() {
+        if !SAFE_SYSCTLS.contains(&sysctl["name"].as_str().unwrap_or_default()) {
+            out.push(format!("sysctl {sysctl}"));
+        }
+    }
+    for container in pod["containers"].as_array().into_iter().flatten() {
+        let security = &container["securityContext"];
+        let either = |field: &str| {
+            if security[field].is_null() {
+                pod_security[field].clone()
+            } else {
+                security[field].clone()
+            }
+        };
+        if security["privileged"] == true {
+            out.push("privileged".to_owned());
+        }
+        if security["allowPrivilegeEscalation"] != false {
+            out.push("allowPrivilegeEscalation not false".to_owned());
+        }
+        if either("runAsNonRoot") != true {
+            out.push("runAsNonRoot not true".to_owned());
+        }
+        if either("runAsUser") == 0 {
+            out.push("runAsUser 0".to_owned());
+        }
+        let seccomp = either("seccompProfile")["type"].clone();
+        if seccomp != "RuntimeDefault" && seccomp != "Localhost" {
+            out.push(format!("seccompProfile {seccomp}"));
+        }
+        let capabilities = &security["capabilities"];
+        if !capabilities["drop"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|c| c == "ALL"))
+        {
+            out.push("capabilities not dropping ALL".to_owned());
+        }
+        for added in capabilities["add"].as_array().into_iter().flatten() {
+            if added != "NET_BIND_SERVICE" {
+                out.push(format!("capability {added}"));
+            }
+        }
+        for port in container["ports"].as_array().into_iter().flatten() {
+            if !port["hostPort"].is_null() && port["hostPort"] != 0 {
+                out.push(format!("hostPort {port}"));
+            }
+        }
+    }
+    out
+}
+
+/// Userspace agents run under Pod Security "restricted", in every example; the kernel path
+/// needs exactly the privileges it names (capabilities, the host's bpffs, root).
+#[test]
+fn userspace_agents_are_restricted_and_kernel_agents_ask_only_for_the_kernel_path() {
+    for example in examples() {
+        let name = example
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let mut inputs = inputs_of(&example);
+        for (gateway, relay) in rendered(&inputs, &name) {
+            let pod = pod_spec(&relay);
+            if relay.config.admin.offload_engine.as_deref() == Some("None") {
+                assert_eq!(restricted_violations(&pod), Vec::<String>::new(), "{name}");
+                continue;
+            }
+            let mut violations = restricted_violations(&pod);
+            violations.sort();
+            assert_eq!(
+                violations,
+                [
+                    "capability \"BPF\"",
+                    "capability \"NET_ADMIN\"",
+                    "capability \"PERFMON\"",
+                    "runAsNonRoot not true",
+                    "runAsUser 0",
+                    "seccompProfile null",
+                    "volume {\"hostPath\":{\"path\":\"/sys/fs/bpf\",\"type\":\"Directory\"},\"name\":\"bpffs\"}",
+                ],
+                "{name}/{gateway}"
+            );
+        }
+        // The same manifests with STUNner's userspace engine: restricted everywhere.
+        let userspace = std::sync::Arc::make_mut(&mut inputs.dataplanes[0]);
+        userspace.spec.offload_engine = Some("None".into());
+        for (gateway, relay) in rendered(&inputs, &name) {
+            let pod = pod_spec(&relay);
+            assert_eq!(
+                restricted_violations(&pod),
+                Vec::<String>::new(),
+                "{name}/{gateway}"
+            );
+        }
+    }
+}
+
 /// `kubernetes-validate --strict` over `files`: Kubernetes' own OpenAPI schemas, unknown fields
 /// refused. (Installed by `cargo xtask setup`.)
 fn kubernetes_validate(files: &[PathBuf]) {
