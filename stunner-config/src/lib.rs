@@ -281,24 +281,59 @@ pub fn parse_with_env(
     };
     let (expanded, _) = expand_env(text, &lookup);
     let mut config = parse(&expanded)?;
-    let raw: Option<serde_norway::Value> = serde_norway::from_str(text).ok();
+    // The text again with every `$` reference replaced by a placeholder that reads as a plain
+    // string wherever it stands (`${TLS_PORT}` in a JSON number would not), to find the
+    // credentials as written and the references outside them.
+    let mut references: Vec<Reference<'_>> = Vec::new();
+    let protected = rewrite_references(text, |reference| {
+        references.push(reference);
+        placeholder(references.len() - 1)
+    });
+    let raw: Option<serde_norway::Value> = serde_norway::from_str(&protected).ok();
     if let Some(auth) = config.auth.as_mut()
         && let Some(literal) = raw.as_ref().and_then(literal_credentials)
     {
-        auth.credentials = literal;
+        auth.credentials = literal.map(|credentials| Credentials {
+            username: credentials.username.map(|v| restore(v, &references)),
+            password: credentials.password.map(|v| restore(v, &references)),
+            secret: credentials.secret.map(|v| restore(v, &references)),
+        });
     }
     // The unset variables outside the credentials (whose text stays out of messages).
-    let unset = raw
-        .map(|mut raw| {
-            if let Some(auth) = raw.get_mut("auth").and_then(|a| a.as_mapping_mut()) {
-                auth.remove("credentials");
+    let mut unset: Vec<String> = Vec::new();
+    if let Some(mut raw) = raw {
+        if let Some(auth) = raw.get_mut("auth").and_then(|a| a.as_mapping_mut()) {
+            auth.remove("credentials");
+        }
+        let rest = serde_norway::to_string(&raw).unwrap_or_default();
+        for (index, reference) in references.iter().enumerate() {
+            if let Some(name) = reference.name
+                && lookup(name).is_none()
+                && rest.contains(&placeholder(index))
+                && !unset.iter().any(|u| u == name)
+            {
+                unset.push(name.to_owned());
             }
-            serde_norway::to_string(&raw)
-                .map(|rest| expand_env(&rest, &lookup).1)
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
+        }
+    }
     Ok(Expanded { config, unset })
+}
+
+/// The stand-in for the `index`th `$` reference: letters and digits only, closed by a letter
+/// so that no placeholder is the start of another.
+fn placeholder(index: usize) -> String {
+    format!("xturnenvref{index}x")
+}
+
+/// `value` with the placeholders of `references` put back to the text they stood for.
+fn restore(mut value: String, references: &[Reference<'_>]) -> String {
+    for (index, reference) in references.iter().enumerate().rev() {
+        let stand_in = placeholder(index);
+        if value.contains(&stand_in) {
+            value = value.replace(&stand_in, reference.text);
+        }
+    }
+    value
 }
 
 /// What `$STUNNER_PORT` means (see [`parse_with_env`]).
@@ -324,8 +359,36 @@ fn literal_credentials(raw: &serde_norway::Value) -> Option<Option<Credentials>>
 /// Go's `os.Expand` over `text`: returns the expanded text and the names `lookup` had no value
 /// for (each once).
 pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, Vec<String>) {
-    let mut out = String::with_capacity(text.len());
     let mut unset: Vec<String> = Vec::new();
+    let out = rewrite_references(text, |reference| match reference.name {
+        // Bad syntax (`${` without `}`, or `${}`): eaten.
+        None => String::new(),
+        Some(name) => lookup(name).unwrap_or_else(|| {
+            if !unset.iter().any(|u| u == name) {
+                unset.push(name.to_owned());
+            }
+            String::new()
+        }),
+    });
+    (out, unset)
+}
+
+/// One `$` reference in a text.
+#[derive(Debug, Clone, Copy)]
+struct Reference<'a> {
+    /// The variable's name; `None` for bad syntax (`${` without `}`, or `${}`).
+    name: Option<&'a str>,
+    /// The whole reference as written, `$` included.
+    text: &'a str,
+}
+
+/// `text` with every `$` reference (Go's `os.Expand` syntax) replaced by what `replace` makes
+/// of it; a `$` that no name follows stays.
+fn rewrite_references<'a>(
+    text: &'a str,
+    mut replace: impl FnMut(Reference<'a>) -> String,
+) -> String {
+    let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
@@ -337,24 +400,19 @@ pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (Strin
             break;
         }
         let (name, width) = shell_name(after);
-        match name {
-            // Bad syntax (`${` without `}`, or `${}`): eaten.
-            None if width > 0 => {}
+        if name.is_none() && width == 0 {
             // No name follows: the `$` stays.
-            None => out.push('$'),
-            Some(name) => match lookup(name) {
-                Some(value) => out.push_str(&value),
-                None => {
-                    if !unset.iter().any(|u| u == name) {
-                        unset.push(name.to_owned());
-                    }
-                }
-            },
+            out.push('$');
+        } else {
+            out.push_str(&replace(Reference {
+                name,
+                text: &rest[at..=at + width],
+            }));
         }
         rest = &after[width..];
     }
     out.push_str(rest);
-    (out, unset)
+    out
 }
 
 /// The shell's one-character special parameters, which Go's expansion also takes as names.
@@ -508,6 +566,20 @@ mod tests {
         assert_eq!(config.listeners[1].public_address.as_deref(), Some("x"));
         assert_eq!(config.listeners[1].port, Some(3478));
         assert_eq!(unset, ["UNSET_ONE", "UNSET_TWO"]);
+        // JSON with `${VAR}` where a number goes (no plain YAML scalar there) keeps its
+        // credentials as written too.
+        let json = r#"{"auth": {"credentials": {"username": "u$A", "password": "${B}:$"}},
+                       "listeners": [{"name": "a", "port": ${PORT}}]}"#;
+        let Expanded { config, unset } = parse_with_env(json, &env).expect("parses");
+        let credentials = config
+            .auth
+            .and_then(|a| a.credentials)
+            .expect("credentials");
+        assert_eq!(credentials.username.as_deref(), Some("u$A"));
+        assert_eq!(credentials.password.as_deref(), Some("${B}:$"));
+        assert_eq!(config.listeners[0].port, Some(3479));
+        // A and B are unset, but only in the credentials: not reported.
+        assert!(unset.is_empty(), "{unset:?}");
         // No credentials, or null ones, stay that way.
         let Expanded { config, .. } =
             parse_with_env("auth: {type: none, credentials: null}", &env).expect("parses");
