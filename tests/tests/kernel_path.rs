@@ -7,8 +7,10 @@
 //!   peer) in another pod on the same node, forwarding on in the pods as they inherit it.
 //!
 //! In each, coturn's `turnutils_uclient` streams ChannelData with 0 loss, the kernel's counters
-//! account for every ChannelData datagram while the userspace relay counters stay at 0, and two
-//! clients of the relay reach each other through a kernel hairpin.
+//! account for every ChannelData datagram while the userspace relay counters stay at 0, STUNner's
+//! listener metrics count the kernel-relayed datagrams, and two clients of the relay reach each
+//! other through a kernel hairpin. In the pod, the relay runs a STUNner-shaped configuration
+//! whose clusters' metrics (`stunner_cluster_packets_total`) count what the kernel relayed.
 use std::net::SocketAddr;
 
 use xturn_tests::{
@@ -25,11 +27,19 @@ const MESSAGES: u64 = 100;
 const CLIENTS: u64 = 2;
 
 /// xturnd with default data plane (auto) on `listeners` and `relay_ips`, metrics on the first
-/// listener's address, port 9100.
-fn start(topology: &Topology, name: &str, listeners: &[&str], relay_ips: &[&str]) -> Relay {
+/// listener's address, port 9100, then `extra` flags.
+fn start(
+    topology: &Topology,
+    name: &str,
+    listeners: &[&str],
+    relay_ips: &[&str],
+    extra: &[&str],
+) -> Relay {
     let log = log_path(name);
     let metrics = format!("{}:9100", listeners[0].rsplit_once(':').expect("port").0);
-    let args = xturnd_args(listeners, relay_ips, &["--metrics-listen", &metrics]);
+    let mut flags = vec!["--metrics-listen", metrics.as_str()];
+    flags.extend_from_slice(extra);
+    let args = xturnd_args(listeners, relay_ips, &flags);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let guard = topology.start_xturnd_logged(&args, &log);
     Relay {
@@ -119,7 +129,49 @@ fn channels_relayed_in_the_kernel(
         0,
         "nothing relayed in userspace:\n{context}"
     );
+    // STUNner's listener metrics count the ChannelData the kernel relayed (and the STUN
+    // messages the listener's sockets saw).
+    for direction in ["direction=\"rx\"", "direction=\"tx\""] {
+        assert!(
+            delta("stunner_listener_packets_total", &[direction]) >= CLIENTS * MESSAGES,
+            "{direction}: kernel-relayed ChannelData at the listener:\n{context}"
+        );
+        assert!(
+            delta("stunner_listener_bytes_total", &[direction]) >= CLIENTS * MESSAGES * (160 + 4),
+            "{direction}: kernel-relayed ChannelData bytes at the listener:\n{context}"
+        );
+    }
 }
+
+/// A STUNner-shaped configuration for the pod: its listener named as STUNner's operator names
+/// it, routed to the media server pods' network (a prefix) and, for the hairpin, to the relay's
+/// own relayed ports (STUNner's `IP:<min-max>`). Credentials and the rest come from the flags.
+fn pod_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"{{
+  "version": "v1",
+  "admin": {{"name": "stunner/udp-gateway"}},
+  "listeners": [{{
+    "name": "{POD_LISTENER}",
+    "protocol": "TURN-UDP",
+    "address": "{POD_V4}",
+    "port": 3478,
+    "routes": ["{MEDIA_CLUSTER}", "stunner/hairpin"]
+  }}],
+  "clusters": [
+    {{"name": "{MEDIA_CLUSTER}", "type": "STATIC", "protocol": "udp", "endpoints": ["198.18.30.0/24"]}},
+    {{"name": "stunner/hairpin", "type": "STATIC", "protocol": "udp", "endpoints": ["{POD_V4}:<50000-50999>"]}}
+  ]
+}}"#
+    );
+    std::fs::create_dir_all(dir).expect("config dir");
+    let path = dir.join("stunnerd.conf");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+const POD_LISTENER: &str = "stunner/udp-gateway/udp-listener";
+const MEDIA_CLUSTER: &str = "stunner/media-plane";
 
 /// Two clients of the relay at `server` reach each other: 20 round trips, all in the kernel.
 fn hairpin_in_the_kernel(topology: &Topology, relay: &Relay, server: SocketAddr) {
@@ -177,6 +229,7 @@ fn plain_host_with_forwarding_off_relays_in_the_kernel() {
         "kernel-plain-off",
         &["198.18.1.1:3478", "[2001:db8:1::1]:3478"],
         &[RELAY_V4, RELAY_V6],
+        &[],
     );
     channels_relayed_in_the_kernel(&topology, &relay, LISTENER_V4, PEER_V4, &[]);
     channels_relayed_in_the_kernel(&topology, &relay, LISTENER_V6, PEER_V6, &["-x"]);
@@ -203,6 +256,7 @@ fn plain_host_with_forwarding_on_relays_in_the_kernel() {
         "kernel-plain-on",
         &["198.18.1.1:3478"],
         &[RELAY_V4],
+        &[],
     );
     channels_relayed_in_the_kernel(&topology, &relay, LISTENER_V4, PEER_V4, &[]);
     hairpin_in_the_kernel(&topology, &relay, Topology::listener(false));
@@ -214,8 +268,67 @@ fn a_pod_behind_a_node_relays_in_the_kernel_to_a_media_server_on_the_node() {
     let topology = Topology::pod();
     let _peers = echo_peers(&topology, &[POD_PEER_V4]);
     let listener = format!("{POD_V4}:3478");
-    let relay = start(&topology, "kernel-pod", &[&listener], &[POD_V4]);
+    let dir = std::env::temp_dir().join(format!("xturn-kernel-pod-{}", std::process::id()));
+    let config = pod_config(&dir);
+    let relay = start(
+        &topology,
+        "kernel-pod",
+        &[&listener],
+        &[POD_V4],
+        &["--config", &config.to_string_lossy()],
+    );
+    let before = relay.scrape(&topology);
     channels_relayed_in_the_kernel(&topology, &relay, POD_V4, POD_PEER_V4, &[]);
+    let after = relay.scrape(&topology);
+    let delta = |name: &str, labels: &[&str]| {
+        metric_sum(&after, name, labels) - metric_sum(&before, name, labels)
+    };
+    // Every ChannelData datagram to the media server, and every echo, counted for its cluster
+    // and its listener, by STUNner's names.
+    let to_peer = delta("xturn_tc_packets_total", &["reason=\"relayed_to_peer\""]);
+    let to_client = delta("xturn_tc_packets_total", &["reason=\"relayed_to_client\""]);
+    let cluster = format!("name=\"{MEDIA_CLUSTER}\"");
+    let listener_name = format!("name=\"{POD_LISTENER}\"");
+    assert_eq!(to_peer, CLIENTS * MESSAGES, "{after}");
+    assert_eq!(
+        delta(
+            "stunner_cluster_packets_total",
+            &[&cluster, "direction=\"tx\""]
+        ),
+        to_peer,
+        "{after}"
+    );
+    assert_eq!(
+        delta(
+            "stunner_cluster_packets_total",
+            &[&cluster, "direction=\"rx\""]
+        ),
+        to_client,
+        "{after}"
+    );
+    assert_eq!(
+        delta(
+            "stunner_cluster_bytes_total",
+            &[&cluster, "direction=\"tx\""]
+        ),
+        to_peer * 160,
+        "{after}"
+    );
+    assert!(
+        delta(
+            "stunner_listener_packets_total",
+            &[&listener_name, "direction=\"rx\""]
+        ) >= to_peer,
+        "{after}"
+    );
+    assert!(
+        delta(
+            "stunner_listener_packets_total",
+            &[&listener_name, "direction=\"tx\""]
+        ) >= to_client,
+        "{after}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     hairpin_in_the_kernel(&topology, &relay, listener.parse().expect("listener"));
     let metrics = relay.scrape(&topology);
     assert_eq!(
