@@ -112,8 +112,9 @@ pub struct XturndArgs {
     #[arg(long, value_name = "KEY", env = "XTURN_CONFIG_MAP_KEY")]
     pub config_map_key: Option<String>,
 
-    /// Log filter (tracing EnvFilter syntax, e.g. "info" or "relay_user=debug,info"; RUST_LOG
-    /// wins when set). Default: the file's admin.loglevel, else "info".
+    /// Log filter: STUNner's syntax ("all:INFO,turn:DEBUG"; the `all` level is used) or a
+    /// tracing EnvFilter ("info", "relay_user=debug,info"); RUST_LOG wins when set. Default:
+    /// the file's admin.loglevel, else "info".
     #[arg(long, value_name = "FILTER", env = "XTURN_LOG_LEVEL")]
     pub log_level: Option<String>,
 
