@@ -113,6 +113,33 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Each cluster's relayed traffic, userspace and kernel together: (slot, name,
+    /// [to-peer, to-client] as (packets, bytes)). Slot 0 is "peers of no cluster".
+    fn cluster_traffic(&self) -> impl Iterator<Item = (usize, &str, [(u64, u64); 2])> {
+        self.stats
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(slot, cluster)| {
+                let kernel = self
+                    .xdp
+                    .as_ref()
+                    .and_then(|x| x.relayed_by_cluster.get(slot).copied())
+                    .unwrap_or_default();
+                let to_peer = (
+                    cluster.to_peer_packets + kernel.to_peer.packets,
+                    cluster.to_peer_bytes + kernel.to_peer.bytes,
+                );
+                let to_client = (
+                    cluster.to_client_packets + kernel.to_client.packets,
+                    cluster.to_client_bytes + kernel.to_client.bytes,
+                );
+                (slot, cluster.name.as_str(), [to_peer, to_client])
+            })
+    }
+}
+
 /// Where a scrape reads from. It holds no strong reference to the relay or the data plane:
 /// they go (and XDP is detached) when the agent drops them, whatever the admin server does.
 pub struct MetricsSource {
@@ -374,29 +401,13 @@ fn stunner_listener_and_cluster_metrics(out: &mut Out<'_, '_>, s: &Snapshot) -> 
     // Clusters: traffic with the peers each cluster admitted (tx: to peers, rx: from peers).
     let mut packets = Vec::new();
     let mut bytes = Vec::new();
-    for (slot, cluster) in s.stats.clusters.iter().enumerate() {
-        if slot == 0 || cluster.name.is_empty() {
+    for (slot, name, [to_peer, to_client]) in s.cluster_traffic() {
+        if slot == 0 || name.is_empty() {
             // Peers of no cluster: STUNner has no such series.
             continue;
         }
-        let kernel = s
-            .xdp
-            .as_ref()
-            .and_then(|x| x.relayed_by_cluster.get(slot).copied())
-            .unwrap_or_default();
-        for (direction, p, b) in [
-            (
-                "tx",
-                cluster.to_peer_packets + kernel.to_peer.packets,
-                cluster.to_peer_bytes + kernel.to_peer.bytes,
-            ),
-            (
-                "rx",
-                cluster.to_client_packets + kernel.to_client.packets,
-                cluster.to_client_bytes + kernel.to_client.bytes,
-            ),
-        ] {
-            let row = labels([("name", &cluster.name), ("direction", direction)]);
+        for (direction, (p, b)) in [("tx", to_peer), ("rx", to_client)] {
+            let row = labels([("name", name), ("direction", direction)]);
             packets.push((row.clone(), p));
             bytes.push((row, b));
         }
@@ -704,25 +715,9 @@ impl Collector for SnapshotCollector {
         // Relayed data by cluster, both data planes together.
         let mut cluster_packets = Vec::with_capacity(2 * st.clusters.len());
         let mut cluster_bytes = Vec::with_capacity(2 * st.clusters.len());
-        for (slot, cluster) in st.clusters.iter().enumerate() {
-            let kernel = s
-                .xdp
-                .as_ref()
-                .and_then(|x| x.relayed_by_cluster.get(slot).copied())
-                .unwrap_or_default();
-            for (direction, p, b) in [
-                (
-                    "to_peer",
-                    cluster.to_peer_packets + kernel.to_peer.packets,
-                    cluster.to_peer_bytes + kernel.to_peer.bytes,
-                ),
-                (
-                    "to_client",
-                    cluster.to_client_packets + kernel.to_client.packets,
-                    cluster.to_client_bytes + kernel.to_client.bytes,
-                ),
-            ] {
-                let row = labels([("cluster", &cluster.name), ("direction", direction)]);
+        for (_, name, [to_peer, to_client]) in s.cluster_traffic() {
+            for (direction, (p, b)) in [("to_peer", to_peer), ("to_client", to_client)] {
+                let row = labels([("cluster", name), ("direction", direction)]);
                 cluster_packets.push((row.clone(), p));
                 cluster_bytes.push((row, b));
             }
