@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 use crate::sh;
 
 /// Debian packages: the Debian Rust toolchain (rustc with LLVM 22 and the library source that
-/// `-Z build-std` needs), LLVM 22 for bpf-linker, and the tools the tests drive.
+/// `-Z build-std` needs), LLVM 22 for bpf-linker, and the tools the tests drive (and the container
+/// images' tools).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -27,6 +28,12 @@ const PACKAGES: &[&str] = &[
     // A real browser's WebRTC through the relay (tests/tests/browser.rs), driven by WebDriver.
     "chromium",
     "chromium-driver",
+    // The container images (tests/tests/images.rs): podman loads and runs them; runc is the
+    // runtime (Debian's default, crun, refuses a hybrid cgroup layout); binutils' `strip` trims
+    // the binaries `cargo xtask image` packs.
+    "podman",
+    "runc",
+    "binutils",
 ];
 
 /// Python packages used by the tests: a real TURN client (aioice), and Kubernetes' own
