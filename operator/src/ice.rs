@@ -463,6 +463,17 @@ pub fn router(registry: Registry) -> Router {
         .with_state(registry)
 }
 
+/// Serves only `GET /healthz` on `addr` (the controller's probes), like [`serve`].
+pub async fn serve_health(
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let router = Router::new().route("/healthz", get(|| async { "ok" }));
+    let task = tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((local, task))
+}
+
 /// Serves the credential service on `addr` until the task is dropped. Returns the bound
 /// address (port 0 picks one) and the serving task.
 pub async fn serve(

@@ -5,10 +5,13 @@
 //! - [`crd`]: our custom resources; [`inputs`]: what rendering reads;
 //! - [`render`]: Gateway → agent config, ConfigMap, workload, Service, RBAC, statuses (pure);
 //! - [`reconcile`]: the controller that applies what [`render`] produced;
-//! - [`ice`]: the credential service handing out ICE server configurations.
+//! - [`ice`]: the credential service handing out ICE server configurations;
+//! - [`leader`]: leader election among replicas; [`install`]: the objects that run the operator.
 pub mod crd;
 pub mod ice;
 pub mod inputs;
+pub mod install;
+pub mod leader;
 pub mod offline;
 pub mod reconcile;
 pub mod render;

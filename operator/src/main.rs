@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use k8s_openapi::jiff::Timestamp;
-use xturn_operator::{crd, ice, inputs::Inputs, offline, reconcile, render};
+use xturn_operator::{crd, ice, inputs::Inputs, install, leader, offline, reconcile, render};
 
 #[derive(Parser)]
 #[command(
@@ -41,12 +41,38 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller and the credential service in a cluster (in-cluster config or
-    /// KUBECONFIG).
+    /// Run the controller in a cluster (in-cluster config or KUBECONFIG).
     Run {
-        /// Where the credential service listens.
+        /// Where `/healthz` answers (for probes).
+        #[arg(long, default_value = "0.0.0.0:8081")]
+        health_listen: SocketAddr,
+        /// Also serve the credential service here (its `/healthz` too).
+        #[arg(long)]
+        auth_listen: Option<SocketAddr>,
+        /// Reconcile only while holding the Lease `xturn-operator` in `$POD_NAMESPACE`
+        /// (default `xturn-system`), as `$POD_NAME` (default: the host name), so that several
+        /// replicas can run.
+        #[arg(long, env = "XTURN_LEADER_ELECT")]
+        leader_elect: bool,
+    },
+    /// Serve the credential service for every Gateway in the cluster (read-only).
+    CredentialService {
         #[arg(long, default_value = "0.0.0.0:8088")]
-        auth_listen: SocketAddr,
+        listen: SocketAddr,
+    },
+    /// Print every object that runs the operator (CRDs, RBAC, Deployments, Services), naming
+    /// the images `cargo xtask image` builds (what deploy/install.yaml holds).
+    Install {
+        /// Where the images are (`REGISTRY/xturn-operator:TAG`, `REGISTRY/xturnd:TAG`).
+        #[arg(long, default_value = install::DEFAULT_REGISTRY)]
+        registry: String,
+        /// The images' tag. Default: this operator's version.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        /// A Secret in xturn-system for pulling the images from a private registry
+        /// (repeatable).
+        #[arg(long = "image-pull-secret")]
+        image_pull_secrets: Vec<String>,
     },
     /// Print the CustomResourceDefinitions (YAML).
     Crds,
@@ -113,29 +139,120 @@ fn main() -> Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        Command::Run { auth_listen } => {
+        Command::Install {
+            registry,
+            tag,
+            image_pull_secrets,
+        } => {
+            let options = install::InstallOptions {
+                registry: registry.clone(),
+                tag: tag.clone(),
+                image_pull_secrets: image_pull_secrets.clone(),
+            };
+            print!("{}", install::yaml(&options)?);
+        }
+        Command::CredentialService { listen } => {
             runtime()?.block_on(async {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+                let client = kube_client().await?;
                 let registry: ice::Registry = Arc::default();
-                let (addr, auth) = ice::serve(*auth_listen, Arc::clone(&registry)).await?;
+                let (addr, serving) = ice::serve(*listen, Arc::clone(&registry)).await?;
                 tracing::info!(%addr, "credential service listening");
-                let controller = reconcile::run(
-                    client,
+                let (caches, changes) = reconcile::start_caches(&client).await?;
+                let refresh = reconcile::refresh_registry(
+                    caches,
+                    changes,
                     args.controller_names.clone(),
-                    args.agent_image.clone(),
                     registry,
                 );
                 tokio::select! {
-                    result = controller => result?,
-                    result = auth => result??,
+                    () = refresh => {}
+                    result = serving => result??,
+                    _ = tokio::signal::ctrl_c() => {}
                 }
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Run {
+            health_listen,
+            auth_listen,
+            leader_elect,
+        } => {
+            runtime()?.block_on(async {
+                let client = kube_client().await?;
+                let registry: ice::Registry = Arc::default();
+                let (addr, health) = ice::serve_health(*health_listen).await?;
+                tracing::info!(%addr, "health checks listening");
+                let auth = match auth_listen {
+                    Some(listen) => {
+                        let (addr, task) = ice::serve(*listen, Arc::clone(&registry)).await?;
+                        tracing::info!(%addr, "credential service listening");
+                        Some(task)
+                    }
+                    None => None,
+                };
+                let (caches, changes) = reconcile::start_caches(&client).await?;
+                let refresh = tokio::spawn(reconcile::refresh_registry(
+                    Arc::clone(&caches),
+                    changes.clone(),
+                    args.controller_names.clone(),
+                    Arc::clone(&registry),
+                ));
+                let controllers = {
+                    let (client, names, image) = (
+                        client.clone(),
+                        args.controller_names.clone(),
+                        args.agent_image.clone(),
+                    );
+                    move || {
+                        reconcile::run_controllers(
+                            client.clone(),
+                            Arc::clone(&caches),
+                            changes.clone(),
+                            names.clone(),
+                            image.clone(),
+                            Arc::clone(&registry),
+                        )
+                    }
+                };
+                let control = async {
+                    if *leader_elect {
+                        let namespace = std::env::var("POD_NAMESPACE")
+                            .unwrap_or_else(|_| install::NAMESPACE.to_owned());
+                        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                            nix_hostname().unwrap_or_else(|| "xturn-operator".to_owned())
+                        });
+                        tracing::info!(%namespace, %identity, lease = leader::LEASE_NAME, "leader election");
+                        let lease = leader::KubeLease::new(client.clone(), &namespace, identity);
+                        leader::lead_while_elected(lease, controllers).await;
+                    } else {
+                        controllers().await;
+                    }
+                };
+                tokio::select! {
+                    () = control => {}
+                    result = health => result??,
+                    Some(result) = async { match auth { Some(task) => Some(task.await), None => None } } => result??,
+                }
+                refresh.abort();
                 anyhow::Ok(())
             })?;
         }
     }
     Ok(())
+}
+
+async fn kube_client() -> Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")
+}
+
+/// This host's name (a pod's name, when `POD_NAME` is not given).
+fn nix_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

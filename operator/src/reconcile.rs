@@ -530,7 +530,7 @@ impl Caches {
 }
 
 /// A watch cache of `K` (all namespaces) whose every change is announced on `changed`.
-fn cache<K>(client: &Client, changed: tokio::sync::mpsc::Sender<()>) -> Store<K>
+fn cache<K>(client: &Client, changed: Changes) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -538,11 +538,7 @@ where
 }
 
 /// [`cache`] of the objects `config` selects.
-fn cache_selected<K>(
-    client: &Client,
-    changed: tokio::sync::mpsc::Sender<()>,
-    config: watcher::Config,
-) -> Store<K>
+fn cache_selected<K>(client: &Client, changed: Changes, config: watcher::Config) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -557,7 +553,7 @@ where
 }
 
 /// Drives a reflector's `stream` in the background, announcing every change on `changed`.
-fn announce_changes<K, S>(stream: S, changed: tokio::sync::mpsc::Sender<()>, kind: String)
+fn announce_changes<K, S>(stream: S, changed: Changes, kind: String)
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
@@ -566,9 +562,8 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                // A full channel already holds a pending "changed".
                 Ok(_) => {
-                    let _ = changed.try_send(());
+                    changed.send_replace(());
                 }
                 Err(e) => warn!(%kind, error = %e, "watch failed; retrying"),
             }
@@ -579,7 +574,7 @@ where
 /// A watch cache of the dynamic resource `resource`, like [`cache`].
 fn cache_dynamic(
     client: &Client,
-    changed: tokio::sync::mpsc::Sender<()>,
+    changed: Changes,
     resource: &ApiResource,
 ) -> Store<DynamicObject> {
     let writer = reflector::store::Writer::new(resource.clone());
@@ -591,58 +586,59 @@ fn cache_dynamic(
     reader
 }
 
-/// Runs the controller until the process stops.
-pub async fn run(
-    client: Client,
-    controller_names: Vec<String>,
-    agent_image: String,
-    registry: Registry,
-) -> anyhow::Result<()> {
-    let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+/// Announces that some watched object changed (every cache sends; the controller and the
+/// credential service's refresher each wait on a receiver).
+pub type Changes = tokio::sync::watch::Sender<()>;
+
+/// Starts a watch cache of every input kind and waits until each has loaded, so that nothing is
+/// judged missing while loading. Returns the caches and a receiver told of every change.
+pub async fn start_caches(
+    client: &Client,
+) -> anyhow::Result<(Arc<Caches>, tokio::sync::watch::Receiver<()>)> {
+    let (changed_tx, changed_rx) = tokio::sync::watch::channel(());
     // Gateway API's UDPRoute (experimental channel) and ReferenceGrant, if installed.
     let udp_routes = discovered(
-        &client,
+        client,
         render::GATEWAY_API_GROUP,
         "UDPRoute",
         Some("v1alpha2"),
     )
     .await;
-    let grants = discovered(&client, render::GATEWAY_API_GROUP, "ReferenceGrant", None).await;
+    let grants = discovered(client, render::GATEWAY_API_GROUP, "ReferenceGrant", None).await;
     info!(
         gateway_api_udp_routes = udp_routes.is_some(),
         reference_grants = grants.is_some(),
         "optional Gateway API resources"
     );
     let caches = Arc::new(Caches {
-        gateway_classes: cache(&client, changed_tx.clone()),
-        gateways: cache(&client, changed_tx.clone()),
-        gateway_configs: cache(&client, changed_tx.clone()),
-        routes: cache(&client, changed_tx.clone()),
-        static_services: cache(&client, changed_tx.clone()),
-        dataplanes: cache(&client, changed_tx.clone()),
-        services: cache(&client, changed_tx.clone()),
-        endpoint_slices: cache(&client, changed_tx.clone()),
-        secrets: cache(&client, changed_tx.clone()),
-        nodes: cache(&client, changed_tx.clone()),
-        namespaces: cache(&client, changed_tx.clone()),
+        gateway_classes: cache(client, changed_tx.clone()),
+        gateways: cache(client, changed_tx.clone()),
+        gateway_configs: cache(client, changed_tx.clone()),
+        routes: cache(client, changed_tx.clone()),
+        static_services: cache(client, changed_tx.clone()),
+        dataplanes: cache(client, changed_tx.clone()),
+        services: cache(client, changed_tx.clone()),
+        endpoint_slices: cache(client, changed_tx.clone()),
+        secrets: cache(client, changed_tx.clone()),
+        nodes: cache(client, changed_tx.clone()),
+        namespaces: cache(client, changed_tx.clone()),
         gateway_api_routes: udp_routes
             .as_ref()
-            .map(|r| cache_dynamic(&client, changed_tx.clone(), r)),
+            .map(|r| cache_dynamic(client, changed_tx.clone(), r)),
         reference_grants: grants
             .as_ref()
-            .map(|r| cache_dynamic(&client, changed_tx.clone(), r)),
+            .map(|r| cache_dynamic(client, changed_tx.clone(), r)),
         deployments: cache_selected(
-            &client,
+            client,
             changed_tx.clone(),
             watcher::Config::default().labels(render::GATEWAY_LABEL),
         ),
         daemon_sets: cache_selected(
-            &client,
+            client,
             changed_tx,
             watcher::Config::default().labels(render::GATEWAY_LABEL),
         ),
     });
-    // Render only from complete caches, so that nothing is judged missing while loading.
     macro_rules! ready {
         ($($store:ident),*) => { $( caches.$store.wait_until_ready().await?; )* };
     }
@@ -667,7 +663,61 @@ pub async fn run(
     {
         store.wait_until_ready().await?;
     }
-    info!("caches loaded; reconciling");
+    info!("caches loaded");
+    Ok((caches, changed_rx))
+}
+
+/// What the credential service hands out, from the caches: every Gateway of ours that renders.
+/// Runs on every replica (the leader's reconciles write the same entries), so that any replica
+/// answers; refreshed on every change, and every 10 s for addresses and time.
+pub async fn refresh_registry(
+    caches: Arc<Caches>,
+    mut changes: tokio::sync::watch::Receiver<()>,
+    controller_names: Vec<String>,
+    registry: Registry,
+) {
+    loop {
+        let inputs = caches.snapshot();
+        let settings = Settings {
+            controller_names: controller_names.clone(),
+            agent_image: String::new(),
+            now: Timestamp::now(),
+        };
+        let fresh: std::collections::BTreeMap<_, _> = inputs
+            .gateways
+            .iter()
+            .filter(|g| g.metadata.deletion_timestamp.is_none())
+            .filter_map(
+                |gateway| match render_gateway(&inputs, &settings, gateway) {
+                    Outcome::Rendered(rendered) => Some((
+                        (rendered.ice.namespace.clone(), rendered.ice.gateway.clone()),
+                        rendered.ice,
+                    )),
+                    _ => None,
+                },
+            )
+            .collect();
+        if let Ok(mut registry) = registry.write() {
+            *registry = fresh;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
+
+/// Runs the Gateway and GatewayClass controllers on `caches` until the process stops (or the
+/// future is dropped: a replica that loses the leader election drops it).
+pub async fn run_controllers(
+    client: Client,
+    caches: Arc<Caches>,
+    changes: tokio::sync::watch::Receiver<()>,
+    controller_names: Vec<String>,
+    agent_image: String,
+    registry: Registry,
+) {
+    info!("reconciling");
     let snapshot = Arc::clone(&caches);
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -677,7 +727,10 @@ pub async fn run(
         now: Box::new(Timestamp::now),
         registry,
     });
-    let changes = tokio_stream_from(changed_rx);
+    let changes = futures::stream::unfold(changes, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
     let config = controller::Config::default().debounce(Duration::from_millis(500));
     let gateways = Controller::new(
         Api::<Gateway>::all(client.clone()),
@@ -718,11 +771,4 @@ pub async fn run(
             }
         });
     futures::join!(gateways, classes);
-    Ok(())
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<()>,
-) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -1,6 +1,7 @@
-//! The install manifests: deploy/crds.yaml is what the code generates, deploy/operator.yaml
-//! and the seed parse (the operator's objects as typed Kubernetes objects, losslessly), and the
-//! operator's ClusterRole covers every request the reconciler makes.
+//! The install manifests: deploy/crds.yaml and deploy/install.yaml are what the code generates,
+//! they and the seed parse (the objects as typed Kubernetes objects, losslessly), the operator's
+//! ClusterRole covers every request the reconciler makes, and the credential service's is
+//! read-only.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failing test
 mod common;
 
@@ -10,11 +11,11 @@ use common::*;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Namespace, Service, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
-use xturn_operator::{crd, offline};
+use xturn_operator::{crd, install, offline};
 
 /// Every non-empty document of a YAML file, as JSON values.
 fn documents(path: &Path) -> Vec<Value> {
@@ -62,18 +63,70 @@ fn typed<K: DeserializeOwned + Serialize>(document: &Value) -> K {
     object
 }
 
+/// deploy/install.yaml without the CRDs.
 fn operator_documents() -> Vec<Value> {
-    documents(&root().join("deploy/operator.yaml"))
+    documents(&root().join("deploy/install.yaml"))
+        .into_iter()
+        .filter(|d| d["kind"] != "CustomResourceDefinition")
+        .collect()
 }
 
-fn find<K: DeserializeOwned + Serialize>(documents: &[Value], kind: &str) -> K {
+/// The object of `kind` named `name`, typed.
+fn named<K: DeserializeOwned + Serialize>(documents: &[Value], kind: &str, name: &str) -> K {
     let found: Vec<_> = documents
         .iter()
-        .filter(|d| d["kind"] == kind && d["metadata"]["namespace"] != "stunner-system")
-        .filter(|d| d["metadata"]["name"] != "stunner-system")
+        .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .collect();
-    assert_eq!(found.len(), 1, "one {kind} in deploy/operator.yaml");
+    assert_eq!(found.len(), 1, "one {kind} {name} in deploy/install.yaml");
     typed(found[0])
+}
+
+#[test]
+fn install_yaml_is_what_the_code_generates() {
+    let path = root().join("deploy/install.yaml");
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    let generated = install::yaml(&install::InstallOptions::default()).unwrap();
+    assert!(
+        on_disk == generated,
+        "deploy/install.yaml is stale: run `cargo run -p operator -- install > deploy/install.yaml`"
+    );
+    // The CRDs in it are deploy/crds.yaml's.
+    let crds: Vec<Value> = documents(&path)
+        .into_iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(crds, documents(&root().join("deploy/crds.yaml")));
+}
+
+/// `install --registry --tag` names exactly the images `cargo xtask image` builds there.
+#[test]
+fn install_names_the_images_in_the_registry_given() {
+    let output = Command::new(env!("CARGO_BIN_EXE_xturn-operator"))
+        .args([
+            "install",
+            "--registry",
+            "registry.test:5000/team/",
+            "--tag",
+            "1.2.3",
+        ])
+        .args(["--image-pull-secret", "pull-secret"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let images: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert_eq!(
+        images,
+        ["registry.test:5000/team/xturn-operator:1.2.3"].into()
+    );
+    assert!(
+        text.contains("value: registry.test:5000/team/xturnd:1.2.3"),
+        "{text}"
+    );
+    assert_eq!(text.matches("- name: pull-secret").count(), 2, "{text}");
 }
 
 #[test]
@@ -105,6 +158,14 @@ fn every_manifest_parses() {
             .collect::<Vec<_>>(),
         [
             "Namespace",
+            // The operator, its RBAC and its Lease's.
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            // The credential service.
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
@@ -115,6 +176,22 @@ fn every_manifest_parses() {
             "Service",
         ]
     );
+    // Every object survives the round trip through its k8s-openapi type.
+    for document in &operator {
+        let kind = document["kind"].as_str().unwrap();
+        let name = document["metadata"]["name"].as_str().unwrap();
+        match kind {
+            "Namespace" => drop(named::<Namespace>(&operator, kind, name)),
+            "ServiceAccount" => drop(named::<ServiceAccount>(&operator, kind, name)),
+            "ClusterRole" => drop(named::<ClusterRole>(&operator, kind, name)),
+            "ClusterRoleBinding" => drop(named::<ClusterRoleBinding>(&operator, kind, name)),
+            "Role" => drop(named::<Role>(&operator, kind, name)),
+            "RoleBinding" => drop(named::<RoleBinding>(&operator, kind, name)),
+            "Deployment" => drop(named::<Deployment>(&operator, kind, name)),
+            "Service" => drop(named::<Service>(&operator, kind, name)),
+            other => panic!("unexpected {other}"),
+        }
+    }
     let seed: Vec<Value> = seed_files().iter().flat_map(|f| documents(f)).collect();
     assert_eq!(
         seed.iter()
@@ -153,106 +230,158 @@ fn every_manifest_parses() {
 }
 
 #[test]
-fn the_operator_deployment_runs_unprivileged_with_its_credential_service() {
+fn two_replicas_each_of_the_operator_and_the_credential_service_run_unprivileged() {
     let documents = operator_documents();
-    let namespace: Namespace = find(&documents, "Namespace");
-    assert_eq!(namespace.metadata.name.as_deref(), Some("xturn-system"));
-    let account: ServiceAccount = find(&documents, "ServiceAccount");
-    assert_eq!(account.metadata.namespace.as_deref(), Some("xturn-system"));
-    let deployment: Deployment = find(&documents, "Deployment");
+    let namespace: Namespace = named(&documents, "Namespace", "xturn-system");
     assert_eq!(
-        deployment.metadata.namespace.as_deref(),
-        Some("xturn-system")
+        namespace.metadata.labels.unwrap()["pod-security.kubernetes.io/enforce"],
+        "restricted"
     );
-    let spec = deployment.spec.unwrap();
-    assert_eq!(spec.replicas, Some(1));
-    let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
-    assert_eq!(spec.selector.match_labels.as_ref(), Some(&pod_labels));
-    let pod = spec.template.spec.unwrap();
-    assert_eq!(pod.service_account_name, account.metadata.name);
-    let pod_security = serde_json::to_value(pod.security_context.unwrap()).unwrap();
-    assert_eq!(pod_security["runAsNonRoot"], true);
-    assert_eq!(pod.containers.len(), 1);
-    let container = &pod.containers[0];
-    assert_eq!(
-        container.image.as_deref(),
-        Some("ghcr.io/xturn/xturn-operator:latest")
-    );
-    let args = container.args.clone().unwrap();
-    assert_eq!(args[0], "run");
-    let port = container.ports.as_ref().unwrap();
-    assert_eq!(
-        serde_json::to_value(port).unwrap(),
-        json!([{"name": "http", "containerPort": 8088, "protocol": "TCP"}])
-    );
-    for probe in [&container.liveness_probe, &container.readiness_probe] {
-        let probe = serde_json::to_value(probe.as_ref().unwrap()).unwrap();
-        assert_eq!(probe["httpGet"], json!({"path": "/healthz", "port": 8088}));
+    for (name, args, port) in [
+        (
+            "xturn-operator",
+            vec!["run", "--leader-elect", "--health-listen", "0.0.0.0:8081"],
+            json!({"name": "health", "containerPort": 8081, "protocol": "TCP"}),
+        ),
+        (
+            "xturn-auth",
+            vec!["credential-service", "--listen", "0.0.0.0:8088"],
+            json!({"name": "http", "containerPort": 8088, "protocol": "TCP"}),
+        ),
+    ] {
+        let account: ServiceAccount = named(&documents, "ServiceAccount", name);
+        assert_eq!(account.metadata.namespace.as_deref(), Some("xturn-system"));
+        let deployment: Deployment = named(&documents, "Deployment", name);
+        assert_eq!(
+            deployment.metadata.namespace.as_deref(),
+            Some("xturn-system")
+        );
+        let spec = deployment.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2), "{name}");
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
+            assert_eq!(pod_labels.get(k), Some(v));
+        }
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some(name));
+        let pod_security = serde_json::to_value(pod.security_context.unwrap()).unwrap();
+        assert_eq!(pod_security["runAsNonRoot"], true);
+        assert_eq!(pod_security["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(pod.containers.len(), 1);
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some(format!("ghcr.io/xturn/xturn-operator:{}", env!("CARGO_PKG_VERSION")).as_str())
+        );
+        assert_eq!(container.args.clone().unwrap(), args, "{name}");
+        assert_eq!(
+            serde_json::to_value(container.ports.as_ref().unwrap()).unwrap(),
+            json!([port])
+        );
+        for probe in [&container.liveness_probe, &container.readiness_probe] {
+            let probe = serde_json::to_value(probe.as_ref().unwrap()).unwrap();
+            assert_eq!(
+                probe["httpGet"],
+                json!({"path": "/healthz", "port": port["name"]})
+            );
+        }
+        let security = serde_json::to_value(container.security_context.as_ref().unwrap()).unwrap();
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["capabilities"], json!({"drop": ["ALL"]}));
+        let binding: ClusterRoleBinding = named(&documents, "ClusterRoleBinding", name);
+        assert_eq!(binding.role_ref.kind, "ClusterRole");
+        assert_eq!(binding.role_ref.name, name);
+        assert_eq!(
+            serde_json::to_value(binding.subjects.unwrap()).unwrap(),
+            json!([{"kind": "ServiceAccount", "name": name, "namespace": "xturn-system"}])
+        );
     }
-    let security = serde_json::to_value(container.security_context.as_ref().unwrap()).unwrap();
-    assert_eq!(security["readOnlyRootFilesystem"], true);
-    assert_eq!(security["allowPrivilegeEscalation"], false);
-    assert_eq!(security["capabilities"], json!({"drop": ["ALL"]}));
+    // The operator names the agent image of the same registry and tag.
+    let operator: Deployment = named(&documents, "Deployment", "xturn-operator");
+    let env =
+        serde_json::to_value(&operator.spec.unwrap().template.spec.unwrap().containers[0].env)
+            .unwrap();
+    assert!(
+        env.as_array().unwrap().contains(&json!({
+            "name": "XTURN_AGENT_IMAGE",
+            "value": format!("ghcr.io/xturn/xturnd:{}", env!("CARGO_PKG_VERSION")),
+        })),
+        "{env}"
+    );
 
-    let service: Service = find(&documents, "Service");
-    assert_eq!(service.metadata.name.as_deref(), Some("xturn-auth"));
+    let service: Service = named(&documents, "Service", "xturn-auth");
     assert_eq!(service.metadata.namespace.as_deref(), Some("xturn-system"));
     let service = service.spec.unwrap();
-    assert_eq!(service.selector.as_ref(), Some(&pod_labels));
+    assert_eq!(
+        serde_json::to_value(service.selector).unwrap(),
+        json!({"app.kubernetes.io/name": "xturn-auth"})
+    );
     assert_eq!(
         serde_json::to_value(service.ports.unwrap()).unwrap(),
         json!([{"name": "http", "port": 8088, "targetPort": "http", "protocol": "TCP"}])
     );
-
     // STUNner's clients call stunner-auth.stunner-system:8088: an alias of the service above.
-    let alias = documents
-        .iter()
-        .find(|d| d["kind"] == "Service" && d["metadata"]["namespace"] == "stunner-system")
-        .unwrap();
-    assert_eq!(alias["metadata"]["name"], "stunner-auth");
-    assert_eq!(alias["spec"]["type"], "ExternalName");
+    let alias: Service = named(&documents, "Service", "stunner-auth");
+    assert_eq!(alias.metadata.namespace.as_deref(), Some("stunner-system"));
+    let alias = alias.spec.unwrap();
+    assert_eq!(alias.type_.as_deref(), Some("ExternalName"));
     assert_eq!(
-        alias["spec"]["externalName"],
-        "xturn-auth.xturn-system.svc.cluster.local"
+        alias.external_name.as_deref(),
+        Some("xturn-auth.xturn-system.svc.cluster.local")
     );
-    assert_eq!(alias["spec"]["ports"][0]["port"], 8088);
 
-    let binding: ClusterRoleBinding = find(&documents, "ClusterRoleBinding");
-    let role: ClusterRole = find(&documents, "ClusterRole");
-    assert_eq!(binding.role_ref.kind, "ClusterRole");
-    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
-    assert_eq!(
-        serde_json::to_value(binding.subjects.unwrap()).unwrap(),
-        json!([{"kind": "ServiceAccount", "name": "xturn-operator", "namespace": "xturn-system"}])
+    // Leader election: the Lease only, in the operator's namespace.
+    let role: Role = named(&documents, "Role", "xturn-operator-leader-election");
+    assert_eq!(role.metadata.namespace.as_deref(), Some("xturn-system"));
+    let rules = role.rules.unwrap();
+    assert!(covers(&rules, "coordination.k8s.io", "leases", "create"));
+    assert!(
+        rules
+            .iter()
+            .all(|r| r.resources.as_deref() == Some(&["leases".to_owned()][..]))
     );
+    let named_rule = rules.iter().find(|r| r.resource_names.is_some()).unwrap();
+    assert_eq!(
+        named_rule.resource_names.as_deref(),
+        Some(&[xturn_operator::leader::LEASE_NAME.to_owned()][..])
+    );
+    let binding: RoleBinding = named(&documents, "RoleBinding", "xturn-operator-leader-election");
+    assert_eq!(binding.role_ref.name, "xturn-operator-leader-election");
 }
 
 /// The Deployment's arguments and environment are ones `xturn-operator` takes: started with
 /// them and no cluster to reach, it gets past parsing and fails on the API connection.
 #[test]
 fn the_operator_deployment_arguments_parse() {
-    let deployment: Deployment = find(&operator_documents(), "Deployment");
-    let container = deployment.spec.unwrap().template.spec.unwrap().containers[0].clone();
-    let home = std::env::temp_dir().join(format!("xturn-operator-test-{}", std::process::id()));
-    std::fs::create_dir_all(&home).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xturn-operator"));
-    command
-        .args(container.args.unwrap())
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .env("HOME", &home)
-        .env("KUBECONFIG", home.join("no-such-kubeconfig"));
-    for var in container.env.unwrap() {
-        command.env(var.name, var.value.unwrap());
+    for name in ["xturn-operator", "xturn-auth"] {
+        let deployment: Deployment = named(&operator_documents(), "Deployment", name);
+        let container = deployment.spec.unwrap().template.spec.unwrap().containers[0].clone();
+        let home =
+            std::env::temp_dir().join(format!("xturn-operator-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xturn-operator"));
+        command
+            .args(container.args.unwrap())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env("HOME", &home)
+            .env("KUBECONFIG", home.join("no-such-kubeconfig"));
+        for var in container.env.unwrap() {
+            // The downward API's values (POD_NAME...) exist only in a pod.
+            if let Some(value) = var.value {
+                command.env(var.name, value);
+            }
+        }
+        let output = command.output().unwrap();
+        let _ = std::fs::remove_dir_all(&home);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains("cannot reach the Kubernetes API"),
+            "{name}: {stderr}"
+        );
     }
-    let output = command.output().unwrap();
-    let _ = std::fs::remove_dir_all(&home);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(
-        stderr.contains("cannot reach the Kubernetes API"),
-        "{stderr}"
-    );
 }
 
 /// `render -f` takes several files after one `-f`, and prints what `offline::render_all` does.
@@ -352,6 +481,12 @@ const USED: &[(&str, &str, &[&str])] = &[
     ("apps", "daemonsets", &["create", "patch", "delete"]),
     ("", "services", &["create", "patch"]),
     ("", "secrets", &["create", "patch"]),
+    // Owner references with blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
+    (
+        "gateway.networking.k8s.io",
+        "gateways/finalizers",
+        &["update"],
+    ),
     // Optional Gateway API kinds (watched when served), Namespaces for allowedRoutes.
     ("gateway.networking.k8s.io", "udproutes", &["list", "watch"]),
     ("gateway.networking.k8s.io", "udproutes/status", &["patch"]),
@@ -365,7 +500,7 @@ const USED: &[(&str, &str, &[&str])] = &[
 
 #[test]
 fn the_cluster_role_covers_every_request_of_the_reconciler() {
-    let role: ClusterRole = find(&operator_documents(), "ClusterRole");
+    let role: ClusterRole = named(&operator_documents(), "ClusterRole", "xturn-operator");
     let rules = role.rules.unwrap();
     let missing: Vec<String> = USED
         .iter()
@@ -413,5 +548,30 @@ fn the_cluster_role_covers_every_request_of_the_reconciler() {
     }
     for verb in ["update", "delete"] {
         assert!(!covers(&rules, "", "secrets", verb), "{verb} secrets");
+    }
+}
+
+/// The credential service reads what rendering reads and writes nothing.
+#[test]
+fn the_credential_service_is_read_only() {
+    let role: ClusterRole = named(&operator_documents(), "ClusterRole", "xturn-auth");
+    let rules = role.rules.unwrap();
+    for rule in &rules {
+        for verb in &rule.verbs {
+            assert!(
+                ["get", "list", "watch"].contains(&verb.as_str()),
+                "{rule:?}"
+            );
+        }
+    }
+    // Everything the registry is rendered from.
+    for (group, resource, _) in USED.iter().filter(|(_, _, v)| v.contains(&"watch")) {
+        if ["configmaps"].contains(resource) {
+            continue; // the controller's own objects, not an input
+        }
+        assert!(
+            covers(&rules, group, resource, "watch"),
+            "{group}/{resource}"
+        );
     }
 }

@@ -469,7 +469,7 @@ fn rendered_objects_and_deploy_manifests_pass_kubernetes_schemas() {
         .parent()
         .expect("root")
         .to_path_buf();
-    files.push(root.join("deploy/operator.yaml"));
+    files.push(root.join("deploy/install.yaml"));
     files.push(root.join("deploy/crds.yaml"));
     kubernetes_validate(&files);
     // The validator refuses what Kubernetes would (so the pass above means something).
