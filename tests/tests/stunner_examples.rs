@@ -452,6 +452,28 @@ fn kubernetes_validate(files: &[PathBuf]) {
     );
 }
 
+/// tests/scripts/validate_custom_resources.py: `files`' custom resources against
+/// deploy/crds.yaml's schemas. The number checked, or the script's report.
+fn validate_custom_resources(root: &Path, files: &[PathBuf]) -> Result<usize, String> {
+    let output = Command::new("python3")
+        .arg(root.join("tests/scripts/validate_custom_resources.py"))
+        .arg(root.join("deploy/crds.yaml"))
+        .args(files)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("checked ")?.split(' ').next()?.parse().ok())
+        .ok_or(stdout)
+}
+
 #[test]
 fn rendered_objects_and_deploy_manifests_pass_kubernetes_schemas() {
     let dir = std::env::temp_dir().join(format!("xturn-validate-{}", std::process::id()));
@@ -471,7 +493,40 @@ fn rendered_objects_and_deploy_manifests_pass_kubernetes_schemas() {
         .to_path_buf();
     files.push(root.join("deploy/install.yaml"));
     files.push(root.join("deploy/crds.yaml"));
+    // The seed as shipped and as rendered.
+    let seed: Vec<PathBuf> = std::fs::read_dir(root.join("deploy/examples/stunner-seed"))
+        .expect("seed")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let (seed_inputs, _) = Inputs::from_files(&seed).expect("seed parses");
+    let out = render_all(&seed_inputs, &settings(), None).expect("renders");
+    let rendered_seed = dir.join("seed-rendered.yaml");
+    std::fs::write(
+        &rendered_seed,
+        xturn_operator::offline::to_yaml(&out.objects).expect("yaml"),
+    )
+    .expect("write");
+    files.push(rendered_seed);
+    files.extend(seed.iter().cloned());
     kubernetes_validate(&files);
+    // Our custom resources (the examples, the seed) against our CRDs' schemas, strictly.
+    let mut custom = examples();
+    custom.push(examples_dir().join("00-base.yaml"));
+    custom.extend(seed);
+    let checked = validate_custom_resources(&root, &custom).expect("custom resources valid");
+    assert_eq!(
+        checked, 21,
+        "every GatewayConfig, UDPRoute, StaticService, Dataplane"
+    );
+    let typo = dir.join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: stunner.l7mp.io/v1\nkind: GatewayConfig\nmetadata: {name: x}\n\
+         spec: {realms: x}\n",
+    )
+    .expect("write");
+    let refused = validate_custom_resources(&root, &[typo]).expect_err("a misspelt field");
+    assert!(refused.contains("realms"), "{refused}");
     // The validator refuses what Kubernetes would (so the pass above means something).
     let bad = dir.join("bad.yaml");
     std::fs::write(
