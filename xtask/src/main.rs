@@ -1,11 +1,13 @@
 //! `cargo xtask`: every multi-step job of the project, in Rust.
 mod bench;
 mod demo;
+mod image;
+mod oci;
 mod setup;
 mod sh;
 mod topology;
 
-use std::time::Instant;
+use std::{path::PathBuf, time::Instant};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,7 +25,8 @@ enum Command {
     Setup,
     /// Check formatting and run clippy with warnings denied.
     Lint,
-    /// Setup, lint, then every test: unit, eBPF (BPF_PROG_TEST_RUN) and network-namespace tests.
+    /// Setup, lint, then every test: unit, eBPF (BPF_PROG_TEST_RUN), network-namespace and
+    /// container-image tests (it builds the images first).
     Test {
         /// Skip the lint step.
         #[arg(long)]
@@ -44,6 +47,17 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Build the container images of xturnd and xturn-operator as OCI archives
+    /// (target/images/*.oci.tar): release binaries, their shared libraries, no base image;
+    /// reproducible. Prints each image's name:tag, digest and size.
+    Image {
+        /// Write the archives here instead of target/images.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Pack the binaries already in target/release; do not build them.
+        #[arg(long)]
+        no_build: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +69,9 @@ fn main() -> Result<()> {
         Command::Test { no_lint, test_args } => test(no_lint, &test_args)?,
         Command::Demo => demo::run()?,
         Command::Bench { quick, only } => bench::run(&bench::Options { quick, only })?,
+        Command::Image { out, no_build } => {
+            image::run(&image::Options { out, no_build })?;
+        }
     }
     eprintln!("xtask: done in {:.1?}", started.elapsed());
     Ok(())
@@ -83,6 +100,12 @@ fn test(no_lint: bool, test_args: &[String]) -> Result<()> {
     // The end-to-end tests start the real binaries (xturnd, xturnctl) from target/debug.
     sh::step("test: cargo build --workspace --bins");
     sh::run(sh::cargo(&["build", "--workspace", "--bins"]))?;
+    // tests/tests/images.rs loads and runs the container images.
+    sh::step("test: cargo xtask image");
+    image::run(&image::Options {
+        out: None,
+        no_build: false,
+    })?;
     sh::step("test: cargo test --workspace");
     let mut args = vec!["test", "--workspace", "--all-targets"];
     if !test_args.is_empty() {
