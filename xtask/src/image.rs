@@ -108,7 +108,7 @@ pub fn run(opts: &Options) -> Result<Vec<Built>> {
             "{}  digest {}  id {}  {} bytes ({:.1} MiB; layer {:.1} MiB)  {}",
             b.reference,
             b.archive.manifest_digest,
-            &b.archive.config_digest[..19],
+            b.archive.config_digest.get(..19).unwrap_or_default(),
             b.archive.bytes.len(),
             mib(b.archive.bytes.len() as u64),
             mib(b.archive.layer_size),
