@@ -55,14 +55,16 @@ impl Topology {
     /// default offloads, forwarding as a plain host has it (off) unless `forwarding`.
     pub fn plain(forwarding: bool) -> Topology {
         let topology = Topology::three(veth_default);
-        if forwarding {
-            topology
-                .relay
-                .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-            topology
-                .relay
-                .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
-        }
+        // Said either way: a new namespace inherits IPv4 forwarding from the host's, which a
+        // container runtime or a router may have turned on.
+        let on = u8::from(forwarding);
+        topology
+            .relay
+            .run("sysctl", &["-qw", &format!("net.ipv4.ip_forward={on}")]);
+        topology.relay.run(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.all.forwarding={on}")],
+        );
         topology
     }
 
