@@ -91,13 +91,8 @@ impl Inputs {
     /// Every UDPRoute rendering considers: STUNner's, then Gateway API's that no STUNner route
     /// of the same namespace and name masks.
     pub fn all_routes(&self) -> impl Iterator<Item = (&UDPRoute, RouteApi)> + '_ {
-        let stunner = self.routes.iter().map(|r| (r.as_ref(), RouteApi::Stunner));
-        let gateway_api = self
-            .gateway_api_routes
-            .iter()
-            .filter(|r| !self.masked(r))
-            .map(|r| (r.as_ref(), RouteApi::GatewayApi));
-        stunner.chain(gateway_api)
+        self.every_route()
+            .filter(|(r, api)| *api == RouteApi::Stunner || !self.masked(r))
     }
 
     /// Every UDPRoute, masked ones included, with its API: whose statuses are written.

@@ -451,17 +451,13 @@ async fn discovered(
             return None;
         }
     };
-    discovery.get(group).and_then(|g| {
-        g.versioned_resources(g.preferred_version_or_latest())
-            .into_iter()
-            .chain(
-                g.versions()
-                    .flat_map(|v| g.versioned_resources(v))
-                    .collect::<Vec<_>>(),
-            )
-            .map(|(resource, _)| resource)
-            .find(|r| r.kind == kind && version.is_none_or(|v| r.version == v))
-    })
+    let g = discovery.get(group)?;
+    // The preferred version first.
+    std::iter::once(g.preferred_version_or_latest())
+        .chain(g.versions())
+        .flat_map(|v| g.versioned_resources(v))
+        .map(|(resource, _)| resource)
+        .find(|r| r.kind == kind && version.is_none_or(|v| r.version == v))
 }
 
 /// The watch caches of every input kind.

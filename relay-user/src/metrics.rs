@@ -275,6 +275,20 @@ fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
 }
 
 /// Writes metric families (`name` without the `_total` the encoder appends to counters).
+/// One (packets, bytes) row per direction of `owner`'s traffic.
+fn push_traffic(
+    owner: (&'static str, &str),
+    directions: [(&'static str, (u64, u64)); 2],
+    packets: &mut Vec<(Labels, u64)>,
+    bytes: &mut Vec<(Labels, u64)>,
+) {
+    for (direction, (p, b)) in directions {
+        let row = labels([owner, ("direction", direction)]);
+        packets.push((row.clone(), p));
+        bytes.push((row, b));
+    }
+}
+
 struct Out<'a, 'b>(&'a mut DescriptorEncoder<'b>);
 
 impl Out<'_, '_> {
@@ -406,11 +420,12 @@ fn stunner_listener_and_cluster_metrics(out: &mut Out<'_, '_>, s: &Snapshot) -> 
             // Peers of no cluster: STUNner has no such series.
             continue;
         }
-        for (direction, (p, b)) in [("tx", to_peer), ("rx", to_client)] {
-            let row = labels([("name", name), ("direction", direction)]);
-            packets.push((row.clone(), p));
-            bytes.push((row, b));
-        }
+        push_traffic(
+            ("name", name),
+            [("tx", to_peer), ("rx", to_client)],
+            &mut packets,
+            &mut bytes,
+        );
     }
     out.counters(
         "stunner_cluster_packets",
@@ -716,11 +731,12 @@ impl Collector for SnapshotCollector {
         let mut cluster_packets = Vec::with_capacity(2 * st.clusters.len());
         let mut cluster_bytes = Vec::with_capacity(2 * st.clusters.len());
         for (_, name, [to_peer, to_client]) in s.cluster_traffic() {
-            for (direction, (p, b)) in [("to_peer", to_peer), ("to_client", to_client)] {
-                let row = labels([("cluster", name), ("direction", direction)]);
-                cluster_packets.push((row.clone(), p));
-                cluster_bytes.push((row, b));
-            }
+            push_traffic(
+                ("cluster", name),
+                [("to_peer", to_peer), ("to_client", to_client)],
+                &mut cluster_packets,
+                &mut cluster_bytes,
+            );
         }
         out.counters(
             "xturn_cluster_packets",

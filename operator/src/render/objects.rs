@@ -173,7 +173,7 @@ pub(super) fn workload(parts: &WorkloadParts<'_>) -> Result<Workload, serde_json
         .listeners
         .iter()
         .map(|l| {
-            let tcp = matches!(l.protocol.as_deref(), Some("TURN-TCP" | "TURN-TLS"));
+            let tcp = l.protocol.as_deref().is_some_and(is_tcp);
             json!({"containerPort": l.port, "protocol": if tcp { "TCP" } else { "UDP" }})
         })
         .collect();
@@ -479,11 +479,6 @@ pub(super) fn service_annotations(
     annotations
 }
 
-/// Whether an agent listener protocol is carried over TCP.
-fn is_tcp(protocol: Option<&str>) -> bool {
-    matches!(protocol, Some("TURN-TCP" | "TURN-TLS"))
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) fn service(
     name: &str,
@@ -503,12 +498,12 @@ pub(super) fn service(
     let first_tcp = config
         .listeners
         .first()
-        .map(|l| is_tcp(l.protocol.as_deref()));
+        .map(|l| l.protocol.as_deref().is_some_and(is_tcp));
     let mut ports = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
         let full = l.name.as_deref().unwrap_or_default();
         let short = full.rsplit('/').next().unwrap_or(full);
-        let tcp = is_tcp(l.protocol.as_deref());
+        let tcp = l.protocol.as_deref().is_some_and(is_tcp);
         if load_balancer && !options.mixed_protocols && Some(tcp) != first_tcp {
             notes.push(format!(
                 "listener {short}: left out of the LoadBalancer Service, which carries the first \

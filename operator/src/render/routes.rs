@@ -272,14 +272,16 @@ pub fn listener_protocol(protocol: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether an agent listener protocol runs over TCP (TURN-TCP, TURN-TLS).
+pub(super) fn is_tcp(protocol: &str) -> bool {
+    matches!(protocol, "TURN-TCP" | "TURN-TLS")
+}
+
 /// The socket a valid listener needs: its port, and TCP (TURN-TCP, TURN-TLS) or UDP
 /// (TURN-UDP, TURN-DTLS).
 pub(super) fn listener_socket(listener: &GatewayListeners) -> Option<(u16, &'static str)> {
     let protocol = listener_protocol(&listener.protocol)?;
     let port = u16::try_from(listener.port).ok().filter(|p| *p > 0)?;
-    let socket = match protocol {
-        "TURN-TCP" | "TURN-TLS" => "TCP",
-        _ => "UDP",
-    };
+    let socket = if is_tcp(protocol) { "TCP" } else { "UDP" };
     Some((port, socket))
 }
