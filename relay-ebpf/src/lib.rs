@@ -6,4 +6,6 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 pub mod checksum;
+#[cfg(not(target_arch = "bpf"))]
+pub mod frames;
 pub mod headers;

@@ -197,6 +197,9 @@ pub struct TestRunOutcome {
     pub action: u32,
     /// The frame as the program left it.
     pub frame: Vec<u8>,
+    /// How long the run took, as the kernel measured it (the program and the test harness's
+    /// own small overhead).
+    pub duration: std::time::Duration,
 }
 
 impl TestRunOutcome {
@@ -211,6 +214,7 @@ impl TestRunOutcome {
         Ok(TestRunOutcome {
             action: result.return_value,
             frame: out,
+            duration: result.duration,
         })
     }
 }

@@ -17,6 +17,7 @@
 //! - [`telemetry`]: logging (text or JSON, filter changeable at run time).
 pub mod admin;
 pub mod ceiling;
+pub mod channels;
 pub mod config;
 pub mod configmap;
 pub mod dataplane;

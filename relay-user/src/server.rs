@@ -6,13 +6,21 @@
 //! - Each relayed address is a real UDP socket owned by its allocation, read by its own task.
 //! - A timer task drives expiry.
 //!
-//! The protocol state sits behind one mutex. A task locks it only to hand over one datagram (or
-//! tick) and to collect the resulting [`Command`]s; the commands are carried out after the lock is
-//! released. Sends are plain non-blocking `sendto`s: a full socket buffer drops the datagram,
-//! as UDP would.
+//! The packet path of bound channels does not touch the protocol state: the core's channel
+//! events fill a [`ChannelTable`] (see [`crate::channels`]), and UDP clients' ChannelData and
+//! their peers' datagrams are relayed straight from it, many per system call: sockets are read
+//! with `recvmmsg` (a batch of up to [`BATCH`] datagrams per wake-up), peer datagrams are
+//! received behind four bytes of headroom so the ChannelData header is written in front of them
+//! in place, and a batch's ChannelData to one client leaves with one `sendmmsg`.
 //!
-//! Every socket's datagrams are counted ([`IoCounters`], relaxed atomic adds) for metrics, which
-//! read them when scraped through a [`ServerHandle`].
+//! Everything else (requests, Send and Data indications, unbound channels, stream and DTLS
+//! clients) goes to the protocol state, which sits behind one mutex. A task locks it only to
+//! hand over one message (or tick) and to collect the resulting [`Command`]s; the commands are
+//! carried out after the lock is released. Sends are non-blocking: a full socket buffer drops
+//! the datagram, as UDP would.
+//!
+//! Every socket's datagrams are counted ([`IoCounters`], relaxed atomic adds, one per batch) for
+//! metrics, which read them when scraped through a [`ServerHandle`].
 use std::{
     collections::{HashMap, VecDeque},
     io,
@@ -26,7 +34,9 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::AsFd as _;
 use tokio::{
+    io::Interest,
     net::UdpSocket,
     task::{JoinHandle, JoinSet},
 };
@@ -34,15 +44,22 @@ use tracing::{debug, info, trace, warn};
 
 pub use crate::config::Transport;
 use crate::{
+    channels::{ChannelTable, PeerChannels, Relay, ToPeer},
     dtls::DtlsListener,
     offload::ChannelOffload,
     stream::{Connections, StreamListener},
     tls::CertStore,
 };
 use turn_proto::server::{self as turn, BindFailure, ChannelBinding, Command, ListenerId};
+use turn_proto::wire;
+use udp_batch::Batch;
 
 /// Largest datagram we read: bigger than any MTU, so nothing is truncated silently.
 const MAX_DATAGRAM: usize = 65_536;
+/// Datagrams taken from a socket per `recvmmsg`.
+const BATCH: usize = 32;
+/// Bytes of a ChannelData header (RFC 8656 §12.4), written in front of a peer's datagram.
+const CHANNEL_HEADER: usize = 4;
 /// Socket buffer size asked for (the kernel caps it at `net.core.{r,w}mem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 /// The timer wakes at least this often, so new deadlines are never missed by more than this.
@@ -72,14 +89,17 @@ struct ChannelEvents {
 }
 
 impl ChannelEvents {
-    /// The offload `binding`'s events go to, if any.
-    fn offload_for(&self, binding: &ChannelBinding) -> Option<&ChannelOffload> {
-        let udp = self
-            .udp
+    /// Whether `binding`'s client came through a UDP listener.
+    fn is_udp(&self, binding: &ChannelBinding) -> bool {
+        self.udp
             .get(usize::from(binding.listener.0))
             .copied()
-            .unwrap_or(false);
-        self.offload.as_deref().filter(|_| udp)
+            .unwrap_or(false)
+    }
+
+    /// The offload `binding`'s events go to, if any.
+    fn offload_for(&self, binding: &ChannelBinding) -> Option<&ChannelOffload> {
+        self.offload.as_deref().filter(|_| self.is_udp(binding))
     }
 }
 
@@ -140,11 +160,49 @@ pub struct ServerSpec {
     pub state_dir: Option<PathBuf>,
 }
 
-struct RelaySocket {
-    socket: Arc<UdpSocket>,
-    reader: JoinHandle<()>,
+/// A relayed socket, shared by its reader task, the channel table and the senders.
+pub(crate) struct RelayShared {
+    addr: SocketAddr,
+    socket: UdpSocket,
     /// Whether the socket is in "don't fragment" mode (IP_PMTUDISC_DO) right now.
-    dont_fragment: Arc<std::sync::atomic::AtomicBool>,
+    dont_fragment: std::sync::atomic::AtomicBool,
+    /// Its bound peers ([`crate::channels`]).
+    peers: PeerChannels,
+}
+
+impl Relay for RelayShared {
+    fn peer_channels(&self) -> &PeerChannels {
+        &self.peers
+    }
+}
+
+impl RelayShared {
+    /// Sends `data` to `peer`, in or out of "don't fragment" mode as asked (a syscall to switch
+    /// only when the mode differs: DONT-FRAGMENT applies to one datagram).
+    fn send_to_peer(&self, data: &[u8], peer: SocketAddr, df: bool) -> bool {
+        if self.dont_fragment.load(Ordering::Relaxed) != df
+            && self.dont_fragment.swap(df, Ordering::Relaxed) != df
+        {
+            set_dont_fragment(&self.socket, self.addr, df);
+        }
+        send(&self.socket, data, peer)
+    }
+
+    /// Sends `datagrams` to `peer` without "don't fragment" (ChannelData's data), as few
+    /// system calls as it takes; returns how many the kernel took.
+    fn send_all_to_peer(&self, peer: SocketAddr, datagrams: &[&[u8]]) -> usize {
+        if self.dont_fragment.load(Ordering::Relaxed)
+            && self.dont_fragment.swap(false, Ordering::Relaxed)
+        {
+            set_dont_fragment(&self.socket, self.addr, false);
+        }
+        udp_batch::send_all_to(self.socket.as_fd(), peer, datagrams)
+    }
+}
+
+struct RelaySocket {
+    shared: Arc<RelayShared>,
+    reader: JoinHandle<()>,
 }
 
 /// Datagrams and UDP payload bytes through a group of sockets, both ways.
@@ -160,16 +218,32 @@ pub struct IoCounters {
 
 impl IoCounters {
     fn received(&self, len: usize) {
-        self.rx_packets.fetch_add(1, Ordering::Relaxed);
-        self.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.received_many(1, len);
+    }
+
+    fn received_many(&self, packets: usize, bytes: usize) {
+        if packets > 0 {
+            self.rx_packets.fetch_add(packets as u64, Ordering::Relaxed);
+            self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
     }
 
     fn sent(&self, len: usize, ok: bool) {
         if ok {
-            self.tx_packets.fetch_add(1, Ordering::Relaxed);
-            self.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            self.sent_many(1, len, 0);
         } else {
-            self.tx_errors.fetch_add(1, Ordering::Relaxed);
+            self.sent_many(0, 0, 1);
+        }
+    }
+
+    /// `packets` datagrams of `bytes` in all sent, `errors` refused.
+    fn sent_many(&self, packets: usize, bytes: usize, errors: usize) {
+        if packets > 0 {
+            self.tx_packets.fetch_add(packets as u64, Ordering::Relaxed);
+            self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+        if errors > 0 {
+            self.tx_errors.fetch_add(errors as u64, Ordering::Relaxed);
         }
     }
 
@@ -229,6 +303,8 @@ pub(crate) enum ClientIo {
 
 pub(crate) struct Shared {
     core: Mutex<turn::Server>,
+    /// Bound channels of UDP clients, relayed without the core.
+    channels: ChannelTable<RelayShared>,
     /// Each listener's way to its clients, indexed by [`ListenerId`].
     clients: Vec<ClientIo>,
     relays: Mutex<HashMap<SocketAddr, RelaySocket>>,
@@ -331,6 +407,7 @@ impl RunningServer {
         }
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
+            channels: ChannelTable::new(),
             clients,
             relays: Mutex::new(HashMap::new()),
             channel_events,
@@ -344,6 +421,7 @@ impl RunningServer {
             last_tick_ms: AtomicU64::new(0),
         });
         let dropped = bind_restored(&shared, &spec.restored);
+        shared.adopt_channels();
         let mut tasks = JoinSet::new();
         if let Some(dir) = &spec.state_dir {
             tasks.spawn(state_task(Arc::clone(&shared), dir.clone()));
@@ -418,9 +496,12 @@ impl RunningServer {
         }
     }
 
-    /// Runs `f` with the protocol state locked (for stats and admin queries).
+    /// Runs `f` with the protocol state locked (for stats and admin queries); the statistics
+    /// include what the channel table relayed until now.
     pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> T {
-        f(&lock(&self.shared.core))
+        let mut core = lock(&self.shared.core);
+        self.shared.channels.fold_into(&mut core);
+        f(&core)
     }
 
     /// Runs `f` with the protocol state locked for changing (a configuration reload).
@@ -449,10 +530,13 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Runs `f` with the protocol state locked. Keep `f` short: relaying waits meanwhile.
+    /// Runs `f` with the protocol state locked (requests wait meanwhile: keep `f` short); the
+    /// statistics include what the channel table relayed until now.
     pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> Option<T> {
         let shared = self.shared.upgrade()?;
-        Some(f(&lock(&shared.core)))
+        let mut core = lock(&shared.core);
+        shared.channels.fold_into(&mut core);
+        Some(f(&core))
     }
 
     /// Traffic of each listener (indexed by [`ListenerId`]) and of the relayed sockets.
@@ -509,22 +593,24 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Takes the core's commands. Channel events go to the data plane here, under the core lock, so
-/// that bindings and unbindings reach the kernel in exactly the order the core decided them,
-/// whichever task carries out the rest; they are short map updates. Everything else is queued
-/// for `execute`.
-fn drain(core: &mut turn::Server, events: &ChannelEvents, into: &mut VecDeque<Command>) {
+/// Takes the core's commands. Channel events go to the kernel path and the channel table here,
+/// under the core lock, so that bindings and unbindings reach them in exactly the order the
+/// core decided them, whichever task carries out the rest; they are short map updates.
+/// Everything else is queued for `execute`.
+fn drain(core: &mut turn::Server, shared: &Shared, into: &mut VecDeque<Command>) {
     while let Some(command) = core.poll_command() {
         match command {
             Command::ChannelBound(binding) => {
-                if let Some(offload) = events.offload_for(&binding) {
+                if let Some(offload) = shared.channel_events.offload_for(&binding) {
                     offload.channel_bound(&binding);
                 }
+                shared.table_bound(&binding);
             }
             Command::ChannelUnbound(binding) => {
-                if let Some(offload) = events.offload_for(&binding) {
+                if let Some(offload) = shared.channel_events.offload_for(&binding) {
                     offload.channel_unbound(&binding);
                 }
+                shared.channels.unbound(&binding, core);
             }
             other => into.push_back(other),
         }
@@ -544,7 +630,7 @@ fn bind_restored(shared: &Arc<Shared>, restored: &[SocketAddr]) -> usize {
                 warn!(%addr, ?failure, "adopted allocation dropped: its relayed address cannot be bound");
                 dropped += 1;
             }
-            drain(&mut core, &shared.channel_events, &mut commands);
+            drain(&mut core, shared, &mut commands);
         }
     }
     execute(shared, &mut commands);
@@ -587,23 +673,211 @@ async fn state_task(shared: Arc<Shared>, dir: PathBuf) {
     }
 }
 
+/// Reads a UDP listener's socket a batch at a time: ChannelData of channels in the table goes
+/// straight to the peer, everything else to the core.
 async fn listener_task(shared: Arc<Shared>, listener: ListenerId, socket: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut batch = Batch::new(BATCH, MAX_DATAGRAM);
     let mut commands = VecDeque::new();
+    let mut to_peers = Vec::with_capacity(BATCH);
     loop {
-        let (len, client) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
+        if let Err(e) = socket.readable().await {
+            warn!(error = %e, "listener socket failed");
+            return;
+        }
+        let n = match socket.try_io(Interest::READABLE, || batch.try_recv(socket.as_fd())) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // ICMP errors surface here on some kernels; they concern one peer, not us.
                 trace!(error = %e, "listener receive error");
                 continue;
             }
         };
-        shared.client_message(listener, client, &buf[..len], &mut commands);
+        let mut received = 0;
+        for i in 0..n {
+            let Some(client) = batch.source(i) else {
+                continue;
+            };
+            let message = batch.received(i);
+            received += message.len();
+            if !shared.channel_data_to_peer(listener, client, message, i, &mut to_peers) {
+                shared.core_message(listener, client, message, &mut commands);
+            }
+        }
+        if let Some(io) = shared.listener_io.get(usize::from(listener.0)) {
+            io.received_many(n, received);
+        }
+        shared.send_to_peers(&batch, &mut to_peers);
     }
 }
 
+/// ChannelData of a listener's batch on its way to a peer: the binding, and where its data is
+/// in the batch (slot, offset of the data in it, length).
+struct PeerSend {
+    to: ToPeer<RelayShared>,
+    slot: usize,
+    offset: usize,
+    len: usize,
+}
+
 impl Shared {
+    /// `ChannelBound` for the channel table: a UDP client's binding whose relayed socket is
+    /// open goes in.
+    fn table_bound(&self, binding: &ChannelBinding) {
+        if !self.channel_events.is_udp(binding) {
+            return;
+        }
+        let relay = lock(&self.relays)
+            .get(&binding.relayed)
+            .map(|r| Arc::clone(&r.shared));
+        if let Some(relay) = relay {
+            self.channels.bound(binding, relay);
+        }
+    }
+
+    /// Puts the bindings the core adopted from a state file in the channel table.
+    fn adopt_channels(&self) {
+        let core = lock(&self.core);
+        for binding in core.installed_channel_bindings() {
+            self.table_bound(&binding);
+        }
+    }
+
+    /// If `message` (slot `slot` of a listener's batch) from `client` is ChannelData of a
+    /// channel in the table, queues it for [`Shared::send_to_peers`] and says `true`; else it
+    /// is the core's to handle.
+    fn channel_data_to_peer(
+        &self,
+        listener: ListenerId,
+        client: SocketAddr,
+        message: &[u8],
+        slot: usize,
+        to_peers: &mut Vec<PeerSend>,
+    ) -> bool {
+        let Ok(channel_data) = wire::parse_channel_data(message) else {
+            return false;
+        };
+        let Some(to) = self
+            .channels
+            .to_peer(listener, client, channel_data.channel)
+        else {
+            return false;
+        };
+        to_peers.push(PeerSend {
+            to,
+            slot,
+            offset: CHANNEL_HEADER,
+            len: channel_data.data.len(),
+        });
+        true
+    }
+
+    /// Sends the ChannelData data queued from a listener's batch: each relayed socket's
+    /// datagrams to one peer together ([`udp_batch::send_all_to`]: one GSO send for a run of
+    /// equal sizes), in the order they came.
+    fn send_to_peers(&self, batch: &Batch, to_peers: &mut Vec<PeerSend>) {
+        if to_peers.is_empty() {
+            return;
+        }
+        // Stable: a peer's datagrams keep their order.
+        to_peers.sort_by_key(|s| (Arc::as_ptr(&s.to.relay), s.to.peer));
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(to_peers.len());
+        let (mut packets, mut bytes, mut errors) = (0, 0, 0);
+        for group in to_peers
+            .chunk_by(|a, b| Arc::ptr_eq(&a.to.relay, &b.to.relay) && a.to.peer == b.to.peer)
+        {
+            slices.clear();
+            slices.extend(
+                group
+                    .iter()
+                    .map(|s| &batch.received(s.slot)[s.offset..s.offset + s.len]),
+            );
+            let to = &group[0].to;
+            let sent = to.relay.send_all_to_peer(to.peer, &slices);
+            for (send, data) in group.iter().zip(&slices).take(sent) {
+                send.to
+                    .counters
+                    .to_peer(data.len(), send.offset + data.len());
+                bytes += data.len();
+            }
+            packets += sent;
+            errors += group.len() - sent;
+        }
+        self.relay_io.sent_many(packets, bytes, errors);
+        to_peers.clear();
+    }
+
+    /// Datagrams `0..n` of `batch`, from peers to `relay`: those of bound channels go to their
+    /// client as ChannelData in one `sendmmsg`, the rest to the core.
+    fn peer_datagrams(
+        &self,
+        relay: &RelayShared,
+        batch: &mut Batch,
+        n: usize,
+        commands: &mut VecDeque<Command>,
+    ) {
+        // Slots relayed from the table (a bit each; BATCH ≤ 64), and to whom: one allocation
+        // has one client, so every bound peer of a relayed socket has the same one.
+        let mut fast: u64 = 0;
+        let mut to: Option<(ListenerId, SocketAddr)> = None;
+        let mut received = 0;
+        relay.peers.with(|peers| {
+            for i in 0..n {
+                let len = batch.received(i).len();
+                received += len;
+                let Some(peer) = batch.source(i) else {
+                    continue;
+                };
+                let Some(binding) = peers.get(&peer) else {
+                    continue;
+                };
+                let Ok(length) = u16::try_from(len) else {
+                    continue; // too large for ChannelData: the core counts it
+                };
+                batch.frame_mut(i, CHANNEL_HEADER)[..CHANNEL_HEADER]
+                    .copy_from_slice(&wire::channel_data_header(binding.channel, length));
+                binding
+                    .counters
+                    .to_client(1, len as u64, (len + CHANNEL_HEADER) as u64);
+                to = Some((binding.listener, binding.client));
+                fast |= 1 << i;
+            }
+        });
+        self.relay_io.received_many(n, received);
+        let relayed = fast.count_ones() as usize;
+        if let Some((listener, client)) = to {
+            let index = usize::from(listener.0);
+            if let Some(ClientIo::Udp(socket)) = self.clients.get(index) {
+                let is_fast = |i: &usize| fast & (1 << i) != 0;
+                let frames: Vec<&[u8]> = (0..n)
+                    .filter(is_fast)
+                    .map(|i| batch.frame(i, CHANNEL_HEADER))
+                    .collect();
+                let sent = udp_batch::send_all_to(socket.as_fd(), client, &frames);
+                // The kernel takes a prefix of the batch: only a full buffer stops it short.
+                let bytes: usize = (0..n)
+                    .filter(is_fast)
+                    .take(sent)
+                    .map(|i| batch.received(i).len() + CHANNEL_HEADER)
+                    .sum();
+                if let Some(io) = self.listener_io.get(index) {
+                    io.sent_many(sent, bytes, relayed - sent);
+                }
+            }
+        }
+        if relayed == n {
+            return;
+        }
+        let now = Instant::now();
+        let mut core = lock(&self.core);
+        for i in (0..n).filter(|i| fast & (1 << i) == 0) {
+            if let Some(peer) = batch.source(i) {
+                core.handle_peer_datagram(relay.addr, peer, batch.received(i), now);
+            }
+        }
+        drain(&mut core, self, commands);
+    }
+
     /// One message from a client (a datagram, or one framed off a stream or out of DTLS):
     /// counted, handed to the core, and its commands carried out.
     pub(crate) fn client_message(
@@ -616,10 +890,21 @@ impl Shared {
         if let Some(io) = self.listener_io.get(usize::from(listener.0)) {
             io.received(message.len());
         }
+        self.core_message(listener, client, message, commands);
+    }
+
+    /// [`Shared::client_message`] without counting it (the caller did).
+    fn core_message(
+        self: &Arc<Self>,
+        listener: ListenerId,
+        client: SocketAddr,
+        message: &[u8],
+        commands: &mut VecDeque<Command>,
+    ) {
         {
             let mut core = lock(&self.core);
             core.handle_client_datagram(listener, client, message, Instant::now());
-            drain(&mut core, &self.channel_events, commands);
+            drain(&mut core, self, commands);
         }
         execute(self, commands);
     }
@@ -630,43 +915,44 @@ impl Shared {
         {
             let mut core = lock(&self.core);
             core.handle_client_closed(listener, client);
-            drain(&mut core, &self.channel_events, &mut commands);
+            drain(&mut core, self, &mut commands);
         }
         execute(self, &mut commands);
     }
 }
 
 thread_local! {
-    /// One receive buffer per worker thread, shared by every relayed socket's task that runs on
-    /// it: a buffer per task would cost 64 KiB per allocation (650 MB at 10 000 allocations) and
-    /// the page zeroing that comes with each new one.
-    static RECEIVE_BUFFER: std::cell::RefCell<Vec<u8>> =
-        std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM]);
+    /// One receive batch per worker thread, shared by every relayed socket's task that runs on
+    /// it: a batch per task would cost 2 MiB per allocation (and the page zeroing that comes
+    /// with each new one).
+    static RELAY_BATCH: std::cell::RefCell<Batch> =
+        std::cell::RefCell::new(Batch::with_headroom(BATCH, MAX_DATAGRAM, CHANNEL_HEADER));
 }
 
-async fn relay_task(shared: Arc<Shared>, relayed: SocketAddr, socket: Arc<UdpSocket>) {
+/// Reads a relayed socket a batch at a time ([`Shared::peer_datagrams`]).
+async fn relay_task(shared: Arc<Shared>, relay: Arc<RelayShared>) {
     let mut commands = VecDeque::new();
     loop {
-        if let Err(e) = socket.readable().await {
-            trace!(%relayed, error = %e, "relayed socket gone");
+        if let Err(e) = relay.socket.readable().await {
+            trace!(relayed = %relay.addr, error = %e, "relayed socket gone");
             return;
         }
-        // No await from here to the end of the borrow, so the thread's buffer is ours alone.
-        let received = RECEIVE_BUFFER.with_borrow_mut(|buf| match socket.try_recv_from(buf) {
-            Ok((len, peer)) => {
-                shared.relay_io.received(len);
-                let mut core = lock(&shared.core);
-                core.handle_peer_datagram(relayed, peer, &buf[..len], Instant::now());
-                drain(&mut core, &shared.channel_events, &mut commands);
-                true
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            Err(e) => {
-                trace!(%relayed, error = %e, "relay receive error");
-                false
+        // No await from here to the end of the borrow, so the thread's batch is ours alone.
+        let received = RELAY_BATCH.with_borrow_mut(|batch| {
+            let socket = &relay.socket;
+            match socket.try_io(Interest::READABLE, || batch.try_recv(socket.as_fd())) {
+                Ok(n) => {
+                    shared.peer_datagrams(&relay, batch, n, &mut commands);
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(e) => {
+                    trace!(relayed = %relay.addr, error = %e, "relay receive error");
+                    false
+                }
             }
         });
-        if received {
+        if received && !commands.is_empty() {
             execute(&shared, &mut commands);
         }
     }
@@ -678,8 +964,9 @@ async fn timer_task(shared: Arc<Shared>) {
         let now = Instant::now();
         let next = {
             let mut core = lock(&shared.core);
+            shared.channels.fold_into(&mut core);
             core.handle_timeout(now);
-            drain(&mut core, &shared.channel_events, &mut commands);
+            drain(&mut core, &shared, &mut commands);
             core.poll_timeout()
         };
         let tick_ms = u64::try_from(now.saturating_duration_since(shared.started).as_millis())
@@ -723,17 +1010,11 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
             } => {
                 let relay = lock(&shared.relays)
                     .get(&relayed)
-                    .map(|r| (Arc::clone(&r.socket), Arc::clone(&r.dont_fragment)));
+                    .map(|r| Arc::clone(&r.shared));
                 match relay {
-                    Some((socket, mode)) => {
-                        // DONT-FRAGMENT applies to this datagram only: switch the socket's mode
-                        // when it differs (a syscall only on a change).
-                        if mode.swap(dont_fragment, std::sync::atomic::Ordering::Relaxed)
-                            != dont_fragment
-                        {
-                            set_dont_fragment(&socket, relayed, dont_fragment);
-                        }
-                        shared.relay_io.sent(data.len(), send(&socket, &data, peer));
+                    Some(relay) => {
+                        let sent = relay.send_to_peer(&data, peer, dont_fragment);
+                        shared.relay_io.sent(data.len(), sent);
                     }
                     None => trace!(%relayed, "no relayed socket for a send"),
                 }
@@ -742,7 +1023,7 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 let result = bind_relay(shared, addr);
                 let mut core = lock(&shared.core);
                 core.handle_relay_bound(addr, result, Instant::now());
-                drain(&mut core, &shared.channel_events, commands);
+                drain(&mut core, shared, commands);
             }
             Command::ReleaseRelay { addr } => {
                 if let Some(relay) = lock(&shared.relays).remove(&addr) {
@@ -758,18 +1039,23 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
 
 fn bind_relay(shared: &Arc<Shared>, addr: SocketAddr) -> Result<(), BindFailure> {
     let socket = match bind_udp(addr, false) {
-        Ok(socket) => Arc::new(socket),
+        Ok(socket) => socket,
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(BindFailure::AddressInUse),
         Err(e) => {
             warn!(%addr, error = %e, "cannot bind a relayed socket");
             return Err(BindFailure::Other);
         }
     };
-    let reader = tokio::spawn(relay_task(Arc::clone(shared), addr, Arc::clone(&socket)));
-    let relay = RelaySocket {
+    let relay = Arc::new(RelayShared {
+        addr,
         socket,
+        dont_fragment: std::sync::atomic::AtomicBool::new(false),
+        peers: PeerChannels::default(),
+    });
+    let reader = tokio::spawn(relay_task(Arc::clone(shared), Arc::clone(&relay)));
+    let relay = RelaySocket {
+        shared: relay,
         reader,
-        dont_fragment: Arc::default(),
     };
     if let Some(old) = lock(&shared.relays).insert(addr, relay) {
         // The core never binds an address twice; if it did, the old reader must not linger.

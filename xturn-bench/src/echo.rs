@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::mmsg::Batch;
 use super::wire::Stamp;
 use super::{BenchError, tune_socket};
+use udp_batch::Batch;
 
 /// Where to listen and for how long at most.
 #[derive(Debug, Clone)]
@@ -109,6 +109,20 @@ pub fn run(spec: &EchoSpec, socket: &Socket, stop: &AtomicBool) -> Result<EchoRe
     Ok(report)
 }
 
+impl EchoReport {
+    /// Adds `other` (another port's echo) to this one.
+    pub fn merge(&mut self, other: EchoReport) {
+        for (phase, counts) in other.phases {
+            let entry = self.phases.entry(phase).or_default();
+            entry.received += counts.received;
+            entry.echoed += counts.echoed;
+        }
+        self.unstamped += other.unstamped;
+        self.send_errors += other.send_errors;
+        self.seconds = self.seconds.max(other.seconds);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +193,57 @@ mod tests {
             })
         );
         assert_eq!(report.unstamped, 1);
+    }
+
+    #[test]
+    fn reports_of_several_ports_add_up() {
+        let mut a = EchoReport {
+            bind: "a".into(),
+            unstamped: 1,
+            seconds: 2.0,
+            ..EchoReport::default()
+        };
+        a.phases.insert(
+            1,
+            EchoCounts {
+                received: 5,
+                echoed: 4,
+            },
+        );
+        let mut b = EchoReport {
+            send_errors: 2,
+            seconds: 3.0,
+            ..EchoReport::default()
+        };
+        b.phases.insert(
+            1,
+            EchoCounts {
+                received: 1,
+                echoed: 1,
+            },
+        );
+        b.phases.insert(
+            2,
+            EchoCounts {
+                received: 7,
+                echoed: 7,
+            },
+        );
+        a.merge(b);
+        assert_eq!(
+            a.phases[&1],
+            EchoCounts {
+                received: 6,
+                echoed: 5
+            }
+        );
+        assert_eq!(
+            a.phases[&2],
+            EchoCounts {
+                received: 7,
+                echoed: 7
+            }
+        );
+        assert_eq!((a.unstamped, a.send_errors, a.seconds), (1, 2, 3.0));
     }
 }

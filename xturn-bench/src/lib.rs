@@ -5,13 +5,12 @@
 //!   (fixed rate or maximum) with `sendmmsg`/`recvmmsg`, round-trip times from stamps, and the
 //!   relay's CPU time sampled at each phase's edges.
 //! - [`echo`]: the peer, which returns every datagram and counts them per phase.
-//! - [`wire`], [`mmsg`], [`cpu`], [`hist`]: the payload stamp, batched socket I/O, `/proc`
-//!   CPU accounting, a latency histogram.
+//! - [`wire`], [`cpu`], [`hist`]: the payload stamp, `/proc`
+//!   CPU accounting, a latency histogram; batched socket I/O is the `udp-batch` crate.
 pub mod cpu;
 pub mod echo;
 pub mod hist;
 pub mod load;
-pub mod mmsg;
 pub mod wire;
 
 use std::time::Duration;

@@ -23,9 +23,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::cpu::{CpuSpec, CpuUse};
 use super::hist::Histogram;
-use super::mmsg::Batch;
 use super::wire::{self, CHANNEL, CHANNEL_HEADER_LEN, STAMP_LEN, Stamp};
 use super::{BenchError, mono_ns, tune_socket};
+use udp_batch::Batch;
 use xturnctl::{AllocateOptions, ClientConfig, ClientCredentials, RetransmitPolicy, TurnClient};
 
 /// How a phase offers load.
@@ -94,6 +94,9 @@ impl FromStr for PhaseSpec {
     }
 }
 
+/// Channels per allocation at most (numbers `CHANNEL..CHANNEL + 256`, peer ports likewise).
+pub const MAX_CHANNELS: usize = 256;
+
 /// Everything the generator needs.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -101,9 +104,13 @@ pub struct LoadSpec {
     pub server: SocketAddr,
     /// Long-term credentials; `None` for raw mode (no TURN exchange).
     pub credentials: Option<ClientCredentials>,
-    /// Where the channels are bound to (the echo).
+    /// Where the channels are bound to (the echo): channel `CHANNEL + j` of every allocation
+    /// goes to this address with the port `+ j`.
     pub peer: SocketAddr,
     pub allocations: usize,
+    /// Channels bound per allocation (1 unless the scale run asks for more); the phases send
+    /// on all of them, a batch on one.
+    pub channels: usize,
     /// Handshakes in flight at once.
     pub setup_concurrency: usize,
     pub phases: Vec<PhaseSpec>,
@@ -140,13 +147,28 @@ pub struct SetupReport {
     /// Wall time for all Allocate transactions (each: request, 401, authenticated request).
     pub allocate_s: f64,
     pub allocations_per_s: f64,
+    /// Allocations whose channels were all bound, and the ChannelBinds in all.
     pub bound: usize,
+    pub channels_bound: usize,
     pub bind_s: f64,
     pub channel_binds_per_s: f64,
     pub concurrency: usize,
     /// Relay CPU while the allocations were made.
     pub cpu: CpuUse,
+    /// The relay process's resident memory (`VmRSS`, KiB) before the handshakes, after the
+    /// allocations and after the channel bindings (`None` where unreadable).
+    pub relay_rss_kib: [Option<u64>; 3],
     pub first_error: Option<String>,
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Round-trip times of one phase, in microseconds.
@@ -315,6 +337,8 @@ async fn handshakes(
     let concurrency = spec.setup_concurrency.clamp(1, 1024);
     let mut first_error: Option<String> = None;
 
+    let relay_rss = || spec.cpu.relay_pids.first().and_then(|&pid| rss_kib(pid));
+    let rss_before = relay_rss();
     let cpu_start = spec.cpu.snapshot();
     let t0 = Instant::now();
     let server = spec.server;
@@ -340,6 +364,7 @@ async fn handshakes(
     }
     let allocated = clients.len();
     let failed = spec.allocations - allocated;
+    let rss_allocated = relay_rss();
     if allocated == 0 {
         return Err(BenchError::Invalid(format!(
             "no allocation succeeded: {}",
@@ -352,6 +377,7 @@ async fn handshakes(
     } else {
         let t1 = Instant::now();
         let peer = spec.peer;
+        let channels = spec.channels.clamp(1, MAX_CHANNELS);
         let slots: Vec<Mutex<Option<TurnClient>>> =
             clients.into_iter().map(|c| Mutex::new(Some(c))).collect();
         let slots = Arc::new(slots);
@@ -363,7 +389,11 @@ async fn handshakes(
                     .map_err(|_| BenchError::Invalid("poisoned".into()))?
                     .take()
                     .ok_or_else(|| BenchError::Invalid("client taken twice".into()))?;
-                client.channel_bind(peer, CHANNEL).await?;
+                for j in 0..channels {
+                    let mut to = peer;
+                    to.set_port(peer.port().wrapping_add(j as u16));
+                    client.channel_bind(to, CHANNEL + j as u16).await?;
+                }
                 Ok::<_, BenchError>(client)
             }
         })
@@ -385,6 +415,8 @@ async fn handshakes(
     } else {
         bound_clients.len()
     };
+    let channels_bound = bound * spec.channels.clamp(1, MAX_CHANNELS);
+    let rss_bound = relay_rss();
     if !spec.setup_only && bound == 0 {
         return Err(BenchError::Invalid(format!(
             "no ChannelBind succeeded: {}",
@@ -399,10 +431,12 @@ async fn handshakes(
         allocate_s,
         allocations_per_s: per_s(allocated, allocate_s),
         bound,
+        channels_bound,
         bind_s,
-        channel_binds_per_s: per_s(bound, bind_s),
+        channel_binds_per_s: per_s(channels_bound, bind_s),
         concurrency,
         cpu,
+        relay_rss_kib: [rss_before, rss_allocated, rss_bound],
         first_error,
     };
     Ok((bound_clients, report))
@@ -525,61 +559,66 @@ fn data_phases(
         received: Mutex::new((0..=255).map(|_| Received::default()).collect()),
         current_received: AtomicU64::new(0),
     });
-    let current = Arc::new(AtomicU8::new(0));
-    let receiver = {
-        let shared = Arc::clone(&shared);
-        let current = Arc::clone(&current);
-        let fds: Vec<OwnedFd> = sockets
-            .iter()
-            .map(|s| s.try_clone())
-            .collect::<Result<_, _>>()?;
-        std::thread::Builder::new()
+    let current = AtomicU8::new(0);
+    // A scoped receiver borrows the sockets: no duplicated descriptors (the scale run has
+    // 10 000 of them).
+    std::thread::scope(|scope| {
+        let receiver = std::thread::Builder::new()
             .name("xturn-bench-rx".into())
-            .spawn(move || receive(&fds, &shared, &current))?
-    };
-    let result = (|| {
-        let mut reports = Vec::new();
-        let mut retry_spent = Duration::ZERO;
-        // Every attempt of every phase has its own number, so the echo counts each apart.
-        let mut next_id = FIRST_ID;
-        if !spec.warmup.is_zero() {
-            let warmup = PhaseSpec {
-                name: "warmup".into(),
-                kind: PhaseKind::Rate(5_000),
-                payload: spec.phases.first().map_or(100, |p| p.payload),
-                duration: spec.warmup,
-            };
-            run_attempt(spec, sockets, &shared, &current, &warmup, WARMUP_ID)?;
+            .spawn_scoped(scope, || receive(sockets, &shared, &current))?;
+        let result = phases_in_order(spec, sockets, &shared, &current, started);
+        shared.stop.store(true, Ordering::Relaxed);
+        match receiver.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(BenchError::Invalid("receiver thread panicked".into())),
         }
-        for (i, phase) in spec.phases.iter().enumerate() {
-            let needed = phase.duration + spec.drain;
-            if started.elapsed() + needed > spec.max_total {
-                return Err(BenchError::Invalid(format!(
-                    "phase {} would end past the {:?} limit",
-                    phase.name, spec.max_total
-                )));
-            }
-            // Room for the first attempt of every phase still to come.
-            let reserved = u8::try_from(spec.phases.len() - i).unwrap_or(u8::MAX);
-            reports.push(run_phase(
-                spec,
-                sockets,
-                &shared,
-                &current,
-                phase,
-                (&mut next_id, reserved),
-                &mut retry_spent,
-            )?);
-        }
-        Ok(reports)
-    })();
-    shared.stop.store(true, Ordering::Relaxed);
-    match receiver.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(BenchError::Invalid("receiver thread panicked".into())),
+        result
+    })
+}
+
+/// The warm-up, then every phase.
+fn phases_in_order(
+    spec: &LoadSpec,
+    sockets: &[OwnedFd],
+    shared: &Shared,
+    current: &AtomicU8,
+    started: Instant,
+) -> Result<Vec<PhaseReport>, BenchError> {
+    let mut reports = Vec::new();
+    let mut retry_spent = Duration::ZERO;
+    // Every attempt of every phase has its own number, so the echo counts each apart.
+    let mut next_id = FIRST_ID;
+    if !spec.warmup.is_zero() {
+        let warmup = PhaseSpec {
+            name: "warmup".into(),
+            kind: PhaseKind::Rate(5_000),
+            payload: spec.phases.first().map_or(100, |p| p.payload),
+            duration: spec.warmup,
+        };
+        run_attempt(spec, sockets, shared, current, &warmup, WARMUP_ID)?;
     }
-    result
+    for (i, phase) in spec.phases.iter().enumerate() {
+        let needed = phase.duration + spec.drain;
+        if started.elapsed() + needed > spec.max_total {
+            return Err(BenchError::Invalid(format!(
+                "phase {} would end past the {:?} limit",
+                phase.name, spec.max_total
+            )));
+        }
+        // Room for the first attempt of every phase still to come.
+        let reserved = u8::try_from(spec.phases.len() - i).unwrap_or(u8::MAX);
+        reports.push(run_phase(
+            spec,
+            sockets,
+            shared,
+            current,
+            phase,
+            (&mut next_id, reserved),
+            &mut retry_spent,
+        )?);
+    }
+    Ok(reports)
 }
 
 /// Runs a phase, again while other processes disturbed it and the retry budget lasts; returns
@@ -643,6 +682,9 @@ fn run_attempt(
     let mut send_errors: u64 = 0;
     let mut seq: u64 = 0;
     let mut next_socket = 0usize;
+    // Each round over the sockets sends on the next channel of every allocation.
+    let channels = spec.channels.clamp(1, MAX_CHANNELS);
+    let mut channel = 0usize;
     loop {
         let elapsed = t0.elapsed();
         if elapsed >= phase.duration {
@@ -687,11 +729,15 @@ fn run_attempt(
                 sent_ns: now,
             };
             seq += 1;
-            let len = wire::fill_channel_data(batch.slot_mut(i), CHANNEL, phase.payload, stamp);
+            let number = CHANNEL + channel as u16;
+            let len = wire::fill_channel_data(batch.slot_mut(i), number, phase.payload, stamp);
             batch.set_len(i, len);
         }
         let socket = sockets[next_socket].as_fd();
         next_socket = (next_socket + 1) % sockets.len();
+        if next_socket == 0 {
+            channel = (channel + 1) % channels;
+        }
         match batch.send(socket, n) {
             Ok(k) => {
                 sent += k as u64;
@@ -877,6 +923,7 @@ mod tests {
             credentials: None,
             peer: server,
             allocations: 3,
+            channels: 1,
             setup_concurrency: 1,
             phases: vec!["rate:100:0.3:2000".parse().expect("phase")],
             batch: 8,

@@ -48,6 +48,9 @@ struct LoadArgs {
     /// Allocations (each with one channel), or sockets in raw mode.
     #[arg(long, default_value_t = 16)]
     allocations: usize,
+    /// Channels per allocation, to the peer's port and the next ones.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 32)]
     setup_concurrency: usize,
@@ -102,6 +105,10 @@ struct LoadArgs {
 struct EchoArgs {
     #[arg(long)]
     bind: SocketAddr,
+    /// Listen on this many consecutive ports from `--bind`'s (a thread each): peers of
+    /// allocations with several channels.
+    #[arg(long, default_value_t = 1)]
+    ports: u16,
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Stop by itself after this long.
@@ -137,6 +144,7 @@ fn main() -> Result<()> {
 }
 
 fn run_load(args: LoadArgs) -> Result<()> {
+    raise_open_files_limit();
     let credentials = match &args.user {
         Some(user) => {
             let (name, password) = user
@@ -159,6 +167,7 @@ fn run_load(args: LoadArgs) -> Result<()> {
         credentials,
         peer: args.peer,
         allocations: args.allocations,
+        channels: args.channels,
         setup_concurrency: args.setup_concurrency,
         phases,
         batch: args.batch,
@@ -182,16 +191,68 @@ fn run_load(args: LoadArgs) -> Result<()> {
     Ok(())
 }
 
+/// A socket per allocation, and one per data socket after them (the client sockets may still be
+/// closing): the limit on open files goes up to at least [`OPEN_FILES`] where the process may
+/// raise it (root), else the soft limit to the hard one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let want = hard.max(OPEN_FILES);
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() && soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Open files the load generator asks for: two sockets per allocation of the largest run.
+const OPEN_FILES: u64 = 65_536;
+
 fn run_echo(args: &EchoArgs) -> Result<()> {
     stop_on_signals()?;
-    let spec = EchoSpec {
-        bind: args.bind,
-        batch: args.batch,
-        max_duration: Duration::from_secs(args.max_seconds),
+    let mut sockets = Vec::new();
+    for i in 0..args.ports.max(1) {
+        let mut bind = args.bind;
+        bind.set_port(
+            args.bind
+                .port()
+                .checked_add(i)
+                .context("--ports runs past port 65535")?,
+        );
+        let spec = EchoSpec {
+            bind,
+            batch: args.batch,
+            max_duration: Duration::from_secs(args.max_seconds),
+        };
+        let socket = echo::bind(&spec).with_context(|| format!("binding {bind}"))?;
+        sockets.push((spec, socket));
+    }
+    eprintln!(
+        "xturn-bench echo: ready on {} ({} port(s))",
+        args.bind,
+        sockets.len()
+    );
+    let reports = std::thread::scope(|scope| {
+        let threads: Vec<_> = sockets
+            .iter()
+            .map(|(spec, socket)| scope.spawn(move || echo::run(spec, socket, &STOP)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(xturn_bench::BenchError::Invalid("echo panicked".into()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let mut report = echo::EchoReport {
+        bind: args.bind.to_string(),
+        ..echo::EchoReport::default()
     };
-    let socket = echo::bind(&spec).with_context(|| format!("binding {}", args.bind))?;
-    eprintln!("xturn-bench echo: ready on {}", args.bind);
-    let report = echo::run(&spec, &socket, &STOP)?;
+    for r in reports {
+        report.merge(r);
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -184,6 +184,50 @@ impl Server {
     }
 }
 
+/// ChannelData relayed on one channel binding outside the core, by the I/O layer's own copy of
+/// the binding (see [`Command::ChannelBound`]); added with [`Server::count_channel_traffic`] so
+/// the core's [`Stats`](super::Stats) count it as if the core had relayed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelTraffic {
+    /// ChannelData from the client relayed to the peer: datagrams, data bytes, and the bytes of
+    /// the ChannelData messages they came in.
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub from_client_wire_bytes: u64,
+    /// Datagrams from the peer relayed to the client as ChannelData: datagrams, data bytes, and
+    /// the bytes of the ChannelData messages sent.
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+    pub to_client_wire_bytes: u64,
+}
+
+impl ChannelTraffic {
+    pub fn is_empty(&self) -> bool {
+        *self == ChannelTraffic::default()
+    }
+}
+
+impl Server {
+    /// Counts `traffic`, relayed outside the core on a channel bound with cluster slot
+    /// `cluster` ([`ChannelBinding::cluster`](super::ChannelBinding)), in the relayed totals
+    /// and the cluster's.
+    pub fn count_channel_traffic(&mut self, cluster: usize, traffic: ChannelTraffic) {
+        let stats = &mut self.stats;
+        stats.relayed_to_peer_packets += traffic.to_peer_packets;
+        stats.relayed_to_peer_bytes += traffic.to_peer_bytes;
+        stats.relayed_from_client_wire_bytes += traffic.from_client_wire_bytes;
+        stats.relayed_to_client_packets += traffic.to_client_packets;
+        stats.relayed_to_client_bytes += traffic.to_client_bytes;
+        stats.relayed_to_client_wire_bytes += traffic.to_client_wire_bytes;
+        if let Some(slot) = stats.clusters.get_mut(cluster) {
+            slot.to_peer_packets += traffic.to_peer_packets;
+            slot.to_peer_bytes += traffic.to_peer_bytes;
+            slot.to_client_packets += traffic.to_client_packets;
+            slot.to_client_bytes += traffic.to_client_bytes;
+        }
+    }
+}
+
 /// What a Send indication carries.
 enum SendFields<'a> {
     /// Undecodable, or with comprehension-required attributes we do not know: dropped.

@@ -40,6 +40,7 @@ mod txcache;
 mod tests;
 
 pub use allocation::{Allocation, ChannelRule, Permission, PermissionRule};
+pub use data::ChannelTraffic;
 pub use snapshot::{
     AdoptionRefusal, AllocationState, ChannelState, PermissionState, ReservationState,
     RestoreOutcome, SNAPSHOT_VERSION, Snapshot,

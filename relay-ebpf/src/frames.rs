@@ -1,7 +1,8 @@
-//! Crafted Ethernet frames for `BPF_PROG_TEST_RUN`, with correct checksums.
+//! Crafted Ethernet frames with correct checksums, for `BPF_PROG_TEST_RUN` (the tests, and the
+//! benchmark's `xturn-kernel-scale`). Host only.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use relay_ebpf::checksum::{checksum, fold, sum_bytes};
+use crate::checksum::{checksum, fold, sum_bytes};
 
 pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
