@@ -31,12 +31,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     setup, sh,
-    topology::{CLIENT_IP, LISTENER_IP, Names, RELAY_IP, Topology},
+    topology::{CLIENT_IP, LISTENER_IP, Names, PEER_IP, RELAY_IP, Topology},
 };
 
 const NAMES: Names = Names::BENCH;
@@ -75,6 +75,26 @@ pub struct Plan {
     pub setup_concurrency: usize,
     pub drain_ms: u64,
     pub warmup_ms: u64,
+    /// The scale run (full runs only).
+    pub scale: Option<ScalePlan>,
+}
+
+/// Many allocations with many channels each, one maximum-rate phase, against the headline's
+/// per-packet cost; and the kernel program's own time as its maps fill.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalePlan {
+    pub allocations: usize,
+    pub channels: usize,
+    pub payload: usize,
+    pub phase_seconds: f64,
+    /// Binding counts the kernel program is timed at (`xturn-kernel-scale`).
+    pub kernel_bindings: Vec<u32>,
+}
+
+impl ScalePlan {
+    fn phase(&self) -> String {
+        format!("max:{}:{}", self.payload, self.phase_seconds)
+    }
 }
 
 impl Plan {
@@ -90,6 +110,7 @@ impl Plan {
                 setup_concurrency: 64,
                 drain_ms: 300,
                 warmup_ms: 300,
+                scale: None,
             }
         } else {
             Plan {
@@ -102,6 +123,13 @@ impl Plan {
                 setup_concurrency: 64,
                 drain_ms: 300,
                 warmup_ms: 300,
+                scale: Some(ScalePlan {
+                    allocations: 10_000,
+                    channels: 10,
+                    payload: 100,
+                    phase_seconds: 4.0,
+                    kernel_bindings: vec![16, 1_000, 100_000, 1_000_000],
+                }),
             }
         }
     }
@@ -163,38 +191,52 @@ struct Contender {
     key: &'static str,
     label: &'static str,
     kind: Kind,
+    /// xturnd's `--threads`: cores the relay gets.
+    threads: usize,
 }
 
-const CONTENDERS: [Contender; 6] = [
+const CONTENDERS: [Contender; 7] = [
     Contender {
         key: "generator",
         label: "load generator alone (echo in place of the relay)",
         kind: Kind::Generator,
+        threads: 1,
     },
     Contender {
         key: "ceiling",
         label: "ceiling (XDP rewrite, no lookups)",
         kind: Kind::Ceiling,
+        threads: 1,
     },
     Contender {
         key: "xdp",
         label: "xturnd --dataplane xdp",
         kind: Kind::XturnXdp,
+        threads: 1,
     },
     Contender {
         key: "tc",
         label: "xturnd --dataplane tc",
         kind: Kind::XturnTc,
+        threads: 1,
     },
     Contender {
         key: "userspace",
         label: "xturnd --dataplane userspace",
         kind: Kind::XturnUserspace,
+        threads: 1,
+    },
+    Contender {
+        key: "userspace-2t",
+        label: "xturnd --dataplane userspace --threads 2",
+        kind: Kind::XturnUserspace,
+        threads: 2,
     },
     Contender {
         key: "coturn",
         label: "coturn turnserver",
         kind: Kind::Coturn,
+        threads: 1,
     },
 ];
 
@@ -215,6 +257,31 @@ impl Cores {
             relay: vec![n - 1],
             load: (0..n - 1).collect(),
         })
+    }
+
+    /// The cores of a relay with `threads` threads: the last `threads` CPUs, the load side the
+    /// rest; when the machine has no CPU left for the load side, everything shares every CPU
+    /// (the second value says so).
+    fn for_threads(&self, threads: usize) -> (Cores, bool) {
+        if threads <= self.relay.len() {
+            return (self.clone(), false);
+        }
+        let mut all: Vec<usize> = self.load.iter().chain(&self.relay).copied().collect();
+        all.sort_unstable();
+        if all.len() > threads {
+            let split = all.len() - threads;
+            let cores = Cores {
+                relay: all[split..].to_vec(),
+                load: all[..split].to_vec(),
+            };
+            (cores, false)
+        } else {
+            let cores = Cores {
+                relay: all.clone(),
+                load: all,
+            };
+            (cores, true)
+        }
     }
 
     fn list(cpus: &[usize]) -> String {
@@ -327,6 +394,7 @@ fn loadavg() -> String {
 // ---- the run -----------------------------------------------------------------------------
 
 /// Binaries and places one run uses.
+#[derive(Clone)]
 struct Ctx {
     bin: PathBuf,
     run_dir: PathBuf,
@@ -344,9 +412,9 @@ pub fn run(opts: &Options) -> Result<()> {
         command.push_str(&format!(" --only {}", opts.only.join(",")));
     }
     for key in &opts.only {
-        if !CONTENDERS.iter().any(|c| c.key == key) {
+        if key != "kernel-scale" && !CONTENDERS.iter().any(|c| c.key == key) {
             bail!(
-                "unknown contender {key:?}; known: {}",
+                "unknown contender {key:?}; known: {}, and kernel-scale",
                 CONTENDERS.map(|c| c.key).join(", ")
             );
         }
@@ -378,6 +446,19 @@ pub fn run(opts: &Options) -> Result<()> {
     {
         sh::step(&format!("bench: {} ({})", c.key, c.label));
         let t = Instant::now();
+        let (cores, shared) = ctx.cores.for_threads(c.threads);
+        let ctx = Ctx {
+            cores,
+            ..ctx.clone()
+        };
+        let note = shared.then(|| {
+            format!(
+                "{} threads on this {}-CPU machine: the load side shares the relay's cores, so \
+                 its figures are a lower bound",
+                c.threads,
+                ctx.cores.relay.len()
+            )
+        });
         let result = run_contender(&ctx, c).unwrap_or_else(|e| {
             eprintln!("bench: {} failed: {e:#}", c.key);
             ContenderResult {
@@ -386,14 +467,30 @@ pub fn run(opts: &Options) -> Result<()> {
                 command: String::new(),
                 measurements: Vec::new(),
                 setup: None,
+                scale: None,
                 check: None,
+                note: None,
                 error: Some(format!("{e:#}")),
             }
         });
+        let result = ContenderResult { note, ..result };
         eprintln!("bench: {} done in {:.1?}", c.key, t.elapsed());
         contenders.push(result);
     }
     drop(bpf_stats);
+    let (kernel_scale, kernel_scale_error) = match &ctx.plan.scale {
+        Some(scale) if opts.only.is_empty() || opts.only.iter().any(|k| k == "kernel-scale") => {
+            sh::step("bench: kernel-scale (the XDP program's own time as its maps fill)");
+            match kernel_scale(&ctx, scale) {
+                Ok(k) => (Some(k), None),
+                Err(e) => {
+                    eprintln!("bench: kernel-scale failed: {e:#}");
+                    (None, Some(format!("{e:#}")))
+                }
+            }
+        }
+        _ => (None, None),
+    };
     drop(topology);
     facts.loadavg_end = loadavg();
 
@@ -402,6 +499,8 @@ pub fn run(opts: &Options) -> Result<()> {
         facts,
         plan: ctx.plan.clone(),
         contenders,
+        kernel_scale,
+        kernel_scale_error,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     let out_dir = sh::root().join("bench/results");
@@ -428,12 +527,15 @@ pub fn run(opts: &Options) -> Result<()> {
         report::update_docs(&docs, &report, "../bench/results/latest.png", &chart_note)?;
         eprintln!("bench: updated {}", docs.display());
     }
-    let failed: Vec<&str> = report
+    let mut failed: Vec<&str> = report
         .contenders
         .iter()
         .filter(|c| c.error.is_some())
         .map(|c| c.key.as_str())
         .collect();
+    if report.kernel_scale_error.is_some() {
+        failed.push("kernel-scale");
+    }
     if !failed.is_empty() {
         bail!(
             "contenders failed: {} (see above and {})",
@@ -447,7 +549,6 @@ pub fn run(opts: &Options) -> Result<()> {
 fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
     let bin = |name: &str| ctx.bin.join(name).to_string_lossy().into_owned();
     let relay_cpus = Cores::list(&ctx.cores.relay);
-    let load_cpus = Cores::list(&ctx.cores.load);
     let pidfile = ctx.run_dir.join("turnserver.pid");
     let userdb = ctx.run_dir.join("turndb");
 
@@ -490,7 +591,7 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
                     _ => "userspace",
                 },
                 "--threads",
-                "1",
+                &c.threads.to_string(),
                 "--max-allocations",
                 "100000",
                 "--max-allocations-per-user",
@@ -564,70 +665,53 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
 
     let mut measurements = Vec::new();
     let mut to_peer_total = 0u64;
-    for &n in &ctx.plan.allocations {
-        let (echo_ns, echo_addr, echo_cpus) = if c.kind == Kind::Generator {
-            (NAMES.relay, LISTENER, &relay_cpus)
-        } else {
-            (NAMES.peer, PEER, &load_cpus)
-        };
-        let echo_log = ctx.run_dir.join(format!("{}-echo-{n}", c.key));
-        let echo = Proc::spawn(
-            echo_ns,
-            echo_cpus,
-            &bin("xturn-bench"),
-            &["echo", "--bind", echo_addr, "--max-seconds", "900"],
-            &echo_log,
-        )?;
-        echo.wait_for_stderr("ready", Duration::from_secs(10))?;
-        pin_napi_threads(&ctx.cores)?;
-        let relay_pid = relay.as_ref().map_or(echo.pid(), Proc::pid);
-        let mut pids = vec![relay_pid];
-        pids.extend(napi_threads(&RELAY_IFS));
-        let mut load_pids = napi_threads(&LOAD_IFS);
-        if c.kind != Kind::Generator {
-            load_pids.push(echo.pid());
-        }
-
-        let mut args = load_args(&[
-            "--allocations",
-            &n.to_string(),
-            "--window",
-            &ctx.plan.window.to_string(),
-            "--relay-cpus",
-            &relay_cpus,
-            "--load-cpus",
-            &load_cpus,
-            "--drain-ms",
-            &ctx.plan.drain_ms.to_string(),
-            "--warmup-ms",
-            &ctx.plan.warmup_ms.to_string(),
-            "--setup-concurrency",
-            &ctx.plan.setup_concurrency.to_string(),
-            "--max-seconds",
-            &ctx.plan.load_seconds().to_string(),
-        ]);
-        if c.kind.turn() {
-            args.extend(strings(&["--user", USER]));
-        }
-        for phase in ctx.plan.phases() {
-            args.extend(["--phase".to_owned(), phase]);
-        }
-        for pid in &pids {
-            args.extend(["--relay-pid".to_owned(), pid.to_string()]);
-        }
-        for pid in &load_pids {
-            args.extend(["--load-pid".to_owned(), pid.to_string()]);
-        }
-        args.extend([
-            "--retry-budget-s".to_owned(),
-            format!("{:.1}", ctx.plan.retry_budget_seconds()),
-        ]);
-        let load: LoadOut = run_load(ctx, c.key, n, &args)?;
-        let echo_out: EchoOut = parse_json(&echo.stop()?.0, "the echo")?;
-        for phase in &load.phases {
-            let counts = echo_out.phases.get(&phase.id).copied().unwrap_or_default();
-            to_peer_total += counts.received;
-            measurements.push(measure(c.key, phase, counts));
+    let mut rounds: Vec<Round> = ctx
+        .plan
+        .allocations
+        .iter()
+        .map(|&n| Round {
+            allocations: n,
+            channels: 1,
+            phases: ctx.plan.phases(),
+            retry_budget_s: ctx.plan.retry_budget_seconds(),
+            max_seconds: ctx.plan.load_seconds(),
+        })
+        .collect();
+    let scale = ctx.plan.scale.as_ref().filter(|_| {
+        c.threads == 1
+            && matches!(
+                c.kind,
+                Kind::XturnXdp | Kind::XturnTc | Kind::XturnUserspace
+            )
+    });
+    if let Some(scale) = scale {
+        rounds.push(Round {
+            allocations: scale.allocations,
+            channels: scale.channels,
+            phases: vec![scale.phase()],
+            retry_budget_s: 0.0,
+            max_seconds: SCALE_SECONDS,
+        });
+    }
+    let mut scale_setup = None;
+    for round in &rounds {
+        let (phases, to_peer, setup) = load_round(ctx, c, relay.as_ref(), round)?;
+        to_peer_total += to_peer;
+        measurements.extend(phases);
+        if round.channels > 1
+            && let Some(setup) = setup
+        {
+            scale_setup = Some(ScaleSetup {
+                allocations: setup.allocated,
+                channels: setup.channels_bound,
+                allocations_per_s: setup.allocations_per_s,
+                channel_binds_per_s: if setup.bind_s > 0.0 {
+                    setup.channels_bound as f64 / setup.bind_s
+                } else {
+                    0.0
+                },
+                relay_rss_kib: setup.relay_rss_kib,
+            });
         }
     }
 
@@ -644,7 +728,9 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
         Some(proc) => {
             let (stdout, stderr) = proc.stop()?;
             let mut check = match c.kind {
-                Kind::XturnXdp | Kind::XturnTc => Some(kernel_check(&stderr, to_peer_total)),
+                Kind::XturnXdp | Kind::XturnTc => {
+                    Some(kernel_check(&stderr, to_peer_total).map_err(|why| anyhow!("{why}"))?)
+                }
                 Kind::Ceiling => Some(ceiling_check(&stdout, to_peer_total)),
                 _ => None,
             };
@@ -661,9 +747,121 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
         command,
         measurements,
         setup,
+        scale: scale_setup,
         check,
+        note: None,
         error: None,
     })
+}
+
+/// Time limit of the scale run's load generator: handshakes for every allocation and channel,
+/// the phase, and the deletions.
+const SCALE_SECONDS: u64 = 300;
+
+/// One run of the load generator against a running relay: its allocations, channels per
+/// allocation and phases.
+struct Round {
+    allocations: usize,
+    channels: usize,
+    phases: Vec<String>,
+    retry_budget_s: f64,
+    max_seconds: u64,
+}
+
+/// Starts the echo, runs the load generator for `round`, and measures every phase; returns
+/// the measurements, the datagrams the echo received, and the generator's setup report.
+fn load_round(
+    ctx: &Ctx,
+    c: &Contender,
+    relay: Option<&Proc>,
+    round: &Round,
+) -> Result<(Vec<Measurement>, u64, Option<SetupOut>)> {
+    let bin = |name: &str| ctx.bin.join(name).to_string_lossy().into_owned();
+    let relay_cpus = Cores::list(&ctx.cores.relay);
+    let load_cpus = Cores::list(&ctx.cores.load);
+    let n = round.allocations;
+    let (echo_ns, echo_addr, echo_cpus) = if c.kind == Kind::Generator {
+        (NAMES.relay, LISTENER, &relay_cpus)
+    } else {
+        (NAMES.peer, PEER, &load_cpus)
+    };
+    let echo_log = ctx.run_dir.join(format!("{}-echo-{n}", c.key));
+    let ports = round.channels.to_string();
+    let echo = Proc::spawn(
+        echo_ns,
+        echo_cpus,
+        &bin("xturn-bench"),
+        &[
+            "echo",
+            "--bind",
+            echo_addr,
+            "--ports",
+            &ports,
+            "--max-seconds",
+            "900",
+        ],
+        &echo_log,
+    )?;
+    echo.wait_for_stderr("ready", Duration::from_secs(10))?;
+    pin_napi_threads(&ctx.cores)?;
+    let relay_pid = relay.map_or(echo.pid(), Proc::pid);
+    let mut pids = vec![relay_pid];
+    pids.extend(napi_threads(&RELAY_IFS));
+    let mut load_pids = napi_threads(&LOAD_IFS);
+    if c.kind != Kind::Generator {
+        load_pids.push(echo.pid());
+    }
+
+    let mut args = load_args(&[
+        "--allocations",
+        &n.to_string(),
+        "--channels",
+        &round.channels.to_string(),
+        "--window",
+        &ctx.plan.window.to_string(),
+        "--relay-cpus",
+        &relay_cpus,
+        "--load-cpus",
+        &load_cpus,
+        "--drain-ms",
+        &ctx.plan.drain_ms.to_string(),
+        "--warmup-ms",
+        &ctx.plan.warmup_ms.to_string(),
+        "--setup-concurrency",
+        &ctx.plan.setup_concurrency.to_string(),
+        "--max-seconds",
+        &round.max_seconds.to_string(),
+    ]);
+    if c.kind.turn() {
+        args.extend(strings(&["--user", USER]));
+    }
+    for phase in &round.phases {
+        args.extend(["--phase".to_owned(), phase.clone()]);
+    }
+    for pid in &pids {
+        args.extend(["--relay-pid".to_owned(), pid.to_string()]);
+    }
+    for pid in &load_pids {
+        args.extend(["--load-pid".to_owned(), pid.to_string()]);
+    }
+    args.extend([
+        "--retry-budget-s".to_owned(),
+        format!("{:.1}", round.retry_budget_s),
+    ]);
+    eprintln!(
+        "bench: {}: {n} allocation(s) × {} channel(s), phases {:?}",
+        c.key, round.channels, round.phases
+    );
+    let load: LoadOut = run_load(ctx, c.key, n, &args, round.max_seconds + 30)?;
+    let echo_out: EchoOut = parse_json(&echo.stop()?.0, "the echo")?;
+    let mut measurements = Vec::new();
+    let mut to_peer = 0;
+    for phase in &load.phases {
+        let counts = echo_out.phases.get(&phase.id).copied().unwrap_or_default();
+        to_peer += counts.received;
+        measurements.push(measure(c.key, phase, counts, round.channels));
+    }
+    Ok((measurements, to_peer, load.setup))
 }
 
 /// Starts `xturn-bench ARGS` in the client namespace on `load_cpus`, logging to `log`.
@@ -684,16 +882,12 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 /// Runs `xturn-bench load ARGS` in the client namespace and parses its report.
-fn run_load(ctx: &Ctx, key: &str, n: usize, args: &[String]) -> Result<LoadOut> {
+fn run_load(ctx: &Ctx, key: &str, n: usize, args: &[String], timeout_s: u64) -> Result<LoadOut> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = ctx.run_dir.join(format!("{key}-load-{n}"));
     let load_cpus = Cores::list(&ctx.cores.load);
-    eprintln!(
-        "bench: {key}: {n} allocation(s), phases {:?}",
-        ctx.plan.phases()
-    );
     let proc = spawn_load(ctx, &load_cpus, &args, &log)?;
-    let (stdout, stderr) = proc.wait(Duration::from_secs(ctx.plan.load_seconds() + 30))?;
+    let (stdout, stderr) = proc.wait(Duration::from_secs(timeout_s))?;
     if stdout.trim().is_empty() {
         bail!("xturn-bench load printed nothing: {}", stderr.trim());
     }
@@ -704,7 +898,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(text: &str, what: &str) -> Result<T>
     serde_json::from_str(text).with_context(|| format!("parsing the report of {what}: {text}"))
 }
 
-fn measure(key: &str, p: &PhaseOut, echo: EchoCounts) -> Measurement {
+fn measure(key: &str, p: &PhaseOut, echo: EchoCounts, channels: usize) -> Measurement {
     let to_peer = echo.received;
     let to_client = p.received;
     let relayed = to_peer + to_client;
@@ -714,6 +908,7 @@ fn measure(key: &str, p: &PhaseOut, echo: EchoCounts) -> Measurement {
     Measurement {
         contender: key.into(),
         allocations: p.allocations,
+        channels,
         payload: p.payload,
         kind: p.kind.clone(),
         offered_pps: p.offered_pps,
@@ -822,4 +1017,49 @@ fn wait_for_stun(ctx: &Ctx, relay: &Proc) -> Result<()> {
         thread::sleep(Duration::from_millis(200));
     }
     bail!("the relay did not answer a STUN Binding within 10 s")
+}
+
+/// Runs `xturn-kernel-scale` in the relay namespace (where both next hops resolve) and parses
+/// its report.
+fn kernel_scale(ctx: &Ctx, scale: &ScalePlan) -> Result<KernelScale> {
+    let bin = ctx.bin.join("xturn-kernel-scale");
+    let counts = scale
+        .kernel_bindings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let payload = scale.payload.to_string();
+    let args = [
+        "--client-interface",
+        RELAY_IFS[0],
+        "--peer-interface",
+        RELAY_IFS[1],
+        "--listen",
+        LISTENER,
+        "--client-ip",
+        CLIENT_IP,
+        "--relay-ip",
+        RELAY_IP,
+        "--peer-ip",
+        PEER_IP,
+        "--bindings",
+        &counts,
+        "--payload",
+        &payload,
+    ];
+    let log = ctx.run_dir.join("kernel-scale");
+    let relay_cpus = Cores::list(&ctx.cores.relay);
+    let proc = Proc::spawn(
+        NAMES.relay,
+        &relay_cpus,
+        &bin.to_string_lossy(),
+        &args,
+        &log,
+    )?;
+    let (stdout, stderr) = proc.wait(Duration::from_secs(300))?;
+    if stdout.trim().is_empty() {
+        bail!("xturn-kernel-scale printed nothing: {}", stderr.trim());
+    }
+    parse_json(&stdout, "xturn-kernel-scale")
 }

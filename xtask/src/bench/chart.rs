@@ -28,6 +28,7 @@ fn colour(key: &str) -> RGBColor {
         "ceiling" => RGBColor(40, 40, 40),
         "xdp" => RGBColor(31, 119, 180),
         "userspace" => RGBColor(44, 160, 44),
+        "userspace-2t" => RGBColor(152, 223, 138),
         "coturn" => RGBColor(255, 127, 14),
         _ => RGBColor(148, 103, 189),
     }

@@ -7,8 +7,15 @@ use crate::{sh, topology::netns_cmd};
 
 use super::*;
 
-/// What xturnd's XDP counters say about the client → peer datagrams.
-pub(super) fn kernel_check(log: &str, to_peer: u64) -> String {
+/// Share of the datagrams the echo received that the kernel program must have relayed itself:
+/// every ChannelData of the measured phases is on a bound channel, so a kernel contender whose
+/// program counted fewer relayed part of them in userspace and its figures are not the kernel
+/// path's.
+const KERNEL_SHARE: f64 = 0.99;
+
+/// What xturnd's kernel counters (logged at exit) say about the client → peer datagrams: the
+/// summary, or why the contender's figures cannot count as the kernel path's.
+pub(super) fn kernel_check(log: &str, to_peer: u64) -> Result<String, String> {
     let packets = |reason: &str| -> u64 {
         log.lines()
             .filter(|l| l.contains("kernel counter") && l.contains(&format!("reason=\"{reason}\"")))
@@ -21,10 +28,16 @@ pub(super) fn kernel_check(log: &str, to_peer: u64) -> String {
     };
     let kernel = packets("relayed_to_peer");
     let back = packets("relayed_to_client");
-    format!(
+    let summary = format!(
         "the kernel program relayed {kernel} datagrams client → peer and {back} peer → client; \
          the echo received {to_peer} in the measured phases (warm-ups come on top)"
-    )
+    );
+    if (kernel as f64) < to_peer as f64 * KERNEL_SHARE {
+        return Err(format!(
+            "its kernel counters do not account for the packets it reports: {summary}"
+        ));
+    }
+    Ok(summary)
 }
 
 pub(super) fn ceiling_check(stdout: &str, to_peer: u64) -> String {
@@ -101,5 +114,31 @@ pub(super) fn collect_prog_ids(value: &serde_json::Value, ids: &mut Vec<u64>) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "\
+        INFO xturnd: kernel counter reason=\"relayed_to_peer\" packets=1000 bytes=1\n\
+        INFO xturnd: kernel counter reason=\"relayed_to_client\" packets=990 bytes=1\n\
+        INFO xturnd: kernel counter reason=\"pass_not_udp\" packets=5 bytes=1\n";
+
+    #[test]
+    fn a_kernel_contender_whose_counters_account_for_its_packets_passes() {
+        let summary = kernel_check(LOG, 995).expect("accounted for");
+        assert!(
+            summary.contains("1000 datagrams client → peer and 990"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn a_kernel_contender_that_relayed_in_userspace_fails() {
+        let why = kernel_check(LOG, 2000).expect_err("half went through userspace");
+        assert!(why.contains("do not account"), "{why}");
+        assert!(kernel_check("", 10).is_err(), "no counters at all");
     }
 }

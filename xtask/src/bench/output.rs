@@ -21,6 +21,12 @@ pub(super) struct SetupOut {
     pub(super) allocations_per_s: f64,
     pub(super) first_error: Option<String>,
     pub(super) cpu: CpuOut,
+    #[serde(default)]
+    pub(super) channels_bound: usize,
+    #[serde(default)]
+    pub(super) bind_s: f64,
+    #[serde(default)]
+    pub(super) relay_rss_kib: [Option<u64>; 3],
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +91,8 @@ pub(super) struct EchoCounts {
 pub struct Measurement {
     pub contender: String,
     pub allocations: usize,
+    /// Channels per allocation.
+    pub channels: usize,
     pub payload: usize,
     /// "rate" or "max".
     pub kind: String,
@@ -155,9 +163,60 @@ pub struct ContenderResult {
     pub command: String,
     pub measurements: Vec<Measurement>,
     pub setup: Option<SetupResult>,
+    /// The scale run's setup and memory, when there was one.
+    pub scale: Option<ScaleSetup>,
     /// Where the datagrams went, from the relay's own counters.
     pub check: Option<String>,
+    /// How it ran differently from the others (cores shared with the load side).
+    pub note: Option<String>,
     pub error: Option<String>,
+}
+
+/// How the scale run's allocations and channels were made, and the relay's memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleSetup {
+    pub allocations: usize,
+    pub channels: usize,
+    pub allocations_per_s: f64,
+    pub channel_binds_per_s: f64,
+    /// The relay's `VmRSS` (KiB) before the handshakes, after the allocations, after the
+    /// channel bindings.
+    pub relay_rss_kib: [Option<u64>; 3],
+}
+
+impl ScaleSetup {
+    /// Resident memory the relay added per allocation (allocations only), KiB.
+    pub fn kib_per_allocation(&self) -> Option<f64> {
+        let [before, allocated, _] = self.relay_rss_kib;
+        Some((allocated?.saturating_sub(before?)) as f64 / self.allocations.max(1) as f64)
+    }
+
+    /// Resident memory per allocation with its channels, KiB.
+    pub fn kib_per_allocation_with_channels(&self) -> Option<f64> {
+        let [before, _, bound] = self.relay_rss_kib;
+        Some((bound?.saturating_sub(before?)) as f64 / self.allocations.max(1) as f64)
+    }
+}
+
+/// What `xturn-kernel-scale` printed: the kernel program's own time per datagram by the number
+/// of bindings in its maps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelScale {
+    pub program: String,
+    pub payload: usize,
+    pub capacity: u32,
+    pub points: Vec<KernelScalePoint>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelScalePoint {
+    pub bindings: u32,
+    pub install_s: f64,
+    pub to_peer_ns: f64,
+    pub to_peer_p99_ns: f64,
+    pub to_client_ns: f64,
+    pub to_client_p99_ns: f64,
+    pub runs: usize,
 }
 
 /// The whole run.
@@ -167,5 +226,9 @@ pub struct Report {
     pub facts: Facts,
     pub plan: Plan,
     pub contenders: Vec<ContenderResult>,
+    /// The kernel program's scale figures (full runs).
+    pub kernel_scale: Option<KernelScale>,
+    /// Why there are none, when the step failed.
+    pub kernel_scale_error: Option<String>,
     pub elapsed_s: f64,
 }
