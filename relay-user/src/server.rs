@@ -3,7 +3,8 @@
 //! - Each UDP listener has `threads` sockets bound with `SO_REUSEPORT`, each read by its own
 //!   task, so the kernel spreads clients over cores. TCP and TLS listeners accept connections
 //!   ([`crate::stream`]); DTLS listeners run sessions on one UDP socket ([`crate::dtls`]).
-//! - Each relayed address is a real UDP socket owned by its allocation, read by its own task.
+//! - Each relayed address is a real UDP socket owned by its allocation, read by one of
+//!   `threads` reader tasks through that reader's epoll set ([`crate::relayed`]).
 //! - A timer task drives expiry.
 //!
 //! The packet path of bound channels does not touch the protocol state: the core's channel
@@ -22,7 +23,7 @@
 //! Every socket's datagrams are counted ([`IoCounters`], relaxed atomic adds, one per batch) for
 //! metrics, which read them when scraped through a [`ServerHandle`].
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     io,
     net::SocketAddr,
     path::PathBuf,
@@ -36,17 +37,18 @@ use std::{
 use socket2::{Domain, Protocol, Socket, Type};
 use std::os::fd::AsFd as _;
 use tokio::{
-    io::Interest,
+    io::{Interest, unix::AsyncFd},
     net::UdpSocket,
-    task::{JoinHandle, JoinSet},
+    task::JoinSet,
 };
-use tracing::{debug, info, trace, warn};
+use tracing::{info, trace, warn};
 
 pub use crate::config::Transport;
 use crate::{
-    channels::{ChannelTable, PeerChannels, Relay, ToPeer},
+    channels::{ChannelTable, ToPeer},
     dtls::DtlsListener,
     offload::ChannelOffload,
+    relayed::{RelayShared, Relays},
     stream::{Connections, StreamListener},
     tls::CertStore,
 };
@@ -61,7 +63,7 @@ const BATCH: usize = 32;
 /// Bytes of a ChannelData header (RFC 8656 §12.4), written in front of a peer's datagram.
 const CHANNEL_HEADER: usize = 4;
 /// Socket buffer size asked for (the kernel caps it at `net.core.{r,w}mem_max`).
-const SOCKET_BUFFER: usize = 4 << 20;
+pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
 /// The timer wakes at least this often, so new deadlines are never missed by more than this.
 const MAX_TICK: Duration = Duration::from_millis(500);
 /// The allocation state is written at most this often (and at most this long after a change).
@@ -78,6 +80,8 @@ pub enum ServerError {
     },
     #[error("DTLS listener {addr}: {message}")]
     Dtls { addr: SocketAddr, message: String },
+    #[error("cannot create the epoll sets of the relayed sockets: {0}")]
+    Relays(#[source] io::Error),
 }
 
 /// Where the core's channel events go: the data plane's kernel offload, for the clients of
@@ -158,51 +162,6 @@ pub struct ServerSpec {
     pub restored: Vec<SocketAddr>,
     /// Where to keep the allocation state ([`crate::state`]), written whenever it changes.
     pub state_dir: Option<PathBuf>,
-}
-
-/// A relayed socket, shared by its reader task, the channel table and the senders.
-pub(crate) struct RelayShared {
-    addr: SocketAddr,
-    socket: UdpSocket,
-    /// Whether the socket is in "don't fragment" mode (IP_PMTUDISC_DO) right now.
-    dont_fragment: std::sync::atomic::AtomicBool,
-    /// Its bound peers ([`crate::channels`]).
-    peers: PeerChannels,
-}
-
-impl Relay for RelayShared {
-    fn peer_channels(&self) -> &PeerChannels {
-        &self.peers
-    }
-}
-
-impl RelayShared {
-    /// Sends `data` to `peer`, in or out of "don't fragment" mode as asked (a syscall to switch
-    /// only when the mode differs: DONT-FRAGMENT applies to one datagram).
-    fn send_to_peer(&self, data: &[u8], peer: SocketAddr, df: bool) -> bool {
-        if self.dont_fragment.load(Ordering::Relaxed) != df
-            && self.dont_fragment.swap(df, Ordering::Relaxed) != df
-        {
-            set_dont_fragment(&self.socket, self.addr, df);
-        }
-        send(&self.socket, data, peer)
-    }
-
-    /// Sends `datagrams` to `peer` without "don't fragment" (ChannelData's data), as few
-    /// system calls as it takes; returns how many the kernel took.
-    fn send_all_to_peer(&self, peer: SocketAddr, datagrams: &[&[u8]]) -> usize {
-        if self.dont_fragment.load(Ordering::Relaxed)
-            && self.dont_fragment.swap(false, Ordering::Relaxed)
-        {
-            set_dont_fragment(&self.socket, self.addr, false);
-        }
-        udp_batch::send_all_to(self.socket.as_fd(), peer, datagrams)
-    }
-}
-
-struct RelaySocket {
-    shared: Arc<RelayShared>,
-    reader: JoinHandle<()>,
 }
 
 /// Datagrams and UDP payload bytes through a group of sockets, both ways.
@@ -307,7 +266,7 @@ pub(crate) struct Shared {
     channels: ChannelTable<RelayShared>,
     /// Each listener's way to its clients, indexed by [`ListenerId`].
     clients: Vec<ClientIo>,
-    relays: Mutex<HashMap<SocketAddr, RelaySocket>>,
+    relays: Relays,
     channel_events: ChannelEvents,
     /// Traffic of each listener's sockets, indexed by [`ListenerId`].
     listener_io: Vec<IoCounters>,
@@ -409,7 +368,7 @@ impl RunningServer {
             core: Mutex::new(core),
             channels: ChannelTable::new(),
             clients,
-            relays: Mutex::new(HashMap::new()),
+            relays: Relays::new(threads).map_err(ServerError::Relays)?,
             channel_events,
             listener_io: spec
                 .listeners
@@ -425,6 +384,9 @@ impl RunningServer {
         let mut tasks = JoinSet::new();
         if let Some(dir) = &spec.state_dir {
             tasks.spawn(state_task(Arc::clone(&shared), dir.clone()));
+        }
+        for index in 0..shared.relays.readers() {
+            tasks.spawn(reader_task(Arc::clone(&shared), index));
         }
         for (id, sockets) in udp_sockets {
             for socket in sockets {
@@ -579,9 +541,7 @@ impl ServerHandle {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.tasks.abort_all();
-        for (_, relay) in lock(&self.shared.relays).drain() {
-            relay.reader.abort();
-        }
+        self.shared.relays.clear();
     }
 }
 
@@ -727,10 +687,7 @@ impl Shared {
         if !self.channel_events.is_udp(binding) {
             return;
         }
-        let relay = lock(&self.relays)
-            .get(&binding.relayed)
-            .map(|r| Arc::clone(&r.shared));
-        if let Some(relay) = relay {
+        if let Some(relay) = self.relays.get(&binding.relayed) {
             self.channels.bound(binding, relay);
         }
     }
@@ -921,40 +878,67 @@ impl Shared {
     }
 }
 
-thread_local! {
-    /// One receive batch per worker thread, shared by every relayed socket's task that runs on
-    /// it: a batch per task would cost 2 MiB per allocation (and the page zeroing that comes
-    /// with each new one).
-    static RELAY_BATCH: std::cell::RefCell<Batch> =
-        std::cell::RefCell::new(Batch::with_headroom(BATCH, MAX_DATAGRAM, CHANNEL_HEADER));
-}
-
-/// Reads a relayed socket a batch at a time ([`Shared::peer_datagrams`]).
-async fn relay_task(shared: Arc<Shared>, relay: Arc<RelayShared>) {
-    let mut commands = VecDeque::new();
-    loop {
-        if let Err(e) = relay.socket.readable().await {
-            trace!(relayed = %relay.addr, error = %e, "relayed socket gone");
+/// Reads the relayed sockets of reader `index` ([`Relays`]): waits for its epoll set, then takes
+/// one batch from each socket it reports ([`Shared::peer_datagrams`]); a socket with more
+/// waiting is reported again (level-triggered), after the others had their turn.
+async fn reader_task(shared: Arc<Shared>, index: usize) {
+    let Some(fd) = shared.relays.epoll(index) else {
+        return;
+    };
+    let set = EpollSet {
+        _owner: Arc::clone(&shared),
+        fd,
+    };
+    // SAFETY: `set` keeps `shared`, which owns the epoll descriptor, alive as long as the
+    // AsyncFd, and always returns that same descriptor.
+    let epoll = match unsafe { AsyncFd::register_with_interest(set, Interest::READABLE) } {
+        Ok(epoll) => epoll,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the relayed sockets");
             return;
         }
-        // No await from here to the end of the borrow, so the thread's batch is ours alone.
-        let received = RELAY_BATCH.with_borrow_mut(|batch| {
-            let socket = &relay.socket;
-            match socket.try_io(Interest::READABLE, || batch.try_recv(socket.as_fd())) {
-                Ok(n) => {
-                    shared.peer_datagrams(&relay, batch, n, &mut commands);
-                    true
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                Err(e) => {
-                    trace!(relayed = %relay.addr, error = %e, "relay receive error");
-                    false
-                }
+    };
+    let mut batch = Batch::with_headroom(BATCH, MAX_DATAGRAM, CHANNEL_HEADER);
+    let mut ready = Vec::new();
+    let mut commands = VecDeque::new();
+    loop {
+        let mut guard = match epoll.readable().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                warn!(error = %e, "relayed sockets' epoll set failed");
+                return;
             }
-        });
-        if received && !commands.is_empty() {
+        };
+        if let Err(e) = shared.relays.ready(index, &mut ready) {
+            warn!(error = %e, "cannot read the relayed sockets' epoll set");
+        }
+        if ready.is_empty() {
+            guard.clear_ready();
+            continue;
+        }
+        for relay in &ready {
+            match batch.try_recv(relay.socket()) {
+                Ok(n) => shared.peer_datagrams(relay, &mut batch, n, &mut commands),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => trace!(relayed = %relay.addr, error = %e, "relay receive error"),
+            }
+        }
+        if !commands.is_empty() {
             execute(&shared, &mut commands);
         }
+    }
+}
+
+/// A reader's epoll descriptor for tokio to watch, with the [`Shared`] whose [`Relays`] owns it
+/// (so it stays open as long as it is watched).
+struct EpollSet {
+    _owner: Arc<Shared>,
+    fd: std::os::fd::RawFd,
+}
+
+impl std::os::fd::AsRawFd for EpollSet {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd
     }
 }
 
@@ -964,7 +948,6 @@ async fn timer_task(shared: Arc<Shared>) {
         let now = Instant::now();
         let next = {
             let mut core = lock(&shared.core);
-            shared.channels.fold_into(&mut core);
             core.handle_timeout(now);
             drain(&mut core, &shared, &mut commands);
             core.poll_timeout()
@@ -1007,18 +990,13 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 peer,
                 data,
                 dont_fragment,
-            } => {
-                let relay = lock(&shared.relays)
-                    .get(&relayed)
-                    .map(|r| Arc::clone(&r.shared));
-                match relay {
-                    Some(relay) => {
-                        let sent = relay.send_to_peer(&data, peer, dont_fragment);
-                        shared.relay_io.sent(data.len(), sent);
-                    }
-                    None => trace!(%relayed, "no relayed socket for a send"),
+            } => match shared.relays.get(&relayed) {
+                Some(relay) => {
+                    let sent = relay.send_to_peer(&data, peer, dont_fragment);
+                    shared.relay_io.sent(data.len(), sent);
                 }
-            }
+                None => trace!(%relayed, "no relayed socket for a send"),
+            },
             Command::BindRelay { addr } => {
                 let result = bind_relay(shared, addr);
                 let mut core = lock(&shared.core);
@@ -1026,10 +1004,7 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 drain(&mut core, shared, commands);
             }
             Command::ReleaseRelay { addr } => {
-                if let Some(relay) = lock(&shared.relays).remove(&addr) {
-                    relay.reader.abort();
-                    debug!(%addr, "relayed socket released");
-                }
+                shared.relays.release(&addr);
             }
             // Applied in `drain`, under the core lock.
             Command::ChannelBound(_) | Command::ChannelUnbound(_) => {}
@@ -1038,30 +1013,14 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
 }
 
 fn bind_relay(shared: &Arc<Shared>, addr: SocketAddr) -> Result<(), BindFailure> {
-    let socket = match bind_udp(addr, false) {
-        Ok(socket) => socket,
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(BindFailure::AddressInUse),
+    match shared.relays.bind(addr) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(BindFailure::AddressInUse),
         Err(e) => {
             warn!(%addr, error = %e, "cannot bind a relayed socket");
-            return Err(BindFailure::Other);
+            Err(BindFailure::Other)
         }
-    };
-    let relay = Arc::new(RelayShared {
-        addr,
-        socket,
-        dont_fragment: std::sync::atomic::AtomicBool::new(false),
-        peers: PeerChannels::default(),
-    });
-    let reader = tokio::spawn(relay_task(Arc::clone(shared), Arc::clone(&relay)));
-    let relay = RelaySocket {
-        shared: relay,
-        reader,
-    };
-    if let Some(old) = lock(&shared.relays).insert(addr, relay) {
-        // The core never binds an address twice; if it did, the old reader must not linger.
-        old.reader.abort();
     }
-    Ok(())
 }
 
 /// A plain non-blocking `sendto`: a full socket buffer drops the datagram, as UDP would. Not
@@ -1069,49 +1028,10 @@ fn bind_relay(shared: &Arc<Shared>, addr: SocketAddr) -> Result<(), BindFailure>
 /// become writable once, and so could drop the first datagrams of a new relayed socket.
 /// Returns whether the kernel took the datagram (failures are counted, not logged: under
 /// overload they come one per datagram).
-pub(crate) fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
+pub(crate) fn send<S: std::os::fd::AsFd>(socket: &S, data: &[u8], to: SocketAddr) -> bool {
     socket2::SockRef::from(socket)
         .send_to(data, &to.into())
         .is_ok()
-}
-
-fn set_dont_fragment(socket: &UdpSocket, relayed: SocketAddr, on: bool) {
-    use std::os::fd::AsRawFd as _;
-    let (level, name, value) = match (relayed.is_ipv4(), on) {
-        (true, true) => (
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DO,
-        ),
-        (true, false) => (
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_WANT,
-        ),
-        (false, true) => (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_DO,
-        ),
-        (false, false) => (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_WANT,
-        ),
-    };
-    // SAFETY: setsockopt on a socket we own, with a c_int value and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        debug!(%relayed, error = %io::Error::last_os_error(), "cannot set DONT-FRAGMENT");
-    }
 }
 
 /// A non-blocking UDP socket bound to `addr`, registered with tokio.

@@ -87,15 +87,30 @@ pub struct ScalePlan {
     pub channels: usize,
     pub payload: usize,
     pub phase_seconds: f64,
+    /// A fixed rate (ChannelData/s) every xturn contender carries both with the headline's 16
+    /// allocations and at scale: the per-packet cost is compared at the same rate, so the
+    /// batching a rate allows is the same on both sides (at the maximum the load generator,
+    /// slower with 10 000 sockets, sets a different rate).
+    pub rate: u64,
     /// Binding counts the kernel program is timed at (`xturn-kernel-scale`).
     pub kernel_bindings: Vec<u32>,
 }
 
 impl ScalePlan {
-    fn phase(&self) -> String {
-        format!("max:{}:{}", self.payload, self.phase_seconds)
+    fn rate_phase(&self) -> String {
+        format!("rate:{}:{}:{}", self.payload, self.phase_seconds, self.rate)
+    }
+
+    fn phases(&self) -> Vec<String> {
+        vec![
+            self.rate_phase(),
+            format!("max:{}:{}", self.payload, self.phase_seconds),
+        ]
     }
 }
+
+/// The allocation count the scale run is compared with (the headline's).
+const SCALE_BASE_ALLOCATIONS: usize = 16;
 
 impl Plan {
     fn new(quick: bool) -> Plan {
@@ -128,6 +143,7 @@ impl Plan {
                     channels: 10,
                     payload: 100,
                     phase_seconds: 4.0,
+                    rate: 60_000,
                     kernel_bindings: vec![16, 1_000, 100_000, 1_000_000],
                 }),
             }
@@ -665,18 +681,6 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
 
     let mut measurements = Vec::new();
     let mut to_peer_total = 0u64;
-    let mut rounds: Vec<Round> = ctx
-        .plan
-        .allocations
-        .iter()
-        .map(|&n| Round {
-            allocations: n,
-            channels: 1,
-            phases: ctx.plan.phases(),
-            retry_budget_s: ctx.plan.retry_budget_seconds(),
-            max_seconds: ctx.plan.load_seconds(),
-        })
-        .collect();
     let scale = ctx.plan.scale.as_ref().filter(|_| {
         c.threads == 1
             && matches!(
@@ -684,11 +688,29 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
                 Kind::XturnXdp | Kind::XturnTc | Kind::XturnUserspace
             )
     });
+    let mut rounds: Vec<Round> = ctx
+        .plan
+        .allocations
+        .iter()
+        .map(|&n| {
+            let mut phases = ctx.plan.phases();
+            if let Some(scale) = scale.filter(|_| n == SCALE_BASE_ALLOCATIONS) {
+                phases.push(scale.rate_phase());
+            }
+            Round {
+                allocations: n,
+                channels: 1,
+                phases,
+                retry_budget_s: ctx.plan.retry_budget_seconds(),
+                max_seconds: ctx.plan.load_seconds(),
+            }
+        })
+        .collect();
     if let Some(scale) = scale {
         rounds.push(Round {
             allocations: scale.allocations,
             channels: scale.channels,
-            phases: vec![scale.phase()],
+            phases: scale.phases(),
             retry_budget_s: 0.0,
             max_seconds: SCALE_SECONDS,
         });

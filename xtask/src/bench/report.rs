@@ -446,9 +446,23 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
 /// s/Mpkt, scale / headline).
 fn scale_cost(r: &Report, key: &str, n: usize, pl: usize) -> Option<(f64, f64, f64)> {
     let scale = r.plan.scale.as_ref()?;
-    let base = find(r, key, n, pl, "max")?.cpu_s_per_mpkt?;
-    let big = find(r, key, scale.allocations, scale.payload, "max")?.cpu_s_per_mpkt?;
+    let base = find_rate(r, key, n, pl, scale.rate)?.cpu_s_per_mpkt?;
+    let big = find_rate(r, key, scale.allocations, scale.payload, scale.rate)?.cpu_s_per_mpkt?;
     Some((base, big, big / base))
+}
+
+/// The fixed-rate phase at `pps` of `key` with `n` allocations and `payload`.
+fn find_rate<'a>(
+    r: &'a Report,
+    key: &str,
+    n: usize,
+    payload: usize,
+    pps: u64,
+) -> Option<&'a Measurement> {
+    contender(r, key)?
+        .measurements
+        .iter()
+        .find(|m| m.allocations == n && m.payload == payload && m.offered_pps == Some(pps))
 }
 
 /// The kernel program's time per datagram at the most bindings against the fewest, the larger
@@ -475,9 +489,10 @@ fn scale_targets(s: &mut String, r: &Report, n: usize, pl: usize) {
         let cost = scale_cost(r, key, n, pl);
         let _ = writeln!(
             s,
-            "| {key}: per-packet cost with {} allocations × {} channels within 10 % of {n} × 1 | {} | {} |",
+            "| {key}: per-packet cost with {} allocations × {} channels within 10 % of {n} × 1 (at {} kpps) | {} | {} |",
             scale.allocations,
             scale.channels,
+            scale.rate / 1000,
             cost.map_or_else(
                 || "–".into(),
                 |(a, b, q)| format!("{b:.2} vs {a:.2} s/Mpkt ({:+.0} %)", (q - 1.0) * 100.0)
@@ -530,24 +545,29 @@ fn scale_section(s: &mut String, r: &Report, n: usize, pl: usize) {
     );
     let _ = writeln!(
         s,
-        "| contender | relay CPU s per Mpkt at max, {n} × 1 | at {} × {} | change | relayed kpps at max ({n} × 1 / scale) | allocations/s, ChannelBinds/s at scale | relay RSS before → allocated → bound (MiB) | KiB per allocation (with its channels) |",
-        scale.allocations, scale.channels
+        "| contender | relay CPU s per Mpkt at {} kpps, {n} × 1 | at {} × {} | change | relay CPU s per Mpkt at max ({n} × 1 / scale) | relayed kpps at max ({n} × 1 / scale) | allocations/s, ChannelBinds/s at scale | relay RSS before → allocated → bound (MiB) | KiB per allocation (with its channels) |",
+        scale.rate / 1000,
+        scale.allocations,
+        scale.channels
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for key in ["userspace", "xdp", "tc"] {
         let Some(c) = contender(r, key) else {
             continue;
         };
         let cost = scale_cost(r, key, n, pl);
         let pps = |n: usize, p: usize| find(r, key, n, p, "max").map(|m| m.relayed_pps / 1000.0);
+        let at_max = |n: usize, p: usize| find(r, key, n, p, "max").and_then(|m| m.cpu_s_per_mpkt);
         let setup = c.scale.as_ref();
         let mib = |v: Option<u64>| opt(v.map(|k| k as f64 / 1024.0), 1);
         let _ = writeln!(
             s,
-            "| {key} | {} | {} | {} | {} / {} | {} | {} | {} ({}) |",
+            "| {key} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} ({}) |",
             opt(cost.map(|c| c.0), 2),
             opt(cost.map(|c| c.1), 2),
             cost.map_or_else(|| "–".into(), |c| format!("{:+.0} %", (c.2 - 1.0) * 100.0)),
+            opt(at_max(n, pl), 2),
+            opt(at_max(scale.allocations, scale.payload), 2),
             opt(pps(n, pl), 1),
             opt(pps(scale.allocations, scale.payload), 1),
             setup.map_or_else(
