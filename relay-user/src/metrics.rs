@@ -66,6 +66,8 @@ pub struct Snapshot {
     pub kernel_hook: Option<&'static str>,
     /// The kernel path did not deliver and was withdrawn: userspace relays everything.
     pub withdrawn: bool,
+    /// Userspace sends runs of equal-sized datagrams as UDP GSO (the kernel has not refused it).
+    pub gso: bool,
     pub draining: bool,
     pub allocations: u64,
     pub permissions: u64,
@@ -239,6 +241,7 @@ impl MetricsSource {
             dataplane,
             kernel_hook,
             withdrawn: withdrawn.is_some(),
+            gso: crate::relayed::GSO.in_use(),
             interfaces: self.interfaces.clone(),
             draining,
             allocations,
@@ -476,6 +479,11 @@ impl Collector for SnapshotCollector {
             "xturn_dataplane",
             "The data plane in use: xdp, tc or userspace.",
             &labels([("mode", s.dataplane)]),
+        )?;
+        out.gauge(
+            "xturn_userspace_gso",
+            "1 while the userspace relay sends runs of equal-sized datagrams to one destination as one UDP GSO send; 0 once the kernel refused GSO (then datagram by datagram).",
+            u64::from(s.gso),
         )?;
         if let Some(hook) = s.kernel_hook {
             out.gauges(

@@ -23,6 +23,9 @@ use tracing::debug;
 use crate::channels::{PeerChannels, Relay};
 use crate::server::{SOCKET_BUFFER, lock, send};
 
+/// Whether the userspace relay's sends still use UDP GSO (metrics read it).
+pub(crate) static GSO: udp_batch::Gso = udp_batch::Gso::new();
+
 /// Most sockets one `epoll_wait` reports.
 pub(crate) const MAX_EVENTS: usize = 64;
 
@@ -58,7 +61,7 @@ impl RelayShared {
     /// system calls as it takes; returns how many the kernel took.
     pub(crate) fn send_all_to_peer(&self, peer: SocketAddr, datagrams: &[&[u8]]) -> usize {
         self.set_mode(false);
-        udp_batch::send_all_to(self.socket.as_fd(), peer, datagrams)
+        udp_batch::send_all_to(self.socket.as_fd(), peer, datagrams, &GSO)
     }
 
     fn set_mode(&self, df: bool) {

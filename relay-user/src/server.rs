@@ -810,7 +810,8 @@ impl Shared {
                     .filter(is_fast)
                     .map(|i| batch.frame(i, CHANNEL_HEADER))
                     .collect();
-                let sent = udp_batch::send_all_to(socket.as_fd(), client, &frames);
+                let sent =
+                    udp_batch::send_all_to(socket.as_fd(), client, &frames, &crate::relayed::GSO);
                 // The kernel takes a prefix of the batch: only a full buffer stops it short.
                 let bytes: usize = (0..n)
                     .filter(is_fast)

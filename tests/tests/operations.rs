@@ -343,6 +343,81 @@ fn userspace_metrics_count_relayed_traffic() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}\n{text}");
 }
 
+/// Bursts of ChannelData through the userspace relay, whose listener reads them a batch at a
+/// time and sends each run of equal sizes to the peer as one UDP GSO send (and the peer's echoes
+/// back to the client the same way): with the relay's interfaces at kernel defaults, and again
+/// with their TX checksum offload off (an egress where the kernel may refuse GSO; the relay then
+/// sends datagram by datagram). Every datagram arrives both ways, counted once.
+#[test]
+fn userspace_bursts_arrive_whole_with_and_without_checksum_offload() {
+    const BURSTS: usize = 8;
+    const PER_BURST: usize = 32;
+    const SIZE: usize = 200;
+    for offload in ["on", "off"] {
+        let topology = Topology::new();
+        for dev in ["xtr0", "xtr1"] {
+            topology.relay.run("ethtool", &["-K", dev, "tx", offload]);
+        }
+        let _peer = EchoPeer::start(&topology.peer);
+        let log = log_path(&format!("bursts-{offload}"));
+        let _relay = start(
+            &topology,
+            &log,
+            &["--dataplane", "userspace", "--metrics", METRICS],
+        );
+        let echoed = in_client(&topology, || async {
+            let mut client = connect().await;
+            client
+                .allocate(AllocateOptions::default())
+                .await
+                .expect("allocate");
+            client.channel_bind(peer(), 0x4000).await.expect("bind");
+            let mut echoed = 0;
+            for burst in 0..BURSTS {
+                for i in 0..PER_BURST {
+                    let data = [u8::try_from(i).unwrap_or(0); SIZE];
+                    client.send_channel(0x4000, &data).await.expect("send");
+                }
+                for _ in 0..PER_BURST {
+                    match client.recv_timeout(Duration::from_secs(2)).await {
+                        Ok(r) if r.via == Via::Channel(0x4000) && r.data.len() == SIZE => {
+                            echoed += 1;
+                        }
+                        other => {
+                            eprintln!("burst {burst}: {other:?}");
+                            break;
+                        }
+                    }
+                }
+            }
+            echoed
+        });
+        let total = BURSTS * PER_BURST;
+        assert_eq!(
+            echoed, total,
+            "TX checksum offload {offload}: every echo back"
+        );
+        let m = scrape(&topology, METRICS);
+        for direction in ["to_peer", "to_client"] {
+            assert_eq!(
+                metric(
+                    &m,
+                    &format!(
+                        "xturn_relayed_packets_total{{direction=\"{direction}\",dataplane=\"userspace\"}}"
+                    )
+                ),
+                total as u64,
+                "{direction}, TX checksum offload {offload}"
+            );
+        }
+        let gso = metric(&m, "xturn_userspace_gso");
+        eprintln!("TX checksum offload {offload}: xturn_userspace_gso {gso}");
+        if offload == "on" {
+            assert_eq!(gso, 1, "GSO works on a veth with kernel defaults");
+        }
+    }
+}
+
 #[test]
 fn xdp_metrics_count_kernel_relayed_traffic() {
     let topology = Topology::new();

@@ -23,12 +23,29 @@ pub const MAX_SEGMENTS: usize = 64;
 /// Most bytes in one GSO send: what fits in one IP packet's length field, less the headers.
 const MAX_GSO_BYTES: usize = 65_000;
 
-/// Set once the kernel refused a GSO send: every later send goes datagram by datagram.
-static GSO_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether [`send_all_to`] may use UDP GSO: it may until the kernel refuses it once, then every
+/// later send goes datagram by datagram. One per process (a `static`), or per test.
+#[derive(Debug, Default)]
+pub struct Gso {
+    refused: std::sync::atomic::AtomicBool,
+}
 
-/// Whether [`send_all_to`] still uses UDP GSO (the kernel has not refused it).
-pub fn gso_in_use() -> bool {
-    !GSO_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+impl Gso {
+    pub const fn new() -> Gso {
+        Gso {
+            refused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether GSO is still used (the kernel has not refused it).
+    pub fn in_use(&self) -> bool {
+        !self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn refuse(&self) {
+        self.refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// `slots` buffers of `stride` bytes each (after `headroom` free bytes), with their lengths and
@@ -305,15 +322,20 @@ pub fn send_to_many<'a>(
 /// datagrams with `sendmmsg`. Returns how many the kernel took; the first refusal ends the
 /// call (a full buffer of a non-blocking socket: the rest are lost, as UDP may lose them).
 ///
-/// When the kernel refuses GSO itself (no `UDP_SEGMENT`, or an interface that cannot carry
-/// it: `EIO`, `EINVAL`, `ENOPROTOOPT`), that run is sent datagram by datagram and GSO is not
-/// tried again by this process ([`gso_in_use`]).
-pub fn send_all_to(socket: BorrowedFd<'_>, to: SocketAddr, datagrams: &[&[u8]]) -> usize {
+/// When the kernel refuses GSO itself (no `UDP_SEGMENT`, an interface that cannot carry it, a
+/// socket without UDP checksums: `EIO`, `EINVAL`, `ENOPROTOOPT`), that run is sent datagram by
+/// datagram and `gso` says not to try again ([`Gso::in_use`]).
+pub fn send_all_to(
+    socket: BorrowedFd<'_>,
+    to: SocketAddr,
+    datagrams: &[&[u8]],
+    gso: &Gso,
+) -> usize {
     let mut sent = 0;
     while sent < datagrams.len() {
         let rest = &datagrams[sent..];
         let run = gso_run(rest);
-        if run >= 2 && gso_in_use() {
+        if run >= 2 && gso.in_use() {
             match send_segments(socket, to, &rest[..run]) {
                 Ok(()) => {
                     sent += run;
@@ -325,7 +347,7 @@ pub fn send_all_to(socket: BorrowedFd<'_>, to: SocketAddr, datagrams: &[&[u8]]) 
                         Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
                     ) =>
                 {
-                    GSO_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+                    gso.refuse();
                 }
                 Err(_) => return sent,
             }
@@ -586,9 +608,43 @@ mod tests {
         assert_eq!(gso_run(&slices), 5);
         assert_eq!(gso_run(&slices[5..]), 2);
         assert_eq!(gso_run(&slices[7..]), 1);
-        assert_eq!(send_all_to(a.as_fd(), to, &slices), slices.len());
-        assert!(gso_in_use(), "loopback takes UDP GSO");
+        let gso = Gso::new();
+        assert_eq!(send_all_to(a.as_fd(), to, &slices, &gso), slices.len());
+        assert!(gso.in_use(), "loopback takes UDP GSO");
         let mut got = Batch::new(16, 64);
+        assert_eq!(recv_all(&mut got, &b, slices.len()), payloads);
+    }
+
+    #[test]
+    fn a_refused_gso_send_falls_back_to_one_datagram_each() {
+        let a = UdpSocket::bind("127.0.0.1:0").expect("bind a");
+        let b = UdpSocket::bind("127.0.0.1:0").expect("bind b");
+        // Without UDP checksums (SO_NO_CHECK) the kernel refuses GSO (EINVAL).
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on an open socket with a c_int value and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                a.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&raw const one).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        let payloads: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 32]).collect();
+        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let gso = Gso::new();
+        let sent = send_all_to(a.as_fd(), b.local_addr().expect("addr"), &slices, &gso);
+        assert_eq!(sent, slices.len(), "every datagram sent");
+        assert!(!gso.in_use(), "the refusal is remembered");
+        let mut got = Batch::new(16, 64);
+        assert_eq!(recv_all(&mut got, &b, slices.len()), payloads);
+        // The next run goes datagram by datagram straight away.
+        assert_eq!(
+            send_all_to(a.as_fd(), b.local_addr().expect("addr"), &slices, &gso),
+            slices.len()
+        );
         assert_eq!(recv_all(&mut got, &b, slices.len()), payloads);
     }
 

@@ -118,7 +118,8 @@ pub struct XturndArgs {
     #[arg(long, value_name = "FILTER", env = "XTURN_LOG_LEVEL")]
     pub log_level: Option<String>,
 
-    /// SO_REUSEPORT sockets (and worker threads) per listener. Default: the number of CPUs.
+    /// Worker threads, SO_REUSEPORT sockets per UDP listener, and relayed-socket readers.
+    /// Default: the number of CPUs.
     #[arg(long, value_name = "N", env = "XTURN_THREADS")]
     pub threads: Option<usize>,
 
