@@ -813,11 +813,7 @@ impl Shared {
                 let sent =
                     udp_batch::send_all_to(socket.as_fd(), client, &frames, &crate::relayed::GSO);
                 // The kernel takes a prefix of the batch: only a full buffer stops it short.
-                let bytes: usize = (0..n)
-                    .filter(is_fast)
-                    .take(sent)
-                    .map(|i| batch.received(i).len() + CHANNEL_HEADER)
-                    .sum();
+                let bytes: usize = frames.iter().take(sent).map(|f| f.len()).sum();
                 if let Some(io) = self.listener_io.get(index) {
                     io.sent_many(sent, bytes, relayed - sent);
                 }
