@@ -8,13 +8,16 @@
 //! atomically, so the kernel relays on while the agent restarts.
 use std::{
     collections::HashSet,
+    io,
+    mem::MaybeUninit,
     net::SocketAddr,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray},
+    Ebpf, EbpfLoader, Pod,
+    maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -130,6 +133,146 @@ pub struct ChannelCounters {
     pub to_peer: Counter,
     /// Datagrams relayed peer → client (payload bytes).
     pub to_client: Counter,
+}
+
+/// Read-only handles on the maps that hold the per-binding counters (`CHANNELS` and `PEERS`),
+/// to read every binding's counters at once without the fast path's lock: batch lookups
+/// (`BPF_MAP_LOOKUP_BATCH`), a syscall per [`BATCH_ENTRIES`] bindings instead of two per
+/// binding.
+pub struct CounterMaps {
+    channels: OwnedFd,
+    peers: OwnedFd,
+}
+
+/// Entries read per `BPF_MAP_LOOKUP_BATCH` call.
+pub const BATCH_ENTRIES: u32 = 1024;
+
+impl CounterMaps {
+    /// The counters of every binding in the maps now. An entry added or removed meanwhile may
+    /// be in it or not; an entry present throughout is read once.
+    pub fn read(&self) -> io::Result<AllCounters> {
+        let mut all = AllCounters::default();
+        lookup_batch::<ChannelKey, ChannelToPeer>(self.channels.as_fd(), |key, value| {
+            all.to_peer.insert(
+                key,
+                Counter {
+                    packets: value.packets,
+                    bytes: value.bytes,
+                },
+            );
+        })?;
+        lookup_batch::<PeerKey, PeerToClient>(self.peers.as_fd(), |key, value| {
+            all.to_client.insert(
+                key,
+                Counter {
+                    packets: value.packets,
+                    bytes: value.bytes,
+                },
+            );
+        })?;
+        Ok(all)
+    }
+}
+
+/// Every binding's counters, as [`CounterMaps::read`] found them.
+#[derive(Debug, Default)]
+pub struct AllCounters {
+    to_peer: std::collections::HashMap<ChannelKey, Counter, foldhash::fast::RandomState>,
+    to_client: std::collections::HashMap<PeerKey, Counter, foldhash::fast::RandomState>,
+}
+
+impl AllCounters {
+    /// `entry`'s counters, if both its map entries were there.
+    pub fn get(&self, entry: &ChannelEntry) -> Option<ChannelCounters> {
+        Some(ChannelCounters {
+            to_peer: *self.to_peer.get(&entry.channel_key())?,
+            to_client: *self.to_client.get(&entry.peer_key())?,
+        })
+    }
+
+    /// Bindings read (entries of the `CHANNELS` map).
+    pub fn len(&self) -> usize {
+        self.to_peer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.to_peer.is_empty()
+    }
+}
+
+/// `bpf_attr` of the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` (Linux 5.6).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Calls `each` on every entry of the hash map `map` (keys `K`, values `V`), [`BATCH_ENTRIES`]
+/// per syscall.
+fn lookup_batch<K: Pod, V: Pod>(map: BorrowedFd<'_>, mut each: impl FnMut(K, V)) -> io::Result<()> {
+    let mut chunk = BATCH_ENTRIES;
+    let mut keys: Vec<MaybeUninit<K>> = Vec::new();
+    let mut values: Vec<MaybeUninit<V>> = Vec::new();
+    // The hash map's batch position: a bucket index the kernel hands back.
+    let (mut position, mut next) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        keys.resize_with(chunk as usize, MaybeUninit::uninit);
+        values.resize_with(chunk as usize, MaybeUninit::uninit);
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { (&raw mut position) as u64 },
+            out_batch: (&raw mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk,
+            map_fd: u32::try_from(map.as_raw_fd()).unwrap_or_default(),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid BPF_MAP_LOOKUP_BATCH attribute whose buffers have room for
+        // `count` keys and values of the map's sizes (K and V are its key and value types); the
+        // kernel writes at most that many and says how many in `count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let error = (rc != 0).then(io::Error::last_os_error);
+        match error.as_ref().and_then(io::Error::raw_os_error) {
+            // A bucket holds more entries than the buffers: larger buffers, same position.
+            Some(libc::ENOSPC) if chunk < BATCH_ENTRIES * 64 => {
+                chunk *= 2;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            Some(_) => return Err(error.unwrap_or_else(io::Error::last_os_error)),
+        }
+        let read = (attr.count as usize).min(keys.len());
+        for (key, value) in keys.iter().zip(&values).take(read) {
+            // SAFETY: the kernel wrote the first `count` keys and values.
+            each(unsafe { key.assume_init_read() }, unsafe {
+                value.assume_init_read()
+            });
+        }
+        if error.is_some() {
+            // ENOENT: no entries after these.
+            return Ok(());
+        }
+        position = next;
+        first = false;
+    }
 }
 
 /// Which kernel hook runs the relay on an interface.
@@ -722,6 +865,14 @@ impl FastPath {
             .remove(&entry.peer_key())
             .or_else(gone(names::PEERS_MAP));
         channels.and(peers)
+    }
+
+    /// Handles for reading every binding's counters at once ([`CounterMaps`]).
+    pub fn counter_maps(&self) -> io::Result<CounterMaps> {
+        Ok(CounterMaps {
+            channels: self.channels.map().fd().as_fd().try_clone_to_owned()?,
+            peers: self.peers.map().fd().as_fd().try_clone_to_owned()?,
+        })
     }
 
     /// What the kernel relayed for `entry` so far, or `None` if it is not installed.

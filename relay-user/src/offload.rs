@@ -17,7 +17,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -26,7 +26,9 @@ use tracing::{debug, error, info, warn};
 use turn_proto::server::ChannelBinding;
 
 use crate::{
-    ebpf::{ChannelCounters, ChannelEntry, FastPath, FastPathError, Hook},
+    ebpf::{
+        AllCounters, ChannelCounters, ChannelEntry, CounterMaps, FastPath, FastPathError, Hook,
+    },
     route::Router,
 };
 
@@ -52,6 +54,10 @@ pub struct KernelPath {
     pub install_errors: AtomicU64,
     /// Why the kernel path was withdrawn (it did not deliver), once it was.
     withdrawn: Mutex<Option<String>>,
+    /// Batch reads of every binding's counters, while the kernel takes them.
+    counter_maps: Option<CounterMaps>,
+    /// The kernel refused a batch read: counters are read a binding at a time from then on.
+    batch_refused: AtomicBool,
 }
 
 impl KernelPath {
@@ -61,6 +67,13 @@ impl KernelPath {
 
     /// A hook for programs attached at `hook`.
     pub fn with_hook(fast_path: FastPath, hook: Hook) -> KernelPath {
+        let counter_maps = match fast_path.counter_maps() {
+            Ok(maps) => Some(maps),
+            Err(e) => {
+                warn!(error = %e, "counters are read a binding at a time");
+                None
+            }
+        };
         let router = match Router::new() {
             Ok(router) => Some(router),
             Err(e) => {
@@ -76,6 +89,26 @@ impl KernelPath {
             map_full: AtomicU64::new(0),
             install_errors: AtomicU64::new(0),
             withdrawn: Mutex::new(None),
+            counter_maps,
+            batch_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Every installed binding's counters in a few batch lookups, without the fast path's
+    /// lock; `None` where the kernel has no batch lookups (Linux < 5.6), and the caller reads
+    /// each binding with [`FastPath::channel_counters`].
+    fn all_counters(&self) -> Option<AllCounters> {
+        if self.batch_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.counter_maps.as_ref()?.read() {
+            Ok(all) => Some(all),
+            Err(e) => {
+                if !self.batch_refused.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, "no batch reads of the kernel's counters: reading them a binding at a time");
+                }
+                None
+            }
         }
     }
 
@@ -342,7 +375,8 @@ impl ChannelOffload {
     }
 
     /// What the kernel path did, read now: its exit counters, its bindings and what they
-    /// relayed. A few BPF syscalls per installed binding: not on an async worker.
+    /// relayed. BPF syscalls (a few per thousand bindings; two per binding on kernels without
+    /// batch lookups): not on an async worker.
     pub fn snapshot(&self) -> KernelSnapshot {
         let hook = &self.hook;
         let (reasons, capacity) = hook.with_fast_path(|fp| (fp.stats(), fp.capacity()));
@@ -373,9 +407,10 @@ impl ChannelOffload {
     }
 
     /// Everything the kernel relayed on channel bindings since the start: the retired total
-    /// plus the counters of every installed binding. A scrape reads two map entries per
-    /// installed binding, each under the fast path's lock on its own, so channel binds wait
-    /// for one lookup at most.
+    /// plus the counters of every installed binding. A scrape reads both maps whole with batch
+    /// lookups (a syscall per thousand bindings), without the fast path's lock, so channel
+    /// binds do not wait for it; on kernels without batch lookups it reads two map entries per
+    /// binding, each under the lock on its own.
     ///
     /// The kernel adds to the per-binding counters without atomics, and a binding removed
     /// during a scrape can be missed by it (and counted by the next): the totals are clamped
@@ -398,8 +433,13 @@ impl ChannelOffload {
         let mut now = lock(&self.retired).clone();
         let entries: Vec<(ChannelEntry, Owner)> =
             lock(&self.live).iter().map(|(e, o)| (*e, *o)).collect();
+        let all = self.hook.all_counters();
         for (entry, owner) in &entries {
-            if let Some(counters) = self.hook.with_fast_path(|fp| fp.channel_counters(entry)) {
+            let counters = match &all {
+                Some(all) => all.get(entry),
+                None => self.hook.with_fast_path(|fp| fp.channel_counters(entry)),
+            };
+            if let Some(counters) = counters {
                 now.add(*owner, counters);
             }
         }

@@ -239,16 +239,20 @@ impl Relays {
     }
 }
 
-/// A non-blocking UDP socket bound to exactly `addr`, for a relayed address.
+/// A non-blocking UDP socket bound to exactly `addr`, for a relayed address (made non-blocking
+/// by `socket` itself: this runs for every Allocate).
 fn bind_relayed(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     // Best effort: larger buffers absorb bursts; the kernel caps them.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }

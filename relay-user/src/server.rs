@@ -437,8 +437,9 @@ impl RunningServer {
         let Some(dir) = &self.state_dir else {
             return Ok(());
         };
+        // Generation 0: no journal continues it.
         let snapshot = lock(&self.shared.core).snapshot(Instant::now());
-        crate::state::save(dir, &snapshot)
+        crate::state::save(dir, &snapshot).map(|_| ())
     }
 
     /// The bound address of each listener (useful when a port 0 was asked for).
@@ -597,32 +598,83 @@ fn bind_restored(shared: &Arc<Shared>, restored: &[SocketAddr]) -> usize {
     dropped
 }
 
-/// Writes the allocation state whenever it changed, at most every [`STATE_DEBOUNCE`]. The
-/// snapshot is taken under the core lock; serialising and writing happen outside it.
+/// What the state writer writes next.
+enum StateWrite {
+    /// A whole snapshot, and a new journal after it.
+    Whole(turn_proto::server::Snapshot),
+    /// The allocations changed since the last write, appended to the journal.
+    Changes(
+        crate::state::Journal,
+        Vec<turn_proto::server::AllocationChange>,
+    ),
+}
+
+/// The journal is replaced by a whole snapshot once it is larger than the last snapshot and
+/// than this.
+const MIN_JOURNAL_BYTES: u64 = 1 << 20;
+
+/// Writes the allocation state whenever it changed, at most every [`STATE_DEBOUNCE`]: the
+/// allocations changed since the last write, appended to the journal ([`crate::state`]), or a
+/// whole snapshot when there is no journal yet (at start, after a write failed) or it has
+/// outgrown the last snapshot. What is written is taken under the core lock (only the changed
+/// allocations, most of the time); serialising and writing happen outside it.
 async fn state_task(shared: Arc<Shared>, dir: PathBuf) {
+    lock(&shared.core).track_changes();
+    // `None`: the next write is a whole snapshot.
+    let mut journal: Option<crate::state::Journal> = None;
+    let mut snapshot_bytes = 0u64;
     let mut written: Option<u64> = None;
     let mut failing = false;
     let mut tick = tokio::time::interval(STATE_DEBOUNCE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (version, snapshot) = {
-            let core = lock(&shared.core);
+        let (version, write) = {
+            let mut core = lock(&shared.core);
             let version = core.state_version();
             if written == Some(version) {
                 continue;
             }
-            (version, core.snapshot(Instant::now()))
+            let write = match journal.take() {
+                Some(j) if j.bytes() <= snapshot_bytes.max(MIN_JOURNAL_BYTES) => {
+                    StateWrite::Changes(j, core.take_changes())
+                }
+                _ => {
+                    let snapshot = core.snapshot(Instant::now());
+                    core.clear_changes();
+                    StateWrite::Whole(snapshot)
+                }
+            };
+            (version, write)
         };
         let target = dir.clone();
-        match tokio::task::spawn_blocking(move || crate::state::save(&target, &snapshot)).await {
-            Ok(Ok(())) => {
+        let result = tokio::task::spawn_blocking(move || match write {
+            StateWrite::Whole(mut snapshot) => {
+                // Non-zero: zero is a snapshot without journal.
+                snapshot.generation = rand::random::<u64>() | 1;
+                let bytes = crate::state::save(&target, &snapshot)?;
+                let journal = crate::state::Journal::create(&target, snapshot.generation)?;
+                Ok::<_, crate::state::StateError>((journal, Some(bytes)))
+            }
+            StateWrite::Changes(mut journal, changes) => {
+                journal.append(&changes)?;
+                Ok((journal, None))
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok((new, bytes))) => {
+                journal = Some(new);
+                if let Some(bytes) = bytes {
+                    snapshot_bytes = bytes;
+                }
                 written = Some(version);
                 if failing {
                     info!("allocation state written again");
                     failing = false;
                 }
             }
+            // The changes taken are in no file: the next write is a whole snapshot.
             Ok(Err(e)) if !failing => {
                 warn!(error = %e, "cannot write the allocation state; retrying");
                 failing = true;

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use relay_common::Reason;
-use relay_user::ebpf::{ChannelEntry, FastPath};
+use relay_user::ebpf::{BATCH_ENTRIES, ChannelEntry, FastPath};
 use xturn_tests::{
     netns::NetNs,
     packet::{self, channel_data, parse_udp_frame, udp_frame},
@@ -568,5 +568,67 @@ fn removed_bindings_stop_kernel_relaying_and_a_full_map_is_reported() {
         let err = fp.add_channel_binding(&third).expect_err("map full");
         assert!(err.to_string().contains("full"), "{err}");
         assert!(fp.channel_counters(&third).is_none());
+    });
+}
+
+/// A scrape reads every binding's counters with batch lookups: over several batches, each
+/// binding once, with the counters a lookup of its own entries gives; removed bindings are
+/// gone from it.
+#[test]
+fn batch_reads_of_the_counters_match_lookups_of_each_binding() {
+    let rig = Rig::new();
+    rig.topology.relay.within(|| {
+        let bindings = BATCH_ENTRIES * 2 + 100;
+        let mut fp = FastPath::load_with_capacity(bindings).expect("load");
+        fp.add_listener(addr("198.18.1.1:3478")).expect("listener");
+        let entries: Vec<ChannelEntry> = (0..bindings)
+            .map(|i| {
+                entry(
+                    &format!("198.18.1.2:{}", 10_000 + i),
+                    "198.18.1.1:3478",
+                    0x4000,
+                    &format!("198.18.2.1:{}", 10_000 + i),
+                    "198.18.2.2:3480",
+                )
+            })
+            .collect();
+        for e in &entries {
+            fp.add_channel_binding(e).expect("install");
+        }
+        // Traffic on a few of them, both ways, so counters differ between bindings.
+        for (n, e) in entries.iter().step_by(500).enumerate() {
+            for _ in 0..=n {
+                let input = udp_frame(e.client, e.listener, &channel_data(0x4000, b"abc", &[]));
+                run_expect(
+                    &mut fp,
+                    &input,
+                    rig.client_side.0,
+                    XDP_REDIRECT,
+                    Reason::RelayedToPeer,
+                );
+            }
+            let input = udp_frame(e.peer, e.relayed, b"hello");
+            run_expect(
+                &mut fp,
+                &input,
+                rig.peer_side.0,
+                XDP_REDIRECT,
+                Reason::RelayedToClient,
+            );
+        }
+        let maps = fp.counter_maps().expect("counter maps");
+        let all = maps.read().expect("batch read");
+        assert_eq!(all.len(), entries.len());
+        for e in &entries {
+            assert_eq!(all.get(e), fp.channel_counters(e), "{e:?}");
+        }
+        let busy = all.get(&entries[500]).expect("read");
+        assert_eq!((busy.to_peer.packets, busy.to_peer.bytes), (2, 6));
+        assert_eq!((busy.to_client.packets, busy.to_client.bytes), (1, 5));
+
+        fp.remove_channel_binding(&entries[0]).expect("remove");
+        let all = maps.read().expect("batch read");
+        assert_eq!(all.len(), entries.len() - 1);
+        assert!(all.get(&entries[0]).is_none());
     });
 }

@@ -358,6 +358,13 @@ fn coturn_clients_across_a_kill(topology: &Topology, dataplane: &str, name: &str
     }
     std::thread::sleep(Duration::from_secs(1));
     let before_kill = scrape(&topology.relay, METRICS);
+    // The allocations made after start-up are in the journal, not in the whole snapshot the
+    // agent wrote when it started: the next agent has them from there.
+    let journal = std::fs::read_to_string(state.0.join("journal.jsonl")).unwrap_or_default();
+    let journaled = journal
+        .lines()
+        .filter(|l| l.starts_with("{\"put\""))
+        .count();
     drop(first);
     let second = topology.start_xturnd_logged(&args, &log2);
     let out = uclient.wait_with_output().expect("turnutils_uclient ends");
@@ -390,13 +397,10 @@ fn coturn_clients_across_a_kill(topology: &Topology, dataplane: &str, name: &str
         metric(&before_kill, "xturn_channels_active"),
     );
     assert!(allocations >= CLIENTS && channels >= CLIENTS, "{context}");
-    // turnutils_uclient makes more allocations than clients (-m): compare with what the first
-    // agent had.
-    let (allocations, channels) = (
-        metric(&before_kill, "stunner_allocations_active"),
-        metric(&before_kill, "xturn_channels_active"),
+    assert!(
+        journaled >= 1,
+        "no allocation in the journal before the kill:\n{journal}\n{context}"
     );
-    assert!(allocations >= CLIENTS && channels >= CLIENTS, "{context}");
     let adopted = second_log
         .lines()
         .find(|l| l.contains("adopted allocations from the state file"))

@@ -339,13 +339,20 @@ async fn handshakes(
 
     let relay_rss = || spec.cpu.relay_pids.first().and_then(|&pid| rss_kib(pid));
     let rss_before = relay_rss();
+    // The clients' sockets are opened before the clock starts: the setup rate is the relay's.
+    let mut unallocated = Vec::with_capacity(spec.allocations);
+    for _ in 0..spec.allocations {
+        unallocated.push(Mutex::new(Some(
+            TurnClient::connect_with(spec.server, creds.clone(), client_config()).await?,
+        )));
+    }
+    let unallocated = Arc::new(unallocated);
     let cpu_start = spec.cpu.snapshot();
     let t0 = Instant::now();
-    let server = spec.server;
-    let results = bounded(spec.allocations, concurrency, |_| {
-        let creds = creds.clone();
+    let results = bounded(spec.allocations, concurrency, |i| {
+        let slots = Arc::clone(&unallocated);
         async move {
-            let mut client = TurnClient::connect_with(server, creds, client_config()).await?;
+            let mut client = take_slot(&slots[i])?;
             client.allocate(AllocateOptions::default()).await?;
             Ok::<_, BenchError>(client)
         }
@@ -384,11 +391,7 @@ async fn handshakes(
         let results = bounded(slots.len(), concurrency, |i| {
             let slots = Arc::clone(&slots);
             async move {
-                let mut client = slots[i]
-                    .lock()
-                    .map_err(|_| BenchError::Invalid("poisoned".into()))?
-                    .take()
-                    .ok_or_else(|| BenchError::Invalid("client taken twice".into()))?;
+                let mut client = take_slot(&slots[i])?;
                 for j in 0..channels {
                     let mut to = peer;
                     to.set_port(peer.port().wrapping_add(j as u16));
@@ -440,6 +443,14 @@ async fn handshakes(
         first_error,
     };
     Ok((bound_clients, report))
+}
+
+/// The client in `slot`, which only one task takes.
+fn take_slot(slot: &Mutex<Option<TurnClient>>) -> Result<TurnClient, BenchError> {
+    slot.lock()
+        .map_err(|_| BenchError::Invalid("poisoned".into()))?
+        .take()
+        .ok_or_else(|| BenchError::Invalid("client taken twice".into()))
 }
 
 /// Runs `make(i)` for `i` in `0..count`, at most `concurrency` at a time, in order of `i`.

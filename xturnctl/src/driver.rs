@@ -1,6 +1,7 @@
 //! [`TurnClient`]: turn-proto's client state machine driven over a connected tokio UDP socket.
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -16,6 +17,28 @@ use turn_proto::client::{
 
 /// The largest datagram the client reads.
 const MAX_DATAGRAM: usize = 65_536;
+
+thread_local! {
+    /// Where datagrams are read: one buffer per thread, not one per client (a load generator
+    /// holds thousands of clients).
+    static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
+}
+
+/// The next datagram on `socket`, copied out of the thread's receive buffer.
+async fn recv_datagram(socket: &UdpSocket) -> io::Result<Vec<u8>> {
+    loop {
+        socket.readable().await?;
+        let received = RECV_BUF.with_borrow_mut(|buf| {
+            socket
+                .try_recv(buf)
+                .map(|n| buf.get(..n).unwrap_or_default().to_vec())
+        });
+        match received {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+    }
+}
 
 /// How a [`TurnClient`] behaves.
 #[derive(Debug, Clone)]
@@ -60,7 +83,6 @@ pub struct TurnClient {
     channels: HashMap<u16, SocketAddr>,
     queue: VecDeque<Received>,
     allocation: Option<Allocation>,
-    buf: Vec<u8>,
 }
 
 fn new_tid() -> TransactionId {
@@ -97,7 +119,6 @@ impl TurnClient {
             channels: HashMap::new(),
             queue: VecDeque::new(),
             allocation: None,
-            buf: Vec::new(),
         })
     }
 
@@ -131,17 +152,10 @@ impl TurnClient {
     /// Sends `request` (retransmitting, answering 401/438) and returns the success response.
     pub async fn request(&mut self, request: Request) -> Result<StunMessage, ClientError> {
         let mut tx = Transaction::new(request, new_tid());
-        let mut buf = self.take_buf();
-        let result = self.run(&mut tx, &mut buf).await;
-        self.buf = buf;
-        result
+        self.run(&mut tx).await
     }
 
-    async fn run(
-        &mut self,
-        tx: &mut Transaction,
-        buf: &mut [u8],
-    ) -> Result<StunMessage, ClientError> {
+    async fn run(&mut self, tx: &mut Transaction) -> Result<StunMessage, ClientError> {
         let policy = self.config.retransmit;
         let offsets = policy.send_offsets();
         let give_up = policy.give_up_after();
@@ -169,12 +183,12 @@ impl TurnClient {
                     let sends = u32::try_from(sends).unwrap_or(u32::MAX);
                     return Err(tx.timeout_error(sends, now - start));
                 }
-                let n = match timeout_at(deadline, self.socket.recv(buf)).await {
+                let datagram = match timeout_at(deadline, recv_datagram(&self.socket)).await {
                     Err(_elapsed) => continue,
-                    Ok(Ok(n)) => n,
+                    Ok(Ok(datagram)) => datagram,
                     Ok(Err(e)) => return Err(e.into()),
                 };
-                match self.dispatch(&buf[..n], Some(tx)) {
+                match self.dispatch(&datagram, Some(tx)) {
                     None | Some(Step::Ignore | Step::Discard) => {}
                     Some(Step::Retry) => {
                         tx.restart(new_tid());
@@ -235,12 +249,6 @@ impl TurnClient {
             return;
         }
         self.queue.push_back(received);
-    }
-
-    fn take_buf(&mut self) -> Vec<u8> {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(MAX_DATAGRAM, 0);
-        buf
     }
 
     /// STUN Binding: the client's address as the server sees it.
@@ -332,24 +340,21 @@ impl TurnClient {
             return Ok(received);
         }
         let deadline = Instant::now() + timeout;
-        let mut buf = self.take_buf();
-        let result = loop {
-            match timeout_at(deadline, self.socket.recv(&mut buf)).await {
+        loop {
+            match timeout_at(deadline, recv_datagram(&self.socket)).await {
                 Err(_elapsed) => break Err(ClientError::RecvTimeout(timeout)),
                 Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => {
                     tracing::debug!("ICMP error from the server's address: {e}");
                 }
                 Ok(Err(e)) => break Err(e.into()),
-                Ok(Ok(n)) => {
+                Ok(Ok(datagram)) => {
                     // Not awaiting from here on: nothing is lost if the caller drops us.
-                    let _ = self.dispatch(&buf[..n], None);
+                    let _ = self.dispatch(&datagram, None);
                     if let Some(received) = self.queue.pop_front() {
                         break Ok(received);
                     }
                 }
             }
-        };
-        self.buf = buf;
-        result
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! datagrams (peer → client), one run per call so every run sees a fresh frame; the kernel
 //! reports each run's time. Prints JSON. `cargo xtask bench` runs it in the relay namespace of
 //! its topology, where `bpf_fib_lookup` resolves both next hops, so every run is a full relay
-//! (lookup, rewrite, checksums, redirect). Nothing is transmitted.
+//! (lookup, rewrite, checksums, redirect). Nothing is transmitted. At each count it also times
+//! reading every binding's counters, as a metrics scrape does: batch lookups against a lookup
+//! per map entry.
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -70,7 +72,15 @@ struct Point {
     to_client_ns: f64,
     to_client_p99_ns: f64,
     runs: usize,
+    /// Reading every binding's counters (a metrics scrape), nanoseconds per binding: with
+    /// batch lookups of both maps whole, and with two lookups per binding (over at most
+    /// [`EACH_READS`] bindings).
+    read_batch_ns: f64,
+    read_each_ns: f64,
 }
+
+/// Bindings read one at a time for [`Point::read_each_ns`].
+const EACH_READS: u32 = 20_000;
 
 #[derive(Serialize)]
 struct Report {
@@ -108,6 +118,26 @@ fn summary(times: &mut [Duration]) -> (f64, f64) {
     let mean = times.iter().map(Duration::as_nanos).sum::<u128>() as f64 / times.len() as f64;
     let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)].as_nanos() as f64;
     (mean, p99)
+}
+
+/// [`Point::read_batch_ns`] and [`Point::read_each_ns`] with `count` bindings installed.
+fn counter_reads(fast_path: &FastPath, args: &Args, count: u32) -> Result<(f64, f64)> {
+    let maps = fast_path.counter_maps().context("counter maps")?;
+    let started = Instant::now();
+    let all = maps.read().context("batch lookups")?;
+    let batch = started.elapsed();
+    if all.len() != count as usize {
+        bail!("a batch read found {} bindings of {count}", all.len());
+    }
+    let each = count.min(EACH_READS);
+    let started = Instant::now();
+    for k in 0..each {
+        if fast_path.channel_counters(&entry(args, k)?).is_none() {
+            bail!("binding {k} is not installed");
+        }
+    }
+    let per = |d: Duration, n: u32| d.as_nanos() as f64 / f64::from(n.max(1));
+    Ok((per(batch, count), per(started.elapsed(), each)))
 }
 
 fn main() -> Result<()> {
@@ -182,9 +212,12 @@ fn main() -> Result<()> {
         let runs = to_peer.len();
         let (to_peer_ns, to_peer_p99_ns) = summary(&mut to_peer);
         let (to_client_ns, to_client_p99_ns) = summary(&mut to_client);
+        let (read_batch_ns, read_each_ns) = counter_reads(&fast_path, &args, count)?;
         eprintln!(
             "xturn-kernel-scale: {count} bindings: client → peer {to_peer_ns:.0} ns, peer → client \
-             {to_client_ns:.0} ns per datagram ({runs} runs each; installed in {install_s:.1} s)"
+             {to_client_ns:.0} ns per datagram ({runs} runs each; installed in {install_s:.1} s); \
+             counters read in {read_batch_ns:.0} ns per binding in batches, {read_each_ns:.0} ns \
+             a binding at a time"
         );
         points.push(Point {
             bindings: count,
@@ -194,6 +227,8 @@ fn main() -> Result<()> {
             to_client_ns,
             to_client_p99_ns,
             runs,
+            read_batch_ns,
+            read_each_ns,
         });
     }
     let report = Report {

@@ -1,5 +1,7 @@
 //! Allocate (RFC 8656 §7.2), the two-phase relayed-port binding, reservations, and removing allocations.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use super::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -158,7 +160,7 @@ impl Server {
                 None => address_error = Some((AddressFamily::V6, 440)),
             }
         }
-        let tried = HashSet::new();
+        let tried = HashSet::default();
         let mut kept = Vec::with_capacity(groups.len());
         for mut group in groups {
             if self.pick_ports(&mut group, &tried) {
@@ -437,9 +439,9 @@ impl Server {
                 expires,
                 timer_at: expires,
                 transaction_id,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                channel_by_peer: HashMap::new(),
+                permissions: HashMap::default(),
+                channels: HashMap::default(),
+                channel_by_peer: HashMap::default(),
                 channel_ips: BTreeSet::new(),
                 reservation,
             },
@@ -447,7 +449,7 @@ impl Server {
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
         self.count_user(username, 1);
         self.stats.allocations_created += 1;
-        self.touch();
+        self.changes.mark(five_tuple, listener);
     }
 
     pub(super) fn allocate_success(
@@ -532,6 +534,10 @@ impl Server {
     /// (the caller either hands it to an allocation or releases it).
     pub(super) fn take_reservation(&mut self, token: u64) -> Option<Reservation> {
         let reservation = self.reservations.remove(&token)?;
+        // The allocation that made it holds it in a snapshot.
+        if let Some(owner) = self.allocations.get(&reservation.owner) {
+            self.changes.mark(reservation.owner, owner.listener);
+        }
         self.timers
             .remove(&(reservation.expires, Timer::Reservation(token)));
         self.forget_user(&reservation.username, 1);
@@ -571,7 +577,7 @@ impl Server {
         let Some(allocation) = self.allocations.remove(five_tuple) else {
             return;
         };
-        self.touch();
+        self.changes.mark(*five_tuple, allocation.listener);
         // Only channels whose permission is installed have kernel entries to remove.
         for binding in allocation.installed_bindings() {
             self.commands.push_back(Command::ChannelUnbound(binding));

@@ -3,7 +3,9 @@
 //!
 //! This is plain state with lookups; when things are created, refreshed or expire, and which
 //! commands that emits, is decided by `server`.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use super::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 

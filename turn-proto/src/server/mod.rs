@@ -20,6 +20,11 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+/// The core's hash maps: keyed by what clients choose (addresses, transaction IDs), so seeded
+/// per process (foldhash's `RandomState`), and cheaper than SipHash on every request.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 mod allocate;
 mod allocation;
 mod authenticate;
@@ -42,8 +47,8 @@ mod tests;
 pub use allocation::{Allocation, ChannelRule, Permission, PermissionRule};
 pub use data::ChannelTraffic;
 pub use snapshot::{
-    AdoptionRefusal, AllocationState, ChannelState, PermissionState, ReservationState,
-    RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
+    AdoptionRefusal, AllocationChange, AllocationState, ChannelState, PermissionState,
+    ReservationState, RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
 };
 pub use state::Server;
 pub use stats::{ClusterTraffic, Stats};

@@ -1,5 +1,7 @@
 //! CreatePermission (RFC 8656 §9).
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
+
+use super::HashSet;
 use std::net::IpAddr;
 use std::time::Instant;
 

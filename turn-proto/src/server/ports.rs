@@ -3,7 +3,7 @@
 //!
 //! The server cannot know which ports other programs use; it learns that from
 //! `BindFailure::AddressInUse` and then picks another port.
-use std::collections::HashSet;
+use super::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
 use rand::Rng;
@@ -23,7 +23,7 @@ impl Ports {
             // Port 0 would ask the kernel for "any port": never hand it out.
             min: min.max(1),
             max,
-            claimed: HashSet::new(),
+            claimed: HashSet::default(),
         }
     }
 
@@ -86,8 +86,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let mut ports = Ports::new(50000, 50003);
-        let none = HashSet::new();
-        let mut seen = HashSet::new();
+        let none = HashSet::default();
+        let mut seen = HashSet::default();
         for _ in 0..4 {
             let p = ports.pick(ip, false, false, &none, &mut rng).unwrap();
             assert!((50000..=50003).contains(&p));
@@ -106,7 +106,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(2);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let mut ports = Ports::new(50001, 50004);
-        let none = HashSet::new();
+        let none = HashSet::default();
         for _ in 0..10 {
             let p = ports.pick(ip, true, true, &none, &mut rng).unwrap();
             assert_eq!(p, 50002);
@@ -117,7 +117,9 @@ mod tests {
             ports.pick(ip, true, false, &none, &mut rng).map(|p| p % 2),
             Some(0)
         );
-        let avoid: HashSet<_> = [SocketAddr::new(ip, 50002), SocketAddr::new(ip, 50004)].into();
+        let avoid: HashSet<_> = [SocketAddr::new(ip, 50002), SocketAddr::new(ip, 50004)]
+            .into_iter()
+            .collect();
         assert_eq!(ports.pick(ip, true, false, &avoid, &mut rng), None);
         assert_eq!(
             Ports::new(10, 9).pick(ip, false, false, &none, &mut rng),

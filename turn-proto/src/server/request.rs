@@ -170,7 +170,7 @@ impl Server {
             }
         };
         if matches!(reply, Reply::Success(_)) {
-            self.touch();
+            self.changes.mark(five_tuple, listener);
         }
         if !matches!(reply, Reply::Parked) {
             self.respond(listener, five_tuple, header, reply, Some(&auth), Some(now));

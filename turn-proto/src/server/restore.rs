@@ -1,5 +1,7 @@
 //! Taking a [`Snapshot`] of the whole state and adopting one after a restart.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use super::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -8,23 +10,56 @@ use tracing::{debug, warn};
 
 use super::allocation::{Allocation, Channel, Permission};
 use super::snapshot::{
-    AdoptionRefusal, AllocationState, ChannelState, PermissionState, ReservationState,
-    RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
+    AdoptionRefusal, AllocationChange, AllocationState, ChannelState, PermissionState,
+    ReservationState, RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
 };
 use super::state::*;
 use super::{ChannelBinding, FiveTuple, ListenerId, RelayedAddress, Transport};
 
 impl Server {
-    /// Marks the state a [`Snapshot`] holds as changed.
-    pub(super) fn touch(&mut self) {
-        self.state_version = self.state_version.wrapping_add(1);
-    }
-
     /// A number that changes whenever allocations, permissions or channels do (created,
     /// refreshed, expired, deleted): the I/O layer writes a new [`Snapshot`] when it moves.
     /// ChannelData and Send never change it.
     pub fn state_version(&self) -> u64 {
-        self.state_version
+        self.changes.version
+    }
+
+    /// From now on, keeps which allocations change, for [`Server::take_changes`] (an I/O layer
+    /// that journals the state instead of writing whole snapshots).
+    pub fn track_changes(&mut self) {
+        self.changes.tracked.get_or_insert_with(HashMap::default);
+    }
+
+    /// The allocations changed since the last call (or since [`Server::track_changes`]): each
+    /// one's state now, or its removal. Applied in order to a [`Snapshot`] taken before them
+    /// ([`Snapshot::with_changes`]) they give the state now. Empty when not tracking.
+    pub fn take_changes(&mut self) -> Vec<AllocationChange> {
+        let Some(tracked) = self.changes.tracked.as_mut() else {
+            return Vec::new();
+        };
+        let changed = std::mem::take(tracked);
+        let mut changes: Vec<AllocationChange> = changed
+            .into_iter()
+            .map(
+                |(five_tuple, listener)| match self.allocations.get(&five_tuple) {
+                    Some(allocation) => AllocationChange::Put(self.allocation_state(allocation)),
+                    None => AllocationChange::Remove {
+                        client: five_tuple.client,
+                        server: five_tuple.server,
+                        listener: listener.0,
+                    },
+                },
+            )
+            .collect();
+        changes.sort_by_key(AllocationChange::key);
+        changes
+    }
+
+    /// Forgets the changes tracked so far (a whole [`Snapshot`] was just taken).
+    pub fn clear_changes(&mut self) {
+        if let Some(tracked) = &mut self.changes.tracked {
+            tracked.clear();
+        }
     }
 
     /// Bound channels whose permission is installed: those the fast path relays. After a
@@ -46,56 +81,60 @@ impl Server {
         let mut allocations: Vec<AllocationState> = self
             .allocations
             .values()
-            .map(|a| {
-                let mut permissions: Vec<PermissionState> = a
-                    .permissions
-                    .iter()
-                    .map(|(peer, p)| PermissionState {
-                        peer: *peer,
-                        expires_unix_ms: self.unix_ms(p.expires),
-                    })
-                    .collect();
-                permissions.sort_by_key(|p| p.peer);
-                let mut channels: Vec<ChannelState> = a
-                    .channels
-                    .iter()
-                    .map(|(number, c)| ChannelState {
-                        number: *number,
-                        peer: c.peer,
-                        expires_unix_ms: self.unix_ms(c.expires),
-                        bound: c.bound,
-                    })
-                    .collect();
-                channels.sort_by_key(|c| c.number);
-                let mut transaction_id = [0u8; 12];
-                transaction_id.copy_from_slice(a.transaction_id.as_bytes());
-                let reservation = a.reservation.and_then(|token| {
-                    let r = self.reservations.get(&token)?;
-                    Some(ReservationState {
-                        token,
-                        relayed: r.addr,
-                        expires_unix_ms: self.unix_ms(r.expires),
-                    })
-                });
-                AllocationState {
-                    client: a.five_tuple.client,
-                    server: a.five_tuple.server,
-                    listener: a.listener.0,
-                    username: a.username.clone(),
-                    relayed: a.relayed.iter().map(|r| r.0).collect(),
-                    expires_unix_ms: self.unix_ms(a.expires),
-                    transaction_id,
-                    permissions,
-                    channels,
-                    reservation,
-                }
-            })
+            .map(|a| self.allocation_state(a))
             .collect();
         allocations.sort_by_key(|a| (a.client, a.server));
         Snapshot {
             version: SNAPSHOT_VERSION,
             taken_unix_ms: self.unix_ms(now),
+            generation: 0,
             allocations,
+        }
+    }
+
+    /// One allocation as a [`Snapshot`] holds it.
+    fn allocation_state(&self, a: &Allocation) -> AllocationState {
+        let mut permissions: Vec<PermissionState> = a
+            .permissions
+            .iter()
+            .map(|(peer, p)| PermissionState {
+                peer: *peer,
+                expires_unix_ms: self.unix_ms(p.expires),
+            })
+            .collect();
+        permissions.sort_by_key(|p| p.peer);
+        let mut channels: Vec<ChannelState> = a
+            .channels
+            .iter()
+            .map(|(number, c)| ChannelState {
+                number: *number,
+                peer: c.peer,
+                expires_unix_ms: self.unix_ms(c.expires),
+                bound: c.bound,
+            })
+            .collect();
+        channels.sort_by_key(|c| c.number);
+        let mut transaction_id = [0u8; 12];
+        transaction_id.copy_from_slice(a.transaction_id.as_bytes());
+        let reservation = a.reservation.and_then(|token| {
+            let r = self.reservations.get(&token)?;
+            Some(ReservationState {
+                token,
+                relayed: r.addr,
+                expires_unix_ms: self.unix_ms(r.expires),
+            })
+        });
+        AllocationState {
+            client: a.five_tuple.client,
+            server: a.five_tuple.server,
+            listener: a.listener.0,
+            username: a.username.clone(),
+            relayed: a.relayed.iter().map(|r| r.0).collect(),
+            expires_unix_ms: self.unix_ms(a.expires),
+            transaction_id,
+            permissions,
+            channels,
+            reservation,
         }
     }
 
@@ -219,9 +258,9 @@ impl Server {
             expires,
             timer_at: expires,
             transaction_id: TransactionId::new(state.transaction_id),
-            permissions: HashMap::new(),
-            channels: HashMap::new(),
-            channel_by_peer: HashMap::new(),
+            permissions: HashMap::default(),
+            channels: HashMap::default(),
+            channel_by_peer: HashMap::default(),
             channel_ips: BTreeSet::new(),
             reservation: reservation.map(|(r, _)| r.token),
         };
@@ -309,7 +348,7 @@ impl Server {
         self.timers.extend(timers);
         self.count_user(&state.username, 1);
         self.allocations.insert(five_tuple, allocation);
-        self.touch();
+        self.changes.mark(five_tuple, listener);
         debug!(client = %five_tuple.client, channels = bound, ?now, "allocation adopted");
         Ok(bound)
     }
@@ -328,7 +367,6 @@ impl Server {
             self.release_reservation(token);
             self.stats
                 .count_adoption_refused(AdoptionRefusal::RelayedUnbindable);
-            self.touch();
             return true;
         }
         let Some(five_tuple) = self.by_relayed.get(&relayed).copied() else {

@@ -26,7 +26,73 @@ pub struct Snapshot {
     pub version: u32,
     /// When it was taken (UNIX milliseconds).
     pub taken_unix_ms: u64,
+    /// Which journal of [`AllocationChange`]s continues it: the I/O layer's to set and check
+    /// (0: none; absent in files written before there were journals).
+    #[serde(default)]
+    pub generation: u64,
     pub allocations: Vec<AllocationState>,
+}
+
+impl Snapshot {
+    /// The snapshot with `changes` (taken after it, in order) applied: what a snapshot taken
+    /// after them would hold. Allocations stay sorted as [`Server::snapshot`] sorts them.
+    ///
+    /// [`Server::snapshot`]: super::Server::snapshot
+    #[must_use]
+    pub fn with_changes(mut self, changes: impl IntoIterator<Item = AllocationChange>) -> Snapshot {
+        let mut by_key: std::collections::BTreeMap<AllocationKey, AllocationState> = self
+            .allocations
+            .drain(..)
+            .map(|a| ((a.client, a.server, a.listener), a))
+            .collect();
+        for change in changes {
+            match change {
+                AllocationChange::Put(state) => {
+                    by_key.insert((state.client, state.server, state.listener), state);
+                }
+                AllocationChange::Remove {
+                    client,
+                    server,
+                    listener,
+                } => {
+                    by_key.remove(&(client, server, listener));
+                }
+            }
+        }
+        self.allocations = by_key.into_values().collect();
+        self.allocations.sort_by_key(|a| (a.client, a.server));
+        self
+    }
+}
+
+/// What names an allocation in a snapshot: its client, server and listener.
+type AllocationKey = (SocketAddr, SocketAddr, u16);
+
+/// One allocation's change since an earlier [`Snapshot`] (see
+/// [`Server::take_changes`](super::Server::take_changes)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationChange {
+    /// It was made or changed: its state now.
+    Put(AllocationState),
+    /// It went.
+    Remove {
+        client: SocketAddr,
+        server: SocketAddr,
+        listener: u16,
+    },
+}
+
+impl AllocationChange {
+    /// Its allocation's client and server (the order [`Server::take_changes`] lists them in).
+    ///
+    /// [`Server::take_changes`]: super::Server::take_changes
+    pub fn key(&self) -> (SocketAddr, SocketAddr) {
+        match self {
+            AllocationChange::Put(state) => (state.client, state.server),
+            AllocationChange::Remove { client, server, .. } => (*client, *server),
+        }
+    }
 }
 
 /// One allocation.

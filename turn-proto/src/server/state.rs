@@ -9,7 +9,9 @@
 //! one entry per live item: its size follows live state, not how many items clients created and
 //! deleted (a heap with lazily skipped stale entries would grow with churn).
 use bytecodec::DecodeExt as _;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use super::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stun_codec::Attribute as _;
@@ -169,8 +171,27 @@ pub struct Server {
     pub(super) stats: Stats,
     /// Draining (the agent is shutting down): new Allocates get 508, the rest goes on.
     pub(super) draining: bool,
-    /// Bumped whenever state a [`Snapshot`] holds changes (see [`Server::state_version`]).
-    pub(super) state_version: u64,
+    /// What changed of the state a [`Snapshot`] holds.
+    pub(super) changes: Changes,
+}
+
+/// Changes to the state a [`Snapshot`] holds: a version bumped on each (see
+/// [`Server::state_version`]) and, once [`Server::track_changes`] was called, the allocations
+/// they concern (by their listener), until [`Server::take_changes`] takes them.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    pub(super) version: u64,
+    pub(super) tracked: Option<HashMap<FiveTuple, ListenerId>>,
+}
+
+impl Changes {
+    /// The allocation `five_tuple` of `listener` changed (or went).
+    pub(super) fn mark(&mut self, five_tuple: FiveTuple, listener: ListenerId) {
+        self.version = self.version.wrapping_add(1);
+        if let Some(tracked) = &mut self.tracked {
+            tracked.insert(five_tuple, listener);
+        }
+    }
 }
 
 pub(super) fn reason_phrase(code: u16) -> &'static str {
@@ -337,22 +358,22 @@ impl Server {
             start,
             start_unix,
             software,
-            allocations: HashMap::new(),
-            by_relayed: HashMap::new(),
-            per_user: HashMap::new(),
-            pending: HashMap::new(),
-            pending_by_tuple: HashMap::new(),
-            pending_by_addr: HashMap::new(),
+            allocations: HashMap::default(),
+            by_relayed: HashMap::default(),
+            per_user: HashMap::default(),
+            pending: HashMap::default(),
+            pending_by_tuple: HashMap::default(),
+            pending_by_addr: HashMap::default(),
             pending_slots: 0,
             next_pending: 0,
-            abandoned: HashSet::new(),
-            reservations: HashMap::new(),
+            abandoned: HashSet::default(),
+            reservations: HashMap::default(),
             timers: BTreeSet::new(),
             tx_cache: TransactionCache::new(TX_CACHE_TTL, TX_CACHE_CAPACITY, TX_CACHE_MAX_BYTES),
             commands: VecDeque::new(),
             stats,
             draining: false,
-            state_version: 0,
+            changes: Changes::default(),
         }
     }
 

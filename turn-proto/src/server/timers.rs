@@ -80,7 +80,7 @@ impl Server {
             return;
         }
         allocation.permissions.remove(&peer);
-        self.state_version = self.state_version.wrapping_add(1);
+        self.changes.mark(five_tuple, allocation.listener);
         debug!(client = %five_tuple.client, %peer, "permission expired");
         // Channels to that peer carry nothing without the permission, so the fast path must
         // drop their entries; but the bindings themselves last their own lifetime (RFC 8656
@@ -113,7 +113,7 @@ impl Server {
         } else if channel.bound {
             // The binding ends; the cool-down begins.
             channel.bound = false;
-            self.state_version = self.state_version.wrapping_add(1);
+            self.changes.mark(five_tuple, allocation.listener);
             let peer = channel.peer;
             rearm(
                 &mut self.timers,
@@ -133,7 +133,7 @@ impl Server {
         } else {
             // The cool-down is over: number and peer are free again.
             allocation.remove_channel(number);
-            self.state_version = self.state_version.wrapping_add(1);
+            self.changes.mark(five_tuple, allocation.listener);
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Bounded both by entry count and by total bytes: responses can be large (a 420 listing
 //! attributes, long error phrases), and the count alone would not bound memory.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use super::HashMap;
 use std::time::{Duration, Instant};
 
 use stun_codec::{Method, TransactionId};
@@ -33,7 +35,7 @@ impl TransactionCache {
             capacity: capacity.max(1),
             max_bytes,
             bytes: 0,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: VecDeque::new(),
         }
     }

@@ -217,6 +217,10 @@ pub struct KernelScalePoint {
     pub to_client_ns: f64,
     pub to_client_p99_ns: f64,
     pub runs: usize,
+    /// Reading every binding's counters (a scrape), ns per binding: batch lookups, and a
+    /// lookup per map entry.
+    pub read_batch_ns: f64,
+    pub read_each_ns: f64,
 }
 
 /// The whole run.

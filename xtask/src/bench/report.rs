@@ -599,20 +599,22 @@ fn scale_section(s: &mut String, r: &Report, n: usize, pl: usize) {
             );
             let _ = writeln!(
                 s,
-                "| bindings | client → peer ns (mean / p99) | peer → client ns (mean / p99) | runs each | install s |"
+                "| bindings | client → peer ns (mean / p99) | peer → client ns (mean / p99) | runs each | install s | counters read per binding: batched / one lookup each (ns) |"
             );
-            let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+            let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
             for p in &k.points {
                 let _ = writeln!(
                     s,
-                    "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.1} |",
+                    "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.1} | {:.0} / {:.0} |",
                     p.bindings,
                     p.to_peer_ns,
                     p.to_peer_p99_ns,
                     p.to_client_ns,
                     p.to_client_p99_ns,
                     p.runs,
-                    p.install_s
+                    p.install_s,
+                    p.read_batch_ns,
+                    p.read_each_ns
                 );
             }
             s.push('\n');

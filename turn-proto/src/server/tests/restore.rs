@@ -227,78 +227,128 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 
 /// Runs `steps` against a fresh server; returns it.
 fn reach(steps: &[Step]) -> Harness {
-    use stun_codec::rfc5766::methods::CREATE_PERMISSION;
-    use stun_codec::rfc8656::attributes::AddressFamily;
+    let mut script = Script::new();
+    script.run(steps);
+    script.h
+}
 
-    use crate::attributes::{
-        AdditionalAddressFamily, EvenPort, RequestedAddressFamily, ReservationToken,
-    };
+/// A server with four clients that [`Step`]s act on.
+struct Script {
+    h: Harness,
+    clients: Vec<Client>,
+    tokens: Vec<u64>,
+}
 
-    let mut h = Harness::new();
-    let mut clients: Vec<Client> = (0..4)
-        .map(|i| Client::new(&format!("192.0.2.{}:40000", i + 1), "alice", "alice-pw"))
-        .collect();
-    let mut tokens: Vec<u64> = Vec::new();
-    let peers = peers();
-    for step in steps {
-        match *step {
-            Step::Allocate(c, kind) => {
-                let family = match kind {
-                    0 => vec![],
-                    1 => vec![RequestedAddressFamily::new(AddressFamily::V6).into()],
-                    2 => vec![AdditionalAddressFamily::new(AddressFamily::V6).into()],
-                    _ => vec![EvenPort::new(true).into()],
-                };
-                let mut attributes = vec![udp()];
-                attributes.extend(family);
-                let (r, _) = h.allocate_with(&mut clients[c], attributes);
-                if let Some(token) = r.get::<ReservationToken>() {
-                    tokens.push(token.token());
+impl Script {
+    fn new() -> Script {
+        Script {
+            h: Harness::new(),
+            clients: (0..4)
+                .map(|i| Client::new(&format!("192.0.2.{}:40000", i + 1), "alice", "alice-pw"))
+                .collect(),
+            tokens: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, steps: &[Step]) {
+        use stun_codec::rfc5766::methods::CREATE_PERMISSION;
+        use stun_codec::rfc8656::attributes::AddressFamily;
+
+        use crate::attributes::{
+            AdditionalAddressFamily, EvenPort, RequestedAddressFamily, ReservationToken,
+        };
+
+        let Script { h, clients, tokens } = self;
+        let peers = peers();
+        for step in steps {
+            match *step {
+                Step::Allocate(c, kind) => {
+                    let family = match kind {
+                        0 => vec![],
+                        1 => vec![RequestedAddressFamily::new(AddressFamily::V6).into()],
+                        2 => vec![AdditionalAddressFamily::new(AddressFamily::V6).into()],
+                        _ => vec![EvenPort::new(true).into()],
+                    };
+                    let mut attributes = vec![udp()];
+                    attributes.extend(family);
+                    let (r, _) = h.allocate_with(&mut clients[c], attributes);
+                    if let Some(token) = r.get::<ReservationToken>() {
+                        tokens.push(token.token());
+                    }
                 }
-            }
-            Step::Claim(c) => {
-                if let Some(token) = tokens.pop() {
-                    h.allocate_with(
+                Step::Claim(c) => {
+                    if let Some(token) = tokens.pop() {
+                        h.allocate_with(
+                            &mut clients[c],
+                            vec![udp(), ReservationToken::new(token).into()],
+                        );
+                    }
+                }
+                Step::Permit(c, p) => {
+                    h.call(
                         &mut clients[c],
-                        vec![udp(), ReservationToken::new(token).into()],
+                        CREATE_PERMISSION,
+                        vec![XorPeerAddress::new(peers[p]).into()],
                     );
                 }
+                Step::Bind(c, number, p) => {
+                    h.call(
+                        &mut clients[c],
+                        CHANNEL_BIND,
+                        vec![
+                            ChannelNumber::new(number).into(),
+                            XorPeerAddress::new(peers[p]).into(),
+                        ],
+                    );
+                }
+                Step::Refresh(c, lifetime) => {
+                    h.call(
+                        &mut clients[c],
+                        REFRESH,
+                        vec![Lifetime::new(Duration::from_secs(lifetime)).unwrap().into()],
+                    );
+                }
+                Step::Wait(secs) => {
+                    h.advance(Duration::from_secs(secs));
+                }
             }
-            Step::Permit(c, p) => {
-                h.call(
-                    &mut clients[c],
-                    CREATE_PERMISSION,
-                    vec![XorPeerAddress::new(peers[p]).into()],
-                );
-            }
-            Step::Bind(c, number, p) => {
-                h.call(
-                    &mut clients[c],
-                    CHANNEL_BIND,
-                    vec![
-                        ChannelNumber::new(number).into(),
-                        XorPeerAddress::new(peers[p]).into(),
-                    ],
-                );
-            }
-            Step::Refresh(c, lifetime) => {
-                h.call(
-                    &mut clients[c],
-                    REFRESH,
-                    vec![Lifetime::new(Duration::from_secs(lifetime)).unwrap().into()],
-                );
-            }
-            Step::Wait(secs) => {
-                h.advance(Duration::from_secs(secs));
-            }
+            h.drain();
         }
-        h.drain();
     }
-    h
 }
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// The changes tracked after a snapshot, applied to it (in one go or in rounds, through
+    /// JSON as a journal holds them), give the snapshot taken after them.
+    #[test]
+    fn tracked_changes_replay_onto_an_earlier_snapshot(
+        before in proptest::collection::vec(step(), 0..20),
+        first in proptest::collection::vec(step(), 0..20),
+        second in proptest::collection::vec(step(), 0..20),
+    ) {
+        let mut script = Script::new();
+        script.h.server.track_changes();
+        script.run(&before);
+        let base = script.h.server.snapshot(script.h.now);
+        script.h.server.clear_changes();
+        let mut rounds = Vec::new();
+        for steps in [&first, &second] {
+            script.run(steps);
+            let changes = script.h.server.take_changes();
+            let json = serde_json::to_string(&changes).unwrap();
+            rounds.push(serde_json::from_str::<Vec<crate::server::AllocationChange>>(&json).unwrap());
+        }
+        let mut replayed = base;
+        for changes in rounds {
+            replayed = replayed.with_changes(changes);
+        }
+        let now = script.h.server.snapshot(script.h.now);
+        replayed.taken_unix_ms = now.taken_unix_ms;
+        proptest::prop_assert_eq!(replayed, now);
+        proptest::prop_assert!(script.h.server.take_changes().is_empty());
+    }
 
     /// Whatever state the live core reaches, a new server adopts all of it: the same snapshot
     /// comes back out, nothing is refused, and the same bindings go to the kernel.
