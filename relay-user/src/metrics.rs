@@ -574,6 +574,31 @@ impl Collector for SnapshotCollector {
             "TURN requests refused with 403 because the agent is a STUN server only (auth.type none).",
             st.stun_only_refused,
         )?;
+        out.counters(
+            "xturn_unauthenticated_answers",
+            "Answers to UDP sources that did not authenticate (error responses without MESSAGE-INTEGRITY, Binding responses): sent, or dropped because the source or its prefix got as many bytes as it sent, beyond a burst.",
+            &[
+                (labels([("outcome", "sent")]), st.unauthenticated_answers),
+                (
+                    labels([("outcome", "limited")]),
+                    st.unauthenticated_answers_limited,
+                ),
+            ],
+        )?;
+        out.counters(
+            "xturn_unauthenticated_answer_bytes",
+            "Bytes of the answers of xturn_unauthenticated_answers_total, by outcome.",
+            &[
+                (
+                    labels([("outcome", "sent")]),
+                    st.unauthenticated_answer_bytes,
+                ),
+                (
+                    labels([("outcome", "limited")]),
+                    st.unauthenticated_answer_bytes_limited,
+                ),
+            ],
+        )?;
         out.counter(
             "xturn_dns_resolution_failures",
             "Lookups of STRICT_DNS cluster host names that failed or answered no address (the previous addresses stay).",
@@ -1009,6 +1034,8 @@ mod tests {
         )];
         snapshot.dns_failures = 3;
         snapshot.stats.stun_only_refused = 5;
+        snapshot.stats.unauthenticated_answers_limited = 7;
+        snapshot.stats.unauthenticated_answer_bytes = 900;
         let kernel = ChannelCounters {
             to_peer: Counter {
                 packets: 10,
@@ -1080,6 +1107,14 @@ mod tests {
         assert_eq!(v("stunner_allocations_active"), 3);
         assert_eq!(v("xturn_dns_resolution_failures_total"), 3);
         assert_eq!(v("xturn_stun_only_refused_total"), 5);
+        assert_eq!(
+            v("xturn_unauthenticated_answers_total{outcome=\"limited\"}"),
+            7
+        );
+        assert_eq!(
+            v("xturn_unauthenticated_answer_bytes_total{outcome=\"sent\"}"),
+            900
+        );
     }
 
     #[test]

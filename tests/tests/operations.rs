@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use turn_proto::client::message::{TransactionId, build_send_indication};
+use turn_proto::client::message::{Request, TransactionId, build_request, build_send_indication};
 use xturn_tests::{
     admin::{self, http, metric},
     clients::block_on,
@@ -785,4 +785,91 @@ fn json_logs_and_a_log_level_changed_at_run_time() {
             .any(|l| l["fields"]["message"] == "xturnd ready" && l["level"] == "INFO"),
         "{text}"
     );
+}
+
+/// A flood of unauthenticated Allocates from one source (as a spoofer would aim them at that
+/// address) gets back no more bytes than it sent, beyond the burst; the metrics count what was
+/// held back; and a real client at that address still gets its allocation once the flood
+/// stops. Kernel defaults on every interface.
+#[test]
+fn an_unauthenticated_flood_gets_back_no_more_than_it_sent() {
+    const REQUESTS: usize = 5000;
+    let topology = Topology::plain(false);
+    let log = log_path("reflection");
+    let _relay = start(&topology, &log, &["--metrics", METRICS]);
+    let (asked, answered, elapsed) = topology.client.within(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket.connect(server()).expect("connect");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let request = Request::Allocate(AllocateOptions::default());
+        let started = Instant::now();
+        let (mut asked, mut answered) = (0, 0);
+        let mut buf = [0u8; 1500];
+        for i in 0..REQUESTS {
+            let tid = TransactionId::new(rand_tid(i));
+            let bytes = build_request(&request, tid, None, None).expect("request");
+            asked += socket.send(&bytes).expect("send");
+            // Paced at about 5 000 per second; answers read as they come.
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(10));
+                while let Ok(n) = recv_now(&socket, &mut buf) {
+                    answered += n;
+                }
+            }
+        }
+        while let Ok(n) = socket.recv(&mut buf) {
+            answered += n;
+        }
+        (asked, answered, started.elapsed())
+    });
+    // The default budget: 8 KiB of burst, 1 KiB/s of refill, and what was sent.
+    let bound = asked + 8 * 1024 + 1024 * (elapsed.as_secs() as usize + 1);
+    assert_eq!(asked, REQUESTS * 36, "36-byte Allocates");
+    assert!(
+        answered <= bound,
+        "{answered} B answered for {asked} B asked in {elapsed:?}"
+    );
+    let m = scrape(&topology, METRICS);
+    let limited = metric(
+        &m,
+        "xturn_unauthenticated_answers_total{outcome=\"limited\"}",
+    );
+    let sent_bytes = metric(
+        &m,
+        "xturn_unauthenticated_answer_bytes_total{outcome=\"sent\"}",
+    );
+    assert!(limited > 0, "{m}");
+    // What the relay counts as sent bounds what arrived (UDP may lose some).
+    assert!(
+        answered <= sent_bytes as usize && sent_bytes as usize <= bound,
+        "{sent_bytes} B counted, {answered} B arrived, {bound} B allowed"
+    );
+    eprintln!(
+        "reflection: {answered} B answered for {asked} B asked ({:.2}x) in {elapsed:?}; {limited} answers held back",
+        answered as f64 / asked as f64
+    );
+    // A client at the flooded address: its first Allocate's 401 may wait for the refill (it
+    // retransmits), then it authenticates as usual.
+    let allocated = in_client(&topology, || async {
+        let mut client = connect().await;
+        client.allocate(AllocateOptions::default()).await.is_ok()
+    });
+    assert!(allocated, "{}", read_log(&log));
+}
+
+/// A transaction id unique to request `i`.
+fn rand_tid(i: usize) -> [u8; 12] {
+    let mut tid = [0x5a; 12];
+    tid[4..].copy_from_slice(&(i as u64).to_be_bytes());
+    tid
+}
+
+/// A datagram already waiting on `socket`, without waiting.
+fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
+    socket.set_nonblocking(true)?;
+    let n = socket.recv(buf);
+    socket.set_nonblocking(false)?;
+    n
 }

@@ -27,6 +27,7 @@ type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 mod allocate;
 mod allocation;
+mod answers;
 mod authenticate;
 mod channel;
 mod data;
@@ -45,6 +46,7 @@ mod txcache;
 mod tests;
 
 pub use allocation::{Allocation, ChannelRule, Permission, PermissionRule};
+pub use answers::AnswerLimits;
 pub use data::ChannelTraffic;
 pub use snapshot::{
     AdoptionRefusal, AllocationChange, AllocationState, ChannelState, PermissionState,
@@ -104,6 +106,8 @@ pub struct ServerConfig {
     /// Forbidden before any authentication and counted (`Stats::stun_only_refused`), so no
     /// credentials are needed and nothing is ever relayed.
     pub stun_only: bool,
+    /// What a UDP source may get back without authenticating (see [`AnswerLimits`]).
+    pub answer_limits: AnswerLimits,
 }
 
 impl ServerConfig {
@@ -127,6 +131,7 @@ impl ServerConfig {
             max_allocations: 10_000,
             max_allocations_per_user: 100,
             stun_only: false,
+            answer_limits: AnswerLimits::default(),
         }
     }
 }

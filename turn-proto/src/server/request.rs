@@ -9,7 +9,7 @@ use stun_codec::{Message, MessageClass, MessageEncoder};
 use tracing::{trace, warn};
 
 use super::state::*;
-use super::{Command, FiveTuple, ListenerId};
+use super::{Command, FiveTuple, ListenerId, Transport};
 use crate::attributes::{Attribute, ErrorCode, UnknownAttributes, XorMappedAddress};
 use crate::wire::{self, Demux, FrameError, Header, StunFrame};
 
@@ -42,8 +42,14 @@ impl Server {
             server,
             transport,
         };
+        self.arrived = now;
         match wire::demux(data) {
-            Demux::Stun => self.handle_stun(listener, five_tuple, data, now),
+            Demux::Stun => {
+                if transport == Transport::Udp {
+                    self.answers.credit(client.ip(), data.len(), now);
+                }
+                self.handle_stun(listener, five_tuple, data, now);
+            }
             Demux::ChannelData => self.handle_client_channel_data(five_tuple, data, now),
             Demux::Other => self.stats.malformed_dropped += 1,
         }
@@ -201,7 +207,11 @@ impl Server {
             }
             Reply::Parked => return,
         };
-        attributes.push(self.software.clone().into());
+        // No SOFTWARE on errors to clients that did not authenticate: the answers anyone can
+        // ask for most (401s) stay small.
+        if auth.is_some() || class == MessageClass::SuccessResponse {
+            attributes.push(self.software.clone().into());
+        }
         let mut message = Message::<Attribute>::new(class, header.method, header.transaction_id);
         for attribute in attributes {
             message.add_attribute(attribute);
@@ -217,6 +227,21 @@ impl Server {
             wire::append_integrity(&mut bytes, auth.integrity, &auth.key);
         }
         wire::append_fingerprint(&mut bytes);
+        if auth.is_none() && five_tuple.transport == Transport::Udp {
+            // Its source address may be spoofed: answer only within the source's budget.
+            let len = bytes.len() as u64;
+            if !self
+                .answers
+                .charge(five_tuple.client.ip(), bytes.len(), self.arrived)
+            {
+                self.stats.unauthenticated_answers_limited += 1;
+                self.stats.unauthenticated_answer_bytes_limited += len;
+                trace!(client = %five_tuple.client, "unauthenticated answer over budget: dropped");
+                return;
+            }
+            self.stats.unauthenticated_answers += 1;
+            self.stats.unauthenticated_answer_bytes += len;
+        }
         if let Some(now) = cache_at {
             self.tx_cache.insert(
                 (five_tuple, header.transaction_id, header.method),

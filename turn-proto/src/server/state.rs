@@ -11,6 +11,7 @@
 use bytecodec::DecodeExt as _;
 use std::collections::{BTreeSet, VecDeque};
 
+use super::answers::AnswerBudget;
 use super::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -144,6 +145,10 @@ pub struct Server {
     /// The slot in `stats.clusters` of each of the policy's clusters (by its index).
     pub(super) cluster_slots: Vec<usize>,
     pub(super) nonces: NonceMint,
+    /// What unauthenticated UDP sources may still get back.
+    pub(super) answers: AnswerBudget,
+    /// When the client message being handled arrived (answers are charged at that time).
+    pub(super) arrived: Instant,
     pub(super) rng: StdRng,
     pub(super) start: Instant,
     pub(super) start_unix: Duration,
@@ -342,6 +347,7 @@ impl Server {
                 "credentials were made for another realm: USERHASH lookups will fail"
             );
         }
+        let answers = AnswerBudget::new(config.answer_limits);
         let software: String = config.software.chars().take(127).collect();
         let software = Software::new(software).unwrap_or(Software::new_static("xturn"));
         let start_unix = start_unix.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -354,6 +360,8 @@ impl Server {
             policy,
             cluster_slots,
             nonces: NonceMint::new(&nonce_key),
+            answers,
+            arrived: start,
             rng: StdRng::from_seed(rng_seed),
             start,
             start_unix,

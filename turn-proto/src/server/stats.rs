@@ -84,6 +84,14 @@ pub struct Stats {
     /// TURN requests (Allocate, Refresh, CreatePermission, ChannelBind) refused with 403
     /// because the server is a STUN server only (`ServerConfig::stun_only`).
     pub stun_only_refused: u64,
+    /// Answers sent to UDP sources without MESSAGE-INTEGRITY (error responses to requests
+    /// that did not authenticate, Binding responses), and their bytes.
+    pub unauthenticated_answers: u64,
+    pub unauthenticated_answer_bytes: u64,
+    /// Such answers dropped because their source (or its prefix) had received as many bytes as
+    /// it sent, beyond its burst (see `AnswerLimits`), and their bytes.
+    pub unauthenticated_answers_limited: u64,
+    pub unauthenticated_answer_bytes_limited: u64,
     /// BindRelay outcomes that were failures.
     pub relay_bind_failures: u64,
     /// Saved allocations not adopted on a restart, by the rule that refused them (indexed like

@@ -11,6 +11,7 @@ mod drain;
 mod fuzz;
 mod limits;
 mod permissions;
+mod reflection;
 mod restore;
 mod rfc5769;
 mod stun_only;
