@@ -575,6 +575,14 @@ impl Collector for SnapshotCollector {
             st.stun_only_refused,
         )?;
         out.counters(
+            "xturn_revoked",
+            "Permissions and channels ended because a new peer policy (a reload, a route, endpoint or STRICT_DNS change) refuses their peer.",
+            &[
+                (labels([("kind", "permission")]), st.permissions_revoked),
+                (labels([("kind", "channel")]), st.channels_revoked),
+            ],
+        )?;
+        out.counters(
             "xturn_unauthenticated_answers",
             "Answers to UDP sources that did not authenticate (error responses without MESSAGE-INTEGRITY, Binding responses): sent, or dropped because the source or its prefix got as many bytes as it sent, beyond a burst.",
             &[

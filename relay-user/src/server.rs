@@ -472,6 +472,20 @@ impl RunningServer {
         f(&mut lock(&self.shared.core))
     }
 
+    /// Replaces the peer policy ([`turn::Server::set_policy`]) and carries out what it ends
+    /// before returning: the revoked channels are out of the channel table and the kernel maps.
+    pub fn set_policy(&self, policy: turn_proto::policy::PeerPolicy) -> turn::Revoked {
+        let mut commands = VecDeque::new();
+        let revoked = {
+            let mut core = lock(&self.shared.core);
+            let revoked = core.set_policy(policy);
+            drain(&mut core, &self.shared, &mut commands);
+            revoked
+        };
+        execute(&self.shared, &mut commands);
+        revoked
+    }
+
     /// Starts or ends draining ([`turn::Server::set_draining`]).
     pub fn set_draining(&self, draining: bool) {
         lock(&self.shared.core).set_draining(draining);

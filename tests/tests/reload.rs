@@ -1,13 +1,17 @@
 //! Configuration reload: a changed config file (watched) or SIGHUP applies new users, secrets,
-//! routes and clusters without dropping live allocations; an invalid file is rejected with a
-//! clear log line and the running configuration stays in force. Needs root.
+//! routes and clusters without dropping live allocations, and ends at once the permissions and
+//! channels a narrowed route refuses (in userspace and in the kernel); an invalid file is
+//! rejected with a clear log line and the running configuration stays in force. Needs root.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use std::time::Instant;
+
 use xturn_tests::{
+    admin::{metric, metric_sum, scrape},
     clients::block_on,
     netns::ChildGuard,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
@@ -125,14 +129,14 @@ fn reload_applies_users_and_routes_keeps_allocations_and_rejects_bad_files() {
                 vec![1; 32]
             );
 
-            // 1. The file changes (no signal): alice is replaced by bob, the route narrows.
+            // 1. The file changes (no signal): alice is replaced by bob, the route narrows. Her
+            // allocation lives on until its next refresh, but her channel to a peer the route
+            // no longer reaches ends at once.
             write(&file, &config_yaml("bob", "two", "198.18.3.0/24"));
             wait_for_log(&log, "configuration reloaded", 1);
-            assert_eq!(
-                round_trip(&mut alice, 2)
-                    .await
-                    .expect("alice's live allocation relays"),
-                vec![2; 32]
+            assert!(
+                round_trip(&mut alice, 2).await.is_err(),
+                "the narrowed route ended alice's channel"
             );
             let mut bob = TurnClient::connect(server, ClientCredentials::new("bob", "two"))
                 .await
@@ -160,10 +164,6 @@ fn reload_applies_users_and_routes_keeps_allocations_and_rejects_bad_files() {
             );
             sighup(&mut relay);
             wait_for_log(&log, "configuration reload rejected", 1);
-            assert_eq!(
-                round_trip(&mut alice, 3).await.expect("still relayed"),
-                vec![3; 32]
-            );
             let mut bob2 = TurnClient::connect(server, ClientCredentials::new("bob", "two"))
                 .await
                 .expect("connect");
@@ -183,4 +183,126 @@ fn reload_applies_users_and_routes_keeps_allocations_and_rejects_bad_files() {
     );
     assert!(text.contains("SIGHUP"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With ChannelData flowing through the relay (the kernel's TC path on default veths, and the
+/// userspace path), a reload that narrows the route ends the channel to the peer it no longer
+/// reaches within a second: no echo comes back after that, and the metrics count the revoked
+/// permission and channel.
+#[test]
+fn a_narrowed_route_ends_flowing_channels_within_a_second() {
+    const METRICS: &str = "198.18.1.1:9100";
+    for dataplane in ["auto", "userspace"] {
+        let topology = Topology::plain(false);
+        let _peer = topology
+            .peer
+            .spawn("turnutils_peer", &["-L", PEER_V4, "-p", "3480"]);
+        let dir =
+            std::env::temp_dir().join(format!("xturn-revoke-{dataplane}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file: PathBuf = dir.join("xturnd.yaml");
+        let log = dir.join("xturnd.log");
+        write(&file, &config_yaml("alice", "one", "198.18.2.0/24"));
+        let mut relay = topology.start_xturnd_logged(
+            &[
+                "--config",
+                &file.to_string_lossy(),
+                "--relay-ip",
+                RELAY_V4,
+                "--min-port",
+                "50000",
+                "--max-port",
+                "50999",
+                "--dataplane",
+                dataplane,
+                "--metrics-listen",
+                METRICS,
+                "--drain-timeout",
+                "0",
+            ],
+            &log,
+        );
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(relay.child().id()).expect("pid"));
+        let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
+        let peer: SocketAddr = format!("{PEER_V4}:3480").parse().expect("peer");
+        let (before, after, late) = topology.client.within(|| {
+            block_on(async {
+                let mut alice = TurnClient::connect(server, ClientCredentials::new("alice", "one"))
+                    .await
+                    .expect("connect");
+                alice
+                    .allocate(AllocateOptions::default())
+                    .await
+                    .expect("allocate");
+                alice.channel_bind(peer, 0x4000).await.expect("bind");
+                // ChannelData every few milliseconds for 1.5 s, then the reload, then 2 s more.
+                let start = Instant::now();
+                let mut reloaded: Option<Instant> = None;
+                let (mut before, mut after) = (0u32, 0u32);
+                let mut late = Duration::ZERO;
+                let mut round = 0u8;
+                while start.elapsed() < Duration::from_millis(3500) {
+                    round = round.wrapping_add(1);
+                    alice
+                        .send_channel(0x4000, &[round; 32])
+                        .await
+                        .expect("send");
+                    if let Ok(received) = alice.recv_timeout(Duration::from_millis(20)).await
+                        && received.data.len() == 32
+                    {
+                        match reloaded {
+                            None => before += 1,
+                            Some(at) => {
+                                after += 1;
+                                late = late.max(at.elapsed());
+                            }
+                        }
+                    }
+                    if reloaded.is_none() && start.elapsed() > Duration::from_millis(1500) {
+                        write(&file, &config_yaml("alice", "one", "198.18.3.0/24"));
+                        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)
+                            .expect("SIGHUP");
+                        reloaded = Some(Instant::now());
+                    }
+                }
+                (before, after, late)
+            })
+        });
+        let text = wait_for_log(&log, "configuration reloaded", 1);
+        let metrics = scrape(&topology.relay, METRICS);
+        let context = format!(
+            "{dataplane}: {before} echoes before, {after} after (the last {late:?} after the reload)\n{text}\n{metrics}"
+        );
+        assert!(before > 10, "traffic flowed before the reload: {context}");
+        assert!(
+            late <= Duration::from_secs(1),
+            "echoes more than a second after the reload: {context}"
+        );
+        assert_eq!(
+            metric(&metrics, "xturn_revoked_total{kind=\"channel\"}"),
+            1,
+            "{context}"
+        );
+        assert_eq!(
+            metric(&metrics, "xturn_revoked_total{kind=\"permission\"}"),
+            1,
+            "{context}"
+        );
+        if dataplane == "auto" {
+            // The channel was relayed in the kernel (TC on these default veths) before.
+            assert!(
+                metric_sum(
+                    &metrics,
+                    "xturn_tc_packets_total",
+                    &["reason=\"relayed_to_peer\""]
+                ) > 10,
+                "{context}"
+            );
+        }
+        eprintln!(
+            "revocation, {dataplane}: {before} echoes before the reload, {after} after, the last {late:?} after it"
+        );
+        drop(relay);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

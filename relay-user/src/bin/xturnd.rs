@@ -312,8 +312,12 @@ async fn run(
             }
             Ok(()) = names.changed() => {
                 let policy = reload::policy(&config, &host_ips, &names.borrow_and_update());
-                running.with_core_mut(|core| core.set_policy(policy));
-                info!("peer policy updated: STRICT_DNS addresses changed");
+                let revoked = running.set_policy(policy);
+                info!(
+                    permissions_revoked = revoked.permissions,
+                    channels_revoked = revoked.channels,
+                    "peer policy updated: STRICT_DNS addresses changed"
+                );
             }
             Some(()) = async {
                 match config_map.as_mut() {
@@ -597,10 +601,8 @@ fn reload(
         }
     };
     let plan = reload::plan(config, &new, host_ips, names);
-    running.with_core_mut(|core| {
-        core.set_credentials(plan.credentials);
-        core.set_policy(plan.policy);
-    });
+    running.with_core_mut(|core| core.set_credentials(plan.credentials));
+    running.set_policy(plan.policy);
     let mut applied = plan.applied;
     if new.log_level != config.log_level {
         match admin.log_control().map(|log| log.set(&new.log_level)) {

@@ -52,7 +52,7 @@ pub use snapshot::{
     AdoptionRefusal, AllocationChange, AllocationState, ChannelState, PermissionState,
     ReservationState, RestoreOutcome, SNAPSHOT_VERSION, Snapshot,
 };
-pub use state::Server;
+pub use state::{Revoked, Server};
 pub use stats::{ClusterTraffic, Stats};
 
 /// Index of a listener in [`ServerConfig::listeners`].

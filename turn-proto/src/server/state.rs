@@ -21,7 +21,7 @@ use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use stun_codec::rfc8656::attributes::AddressFamily;
 use stun_codec::{Message, MessageDecoder};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::allocation::Allocation;
 use super::ports::Ports;
@@ -178,6 +178,13 @@ pub struct Server {
     pub(super) draining: bool,
     /// What changed of the state a [`Snapshot`] holds.
     pub(super) changes: Changes,
+}
+
+/// What [`Server::set_policy`] ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Revoked {
+    pub permissions: u64,
+    pub channels: u64,
 }
 
 /// Changes to the state a [`Snapshot`] holds: a version bumped on each (see
@@ -419,17 +426,93 @@ impl Server {
         }
     }
 
-    /// Replaces the peer policy (a configuration reload). It applies to every later
-    /// CreatePermission, ChannelBind and Send; permissions and channels already granted stay
-    /// until they expire or are refreshed (a refresh is checked against the new policy).
+    /// Replaces the peer policy (a configuration reload, a route or endpoint change). It
+    /// applies to every later CreatePermission, ChannelBind and Send, and to what was granted
+    /// before: every permission whose peer the new policy refuses ends now, with the channels
+    /// to that peer, and so does every channel whose peer (address and port) it refuses. The
+    /// kernel entries of the channels that end are withdrawn (`ChannelUnbound`); the counts are
+    /// in [`Stats::permissions_revoked`] and [`Stats::channels_revoked`], and returned.
     ///
     /// Traffic is attributed to clusters (`Stats::clusters`) by the policy in force when its
     /// channel was bound (or, for Send and Data indications, when it is relayed): channels
-    /// bound before the reload keep counting for the cluster they were bound under. New
-    /// clusters get new slots; those the new policy drops keep theirs.
-    pub fn set_policy(&mut self, policy: PeerPolicy) {
+    /// bound before the reload that the new policy keeps count for the cluster they were bound
+    /// under. New clusters get new slots; those the new policy drops keep theirs.
+    pub fn set_policy(&mut self, policy: PeerPolicy) -> Revoked {
         self.cluster_slots = cluster_slots(&mut self.stats, &policy);
         self.policy = policy;
+        self.revoke_refused()
+    }
+
+    /// Ends the permissions and channels the policy in force refuses.
+    fn revoke_refused(&mut self) -> Revoked {
+        let mut revoked = Revoked::default();
+        let names: Vec<String> = self
+            .config
+            .listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        for (five_tuple, allocation) in &mut self.allocations {
+            let name = names
+                .get(usize::from(allocation.listener.0))
+                .map_or("", String::as_str);
+            let mut changed = false;
+            let refused_ips: Vec<IpAddr> = allocation
+                .permissions
+                .keys()
+                .filter(|ip| self.policy.permits_ip(name, **ip).is_err())
+                .copied()
+                .collect();
+            for ip in refused_ips {
+                // Channels to the peer relay nothing from now on: their kernel entries go.
+                for binding in allocation.bindings_to(ip) {
+                    self.commands.push_back(Command::ChannelUnbound(binding));
+                }
+                if let Some(permission) = allocation.permissions.remove(&ip) {
+                    self.timers
+                        .remove(&(permission.timer_at, Timer::Permission(*five_tuple, ip)));
+                }
+                revoked.permissions += 1;
+                changed = true;
+                debug!(client = %five_tuple.client, peer = %ip, "permission revoked by the new policy");
+            }
+            let refused_channels: Vec<(u16, SocketAddr)> = allocation
+                .channels
+                .iter()
+                .filter(|(_, c)| self.policy.permits(name, c.peer).is_err())
+                .map(|(number, c)| (*number, c.peer))
+                .collect();
+            for (number, peer) in refused_channels {
+                // Still installed only if bound and its permission is there.
+                if allocation.permissions.contains_key(&peer.ip())
+                    && allocation.channels.get(&number).is_some_and(|c| c.bound)
+                    && let Some(binding) = allocation.binding(number, peer)
+                {
+                    self.commands.push_back(Command::ChannelUnbound(binding));
+                }
+                if let Some(channel) = allocation.channels.get(&number) {
+                    self.timers
+                        .remove(&(channel.timer_at, Timer::Channel(*five_tuple, number)));
+                }
+                allocation.remove_channel(number);
+                revoked.channels += 1;
+                changed = true;
+                debug!(client = %five_tuple.client, %peer, number, "channel revoked by the new policy");
+            }
+            if changed {
+                self.changes.mark(*five_tuple, allocation.listener);
+            }
+        }
+        self.stats.permissions_revoked += revoked.permissions;
+        self.stats.channels_revoked += revoked.channels;
+        if revoked != Revoked::default() {
+            info!(
+                permissions = revoked.permissions,
+                channels = revoked.channels,
+                "the new peer policy ended permissions and channels it refuses"
+            );
+        }
+        revoked
     }
 
     /// Starts (or ends) draining: while draining, every new Allocate is refused with 508

@@ -84,6 +84,10 @@ pub struct Stats {
     /// TURN requests (Allocate, Refresh, CreatePermission, ChannelBind) refused with 403
     /// because the server is a STUN server only (`ServerConfig::stun_only`).
     pub stun_only_refused: u64,
+    /// Permissions and channels a new peer policy refused after they were granted, ended at
+    /// once (see `Server::set_policy`).
+    pub permissions_revoked: u64,
+    pub channels_revoked: u64,
     /// Answers sent to UDP sources without MESSAGE-INTEGRITY (error responses to requests
     /// that did not authenticate, Binding responses), and their bytes.
     pub unauthenticated_answers: u64,

@@ -429,3 +429,63 @@ fn peer_policy_denial_is_403() {
     assert_eq!(h.server.stats().peer_denied, 2);
     assert_eq!(h.server.stats().error_403, 2);
 }
+
+/// A new policy (a reload, a route or endpoint change) ends at once what it refuses: the
+/// permission to a peer no route reaches, with its channel, and a channel to a port the routes
+/// leave out; their kernel entries are withdrawn, the rest stays, and data to and from the
+/// revoked peers is dropped from then on.
+#[test]
+fn a_new_policy_ends_the_permissions_and_channels_it_refuses() {
+    use crate::policy::PeerPolicy;
+
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    let relayed = h.allocate(&mut client);
+    let kept = addr("203.0.113.5:6000");
+    let other_port = addr("203.0.113.5:7000");
+    let gone = addr("198.18.44.7:6000");
+    for (number, peer) in [(0x4000, kept), (0x4001, other_port), (0x4002, gone)] {
+        let r = h.ask(&mut client, CHANNEL_BIND, channel_bind(number, peer));
+        assert!(r.is_success(), "{r:?}");
+    }
+    let version = h.server.state_version();
+    let ep = |s: &str| s.parse().expect("endpoint");
+    let revoked = h.server.set_policy(
+        PeerPolicy::open(vec![listener_addr()]).route("main", vec![ep("203.0.113.0/24:6000")]),
+    );
+    assert_eq!((revoked.permissions, revoked.channels), (1, 2));
+    let commands = h.drain();
+    let mut withdrawn: Vec<(u16, SocketAddr)> = unbound(&commands)
+        .iter()
+        .map(|b| (b.channel, b.peer))
+        .collect();
+    withdrawn.sort_unstable();
+    assert_eq!(withdrawn, vec![(0x4001, other_port), (0x4002, gone)]);
+    let stats = h.server.stats();
+    assert_eq!((stats.permissions_revoked, stats.channels_revoked), (1, 2));
+    assert_ne!(h.server.state_version(), version, "the state changed");
+
+    // The kept channel relays; the revoked ones and the revoked peer do not.
+    let data = |number: u16| {
+        let mut out = number.to_be_bytes().to_vec();
+        out.extend_from_slice(&3u16.to_be_bytes());
+        out.extend_from_slice(b"abc");
+        out
+    };
+    assert_eq!(h.client_sends(client.addr, &data(0x4000)).len(), 1);
+    assert!(h.client_sends(client.addr, &data(0x4001)).is_empty());
+    assert!(h.client_sends(client.addr, &data(0x4002)).is_empty());
+    assert!(
+        sent_to(&h.peer_sends(relayed, gone, b"hi"), client.addr).is_empty(),
+        "no permission for the revoked peer"
+    );
+    assert_eq!(
+        sent_to(&h.peer_sends(relayed, kept, b"hi"), client.addr).len(),
+        1
+    );
+    // Setting the same policy again revokes nothing more.
+    let again = h.server.set_policy(
+        PeerPolicy::open(vec![listener_addr()]).route("main", vec![ep("203.0.113.0/24:6000")]),
+    );
+    assert_eq!((again.permissions, again.channels), (0, 0));
+}
