@@ -102,19 +102,11 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
             // we ran for it (the garbage collector would only do that on deletion).
             cleanup(&gateway, &inputs, &settings, &ctx).await?;
             remove_owned_objects(&ctx.client, &gateway, &inputs).await?;
-            let rest: Vec<_> = gateway
-                .finalizers()
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect();
-            let name = gateway.meta().name.clone().ok_or(Error::Unnamed)?;
-            api.patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"finalizers": rest}})),
-            )
-            .await?;
+            if let Some(patch) = finalizer_removal(gateway.finalizers()) {
+                let name = gateway.meta().name.clone().ok_or(Error::Unnamed)?;
+                api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                    .await?;
+            }
         }
         return Ok(Action::await_change());
     }
@@ -129,6 +121,21 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// A JSON patch that removes our finalizer from `finalizers` and nothing else: a `test` that it
+/// is still at the index we saw guards the `remove`, so if the list changed meanwhile (another
+/// controller added or removed its own) the API server refuses the patch and the next
+/// reconcile tries again, instead of a whole new list overwriting someone else's finalizer.
+/// `None` when ours is not there.
+fn finalizer_removal(finalizers: &[String]) -> Option<json_patch::Patch> {
+    let index = finalizers.iter().position(|f| f == FINALIZER)?;
+    let path = format!("/metadata/finalizers/{index}");
+    serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .ok()
 }
 
 async fn apply(
@@ -767,4 +774,33 @@ pub async fn run_controllers(
             }
         });
     futures::join!(gateways, classes);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn gateway_with(finalizers: &[&str]) -> serde_json::Value {
+        json!({"metadata": {"name": "g", "finalizers": finalizers}})
+    }
+
+    #[test]
+    fn only_our_finalizer_goes_and_only_from_the_list_we_saw() {
+        let seen = ["example.com/theirs", FINALIZER, "example.com/later"];
+        let owned: Vec<String> = seen.iter().map(|s| (*s).to_owned()).collect();
+        let patch = finalizer_removal(&owned).unwrap();
+        let mut doc = gateway_with(&seen);
+        json_patch::patch(&mut doc, &patch).unwrap();
+        assert_eq!(
+            doc,
+            gateway_with(&["example.com/theirs", "example.com/later"])
+        );
+        // Another controller removed its finalizer meanwhile: ours moved, the test fails, and
+        // nothing is removed.
+        let mut changed = gateway_with(&[FINALIZER, "example.com/later"]);
+        assert!(json_patch::patch(&mut changed, &patch).is_err());
+        assert_eq!(changed, gateway_with(&[FINALIZER, "example.com/later"]));
+        assert!(finalizer_removal(&["example.com/theirs".to_owned()]).is_none());
+    }
 }

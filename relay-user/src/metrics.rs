@@ -664,6 +664,7 @@ impl Collector for SnapshotCollector {
             "Allocates refused for capacity, by why.",
             &[
                 (labels([("reason", "quota")]), st.quota_rejections),
+                (labels([("reason", "per_ip")]), st.per_ip_rejections),
                 (labels([("reason", "draining")]), st.drain_rejections),
                 (labels([("reason", "bind_failure")]), st.relay_bind_failures),
             ],
@@ -828,6 +829,7 @@ impl Collector for SnapshotCollector {
             for (event, value) in [
                 ("accepted", c.accepted),
                 ("refused", c.refused),
+                ("refused_per_ip", c.refused_per_ip),
                 ("handshake_failed", c.handshake_failures),
                 ("timed_out", c.timed_out),
                 ("protocol_error", c.protocol_errors),

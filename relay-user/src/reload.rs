@@ -100,8 +100,17 @@ pub fn plan(old: &Config, new: &Config, host_ips: &[IpAddr], names: &ResolvedNam
         ),
         (
             "quotas",
-            (old.max_allocations, old.max_allocations_per_user)
-                != (new.max_allocations, new.max_allocations_per_user),
+            (
+                old.max_allocations,
+                old.max_allocations_per_user,
+                old.max_allocations_per_ip,
+                old.max_connections_per_ip,
+            ) != (
+                new.max_allocations,
+                new.max_allocations_per_user,
+                new.max_allocations_per_ip,
+                new.max_connections_per_ip,
+            ),
         ),
         (
             "admin endpoints",

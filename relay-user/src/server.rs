@@ -153,6 +153,8 @@ pub struct ServerSpec {
     pub listeners: Vec<ListenerSpec>,
     /// TCP/TLS connections or DTLS sessions per listener.
     pub max_connections: usize,
+    /// TCP/TLS connections per client IP address, per listener.
+    pub max_connections_per_ip: usize,
     /// Stream connections and DTLS sessions without a complete message for this long close.
     pub idle_timeout: Duration,
     /// Sockets per listener (`SO_REUSEPORT`).
@@ -227,6 +229,8 @@ pub struct ConnectionSnapshot {
     /// Turned away at the connection limit (DTLS: also datagrams from new addresses that were
     /// no handshake).
     pub refused: u64,
+    /// Turned away because their client's IP address had the most connections one may.
+    pub refused_per_ip: u64,
     /// TLS handshakes failed or timed out; DTLS sessions ended by an error.
     pub handshake_failures: u64,
     /// Closed for no complete message in time.
@@ -335,6 +339,7 @@ impl RunningServer {
                         connections,
                         tls: listener.tls.clone(),
                         max_connections: spec.max_connections,
+                        max_connections_per_ip: spec.max_connections_per_ip,
                         idle_timeout: spec.idle_timeout,
                     };
                     tcp_sockets.push((Arc::new(stream), socket));

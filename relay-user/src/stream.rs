@@ -5,8 +5,8 @@
 //! datagram would, with the connection's remote address as the client's; the core's 5-tuple
 //! says TCP, and the allocation ends when the connection does.
 //!
-//! Limits, per listener: at most `max_connections` at once (more are closed at once and
-//! counted); a TLS handshake and the first complete message must arrive within
+//! Limits, per listener: at most `max_connections` at once, and `max_connections_per_ip` from
+//! one client IP address (more are closed at once and counted); a TLS handshake and the first complete message must arrive within
 //! [`FIRST_MESSAGE_TIMEOUT`]; after that a connection that delivers no complete message for
 //! `idle_timeout` is closed (a slowloris client trickling bytes gets nowhere). What the server
 //! sends a client waits in a bounded queue ([`SEND_QUEUE`] messages); when a client does not
@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -50,6 +50,8 @@ pub struct ConnectionCounters {
     /// Closed at once: the listener was at `max_connections` (DTLS: also datagrams from new
     /// addresses that were no handshake).
     pub refused: AtomicU64,
+    /// Closed at once: the client's IP address had `max_connections_per_ip` open already.
+    pub refused_per_ip: AtomicU64,
     /// TLS handshakes that failed or timed out (DTLS: sessions ended by a DTLS error).
     pub handshake_failures: AtomicU64,
     /// Closed for sending no complete message in time (first message or idle).
@@ -69,6 +71,7 @@ impl ConnectionCounters {
             open: open as u64,
             accepted: read(&self.accepted),
             refused: read(&self.refused),
+            refused_per_ip: read(&self.refused_per_ip),
             handshake_failures: read(&self.handshake_failures),
             timed_out: read(&self.timed_out),
             protocol_errors: read(&self.protocol_errors),
@@ -81,6 +84,8 @@ impl ConnectionCounters {
 #[derive(Debug, Default)]
 pub struct Connections {
     open: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    /// Open connections per client IP address (locked after `open` where both are).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     pub counters: ConnectionCounters,
 }
 
@@ -117,6 +122,7 @@ pub struct StreamListener {
     /// `Some` for TLS.
     pub tls: Option<Arc<CertStore>>,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub idle_timeout: Duration,
 }
 
@@ -153,11 +159,30 @@ pub(crate) async fn accept_task(
             drop(stream);
             continue;
         }
-        counters.accepted.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.set_nodelay(true);
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let mine = tx.clone();
-        let replaced = lock(&listener.connections.open).insert(client, tx);
+        let replaced = {
+            let mut open = lock(&listener.connections.open);
+            let mut per_ip = lock(&listener.connections.per_ip);
+            let from_ip = per_ip.entry(client.ip()).or_default();
+            // A connection that replaces one from the same address takes its place in the count.
+            if !open.contains_key(&client) && *from_ip >= listener.max_connections_per_ip {
+                None
+            } else {
+                if !open.contains_key(&client) {
+                    *from_ip += 1;
+                }
+                Some(open.insert(client, tx))
+            }
+        };
+        let Some(replaced) = replaced else {
+            counters.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            debug!(%client, "connection refused: its address has the most connections one may");
+            drop(stream);
+            continue;
+        };
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
         if replaced.is_some() {
             // A new connection from the address of one still open (a client reusing its port,
             // or another user behind the same NAT port): the old 5-tuple's allocation is not
@@ -275,6 +300,13 @@ fn closed(
             return;
         }
         open.remove(&client);
+        let mut per_ip = lock(&listener.connections.per_ip);
+        if let Some(count) = per_ip.get_mut(&client.ip()) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_ip.remove(&client.ip());
+            }
+        }
     }
     shared.client_closed(listener.id, client);
 }

@@ -356,6 +356,61 @@ fn slowloris_and_half_open_clients_do_not_disturb_a_good_one() {
     );
 }
 
+/// One client address holds at most `--max-connections-per-ip` connections on a listener: the
+/// next is closed at once and counted; a closed one frees its place.
+#[test]
+fn connections_per_client_address_are_capped() {
+    let mut stage = Stage::new(
+        "per-ip",
+        &[
+            "--max-connections-per-ip",
+            "5",
+            "--metrics-listen",
+            &format!("{LISTENER_V4}:9100"),
+        ],
+    );
+    let topology = &stage.topology;
+    let mut held: Vec<TcpStream> = (0..5).map(|_| connect(topology, 3478)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sixth = connect(topology, 3478);
+    assert!(
+        closed_within(&mut sixth, Duration::from_secs(2)).is_some(),
+        "the sixth connection from one address was not refused"
+    );
+    for s in &mut held {
+        assert!(
+            closed_within(s, Duration::from_millis(300)).is_none(),
+            "a connection within the cap was closed"
+        );
+    }
+    // One goes: its place is free again.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = connect(topology, 3478);
+    assert!(
+        closed_within(&mut again, Duration::from_secs(1)).is_none(),
+        "a connection in a freed place was refused"
+    );
+    let metrics = http_get(topology, 9100, "/metrics");
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("xturn_connection_events_total")
+                && l.contains("listener=\"tcp-1\"")
+                && l.contains("event=\"refused_per_ip\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert_eq!(refused, Some(1), "{metrics}");
+    drop(held);
+    drop(again);
+    assert_alive(&mut stage.relay);
+    assert!(
+        log_text("stream-per-ip")
+            .contains("connection refused: its address has the most connections"),
+        "refusal logged"
+    );
+}
+
 /// GET `path` from the relay's LISTENER_V4:`port` (HTTP/1.1, from the client namespace).
 fn http_get(topology: &Topology, port: u16, path: &str) -> String {
     let mut stream = connect(topology, port);

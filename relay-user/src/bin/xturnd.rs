@@ -212,6 +212,7 @@ async fn run(
     let spec = ServerSpec {
         listeners: specs,
         max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
         idle_timeout: config.idle_timeout,
         threads: config.threads,
         restored: adopted
@@ -511,6 +512,7 @@ fn build_core(config: &Config, host_ips: &[IpAddr], names: &ResolvedNames) -> Re
     server_config.max_lifetime = config.max_lifetime;
     server_config.max_allocations = config.max_allocations;
     server_config.max_allocations_per_user = config.max_allocations_per_user;
+    server_config.max_allocations_per_ip = config.max_allocations_per_ip;
     server_config.stun_only = config.stun_only;
     if config.stun_only {
         info!("auth type none: a STUN server only, every TURN request is refused (403)");

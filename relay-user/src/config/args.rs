@@ -49,6 +49,11 @@ pub struct XturndArgs {
     #[arg(long, value_name = "N", env = "XTURN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Most TCP/TLS connections at once from one client IP address, per listener; more are
+    /// closed at once and counted. Default: 100.
+    #[arg(long, value_name = "N", env = "XTURN_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
     /// A TCP/TLS connection or DTLS session that delivers no complete message for this many
     /// seconds is closed (its allocation with it). Default: 900 (an allocation's client
     /// refreshes well within that).
@@ -130,6 +135,11 @@ pub struct XturndArgs {
     /// Most allocations at once per user name. Default: the file's admin.user_quota, else 100.
     #[arg(long, value_name = "N", env = "XTURN_MAX_ALLOCATIONS_PER_USER")]
     pub max_allocations_per_user: Option<usize>,
+
+    /// Most allocations at once from one client IP address, whatever users it authenticates
+    /// as (486 beyond it). Default: 1000.
+    #[arg(long, value_name = "N", env = "XTURN_MAX_ALLOCATIONS_PER_IP")]
+    pub max_allocations_per_ip: Option<usize>,
 
     /// Longest allocation lifetime a client may ask for, in seconds. Default: 3600.
     #[arg(long, value_name = "SECS", env = "XTURN_MAX_LIFETIME_SECS")]

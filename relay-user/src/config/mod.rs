@@ -35,6 +35,8 @@ const DEFAULT_LIFETIME_SECS: u32 = 600;
 const DEFAULT_MAX_LIFETIME_SECS: u32 = 3600;
 /// Stream connections / DTLS sessions per listener.
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
+const DEFAULT_MAX_ALLOCATIONS_PER_IP: usize = 1000;
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 900;
 /// How long a SIGTERM waits for allocations to end (Kubernetes' default grace period is 30 s).
 const DEFAULT_DRAIN_TIMEOUT_SECS: u32 = 30;
@@ -365,6 +367,8 @@ pub struct Config {
     pub max_port: u16,
     /// Per stream/DTLS listener; at least 1.
     pub max_connections: usize,
+    /// TCP/TLS connections per client IP address, per listener; at least 1.
+    pub max_connections_per_ip: usize,
     /// Stream connections and DTLS sessions without a complete message for this long close.
     pub idle_timeout: Duration,
     /// Long-term credentials, (name, password); names unique.
@@ -383,6 +387,8 @@ pub struct Config {
     pub max_allocations: usize,
     /// At least 1.
     pub max_allocations_per_user: usize,
+    /// At least 1.
+    pub max_allocations_per_ip: usize,
     /// SO_REUSEPORT sockets per listener; at least 1.
     pub threads: usize,
     pub dataplane: Dataplane,
@@ -485,6 +491,7 @@ impl fmt::Debug for Config {
             .field("min_port", &self.min_port)
             .field("max_port", &self.max_port)
             .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("idle_timeout", &self.idle_timeout)
             .field("users", &user_names)
             .field(
@@ -497,6 +504,7 @@ impl fmt::Debug for Config {
             .field("max_lifetime", &self.max_lifetime)
             .field("max_allocations", &self.max_allocations)
             .field("max_allocations_per_user", &self.max_allocations_per_user)
+            .field("max_allocations_per_ip", &self.max_allocations_per_ip)
             .field("threads", &self.threads)
             .field("dataplane", &self.dataplane)
             .field("xdp_max_channels", &self.xdp_max_channels)
@@ -630,6 +638,11 @@ pub fn resolve(
         (None, Some(quota)) if quota > 0 => usize::try_from(quota).unwrap_or(usize::MAX),
         (None, _) => DEFAULT_MAX_ALLOCATIONS_PER_USER,
     };
+    let max_allocations_per_ip = match args.max_allocations_per_ip {
+        Some(0) => return Err(invalid("--max-allocations-per-ip", "must be at least 1")),
+        Some(n) => n,
+        None => DEFAULT_MAX_ALLOCATIONS_PER_IP,
+    };
 
     let max_lifetime_secs = args.max_lifetime_secs.unwrap_or(DEFAULT_MAX_LIFETIME_SECS);
     let default_lifetime_secs = args.default_lifetime_secs.unwrap_or(DEFAULT_LIFETIME_SECS);
@@ -684,6 +697,11 @@ pub fn resolve(
             Some(n) => n,
             None => DEFAULT_MAX_CONNECTIONS,
         },
+        max_connections_per_ip: match args.max_connections_per_ip {
+            Some(0) => return Err(invalid("--max-connections-per-ip", "must be at least 1")),
+            Some(n) => n,
+            None => DEFAULT_MAX_CONNECTIONS_PER_IP,
+        },
         idle_timeout: match args.idle_timeout_secs {
             Some(0) => return Err(invalid("--idle-timeout-secs", "must be at least 1")),
             Some(n) => Duration::from_secs(u64::from(n)),
@@ -697,6 +715,7 @@ pub fn resolve(
         max_lifetime: Duration::from_secs(u64::from(max_lifetime_secs)),
         max_allocations,
         max_allocations_per_user,
+        max_allocations_per_ip,
         threads,
         dataplane,
         xdp_max_channels: match args.xdp_max_channels {

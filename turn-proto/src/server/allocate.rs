@@ -2,7 +2,7 @@
 use std::collections::BTreeSet;
 
 use super::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -104,6 +104,12 @@ impl Server {
                 (slots, slots)
             }
         };
+        let client_ip = five_tuple.client.ip();
+        if self.per_ip.get(&client_ip).copied().unwrap_or(0) >= self.config.max_allocations_per_ip {
+            self.stats.per_ip_rejections += 1;
+            debug!(client = %five_tuple.client, "Allocate refused: its address holds the most allocations one address may");
+            return Reply::error(486);
+        }
         if let Err(quota) = self.check_quota(&auth.username, user_slots, total_slots) {
             self.stats.quota_rejections += 1;
             return Reply::error(match quota {
@@ -187,6 +193,7 @@ impl Server {
             }
         }
         self.count_user(&auth.username, user_slots);
+        self.count_ip(five_tuple.client.ip(), 1);
         self.pending_slots += user_slots;
         self.pending_by_tuple.insert(five_tuple, id);
         self.pending.insert(
@@ -339,6 +346,7 @@ impl Server {
         self.pending_by_tuple.remove(&pending.five_tuple);
         self.pending_slots = self.pending_slots.saturating_sub(pending.slots);
         self.forget_user(&pending.auth.username, pending.slots);
+        self.forget_ip(pending.five_tuple.client.ip(), 1);
         // Not cached: a retransmission may try again.
         self.respond(
             pending.listener,
@@ -355,6 +363,7 @@ impl Server {
         // The parked slots become the allocation and reservation, counted as they are made.
         self.pending_slots = self.pending_slots.saturating_sub(pending.slots);
         self.forget_user(&pending.auth.username, pending.slots);
+        self.forget_ip(pending.five_tuple.client.ip(), 1);
         let mut relayed = Vec::with_capacity(pending.groups.len());
         let mut token = None;
         for group in &pending.groups {
@@ -448,6 +457,7 @@ impl Server {
         );
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
         self.count_user(username, 1);
+        self.count_ip(five_tuple.client.ip(), 1);
         self.stats.allocations_created += 1;
         self.changes.mark(five_tuple, listener);
     }
@@ -517,6 +527,21 @@ impl Server {
         }
         let key = self.credentials.quota_key(username).into_owned();
         *self.per_user.entry(key).or_default() += slots;
+    }
+
+    /// Adds `slots` to the count of client address `ip`.
+    pub(super) fn count_ip(&mut self, ip: IpAddr, slots: usize) {
+        *self.per_ip.entry(ip).or_default() += slots;
+    }
+
+    /// Takes `slots` off the count of client address `ip`.
+    pub(super) fn forget_ip(&mut self, ip: IpAddr, slots: usize) {
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count = count.saturating_sub(slots);
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
     }
 
     /// Takes `slots` off the quota count of `username`.
@@ -613,6 +638,7 @@ impl Server {
             self.release_reservation(token);
         }
         self.forget_user(&allocation.username, 1);
+        self.forget_ip(five_tuple.client.ip(), 1);
         if expired {
             self.stats.allocations_expired += 1;
         } else {

@@ -101,6 +101,9 @@ pub struct ServerConfig {
     pub max_allocations: usize,
     /// Allocations per username; beyond it: 486.
     pub max_allocations_per_user: usize,
+    /// Allocations (and Allocates binding their sockets) per client IP address, whoever the
+    /// user; beyond it: 486. Bounds what one host takes however many credentials it holds.
+    pub max_allocations_per_ip: usize,
     /// A STUN server only (STUNner's `auth.type: none`): Binding requests are answered, every
     /// TURN request (Allocate, Refresh, CreatePermission, ChannelBind) is refused with 403
     /// Forbidden before any authentication and counted (`Stats::stun_only_refused`), so no
@@ -112,7 +115,8 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// RFC 8656 defaults: ports 49152..=65535, 600 s / 3600 s allocation lifetimes, 300 s
-    /// permissions, 600 s channels and nonces, quotas 10000 in all and 100 per user; SOFTWARE
+    /// permissions, 600 s channels and nonces, quotas 10000 in all, 100 per user and 1000 per
+    /// client IP; SOFTWARE
     /// "xturn/<version>"; no relay address (set `relay_ipv4` / `relay_ipv6`).
     pub fn new(realm: impl Into<String>, listeners: Vec<Listener>) -> Self {
         ServerConfig {
@@ -130,6 +134,7 @@ impl ServerConfig {
             nonce_lifetime: Duration::from_secs(600),
             max_allocations: 10_000,
             max_allocations_per_user: 100,
+            max_allocations_per_ip: 1000,
             stun_only: false,
             answer_limits: AnswerLimits::default(),
         }

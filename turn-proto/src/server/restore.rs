@@ -347,6 +347,7 @@ impl Server {
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
         self.timers.extend(timers);
         self.count_user(&state.username, 1);
+        self.count_ip(five_tuple.client.ip(), 1);
         self.allocations.insert(five_tuple, allocation);
         self.changes.mark(five_tuple, listener);
         debug!(client = %five_tuple.client, channels = bound, ?now, "allocation adopted");

@@ -158,6 +158,8 @@ pub struct Server {
     pub(super) by_relayed: HashMap<SocketAddr, FiveTuple>,
     /// Allocations and parked Allocates per user (see `Credentials::quota_key`).
     pub(super) per_user: HashMap<String, usize>,
+    /// Allocations and parked Allocates per client IP address.
+    pub(super) per_ip: HashMap<IpAddr, usize>,
     pub(super) pending: HashMap<u64, PendingAllocate>,
     pub(super) pending_by_tuple: HashMap<FiveTuple, u64>,
     pub(super) pending_by_addr: HashMap<SocketAddr, u64>,
@@ -376,6 +378,7 @@ impl Server {
             allocations: HashMap::default(),
             by_relayed: HashMap::default(),
             per_user: HashMap::default(),
+            per_ip: HashMap::default(),
             pending: HashMap::default(),
             pending_by_tuple: HashMap::default(),
             pending_by_addr: HashMap::default(),

@@ -84,6 +84,9 @@ pub struct Stats {
     /// TURN requests (Allocate, Refresh, CreatePermission, ChannelBind) refused with 403
     /// because the server is a STUN server only (`ServerConfig::stun_only`).
     pub stun_only_refused: u64,
+    /// Allocates refused with 486 because their client's IP address held
+    /// `ServerConfig::max_allocations_per_ip` allocations already.
+    pub per_ip_rejections: u64,
     /// Permissions and channels a new peer policy refused after they were granted, ended at
     /// once (see `Server::set_policy`).
     pub permissions_revoked: u64,

@@ -376,3 +376,46 @@ fn unknown_attributes_are_listed_sixteen_at_most() {
     assert_eq!(r.error_code(), Some(420));
     assert_eq!(r.get::<UnknownAttributes>().unwrap().unknowns().len(), 16);
 }
+
+/// One client address holds at most `max_allocations_per_ip` allocations, whatever users it
+/// authenticates as; a freed slot is usable again, other addresses are not affected, and an
+/// adopted state counts too.
+#[test]
+fn allocations_per_client_address_are_capped() {
+    let mut config = config();
+    config.max_allocations_per_ip = 3;
+    let mut h = Harness::with_config(config);
+    let mut clients: Vec<Client> = (0..4)
+        .map(|i| {
+            let (user, password) = if i % 2 == 0 {
+                ("alice", "alice-pw")
+            } else {
+                ("bob", "bob-pw")
+            };
+            Client::new(&format!("203.0.113.50:{}", 41_000 + i), user, password)
+        })
+        .collect();
+    for client in &mut clients[..3] {
+        h.allocate(client);
+    }
+    let (r, _) = h.allocate_with(&mut clients[3], vec![udp()]);
+    assert_eq!(r.error_code(), Some(486), "{r:?}");
+    assert_eq!(h.server.stats().per_ip_rejections, 1);
+    let mut elsewhere = Client::new("203.0.113.51:41000", "alice", "alice-pw");
+    h.allocate(&mut elsewhere);
+
+    delete(&mut h, &mut clients[0]);
+    h.allocate(&mut clients[3]);
+
+    // A restarted server that adopts the state counts the adopted allocations.
+    let snapshot = h.server.snapshot(h.now);
+    let mut config = super::config();
+    config.max_allocations_per_ip = 3;
+    let mut n = Harness::with_config(config);
+    n.now = h.now;
+    let outcome = n.server.restore(&snapshot, n.now);
+    assert_eq!(outcome.allocations, 4);
+    let mut fourth = Client::new("203.0.113.50:42000", "alice", "alice-pw");
+    let (r, _) = n.allocate_with(&mut fourth, vec![udp()]);
+    assert_eq!(r.error_code(), Some(486), "{r:?}");
+}
