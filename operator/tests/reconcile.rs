@@ -635,8 +635,15 @@ async fn a_gateway_moved_to_another_class_is_let_go() {
             Some(serde_json::to_value(&gateway).unwrap()),
         )
         .await;
-    assert_eq!(seen.content_type, "application/merge-patch+json");
-    assert_eq!(seen.body, json!({"metadata": {"finalizers": []}}));
+    // Only our finalizer goes, and only if it is still where the operator saw it.
+    assert_eq!(seen.content_type, "application/json-patch+json");
+    assert_eq!(
+        seen.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
     assert_eq!(server.finish(task).await.unwrap(), Action::await_change());
     assert!(registry.read().unwrap().is_empty());
 }
