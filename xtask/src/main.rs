@@ -1,6 +1,7 @@
 //! `cargo xtask`: every multi-step job of the project, in Rust.
 mod bench;
 mod demo;
+mod fuzz;
 mod image;
 mod oci;
 mod setup;
@@ -26,7 +27,7 @@ enum Command {
     /// Check formatting and run clippy with warnings denied.
     Lint,
     /// Setup, lint, then every test: unit, eBPF (BPF_PROG_TEST_RUN), network-namespace and
-    /// container-image tests (it builds the images first).
+    /// container-image tests (it builds the images first), then a bounded fuzzing run.
     Test {
         /// Skip the lint step.
         #[arg(long)]
@@ -37,6 +38,15 @@ enum Command {
     },
     /// Setup, build, then run the relay on a test topology of network namespaces and show traffic.
     Demo,
+    /// Fuzz the parsers and the protocol core (cargo-fuzz, libFuzzer with AddressSanitizer,
+    /// nightly toolchain) from seeds recorded from a real exchange; fails on a crash or a hang.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only these targets (default: all: server, stream_framer, messages, config).
+        targets: Vec<String>,
+    },
     /// Setup, build, then benchmark xturnd (XDP and userspace), coturn and an XDP ceiling on one
     /// namespace topology with the same traffic; writes bench/results/ and docs/benchmarks.md.
     Bench {
@@ -68,6 +78,10 @@ fn main() -> Result<()> {
         Command::Lint => lint()?,
         Command::Test { no_lint, test_args } => test(no_lint, &test_args)?,
         Command::Demo => demo::run()?,
+        Command::Fuzz { seconds, targets } => {
+            setup::run()?;
+            fuzz::run(&fuzz::Options { seconds, targets })?;
+        }
         Command::Bench { quick, only } => bench::run(&bench::Options { quick, only })?,
         Command::Image { out, no_build } => {
             image::run(&image::Options { out, no_build })?;
@@ -89,6 +103,15 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The fuzz targets are a workspace of their own (cargo-fuzz builds them with nightly).
+    sh::step("lint: the fuzz targets (fmt, clippy)");
+    let manifest = sh::root().join("fuzz/Cargo.toml");
+    let mut fmt = sh::cargo(&["fmt", "--manifest-path"]);
+    fmt.arg(&manifest).args(["--", "--check"]);
+    sh::run(fmt)?;
+    let mut clippy = sh::cargo(&["clippy", "--all-targets", "--manifest-path"]);
+    clippy.arg(&manifest).args(["--", "-D", "warnings"]);
+    sh::run(clippy)?;
     Ok(())
 }
 
@@ -113,5 +136,12 @@ fn test(no_lint: bool, test_args: &[String]) -> Result<()> {
         args.extend(test_args.iter().map(String::as_str));
     }
     sh::run(sh::cargo(&args))?;
+    // A bounded fuzzing run of every target (about a minute in all).
+    if test_args.is_empty() {
+        fuzz::run(&fuzz::Options {
+            seconds: fuzz::TEST_SECONDS,
+            targets: Vec::new(),
+        })?;
+    }
     Ok(())
 }

@@ -53,6 +53,7 @@ pub fn run() -> Result<()> {
     install_packages()?;
     link_toolchain()?;
     install_bpf_linker()?;
+    install_cargo_fuzz()?;
     install_python_packages()?;
     check_bpf_syscall()?;
     eprintln!("setup: everything is in place");
@@ -131,6 +132,25 @@ fn link_toolchain() -> Result<()> {
         "rustup",
         &["toolchain", "link", BPF_TOOLCHAIN, "/usr"],
     ))
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and the bounded run in `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn install_cargo_fuzz() -> Result<()> {
+    let installed = sh::output(sh::cargo(&["fuzz", "--version"])).unwrap_or_default();
+    if installed.contains(CARGO_FUZZ_VERSION) {
+        eprintln!("  cargo-fuzz: {CARGO_FUZZ_VERSION}");
+        return Ok(());
+    }
+    eprintln!("  cargo-fuzz: missing; building it (about 30 s)");
+    sh::run(sh::cargo(&[
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 fn install_bpf_linker() -> Result<()> {
