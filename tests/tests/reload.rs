@@ -73,6 +73,37 @@ fn wait_for_log(log: &Path, needle: &str, count: usize) -> String {
     );
 }
 
+/// xturnd in `topology` with a config file (alice, routed to the peer network) in a new
+/// scratch directory named after `tag`, and `extra` arguments: the directory, the file, the log
+/// and the process.
+fn start_with_config(
+    topology: &Topology,
+    tag: &str,
+    extra: &[&str],
+) -> (PathBuf, PathBuf, PathBuf, ChildGuard) {
+    let dir = std::env::temp_dir().join(format!("xturn-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("xturnd.yaml");
+    let log = dir.join("xturnd.log");
+    write(&file, &config_yaml("alice", "one", "198.18.2.0/24"));
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--config",
+        &file_arg,
+        "--relay-ip",
+        RELAY_V4,
+        "--min-port",
+        "50000",
+        "--max-port",
+        "50999",
+        "--drain-timeout",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let relay = topology.start_xturnd_logged(&args, &log);
+    (dir, file, log, relay)
+}
+
 /// ChannelData on 0x4000 and its echo.
 async fn round_trip(client: &mut TurnClient, round: u8) -> Result<Vec<u8>, ClientError> {
     client.send_channel(0x4000, &[round; 32]).await?;
@@ -88,28 +119,8 @@ fn reload_applies_users_and_routes_keeps_allocations_and_rejects_bad_files() {
     let _peer = topology
         .peer
         .spawn("turnutils_peer", &["-L", PEER_V4, "-p", "3480"]);
-    let dir = std::env::temp_dir().join(format!("xturn-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let file: PathBuf = dir.join("xturnd.yaml");
-    let log = dir.join("xturnd.log");
-    write(&file, &config_yaml("alice", "one", "198.18.2.0/24"));
-    let mut relay = topology.start_xturnd_logged(
-        &[
-            "--config",
-            &file.to_string_lossy(),
-            "--relay-ip",
-            RELAY_V4,
-            "--min-port",
-            "50000",
-            "--max-port",
-            "50999",
-            "--dataplane",
-            "userspace",
-            "--drain-timeout",
-            "0",
-        ],
-        &log,
-    );
+    let (dir, file, log, mut relay) =
+        start_with_config(&topology, "reload", &["--dataplane", "userspace"]);
     let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
     let peer: SocketAddr = format!("{PEER_V4}:3480").parse().expect("peer");
 
@@ -197,30 +208,10 @@ fn a_narrowed_route_ends_flowing_channels_within_a_second() {
         let _peer = topology
             .peer
             .spawn("turnutils_peer", &["-L", PEER_V4, "-p", "3480"]);
-        let dir =
-            std::env::temp_dir().join(format!("xturn-revoke-{dataplane}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let file: PathBuf = dir.join("xturnd.yaml");
-        let log = dir.join("xturnd.log");
-        write(&file, &config_yaml("alice", "one", "198.18.2.0/24"));
-        let mut relay = topology.start_xturnd_logged(
-            &[
-                "--config",
-                &file.to_string_lossy(),
-                "--relay-ip",
-                RELAY_V4,
-                "--min-port",
-                "50000",
-                "--max-port",
-                "50999",
-                "--dataplane",
-                dataplane,
-                "--metrics-listen",
-                METRICS,
-                "--drain-timeout",
-                "0",
-            ],
-            &log,
+        let (dir, file, log, mut relay) = start_with_config(
+            &topology,
+            &format!("revoke-{dataplane}"),
+            &["--dataplane", dataplane, "--metrics-listen", METRICS],
         );
         let pid = nix::unistd::Pid::from_raw(i32::try_from(relay.child().id()).expect("pid"));
         let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
