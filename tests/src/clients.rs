@@ -225,8 +225,24 @@ pub async fn bound_client(
     peer: std::net::SocketAddr,
     channel: u16,
 ) -> xturnctl::TurnClient {
-    use xturnctl::{AllocateOptions, ClientCredentials, TurnClient};
-    let mut client = TurnClient::connect(server, ClientCredentials::new("alice", "wonderland"))
+    bound_client_as(
+        server,
+        peer,
+        channel,
+        xturnctl::ClientCredentials::new("alice", "wonderland"),
+    )
+    .await
+}
+
+/// [`bound_client`] with other credentials.
+pub async fn bound_client_as(
+    server: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    channel: u16,
+    credentials: xturnctl::ClientCredentials,
+) -> xturnctl::TurnClient {
+    use xturnctl::{AllocateOptions, TurnClient};
+    let mut client = TurnClient::connect(server, credentials)
         .await
         .expect("connect");
     client

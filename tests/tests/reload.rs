@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use xturn_tests::{
     admin::{metric, metric_sum, scrape},
-    clients::block_on,
+    clients::{block_on, bound_client_as},
     netns::ChildGuard,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
 };
@@ -127,14 +127,8 @@ fn reload_applies_users_and_routes_keeps_allocations_and_rejects_bad_files() {
     topology.client.within(|| {
         block_on(async {
             // alice, live across every reload below.
-            let mut alice = TurnClient::connect(server, ClientCredentials::new("alice", "one"))
-                .await
-                .expect("connect");
-            alice
-                .allocate(AllocateOptions::default())
-                .await
-                .expect("alice allocates");
-            alice.channel_bind(peer, 0x4000).await.expect("alice binds");
+            let mut alice =
+                bound_client_as(server, peer, 0x4000, ClientCredentials::new("alice", "one")).await;
             assert_eq!(
                 round_trip(&mut alice, 1).await.expect("relayed"),
                 vec![1; 32]
@@ -218,14 +212,9 @@ fn a_narrowed_route_ends_flowing_channels_within_a_second() {
         let peer: SocketAddr = format!("{PEER_V4}:3480").parse().expect("peer");
         let (before, after, late) = topology.client.within(|| {
             block_on(async {
-                let mut alice = TurnClient::connect(server, ClientCredentials::new("alice", "one"))
-                    .await
-                    .expect("connect");
-                alice
-                    .allocate(AllocateOptions::default())
-                    .await
-                    .expect("allocate");
-                alice.channel_bind(peer, 0x4000).await.expect("bind");
+                let mut alice =
+                    bound_client_as(server, peer, 0x4000, ClientCredentials::new("alice", "one"))
+                        .await;
                 // ChannelData every few milliseconds for 1.5 s, then the reload, then 2 s more.
                 let start = Instant::now();
                 let mut reloaded: Option<Instant> = None;
