@@ -18,6 +18,7 @@ mod checks;
 mod output;
 mod procs;
 mod report;
+pub mod soak;
 
 use checks::*;
 use output::*;

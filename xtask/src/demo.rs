@@ -228,28 +228,9 @@ impl Relayed {
     }
 }
 
-/// `GET /metrics` from inside the relay namespace (a thread that enters it).
+/// `GET /metrics` from inside the relay namespace.
 fn scrape_metrics() -> Result<String> {
-    use std::io::{Read as _, Write as _};
-    thread::scope(|s| {
-        s.spawn(|| -> Result<String> {
-            let ns = std::fs::File::open(format!("/run/netns/{}", NAMES.relay))
-                .context("open the relay namespace")?;
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("enter the relay namespace")?;
-            let mut stream =
-                std::net::TcpStream::connect(METRICS).context("connect to xturnd's metrics")?;
-            stream.write_all(
-                format!("GET /metrics HTTP/1.1\r\nHost: {METRICS}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the metrics thread panicked"))?
-    })
+    crate::topology::metrics(NAMES.relay, METRICS)
 }
 
 fn wait_for_stun(bin: &std::path::Path) -> Result<()> {

@@ -38,6 +38,15 @@ enum Command {
     },
     /// Setup, build, then run the relay on a test topology of network namespaces and show traffic.
     Demo,
+    /// Minutes of churn (allocations made, deleted and left to expire) next to live flows, with
+    /// the kernel path and in userspace; checks that the live flows lose nothing, the relay's
+    /// memory and descriptors stay flat and nothing is left at the end; writes
+    /// bench/results/soak.md.
+    Soak {
+        /// Minutes in all (half per data plane; 4 to 9).
+        #[arg(long, default_value_t = 6)]
+        minutes: u64,
+    },
     /// Fuzz the parsers and the protocol core (cargo-fuzz, libFuzzer with AddressSanitizer,
     /// nightly toolchain) from seeds recorded from a real exchange; fails on a crash or a hang.
     Fuzz {
@@ -78,6 +87,7 @@ fn main() -> Result<()> {
         Command::Lint => lint()?,
         Command::Test { no_lint, test_args } => test(no_lint, &test_args)?,
         Command::Demo => demo::run()?,
+        Command::Soak { minutes } => bench::soak::run(&bench::soak::Options { minutes })?,
         Command::Fuzz { seconds, targets } => {
             setup::run()?;
             fuzz::run(&fuzz::Options { seconds, targets })?;

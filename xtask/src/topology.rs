@@ -103,6 +103,40 @@ pub fn run_quiet(mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// `GET /metrics` from `addr`, inside namespace `ns` (a thread that enters it).
+pub fn metrics(ns: &str, addr: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<String> {
+            let file = std::fs::File::open(format!("/run/netns/{ns}"))
+                .with_context(|| format!("open the namespace {ns}"))?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("enter the namespace {ns}"))?;
+            let mut stream = std::net::TcpStream::connect(addr)
+                .with_context(|| format!("connect to {addr} for metrics"))?;
+            stream.write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the metrics thread panicked"))?
+    })
+}
+
+/// The value of the series `name` (with its labels, as printed) in a metrics text; 0 if absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .map_or(0, |v| v as u64)
+}
+
 fn ip(args: &[&str]) -> Result<()> {
     run_quiet(sh::cmd("ip", args))
 }

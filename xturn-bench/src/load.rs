@@ -126,6 +126,8 @@ pub struct LoadSpec {
     pub warmup: Duration,
     /// Only make (and time) the allocations, then delete them.
     pub setup_only: bool,
+    /// The LIFETIME the Allocates ask for (`None`: the server's default).
+    pub lifetime: Option<Duration>,
     /// The whole run must end by then.
     pub max_total: Duration,
     /// A phase during which other processes used more than this share of the relay's or the
@@ -349,11 +351,17 @@ async fn handshakes(
     let unallocated = Arc::new(unallocated);
     let cpu_start = spec.cpu.snapshot();
     let t0 = Instant::now();
+    let lifetime = spec.lifetime;
     let results = bounded(spec.allocations, concurrency, |i| {
         let slots = Arc::clone(&unallocated);
         async move {
             let mut client = take_slot(&slots[i])?;
-            client.allocate(AllocateOptions::default()).await?;
+            client
+                .allocate(AllocateOptions {
+                    lifetime,
+                    ..AllocateOptions::default()
+                })
+                .await?;
             Ok::<_, BenchError>(client)
         }
     })
@@ -943,6 +951,7 @@ mod tests {
             drain: Duration::from_millis(200),
             warmup: Duration::ZERO,
             setup_only: false,
+            lifetime: None,
             max_total: Duration::from_secs(10),
             interference_limit: 1.0,
             retry_budget: Duration::ZERO,

@@ -96,6 +96,9 @@ struct LoadArgs {
     /// Only time the allocations (then delete them); no data.
     #[arg(long)]
     setup_only: bool,
+    /// The LIFETIME (seconds) the Allocates ask for; default: none (the server's default).
+    #[arg(long)]
+    lifetime: Option<u64>,
     /// Upper bound for the whole run.
     #[arg(long, default_value_t = 300)]
     max_seconds: u64,
@@ -181,6 +184,7 @@ fn run_load(args: LoadArgs) -> Result<()> {
         drain: Duration::from_millis(args.drain_ms),
         warmup: Duration::from_millis(args.warmup_ms),
         setup_only: args.setup_only,
+        lifetime: args.lifetime.map(Duration::from_secs),
         max_total: Duration::from_secs(args.max_seconds),
         interference_limit: args.interference_limit,
         retry_budget: Duration::from_secs_f64(args.retry_budget_s.clamp(0.0, 3600.0)),
