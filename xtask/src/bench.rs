@@ -592,30 +592,14 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
         )),
         Kind::XturnXdp | Kind::XturnTc | Kind::XturnUserspace => Some((
             bin("xturnd"),
-            strings(&[
-                "--listen",
-                LISTENER,
-                "--relay-ip",
-                RELAY_IP,
-                "--realm",
-                REALM,
-                "--user",
-                USER,
-                "--dataplane",
+            xturnd_args(
                 match c.kind {
                     Kind::XturnXdp => "xdp",
                     Kind::XturnTc => "tc",
                     _ => "userspace",
                 },
-                "--threads",
-                &c.threads.to_string(),
-                "--max-allocations",
-                "100000",
-                "--max-allocations-per-user",
-                "100000",
-                "--log-level",
-                "warn,xturnd=info",
-            ]),
+                &["--threads", &c.threads.to_string()],
+            ),
         )),
         Kind::Coturn => Some((
             "turnserver".into(),
@@ -899,6 +883,33 @@ fn load_round(
 fn spawn_load(ctx: &Ctx, load_cpus: &str, args: &[&str], log: &Path) -> Result<Proc> {
     let bin = ctx.bin.join("xturn-bench");
     Proc::spawn(NAMES.client, load_cpus, &bin.to_string_lossy(), args, log)
+}
+
+/// xturnd on the topology's addresses with the benchmark's user, data plane `dataplane`, no
+/// quota in the way (10 000 allocations come from one client address), then `extra`.
+fn xturnd_args(dataplane: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&[
+        "--listen",
+        LISTENER,
+        "--relay-ip",
+        RELAY_IP,
+        "--realm",
+        REALM,
+        "--user",
+        USER,
+        "--dataplane",
+        dataplane,
+        "--max-allocations",
+        "100000",
+        "--max-allocations-per-user",
+        "100000",
+        "--max-allocations-per-ip",
+        "100000",
+        "--log-level",
+        "warn,xturnd=info",
+    ]);
+    args.extend(strings(extra));
+    args
 }
 
 /// `xturn-bench load` against the relay's listener and the echo, then `extra`.

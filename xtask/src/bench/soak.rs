@@ -15,10 +15,10 @@ use std::{fs, path::PathBuf, thread, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{LISTENER, NAMES, PEER, Proc, REALM, USER, output::LoadOut, parse_json};
+use super::{LISTENER, NAMES, PEER, Proc, USER, output::LoadOut, parse_json, xturnd_args};
 use crate::{
     setup, sh,
-    topology::{RELAY_IP, Topology, metric, metrics},
+    topology::{Topology, metric, metrics},
 };
 
 const METRICS: &str = "198.18.1.1:9100";
@@ -119,34 +119,21 @@ fn round(
         &dir.join(format!("{dataplane}-echo")),
     )?;
     let lifetime = DEFAULT_LIFETIME_S.to_string();
-    let relay = Proc::spawn(
-        NAMES.relay,
-        cpus,
-        &path("xturnd"),
+    let relay_args = xturnd_args(
+        dataplane,
         &[
-            "--listen",
-            LISTENER,
-            "--relay-ip",
-            RELAY_IP,
-            "--realm",
-            REALM,
-            "--user",
-            USER,
-            "--dataplane",
-            dataplane,
             "--metrics-listen",
             METRICS,
             "--default-lifetime-secs",
             &lifetime,
-            "--max-allocations",
-            "100000",
-            "--max-allocations-per-user",
-            "100000",
-            "--max-allocations-per-ip",
-            "100000",
-            "--log-level",
-            "warn,xturnd=info",
         ],
+    );
+    let relay_args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
+    let relay = Proc::spawn(
+        NAMES.relay,
+        cpus,
+        &path("xturnd"),
+        &relay_args,
         &dir.join(format!("{dataplane}-relay")),
     )?;
     wait_for_metrics(&relay)?;
