@@ -485,7 +485,6 @@ impl Server {
         attributes
     }
 
-    /// Adds `slots` to the quota count of `username`.
     /// May `username` take `user_slots` more quota slots, and the server `total_slots` more?
     /// Slots are allocations, Allocates binding their sockets and reservations.
     pub(super) fn check_quota(
@@ -521,6 +520,7 @@ impl Server {
         Ok(())
     }
 
+    /// Adds `slots` to the quota count of `username`.
     pub(super) fn count_user(&mut self, username: &str, slots: usize) {
         if slots == 0 {
             return;
@@ -536,23 +536,13 @@ impl Server {
 
     /// Takes `slots` off the count of client address `ip`.
     pub(super) fn forget_ip(&mut self, ip: IpAddr, slots: usize) {
-        if let Some(count) = self.per_ip.get_mut(&ip) {
-            *count = count.saturating_sub(slots);
-            if *count == 0 {
-                self.per_ip.remove(&ip);
-            }
-        }
+        take_slots(&mut self.per_ip, &ip, slots);
     }
 
     /// Takes `slots` off the quota count of `username`.
     pub(super) fn forget_user(&mut self, username: &str, slots: usize) {
         let key = self.credentials.quota_key(username);
-        if let Some(count) = self.per_user.get_mut(key.as_ref()) {
-            *count = count.saturating_sub(slots);
-            if *count == 0 {
-                self.per_user.remove(key.as_ref());
-            }
-        }
+        take_slots(&mut self.per_user, key.as_ref(), slots);
     }
 
     /// Removes reservation `token` with its timer and its quota slot; the port stays claimed
@@ -645,5 +635,19 @@ impl Server {
             self.stats.allocations_deleted += 1;
         }
         info!(client = %five_tuple.client, expired, "allocation removed");
+    }
+}
+
+/// Takes `slots` off `key`'s count in `counts`, dropping the entry at zero.
+fn take_slots<K, Q>(counts: &mut super::HashMap<K, usize>, key: &Q, slots: usize)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(count) = counts.get_mut(key) {
+        *count = count.saturating_sub(slots);
+        if *count == 0 {
+            counts.remove(key);
+        }
     }
 }
