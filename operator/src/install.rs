@@ -75,8 +75,11 @@ fn read_rules() -> Vec<Value> {
                "resources": ["gatewayconfigs", "udproutes", "staticservices", "dataplanes"],
                "verbs": ["get", "list", "watch"]}),
         json!({"apiGroups": [""],
-               "resources": ["services", "secrets", "nodes", "namespaces"],
+               "resources": ["services", "nodes", "namespaces"],
                "verbs": ["get", "list", "watch"]}),
+        // Only the Secrets Gateways refer to, each by name: no list or watch, so the rest of
+        // the cluster's Secrets are never read.
+        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}),
         json!({"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
                "verbs": ["get", "list", "watch"]}),
         json!({"apiGroups": ["apps"], "resources": ["deployments", "daemonsets"],
@@ -108,7 +111,8 @@ fn operator_rules() -> Vec<Value> {
                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
         json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
-        // Each relay's copy of its TLS listeners' certificates (server-side apply only).
+        // Each relay's copy of its TLS listeners' certificates and of its credentials
+        // (server-side apply only).
         json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]}),
     ]);
     rules

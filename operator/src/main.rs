@@ -157,7 +157,8 @@ fn main() -> Result<()> {
                 let registry: ice::Registry = Arc::default();
                 let (addr, serving) = ice::serve(*listen, Arc::clone(&registry)).await?;
                 tracing::info!(%addr, "credential service listening");
-                let (caches, changes) = reconcile::start_caches(&client).await?;
+                let (caches, changes) =
+                    reconcile::start_caches(&client, &args.controller_names).await?;
                 let refresh = reconcile::refresh_registry(
                     caches,
                     changes,
@@ -190,7 +191,7 @@ fn main() -> Result<()> {
                     }
                     None => None,
                 };
-                let (caches, changes) = reconcile::start_caches(&client).await?;
+                let (caches, changes) = reconcile::start_caches(&client, &args.controller_names).await?;
                 let refresh = tokio::spawn(reconcile::refresh_registry(
                     Arc::clone(&caches),
                     changes.clone(),

@@ -59,8 +59,11 @@ pub fn render_all(
                 out.objects.push(serde_json::to_value(&rendered.role)?);
                 out.objects
                     .push(serde_json::to_value(&rendered.role_binding)?);
-                if let Some(certificates) = &rendered.certificates {
-                    out.objects.push(serde_json::to_value(certificates)?);
+                for secret in [&rendered.certificates, &rendered.credentials]
+                    .into_iter()
+                    .flatten()
+                {
+                    out.objects.push(serde_json::to_value(secret)?);
                 }
                 out.objects.push(match &rendered.workload {
                     Workload::Deployment(d) => serde_json::to_value(d)?,

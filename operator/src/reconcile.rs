@@ -10,7 +10,9 @@
 //!
 //! Inputs are read from watch caches ([`Caches`]); any change to any of them reconciles every
 //! Gateway (after a short debounce): rendering is cheap and a change to a Secret or an
-//! EndpointSlice can concern any Gateway.
+//! EndpointSlice can concern any Gateway. Secrets are the exception: only those Gateways of
+//! ours refer to are read, one `get` each, again every [`SECRET_REFRESH`]
+//! ([`ReferencedSecrets`]).
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::StreamExt;
@@ -191,8 +193,11 @@ async fn apply_objects(client: &Client, rendered: &Rendered) -> Result<(), Error
     ssa::<ServiceAccount>(client, ns, &rendered.service_account).await?;
     ssa::<Role>(client, ns, &rendered.role).await?;
     ssa::<RoleBinding>(client, ns, &rendered.role_binding).await?;
-    if let Some(certificates) = &rendered.certificates {
-        ssa::<Secret>(client, ns, certificates).await?;
+    for secret in [&rendered.certificates, &rendered.credentials]
+        .into_iter()
+        .flatten()
+    {
+        ssa::<Secret>(client, ns, secret).await?;
     }
     match &rendered.workload {
         Workload::Deployment(d) => ssa::<Deployment>(client, ns, d).await?,
@@ -477,7 +482,8 @@ pub struct Caches {
     pub dataplanes: Store<Dataplane>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
-    pub secrets: Store<Secret>,
+    /// Only the Secrets Gateways of ours refer to ([`ReferencedSecrets`]).
+    pub secrets: ReferencedSecrets,
     pub nodes: Store<Node>,
     pub namespaces: Store<Namespace>,
     pub deployments: Store<Deployment>,
@@ -521,7 +527,7 @@ impl Caches {
             dataplanes: self.dataplanes.state(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
-            secrets: self.secrets.state(),
+            secrets: self.secrets.all(),
             nodes: self.nodes.state(),
             namespaces: self.namespaces.state(),
             deployments: self.deployments.state(),
@@ -597,6 +603,7 @@ pub type Changes = tokio::sync::watch::Sender<()>;
 /// judged missing while loading. Returns the caches and a receiver told of every change.
 pub async fn start_caches(
     client: &Client,
+    controller_names: &[String],
 ) -> anyhow::Result<(Arc<Caches>, tokio::sync::watch::Receiver<()>)> {
     let (changed_tx, changed_rx) = tokio::sync::watch::channel(());
     // Gateway API's UDPRoute (experimental channel) and ReferenceGrant, if installed.
@@ -622,7 +629,7 @@ pub async fn start_caches(
         dataplanes: cache(client, changed_tx.clone()),
         services: cache(client, changed_tx.clone()),
         endpoint_slices: cache(client, changed_tx.clone()),
-        secrets: cache(client, changed_tx.clone()),
+        secrets: ReferencedSecrets::default(),
         nodes: cache(client, changed_tx.clone()),
         namespaces: cache(client, changed_tx.clone()),
         gateway_api_routes: udp_routes
@@ -638,7 +645,7 @@ pub async fn start_caches(
         ),
         daemon_sets: cache_selected(
             client,
-            changed_tx,
+            changed_tx.clone(),
             watcher::Config::default().labels(render::GATEWAY_LABEL),
         ),
     });
@@ -654,7 +661,6 @@ pub async fn start_caches(
         dataplanes,
         services,
         endpoint_slices,
-        secrets,
         nodes,
         namespaces,
         deployments,
@@ -666,8 +672,140 @@ pub async fn start_caches(
     {
         store.wait_until_ready().await?;
     }
-    info!("caches loaded");
+    // The Secrets last: which ones are read depends on the rest.
+    let settings = Settings {
+        controller_names: controller_names.to_vec(),
+        agent_image: String::new(),
+        now: Timestamp::now(),
+    };
+    caches
+        .secrets
+        .refresh(client, &caches.snapshot(), &settings, true)
+        .await;
+    tokio::spawn(keep_secrets_fresh(
+        client.clone(),
+        Arc::clone(&caches),
+        changed_tx,
+        settings,
+    ));
+    info!(secrets = caches.secrets.len(), "caches loaded");
     Ok((caches, changed_rx))
+}
+
+/// How often every referenced Secret is read again: how soon a rotated password or
+/// certificate reaches the relays' Secrets (the kubelet then updates the mounted files on its
+/// own sync, within about a minute, and the agents reload them within a second).
+pub const SECRET_REFRESH: Duration = Duration::from_secs(10);
+
+/// The Secrets Gateways of ours refer to ([`render::referenced_secrets`]), each read with a
+/// `get`: the operator holds no list or watch on Secrets, so it never sees, nor caches, the
+/// rest of the cluster's.
+#[derive(Default)]
+pub struct ReferencedSecrets {
+    read: std::sync::RwLock<std::collections::BTreeMap<(String, String), Arc<Secret>>>,
+}
+
+impl ReferencedSecrets {
+    pub fn all(&self) -> Vec<Arc<Secret>> {
+        self.read
+            .read()
+            .map(|read| read.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read.read().map_or(0, |read| read.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the Secrets `inputs` refer to: every one when `all`, else only those not read
+    /// yet; forgets those no longer referred to. True when what was read changed. A Secret
+    /// that cannot be read now (the API server away) keeps its last value.
+    pub async fn refresh(
+        &self,
+        client: &Client,
+        inputs: &Inputs,
+        settings: &Settings,
+        all: bool,
+    ) -> bool {
+        let wanted = render::referenced_secrets(inputs, settings);
+        let known: std::collections::BTreeSet<(String, String)> = self
+            .read
+            .read()
+            .map(|read| read.keys().cloned().collect())
+            .unwrap_or_default();
+        let to_read: Vec<&(String, String)> = wanted
+            .iter()
+            .filter(|key| all || !known.contains(*key))
+            .collect();
+        let results = futures::future::join_all(to_read.iter().map(|(namespace, name)| {
+            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            async move { api.get_opt(name).await }
+        }))
+        .await;
+        let Ok(mut read) = self.read.write() else {
+            return false;
+        };
+        let mut changed = false;
+        read.retain(|key, _| {
+            let keep = wanted.contains(key);
+            changed |= !keep;
+            keep
+        });
+        for (key, result) in to_read.into_iter().zip(results) {
+            match result {
+                Ok(Some(secret)) => {
+                    let version = |s: &Secret| s.metadata.resource_version.clone();
+                    if read.get(key).map(|old| version(old)) != Some(version(&secret)) {
+                        changed = true;
+                        read.insert(key.clone(), Arc::new(secret));
+                    }
+                }
+                Ok(None) => changed |= read.remove(key).is_some(),
+                Err(e) => {
+                    let (namespace, name) = key;
+                    warn!(%namespace, %name, error = %e, "cannot read a referenced Secret; keeping what was read before");
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// Keeps [`Caches::secrets`] fresh: a newly referenced Secret is read as soon as the reference
+/// appears, and every one again each [`SECRET_REFRESH`]; a change is announced on `changed`
+/// like any watched object's.
+async fn keep_secrets_fresh(
+    client: Client,
+    caches: Arc<Caches>,
+    changed: Changes,
+    mut settings: Settings,
+) {
+    let mut changes = changed.subscribe();
+    let mut refresh = tokio::time::interval(SECRET_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let all = tokio::select! {
+            result = changes.changed() => {
+                if result.is_err() {
+                    return;
+                }
+                false
+            }
+            _ = refresh.tick() => true,
+        };
+        settings.now = Timestamp::now();
+        if caches
+            .secrets
+            .refresh(&client, &caches.snapshot(), &settings, all)
+            .await
+        {
+            changed.send_replace(());
+        }
+    }
 }
 
 /// What the credential service hands out, from the caches: every Gateway of ours that renders.

@@ -452,7 +452,8 @@ const USED: &[(&str, &str, &[&str])] = &[
     ("stunner.l7mp.io", "dataplanes", &["list", "watch"]),
     ("", "services", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
-    ("", "secrets", &["list", "watch"]),
+    // Secrets: only those Gateways refer to, one `get` each (reconcile::ReferencedSecrets).
+    ("", "secrets", &["get"]),
     ("", "nodes", &["list", "watch"]),
     // Owned objects the controller watches (Controller::owns).
     ("", "configmaps", &["list", "watch"]),
@@ -546,9 +547,17 @@ fn the_cluster_role_covers_every_request_of_the_reconciler() {
             "{rule:?}"
         );
     }
-    for verb in ["update", "delete"] {
+    // The rest of the cluster's Secrets are never listed, watched nor cached.
+    for verb in ["update", "delete", "list", "watch"] {
         assert!(!covers(&rules, "", "secrets", verb), "{verb} secrets");
     }
+    // The agents read no Secret: theirs are mounted by the kubelet.
+    assert!(
+        !agent_rules
+            .iter()
+            .any(|rule| rule.resources.iter().flatten().any(|r| r == "secrets")),
+        "{agent_rules:?}"
+    );
 }
 
 /// The credential service reads what rendering reads and writes nothing.
@@ -573,5 +582,10 @@ fn the_credential_service_is_read_only() {
             covers(&rules, group, resource, "watch"),
             "{group}/{resource}"
         );
+    }
+    // Secrets as the operator reads them: by name only.
+    assert!(covers(&rules, "", "secrets", "get"));
+    for verb in ["list", "watch"] {
+        assert!(!covers(&rules, "", "secrets", verb), "{verb} secrets");
     }
 }

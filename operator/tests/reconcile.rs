@@ -19,7 +19,7 @@ use xturn_operator::{
     crd::UDPRouteStatus,
     ice::Registry,
     inputs::Inputs,
-    reconcile::{self, Context, Error, FINALIZER},
+    reconcile::{self, Context, Error, FINALIZER, ReferencedSecrets},
     render::{Outcome, Rendered, render_gateway},
 };
 
@@ -30,12 +30,13 @@ const ROUTE_STATUS_URI: &str =
     "/apis/stunner.l7mp.io/v1/namespaces/stunner/udproutes/media-route/status?";
 /// Server-side apply with our field manager, forcing conflicts.
 const APPLY: &str = "?&force=true&fieldManager=xturn-operator";
-/// The six applies of the seed's Gateway, in order.
-const APPLIES: [&str; 6] = [
+/// The seven applies of the seed's Gateway, in order.
+const APPLIES: [&str; 7] = [
     "/api/v1/namespaces/stunner/configmaps/stunner",
     "/api/v1/namespaces/stunner/serviceaccounts/stunner",
     "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner",
     "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner",
+    "/api/v1/namespaces/stunner/secrets/stunner-auth",
     "/apis/apps/v1/namespaces/stunner/deployments/stunner",
     "/api/v1/namespaces/stunner/services/stunner",
 ];
@@ -62,6 +63,17 @@ impl ApiServer {
     /// Takes the next request, which must be `method uri`, and answers `reply` (the request's
     /// own body when `None`, as an apply would).
     async fn expect(&mut self, method: &str, uri: &str, reply: Option<Value>) -> Seen {
+        self.expect_answered(method, uri, 200, reply).await
+    }
+
+    /// [`expect`](Self::expect), answered with `status`.
+    async fn expect_answered(
+        &mut self,
+        method: &str,
+        uri: &str,
+        status: u16,
+        reply: Option<Value>,
+    ) -> Seen {
         let next = timeout(Duration::from_secs(5), self.handle.next_request())
             .await
             .unwrap_or_else(|_| panic!("expected {method} {uri}, but no request came in 5 s"));
@@ -87,7 +99,7 @@ impl ApiServer {
         let reply = reply.unwrap_or_else(|| body.clone());
         send.send_response(
             Response::builder()
-                .status(200)
+                .status(status)
                 .header("content-type", "application/json")
                 .body(Body::from(serde_json::to_vec(&reply).unwrap()))
                 .unwrap(),
@@ -191,34 +203,44 @@ fn owner() -> Value {
     }])
 }
 
-/// Expects the six applies; checks each body is the rendered object, owned by the Gateway.
+/// Expects the applies, in order: the six objects every relay has, with its Secrets (TLS
+/// certificates, credentials) before the workload that mounts them; checks each body is the
+/// rendered object, owned by the Gateway.
 async fn expect_applies(server: &mut ApiServer, rendered: &Rendered) {
     let workload = match &rendered.workload {
         xturn_operator::render::Workload::Deployment(d) => serde_json::to_value(d).unwrap(),
         xturn_operator::render::Workload::DaemonSet(d) => serde_json::to_value(d).unwrap(),
     };
-    let objects = [
-        serde_json::to_value(&rendered.config_map).unwrap(),
-        serde_json::to_value(&rendered.service_account).unwrap(),
-        serde_json::to_value(&rendered.role).unwrap(),
-        serde_json::to_value(&rendered.role_binding).unwrap(),
-        workload,
+    let mut applies: Vec<(String, Value)> = APPLIES[..4]
+        .iter()
+        .map(|p| (*p).to_owned())
+        .zip([
+            serde_json::to_value(&rendered.config_map).unwrap(),
+            serde_json::to_value(&rendered.service_account).unwrap(),
+            serde_json::to_value(&rendered.role).unwrap(),
+            serde_json::to_value(&rendered.role_binding).unwrap(),
+        ])
+        .collect();
+    if let Some(certificates) = &rendered.certificates {
+        applies.push((
+            "/api/v1/namespaces/stunner/secrets/stunner-certificates".to_owned(),
+            serde_json::to_value(certificates).unwrap(),
+        ));
+    }
+    applies.push((
+        APPLIES[4].to_owned(),
+        serde_json::to_value(rendered.credentials.as_ref().unwrap()).unwrap(),
+    ));
+    applies.push((APPLIES[5].to_owned(), workload));
+    applies.push((
+        APPLIES[6].to_owned(),
         serde_json::to_value(&rendered.service).unwrap(),
-    ];
-    let kinds = [
-        "ConfigMap",
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "Deployment",
-        "Service",
-    ];
-    for ((path, object), kind) in APPLIES.iter().zip(objects).zip(kinds) {
+    ));
+    for (path, object) in applies {
         let seen = server
             .expect("PATCH", &format!("{path}{APPLY}"), None)
             .await;
         assert_eq!(seen.content_type, "application/apply-patch+yaml", "{path}");
-        assert_eq!(seen.body["kind"], kind, "{path}");
         assert_eq!(seen.body["metadata"]["ownerReferences"], owner(), "{path}");
         assert_eq!(seen.body, object, "{path}");
     }
@@ -742,13 +764,14 @@ async fn another_controllers_class_is_left_alone() {
     );
 }
 
-/// The six applies of the seed's Gateway with a DaemonSet Dataplane without `workloadName`:
+/// The seven applies of the seed's Gateway with a DaemonSet Dataplane without `workloadName`:
 /// every object is named after the Gateway.
-const DAEMON_SET_APPLIES: [&str; 6] = [
+const DAEMON_SET_APPLIES: [&str; 7] = [
     "/api/v1/namespaces/stunner/configmaps/stunner-gateway",
     "/api/v1/namespaces/stunner/serviceaccounts/stunner-gateway",
     "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/roles/stunner-gateway",
     "/apis/rbac.authorization.k8s.io/v1/namespaces/stunner/rolebindings/stunner-gateway",
+    "/api/v1/namespaces/stunner/secrets/stunner-gateway-auth",
     "/apis/apps/v1/namespaces/stunner/daemonsets/stunner-gateway",
     "/api/v1/namespaces/stunner/services/stunner-gateway",
 ];
@@ -855,7 +878,7 @@ async fn a_gateway_api_route_gets_its_status_in_gateway_apis_resource() {
 }
 
 /// A TLS listener's certificate is applied as the relay's own Secret before the workload that
-/// mounts it.
+/// mounts it, as are the credentials.
 #[tokio::test]
 async fn a_tls_gateway_applies_its_certificates_secret_before_the_workload() {
     let mut gateway = cluster_gateway(&seed(), &[FINALIZER]);
@@ -880,26 +903,81 @@ async fn a_tls_gateway_applies_its_certificates_secret_before_the_workload() {
         gateway.clone(),
         context(client, inputs.clone(), now(), Registry::default()),
     );
-    for path in &APPLIES[..4] {
-        server
-            .expect("PATCH", &format!("{path}{APPLY}"), None)
-            .await;
-    }
-    let secret = server
-        .expect(
-            "PATCH",
-            &format!("/api/v1/namespaces/stunner/secrets/stunner-certificates{APPLY}"),
-            None,
-        )
-        .await;
-    assert_eq!(
-        secret.body,
-        serde_json::to_value(expected.certificates.as_ref().unwrap()).unwrap()
-    );
-    for path in &APPLIES[4..] {
-        server
-            .expect("PATCH", &format!("{path}{APPLY}"), None)
-            .await;
-    }
+    // The certificates, then the credentials, each before the workload that mounts them.
+    assert!(expected.certificates.is_some() && expected.credentials.is_some());
+    expect_applies(&mut server, &expected).await;
     task.abort();
+}
+
+/// The operator reads the Secrets Gateways refer to with one `get` each — a newly referenced
+/// one at once, all of them again on each refresh — and announces a change only when one was
+/// rotated, appeared or went away.
+#[tokio::test]
+async fn referenced_secrets_are_read_one_get_each_and_changes_are_noticed() {
+    let mut inputs = seed_with(&["media-server.yaml"]);
+    inputs.secrets.clear();
+    let uri = "/api/v1/namespaces/stunner/secrets/stunner-credentials";
+    let secret = |version: &str, password: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "stunner-credentials", "namespace": "stunner",
+                            "resourceVersion": version},
+               "stringData": {"password": password}})
+    };
+    let secrets = Arc::new(ReferencedSecrets::default());
+    let (mut server, client) = ApiServer::new();
+    let refresh = |all: bool| {
+        let (secrets, client, inputs) = (Arc::clone(&secrets), client.clone(), inputs.clone());
+        tokio::spawn(async move { secrets.refresh(&client, &inputs, &settings(), all).await })
+    };
+    // The first read.
+    let task = refresh(false);
+    server.expect("GET", uri, Some(secret("1", "one"))).await;
+    assert!(task.await.unwrap());
+    let password = |secrets: &ReferencedSecrets| {
+        let all = secrets.all();
+        assert_eq!(all.len(), 1);
+        all[0].string_data.as_ref().unwrap()["password"].clone()
+    };
+    assert_eq!(password(&secrets), "one");
+    // Another change elsewhere: nothing new is referenced, nothing is read.
+    assert!(!refresh(false).await.unwrap());
+    // The periodic refresh: read again, unchanged.
+    let task = refresh(true);
+    server.expect("GET", uri, Some(secret("1", "one"))).await;
+    assert!(!task.await.unwrap());
+    // Rotated.
+    let task = refresh(true);
+    server.expect("GET", uri, Some(secret("2", "two"))).await;
+    assert!(task.await.unwrap());
+    assert_eq!(password(&secrets), "two");
+    // The API server away: the last value stays.
+    let task = refresh(true);
+    let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "reason": "InternalError", "code": 500, "message": "etcd down"});
+    server.expect_answered("GET", uri, 500, Some(failure)).await;
+    assert!(!task.await.unwrap());
+    assert_eq!(password(&secrets), "two");
+    // Deleted.
+    let task = refresh(true);
+    let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                      "reason": "NotFound", "code": 404, "message": "not found"});
+    server.expect_answered("GET", uri, 404, Some(gone)).await;
+    assert!(task.await.unwrap());
+    assert!(secrets.is_empty());
+    // No longer referenced (the Gateway is gone): forgotten without a request.
+    let task = refresh(false);
+    server.expect("GET", uri, Some(secret("3", "three"))).await;
+    assert!(task.await.unwrap());
+    let mut unreferenced = inputs.clone();
+    unreferenced.gateways.clear();
+    let (s, c) = (Arc::clone(&secrets), client.clone());
+    let changed =
+        tokio::spawn(async move { s.refresh(&c, &unreferenced, &settings(), true).await });
+    assert!(changed.await.unwrap());
+    assert!(secrets.is_empty());
+    drop(client);
+    assert!(
+        server.handle.next_request().await.is_none(),
+        "no other request"
+    );
 }

@@ -12,7 +12,10 @@ use xturn_operator::{
     ice::{IceAuth, IceSource, Transport},
     inputs::{Inputs, RouteApi},
     offline,
-    render::{Outcome, Refused, Rendered, Settings, Workload, render_gateway, route_status},
+    render::{
+        Outcome, Refused, Rendered, Settings, Workload, referenced_secrets, render_gateway,
+        route_status,
+    },
 };
 
 fn render(inputs: &Inputs, settings: &Settings) -> Rendered {
@@ -39,6 +42,23 @@ fn agent_config(rendered: &Rendered) -> Value {
     let typed: AgentConfig = serde_json::from_str(text).unwrap();
     assert_eq!(typed, rendered.config);
     serde_json::from_str(text).unwrap()
+}
+
+/// The agent's credentials Secret (`NAME-auth`) as text, key by key.
+fn agent_secret(rendered: &Rendered) -> std::collections::BTreeMap<String, String> {
+    let secret = rendered.credentials.as_ref().expect("a credentials Secret");
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some(format!("{}-auth", rendered.name).as_str())
+    );
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    secret
+        .data
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
+        .collect()
 }
 
 fn deployment(rendered: &Rendered) -> Value {
@@ -129,8 +149,18 @@ fn seed_renders_the_agent_config() {
         json!({
             "type": "ephemeral",
             "realm": "stunner.<domain>",
-            "credentials": {"secret": SEED_SECRET},
+            "credentials": {"secret_file": "/etc/xturn/auth/secret"},
         })
+    );
+    // The secret itself is in the agent's Secret, not in the ConfigMap.
+    assert_eq!(
+        agent_secret(&rendered),
+        [("secret".to_owned(), SEED_SECRET.to_owned())].into()
+    );
+    assert!(
+        !serde_json::to_string(&rendered.config_map)
+            .unwrap()
+            .contains(SEED_SECRET)
     );
     assert_eq!(
         config["listeners"],
@@ -288,6 +318,7 @@ fn seed_renders_a_deployment_named_by_the_dataplane_without_replicas() {
         json!([
             {"name": "state", "emptyDir": {}},
             {"name": "bpffs", "hostPath": {"path": "/sys/fs/bpf", "type": "Directory"}},
+            {"name": "auth", "secret": {"secretName": "stunner-auth"}},
         ])
     );
     assert_eq!(
@@ -295,6 +326,7 @@ fn seed_renders_a_deployment_named_by_the_dataplane_without_replicas() {
         json!([
             {"name": "state", "mountPath": "/var/lib/xturn"},
             {"name": "bpffs", "mountPath": "/sys/fs/bpf"},
+            {"name": "auth", "mountPath": "/etc/xturn/auth", "readOnly": true},
         ])
     );
 }
@@ -494,6 +526,7 @@ fn offline_render_of_the_seed_lists_objects_in_apply_order() {
             "ServiceAccount stunner/stunner",
             "Role stunner/stunner",
             "RoleBinding stunner/stunner",
+            "Secret stunner/stunner-auth",
             "Deployment stunner/stunner",
             "Service stunner/stunner",
         ]
@@ -513,7 +546,7 @@ fn offline_render_of_the_seed_lists_objects_in_apply_order() {
         ]
     );
     let yaml = offline::to_yaml(&out.objects).unwrap();
-    assert_eq!(yaml.matches("---\n").count(), 6);
+    assert_eq!(yaml.matches("---\n").count(), 7);
 }
 
 #[test]
@@ -1005,8 +1038,19 @@ fn static_auth_with_an_inline_password() {
         json!({
             "type": "static",
             "realm": "turn.example.com",
-            "credentials": {"username": "user-1", "password": "pass-1"},
+            "credentials": {
+                "username_file": "/etc/xturn/auth/username",
+                "password_file": "/etc/xturn/auth/password",
+            },
         })
+    );
+    assert_eq!(
+        agent_secret(&rendered),
+        [
+            ("username".to_owned(), "user-1".to_owned()),
+            ("password".to_owned(), "pass-1".to_owned())
+        ]
+        .into()
     );
     assert_eq!(
         rendered.ice.auth,
@@ -1037,8 +1081,19 @@ fn plaintext_auth_from_an_auth_ref_secret_with_base64_data() {
         json!({
             "type": "static",
             "realm": "stunner.l7mp.io",
-            "credentials": {"username": "alice", "password": "wonder"},
+            "credentials": {
+                "username_file": "/etc/xturn/auth/username",
+                "password_file": "/etc/xturn/auth/password",
+            },
         })
+    );
+    assert_eq!(
+        agent_secret(&rendered),
+        [
+            ("username".to_owned(), "alice".to_owned()),
+            ("password".to_owned(), "wonder".to_owned())
+        ]
+        .into()
     );
 }
 
@@ -1055,8 +1110,9 @@ fn ephemeral_auth_prefers_the_shared_secret_over_the_password() {
     let rendered = render(&inputs, &settings());
     assert_eq!(
         agent_config(&rendered)["auth"]["credentials"],
-        json!({"secret": "s3cret"})
+        json!({"secret_file": "/etc/xturn/auth/secret"})
     );
+    assert_eq!(agent_secret(&rendered)["secret"], "s3cret");
     assert_eq!(
         rendered.ice.auth,
         IceAuth::Rest {
@@ -1527,4 +1583,128 @@ fn stunner_route_status(
     gateway: &Gateway,
 ) -> xturn_operator::crd::UDPRouteStatus {
     route_status(inputs, &settings(), route, RouteApi::Stunner, &[gateway])
+}
+
+/// A rotated password reaches the agents' Secret (and the credential service) without
+/// changing their ConfigMap or pod template: no rollout, the agents reload the mounted file.
+#[test]
+fn a_rotated_secret_changes_the_agents_secret_not_its_config_or_pods() {
+    let before = render(&seed(), &settings());
+    let mut rotated = seed();
+    rotated.secrets.clear();
+    add(
+        &mut rotated,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: stunner-credentials, namespace: stunner}\n\
+         stringData: {password: rotated-secret}\n",
+    );
+    let after = render(&rotated, &settings());
+    assert_eq!(agent_secret(&after)["secret"], "rotated-secret");
+    assert_ne!(before.credentials, after.credentials);
+    assert_eq!(before.config_map, after.config_map);
+    assert_eq!(before.workload, after.workload);
+    assert!(matches!(&after.ice.auth, IceAuth::Rest { secret, .. } if secret == "rotated-secret"));
+}
+
+/// A STUN server only has no credentials: no Secret, nothing mounted.
+#[test]
+fn stun_mode_renders_no_credentials_secret() {
+    let mut inputs = seed();
+    inputs.gateway_configs.clear();
+    add(
+        &mut inputs,
+        "apiVersion: stunner.l7mp.io/v1\nkind: GatewayConfig\n\
+         metadata: {name: stunner-config, namespace: stunner}\n\
+         spec: {stunMode: true}\n",
+    );
+    let rendered = render(&inputs, &settings());
+    assert!(rendered.credentials.is_none());
+    let pod = &deployment(&rendered)["spec"]["template"]["spec"];
+    assert!(!pod["volumes"].to_string().contains("auth"), "{pod}");
+}
+
+/// The Secrets the operator reads are exactly those Gateways of ours may use: their
+/// GatewayConfig's (`authRef`, `password`, `sharedSecret`) and their TLS listeners'
+/// certificates, in their own namespace or granted by a ReferenceGrant; nothing else, and
+/// nothing a reference without a grant names.
+#[test]
+fn only_the_secrets_gateways_may_use_are_read() {
+    let pair = |ns: &str, name: &str| (ns.to_owned(), name.to_owned());
+    let mut inputs = seed();
+    assert_eq!(
+        referenced_secrets(&inputs, &settings()),
+        [pair("stunner", "stunner-credentials")].into()
+    );
+    // A TLS listener's certificate, one in another namespace (not granted), and a
+    // GatewayConfig password elsewhere (not granted either).
+    let mut gateway = the_gateway(&inputs);
+    gateway.spec.listeners = serde_json::from_value(json!([
+        {"name": "tls", "port": 443, "protocol": "TURN-TLS",
+         "tls": {"certificateRefs": [{"name": "turn-cert"}, {"name": "theirs", "namespace": "other"}]}},
+    ]))
+    .unwrap();
+    inputs.gateways = vec![std::sync::Arc::new(gateway)];
+    inputs.gateway_configs.clear();
+    add(
+        &mut inputs,
+        "apiVersion: stunner.l7mp.io/v1\nkind: GatewayConfig\n\
+         metadata: {name: stunner-config, namespace: stunner}\n\
+         spec: {authType: longterm, sharedSecret: {name: shared, namespace: vault, key: s}}\n",
+    );
+    assert_eq!(
+        referenced_secrets(&inputs, &settings()),
+        [pair("stunner", "turn-cert")].into()
+    );
+    // Granted, both are read; and rendering uses the granted password.
+    add(
+        &mut inputs,
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+         metadata: {name: g, namespace: vault}\n\
+         spec: {from: [{group: stunner.l7mp.io, kind: GatewayConfig, namespace: stunner}], \
+         to: [{group: '', kind: Secret}]}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+         metadata: {name: g, namespace: other}\n\
+         spec: {from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: stunner}], \
+         to: [{group: '', kind: Secret, name: theirs}]}\n",
+    );
+    assert_eq!(
+        referenced_secrets(&inputs, &settings()),
+        [
+            pair("other", "theirs"),
+            pair("stunner", "turn-cert"),
+            pair("vault", "shared")
+        ]
+        .into()
+    );
+}
+
+/// A `password` or `sharedSecret` in another namespace needs a ReferenceGrant there, as
+/// `authRef` does: a GatewayConfig cannot copy another namespace's Secret into its relays.
+#[test]
+fn a_password_in_another_namespace_needs_a_reference_grant() {
+    let mut inputs = seed();
+    inputs.gateway_configs.clear();
+    add(
+        &mut inputs,
+        "apiVersion: stunner.l7mp.io/v1\nkind: GatewayConfig\n\
+         metadata: {name: stunner-config, namespace: stunner}\n\
+         spec: {authType: longterm, password: {name: shared, namespace: vault, key: s}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: shared, namespace: vault}\n\
+         stringData: {s: vault-secret}\n",
+    );
+    assert_eq!(
+        refused(&inputs).reason,
+        "password: Secret vault/shared is in another namespace and no ReferenceGrant there \
+         allows GatewayConfigs of stunner to use it"
+    );
+    add(
+        &mut inputs,
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+         metadata: {name: g, namespace: vault}\n\
+         spec: {from: [{group: stunner.l7mp.io, kind: GatewayConfig, namespace: stunner}], \
+         to: [{group: '', kind: Secret, name: shared}]}\n",
+    );
+    assert_eq!(
+        agent_secret(&render(&inputs, &settings()))["secret"],
+        "vault-secret"
+    );
 }

@@ -111,6 +111,17 @@ pub struct Credentials {
     /// with none, or with 0 there, is refused, as is one whose expiry has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// xturn: read `username` from this file (absolute path) instead, and again whenever the
+    /// file changes. What the operator writes: the values live in a Secret mounted into the
+    /// agent's pod, never in the ConfigMap. One trailing newline is not part of the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<String>,
+    /// xturn: `password` from a file, like `username_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// xturn: `secret` from a file, like `username_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
 }
 
 /// Secrets stay out of logs and test failure messages.
@@ -121,6 +132,9 @@ impl fmt::Debug for Credentials {
             .field("username", &self.username)
             .field("password", &hidden(&self.password))
             .field("secret", &hidden(&self.secret))
+            .field("username_file", &self.username_file)
+            .field("password_file", &self.password_file)
+            .field("secret_file", &self.secret_file)
             .finish()
     }
 }
@@ -297,6 +311,9 @@ pub fn parse_with_env(
             username: credentials.username.map(|v| restore(v, &references)),
             password: credentials.password.map(|v| restore(v, &references)),
             secret: credentials.secret.map(|v| restore(v, &references)),
+            username_file: credentials.username_file.map(|v| restore(v, &references)),
+            password_file: credentials.password_file.map(|v| restore(v, &references)),
+            secret_file: credentials.secret_file.map(|v| restore(v, &references)),
         });
     }
     // The unset variables outside the credentials (whose text stays out of messages).

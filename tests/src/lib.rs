@@ -6,6 +6,7 @@ pub mod admin;
 pub mod clients;
 pub mod fake_kube;
 pub mod netns;
+pub mod pod_files;
 /// Crafted Ethernet frames (they live with the packet layouts in `relay-ebpf`).
 pub use relay_ebpf::frames as packet;
 pub mod topology;

@@ -6,10 +6,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use relay_user::config::{Transport, XturndArgs, resolve};
+use relay_user::config::{Transport, XturndArgs, resolve_text};
+use serde_json::Value;
 use xturn_operator::inputs::Inputs;
 use xturn_operator::offline::render_all;
 use xturn_operator::render::Settings;
+use xturn_tests::pod_files::PodFiles;
 
 const POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 
@@ -47,28 +49,47 @@ fn inputs(edit: &dyn Fn(&str, String) -> Option<String>) -> Inputs {
     inputs
 }
 
-/// The `stunnerd.conf` of every ConfigMap rendered from `inputs`.
-fn rendered_configs(inputs: &Inputs) -> Vec<String> {
+/// The `stunnerd.conf` of every ConfigMap rendered from `inputs`, with the files of its
+/// relay's pod (the mounted credentials).
+fn rendered_configs(inputs: &Inputs) -> Vec<(String, PodFiles)> {
     let settings = Settings::new(
         "registry.test/xturnd:1",
         "2026-12-04T00:00:00Z".parse().expect("time"),
     );
     let offline = render_all(inputs, &settings, Some("198.18.0.1")).expect("renders");
+    let secrets: Vec<Value> = offline
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "Secret")
+        .cloned()
+        .collect();
     offline
         .objects
         .iter()
         .filter(|o| o["kind"] == "ConfigMap")
         .map(|o| {
-            o["data"][stunner_config::CONFIG_KEY]
+            let name = &o["metadata"]["name"];
+            let workload = offline
+                .objects
+                .iter()
+                .find(|w| {
+                    ["Deployment", "DaemonSet"].contains(&w["kind"].as_str().unwrap_or_default())
+                        && w["metadata"]["name"] == *name
+                })
+                .expect("the ConfigMap's workload");
+            let files = PodFiles::of(&workload["spec"]["template"]["spec"], &secrets);
+            let text = o["data"][stunner_config::CONFIG_KEY]
                 .as_str()
                 .expect("stunnerd.conf")
-                .to_owned()
+                .to_owned();
+            (text, files)
         })
         .collect()
 }
 
-/// Reads `text` as the agent does, with `$STUNNER_ADDR` set as the pod's downward API sets it.
-fn agent_reads(text: &str) -> relay_user::config::Config {
+/// Reads `text` as the agent does, with `$STUNNER_ADDR` set as the pod's downward API sets it
+/// and the pod's mounted `files`.
+fn agent_reads(text: &str, files: &PodFiles) -> relay_user::config::Config {
     let file = stunner_config::parse(text).expect("the schema reads what the operator wrote");
     assert_eq!(
         stunner_config::to_json(&file).expect("serialises"),
@@ -76,8 +97,26 @@ fn agent_reads(text: &str) -> relay_user::config::Config {
         "read back and written again, the configuration is unchanged"
     );
     let env = |name: &str| (name == "STUNNER_ADDR").then(|| POD_ADDR.to_string());
-    resolve(&XturndArgs::default(), Some(&file), &env)
-        .unwrap_or_else(|e| panic!("the agent refused a rendered configuration: {e}\n{text}"))
+    let config = resolve_text(&XturndArgs::default(), text, "rendered", &env, &|path| {
+        files.read(path)
+    })
+    .unwrap_or_else(|e| panic!("the agent refused a rendered configuration: {e}\n{text}"));
+    // Every credential comes from the mounted Secret; no password or secret is in the
+    // ConfigMap (a user name is no secret, and "stunner" is in it anyway).
+    assert!(!config.credential_files.is_empty() || config.stun_only);
+    for path in config
+        .credential_files
+        .iter()
+        .filter(|p| !p.ends_with("username"))
+    {
+        let value = files.read(path).expect("mounted");
+        assert!(
+            !text.contains(value.trim_end()),
+            "{} is in the ConfigMap",
+            path.display()
+        );
+    }
+    config
 }
 
 #[test]
@@ -114,7 +153,7 @@ fn every_rendered_configuration_is_accepted_unchanged() {
     for (what, edit, listeners) in variants {
         let configs = rendered_configs(&inputs(&*edit));
         assert_eq!(configs.len(), 1, "{what}: one Gateway, one ConfigMap");
-        let config = agent_reads(&configs[0]);
+        let config = agent_reads(&configs[0].0, &configs[0].1);
         assert_eq!(config.listeners.len(), listeners, "{what}");
         assert!(
             config

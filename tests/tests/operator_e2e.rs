@@ -15,8 +15,12 @@ use std::{
 
 use xturn_tests::{
     clients::{PEER_PORT, log_path, start_echo_peers, uclient, xturnctl_ping},
+    pod_files::PodFiles,
     topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology, binary},
 };
+
+/// The seed's shared secret (deploy/examples/stunner-seed/00-gatewayclass.yaml).
+const SEED_SECRET: &str = "change-me-to-a-long-random-secret";
 
 fn manifests() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -32,8 +36,9 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
-/// `xturn-operator render -f FILES`: the agent configuration in the rendered ConfigMap.
-fn rendered_agent_config(files: &[PathBuf]) -> String {
+/// `xturn-operator render -f FILES`: the agent configuration in the rendered ConfigMap, and
+/// the files its pod would have mounted (the credentials Secret).
+fn rendered_agent_config(files: &[PathBuf]) -> (String, PodFiles) {
     let mut cmd = Command::new(binary("xturn-operator"));
     cmd.arg("render");
     for f in files {
@@ -64,11 +69,37 @@ fn rendered_agent_config(files: &[PathBuf]) -> String {
     let parsed: serde_json::Value =
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(parsed["auth"]["type"], "ephemeral");
+    // The shared secret is not in the ConfigMap: the agent reads it from its mounted Secret.
+    assert_eq!(
+        parsed["auth"]["credentials"],
+        serde_json::json!({"secret_file": "/etc/xturn/auth/secret"})
+    );
+    assert!(!stdout.contains(SEED_SECRET) && !config_map.contains(SEED_SECRET));
+    let objects: Vec<serde_json::Value> = stdout
+        .split("\n---\n")
+        .map(|doc| serde_norway::from_str(doc.trim_start_matches("---\n")).expect("YAML"))
+        .collect();
+    let pod = &objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment")["spec"]["template"]["spec"];
+    let secrets: Vec<serde_json::Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Secret")
+        .cloned()
+        .collect();
+    let mounted = PodFiles::of(pod, &secrets);
+    assert_eq!(
+        mounted
+            .read(std::path::Path::new("/etc/xturn/auth/secret"))
+            .expect("mounted"),
+        SEED_SECRET
+    );
     assert_eq!(
         parsed["clusters"][0]["endpoints"],
         serde_json::json!(["10.96.0.10", "198.18.2.2"])
     );
-    body
+    (body, mounted)
 }
 
 fn http_get(topology: &Topology, addr: SocketAddr, path: &str) -> (u16, String) {
@@ -110,10 +141,13 @@ fn http_get(topology: &Topology, addr: SocketAddr, path: &str) -> (u16, String) 
 #[test]
 fn seed_manifests_render_to_a_working_relay_with_minted_credentials() {
     let files = manifests();
-    let config = rendered_agent_config(&files);
+    let (config, mounted) = rendered_agent_config(&files);
     let dir = std::env::temp_dir().join(format!("xturn-operator-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let config_path = dir.join("stunnerd.conf");
+    // The pod's Secret volume, under the scratch directory: the configuration's paths too.
+    mounted.write_under(&dir).expect("write the mounted files");
+    let config = config.replace("\"/etc/xturn/", &format!("\"{}/etc/xturn/", dir.display()));
     std::fs::write(&config_path, &config).expect("write config");
 
     let topology = Topology::new();

@@ -21,6 +21,7 @@ use xturn_operator::{
     offline::render_all,
     render::{Outcome, Rendered, Settings, Workload, render_gateway},
 };
+use xturn_tests::pod_files::PodFiles;
 
 const AGENT_IMAGE: &str = "registry.test/xturnd:1";
 const POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
@@ -77,6 +78,16 @@ fn pod_spec(rendered: &Rendered) -> Value {
     workload["spec"]["template"]["spec"].clone()
 }
 
+/// What `rendered`'s pod reads at `path`: a file of one of its Secret volumes.
+fn mounted(rendered: &Rendered, path: &Path) -> std::io::Result<String> {
+    let secrets: Vec<Value> = [&rendered.certificates, &rendered.credentials]
+        .into_iter()
+        .flatten()
+        .map(|s| serde_json::to_value(s).expect("serialises"))
+        .collect();
+    PodFiles::of(&pod_spec(rendered), &secrets).read(path)
+}
+
 /// The agent as its pod would start it: the container's command line parsed by xturnd's own
 /// argument parser, the ConfigMap's text read with the pod's environment.
 fn agent_starts(example: &str, rendered: &Rendered) -> relay_user::config::Config {
@@ -104,7 +115,7 @@ fn agent_starts(example: &str, rendered: &Rendered) -> relay_user::config::Confi
         "STUNNER_ADDR" => Some(POD_ADDR.to_string()),
         _ => None,
     };
-    resolve_text(&args, text, example, &env)
+    resolve_text(&args, text, example, &env, &|path| mounted(rendered, path))
         .unwrap_or_else(|e| panic!("{example}: the agent refuses its configuration: {e}\n{text}"))
 }
 

@@ -61,6 +61,8 @@ pub const MANAGED_BY: &str = "xturn-operator";
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 /// Where TLS listener certificates are mounted in the agent's container.
 pub const TLS_MOUNT_ROOT: &str = "/etc/xturn/tls";
+/// Where the agent's credentials Secret (`NAME-auth`) is mounted in its container.
+pub const AUTH_MOUNT_ROOT: &str = "/etc/xturn/auth";
 /// The namespace label of Pod Security admission's enforced level.
 pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// The Gateway condition listing what was translated or left out (`Rendered::notes`).
@@ -118,6 +120,9 @@ pub struct Rendered {
     pub service: Service,
     /// The TLS listeners' certificates (`NAME-certificates`), when there are TLS listeners.
     pub certificates: Option<Secret>,
+    /// The credentials the agent authenticates with (`NAME-auth`), unless it is a STUN server
+    /// only; mounted at [`AUTH_MOUNT_ROOT`], so they stay out of the ConfigMap.
+    pub credentials: Option<Secret>,
     pub status: GatewayStatus,
     pub ice: IceSource,
     /// What was translated or left out on the way (a STUNner Dataplane's image and flags, a
@@ -388,6 +393,7 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         Err(e) => return refuse("Invalid", format!("cannot serialise the agent config: {e}")),
     };
     let certificates_name = format!("{name}-certificates");
+    let credentials_name = format!("{name}-auth");
     let rendered = (|| -> Result<Rendered, serde_json::Error> {
         let mut exposed = BTreeSet::new();
         let service = service(
@@ -471,12 +477,26 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         let certificates = if certificates.is_empty() {
             None
         } else {
-            Some(certificates_secret(
+            Some(opaque_secret(
                 &certificates_name,
                 &namespace,
                 &labels,
                 owner.as_ref(),
-                &certificates,
+                certificates_data(&certificates),
+            )?)
+        };
+        let credentials = if auth.secret_data.is_empty() {
+            None
+        } else {
+            Some(opaque_secret(
+                &credentials_name,
+                &namespace,
+                &labels,
+                owner.as_ref(),
+                auth.secret_data
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone().into_bytes()))
+                    .collect(),
             )?)
         };
         let workload = workload(&WorkloadParts {
@@ -491,6 +511,7 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
             config: &config,
             agent: &agent,
             certificates: certificates.as_ref().map(|_| certificates_name.as_str()),
+            credentials: credentials.as_ref().map(|_| credentials_name.as_str()),
         })?;
         Ok(Rendered {
             name: name.clone(),
@@ -503,6 +524,7 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
             workload,
             service,
             certificates,
+            credentials,
             status,
             ice,
             notes: notes.clone(),
@@ -512,6 +534,38 @@ pub fn render_gateway(inputs: &Inputs, settings: &Settings, gateway: &Gateway) -
         Ok(rendered) => Outcome::Rendered(Box::new(rendered)),
         Err(e) => refuse("Invalid", format!("cannot build the objects: {e}")),
     }
+}
+
+/// Every Secret (namespace, name) the Gateways of ours may read: their GatewayConfig's
+/// credentials and their TLS listeners' certificates, where the reference is allowed (same
+/// namespace, or a ReferenceGrant). The operator reads exactly these, one `get` each, and holds
+/// no list or watch on Secrets.
+pub fn referenced_secrets(inputs: &Inputs, settings: &Settings) -> BTreeSet<(String, String)> {
+    let mut secrets = BTreeSet::new();
+    for gateway in &inputs.gateways {
+        let Some(class) = inputs.gateway_class(&gateway.spec.gateway_class_name) else {
+            continue;
+        };
+        if !is_our_class(class, settings) {
+            continue;
+        }
+        if let Ok(gwconfig) = class_parameters(inputs, class) {
+            secrets.extend(gateway_config_secrets(inputs, gwconfig));
+        }
+        let namespace = namespace_of(gateway.as_ref());
+        let references = gateway
+            .spec
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref()?.certificate_refs.as_ref())
+            .flatten();
+        for reference in references {
+            if let Ok(secret) = certificate_secret(inputs, &namespace, reference) {
+                secrets.insert(secret);
+            }
+        }
+    }
+    secrets
 }
 
 /// The name of the objects a Gateway of ours gets (its Dataplane's `workloadName`, else its own

@@ -126,6 +126,8 @@ pub(super) struct WorkloadParts<'a> {
     pub agent: &'a AgentCommand,
     /// The Secret of the TLS listeners' certificates, if any.
     pub certificates: Option<&'a str>,
+    /// The Secret of the agent's credentials, if any.
+    pub credentials: Option<&'a str>,
 }
 
 pub(super) fn workload(parts: &WorkloadParts<'_>) -> Result<Workload, serde_json::Error> {
@@ -141,6 +143,7 @@ pub(super) fn workload(parts: &WorkloadParts<'_>) -> Result<Workload, serde_json
         config,
         agent,
         certificates,
+        credentials,
     } = *parts;
     let gateway_name = gateway.name_any();
     // The Dataplane's labels and annotations first: the ones tooling relies on win.
@@ -203,6 +206,12 @@ pub(super) fn workload(parts: &WorkloadParts<'_>) -> Result<Workload, serde_json
     if let Some(secret) = certificates {
         volumes.push(json!({"name": "certificates", "secret": {"secretName": secret}}));
         mounts.push(json!({"name": "certificates", "mountPath": TLS_MOUNT_ROOT, "readOnly": true}));
+    }
+    // The kubelet rewrites the files when the Secret changes; the agent notices within a
+    // second and takes the new credentials without a restart.
+    if let Some(secret) = credentials {
+        volumes.push(json!({"name": "auth", "secret": {"secretName": secret}}));
+        mounts.push(json!({"name": "auth", "mountPath": AUTH_MOUNT_ROOT, "readOnly": true}));
     }
     args.extend(agent.extra_args.iter().cloned());
     let mut env = vec![
@@ -567,17 +576,32 @@ pub(super) fn service(
     }))
 }
 
-/// The Secret holding the TLS listeners' certificates and keys (`LISTENER.crt`,
+/// The TLS listeners' certificates and keys as a Secret's data (`LISTENER.crt`,
 /// `LISTENER.key`), mounted at [`TLS_MOUNT_ROOT`]. Copied from the listeners'
 /// `certificateRefs`, so that Secrets of other namespaces (with a ReferenceGrant) and STUNner's
 /// key names (`tls.crt`, `crt`, `cert`; `tls.key`, `key`) all work; the operator rewrites it when
 /// the source changes, and the agent reloads the files.
-pub(super) fn certificates_secret(
+pub(super) fn certificates_data(
+    certificates: &BTreeMap<String, (String, String)>,
+) -> BTreeMap<String, Vec<u8>> {
+    certificates
+        .iter()
+        .flat_map(|(listener, (cert, key))| {
+            [
+                (format!("{listener}.crt"), cert.as_bytes().to_vec()),
+                (format!("{listener}.key"), key.as_bytes().to_vec()),
+            ]
+        })
+        .collect()
+}
+
+/// An Opaque Secret of the relay's, holding `data`: its certificates, or its credentials.
+pub(super) fn opaque_secret(
     name: &str,
     namespace: &str,
     labels: &BTreeMap<String, String>,
     owner: Option<&OwnerReference>,
-    certificates: &BTreeMap<String, (String, String)>,
+    data: BTreeMap<String, Vec<u8>>,
 ) -> Result<Secret, serde_json::Error> {
     let mut secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
@@ -585,20 +609,8 @@ pub(super) fn certificates_secret(
         "type": "Opaque",
     }))?;
     secret.data = Some(
-        certificates
-            .iter()
-            .flat_map(|(listener, (cert, key))| {
-                [
-                    (
-                        format!("{listener}.crt"),
-                        ByteString(cert.as_bytes().to_vec()),
-                    ),
-                    (
-                        format!("{listener}.key"),
-                        ByteString(key.as_bytes().to_vec()),
-                    ),
-                ]
-            })
+        data.into_iter()
+            .map(|(key, value)| (key, ByteString(value)))
             .collect(),
     );
     Ok(secret)

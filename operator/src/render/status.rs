@@ -5,8 +5,8 @@ use std::{
 };
 
 use gateway_api::apis::standard::gateways::{
-    Gateway, GatewayListeners, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
-    GatewayStatusListenersSupportedKinds,
+    Gateway, GatewayListeners, GatewayListenersTlsCertificateRefs, GatewayStatus,
+    GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
 };
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -195,20 +195,13 @@ fn listener_certificate(
         })?;
     let mut problems = Vec::new();
     for r in references {
-        if r.kind.as_deref().unwrap_or("Secret") != "Secret"
-            || !matches!(r.group.as_deref(), None | Some("" | "v1"))
-        {
-            problems.push(format!("{}: only core Secrets are supported", r.name));
-            continue;
-        }
-        let ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
-        if ns != namespace && !inputs.reference_granted(&namespace, "Gateway", &ns, &r.name) {
-            problems.push(format!(
-                "{ns}/{}: no ReferenceGrant in {ns} lets Gateways of {namespace} use it",
-                r.name
-            ));
-            continue;
-        }
+        let ns = match certificate_secret(inputs, &namespace, r) {
+            Ok((ns, _)) => ns,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
         let Some(secret) = inputs.secret(&ns, &r.name) else {
             problems.push(format!("Secret {ns}/{} not found", r.name));
             continue;
@@ -226,6 +219,29 @@ fn listener_certificate(
         }
     }
     Err(format!("certificateRefs: {}", problems.join("; ")))
+}
+
+/// The Secret (namespace, name) a listener's certificateRef names, in the Gateway's
+/// `namespace` unless it says otherwise — or why it may not be used: not a core Secret, or in
+/// another namespace without a ReferenceGrant there.
+pub(super) fn certificate_secret(
+    inputs: &Inputs,
+    namespace: &str,
+    r: &GatewayListenersTlsCertificateRefs,
+) -> Result<(String, String), String> {
+    if r.kind.as_deref().unwrap_or("Secret") != "Secret"
+        || !matches!(r.group.as_deref(), None | Some("" | "v1"))
+    {
+        return Err(format!("{}: only core Secrets are supported", r.name));
+    }
+    let ns = r.namespace.clone().unwrap_or_else(|| namespace.to_owned());
+    if ns != namespace && !inputs.reference_granted(namespace, "Gateway", &ns, &r.name) {
+        return Err(format!(
+            "{ns}/{}: no ReferenceGrant in {ns} lets Gateways of {namespace} use it",
+            r.name
+        ));
+    }
+    Ok((ns, r.name.clone()))
 }
 
 /// A Gateway API condition; the transition time of the Gateway's current condition of the same

@@ -278,9 +278,10 @@ async fn run(
     );
 
     let mut config = config;
-    // SIGHUP reloads the configuration, as does a change to the --config file.
+    // SIGHUP reloads the configuration, as does a change to the --config file or to a
+    // credential file it names.
     let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut watched = ConfigFile::new(args.config.as_deref());
+    let mut watched = WatchedFiles::new(args.config.as_deref(), &config.credential_files);
     let mut tick = tokio::time::interval(CONFIG_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // --config-map: the ConfigMap's changes, as they happen.
@@ -333,12 +334,14 @@ async fn run(
             _ = tick.tick() => {
                 if watched.changed() {
                     let loaded = load(args, &config_map);
-                    reload(loaded, &mut config, &running, &host_ips, &names.borrow(), &admin, "config file changed");
+                    reload(loaded, &mut config, &running, &host_ips, &names.borrow(), &admin, "a configuration or credential file changed");
                     dns_hosts.send_if_modified(|hosts| replace(hosts, config.dns_hosts()));
                 }
             }
             failure = running.task_failed() => anyhow::bail!("{failure}; stopping so a supervisor can restart xturnd"),
         }
+        // A reload may have named other credential files.
+        watched.watch(args.config.as_deref(), &config.credential_files);
     }
     admin.set_phase(Phase::Draining);
     running.set_draining(true);
@@ -547,39 +550,58 @@ fn build_core(config: &Config, host_ips: &[IpAddr], names: &ResolvedNames) -> Re
     ))
 }
 
-/// How often the configuration file is checked for changes.
+/// How often the configuration and credential files are checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
 
-/// The configuration file's identity (modification time and size), to notice edits, renames
-/// into place and ConfigMap updates (which swap a symlink).
-struct ConfigFile {
-    path: Option<std::path::PathBuf>,
-    seen: Option<(std::time::SystemTime, u64)>,
+/// The files the configuration comes from — the `--config` file and the credential files it
+/// names (`auth.credentials.password_file`, ...) — by content, to notice edits, renames into
+/// place and the kubelet's updates of a mounted ConfigMap or Secret (which swap a symlink).
+/// Their contents are kept only as a hash.
+struct WatchedFiles {
+    files: Vec<(std::path::PathBuf, Option<u64>)>,
 }
 
-impl ConfigFile {
-    fn new(path: Option<&std::path::Path>) -> ConfigFile {
-        let mut file = ConfigFile {
-            path: path.map(std::path::Path::to_path_buf),
-            seen: None,
-        };
-        file.seen = file.stamp();
-        file
+impl WatchedFiles {
+    fn new(config: Option<&std::path::Path>, credentials: &[std::path::PathBuf]) -> WatchedFiles {
+        let mut watched = WatchedFiles { files: Vec::new() };
+        watched.watch(config, credentials);
+        watched
     }
 
-    fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
-        let meta = std::fs::metadata(self.path.as_ref()?).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
+    fn digest(path: &std::path::Path) -> Option<u64> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let bytes = std::fs::read(path).ok()?;
+        Some(BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes))
     }
 
-    /// True once per change of the file.
-    fn changed(&mut self) -> bool {
-        let now = self.stamp();
-        if now.is_some() && now != self.seen {
-            self.seen = now;
-            return true;
+    /// Watches these files from now on (a reload may name other credential files); a file
+    /// watched already keeps what was seen of it.
+    fn watch(&mut self, config: Option<&std::path::Path>, credentials: &[std::path::PathBuf]) {
+        let previous = std::mem::take(&mut self.files);
+        for path in config
+            .into_iter()
+            .chain(credentials.iter().map(AsRef::as_ref))
+        {
+            let seen = previous
+                .iter()
+                .find(|(p, _)| p == path)
+                .map_or_else(|| Self::digest(path), |(_, seen)| *seen);
+            self.files.push((path.to_path_buf(), seen));
         }
-        false
+    }
+
+    /// True once per change of any of the files (one that cannot be read is a change when it
+    /// comes back, not when it goes: a half-rotated mount leaves the running values in force).
+    fn changed(&mut self) -> bool {
+        let mut changed = false;
+        for (path, seen) in &mut self.files {
+            let now = Self::digest(path);
+            if now.is_some() && now != *seen {
+                *seen = now;
+                changed = true;
+            }
+        }
+        changed
     }
 }
 
@@ -622,6 +644,7 @@ fn reload(
     }
     config.users = new.users;
     config.auth_secrets = new.auth_secrets;
+    config.credential_files = new.credential_files;
     config.clusters = new.clusters;
     config.allow_loopback_peers = new.allow_loopback_peers;
     config.log_level = new.log_level;

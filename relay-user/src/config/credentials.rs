@@ -167,3 +167,73 @@ pub(super) fn check_realm(field: &str, realm: &str) -> Result<String, ConfigErro
     }
     Ok(realm.to_owned())
 }
+
+/// Reads every `auth.credentials.*_file` into its value (through `read`, so tests need no
+/// files) and returns the files read, which the agent then watches: a Secret mounted into the
+/// pod is rewritten by the kubelet when it changes, and the agent reloads. One trailing
+/// newline (`\n` or `\r\n`, as `echo` or an editor leaves) is not part of the value.
+pub(super) fn read_credential_files(
+    auth: Option<&mut FileAuth>,
+    read: &dyn Fn(&Path) -> std::io::Result<String>,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let Some(credentials) = auth.and_then(|a| a.credentials.as_mut()) else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    let FileCredentials {
+        username,
+        password,
+        secret,
+        username_file,
+        password_file,
+        secret_file,
+    } = credentials;
+    for (name, value, file) in [
+        ("username", username, username_file),
+        ("password", password, password_file),
+        ("secret", secret, secret_file),
+    ] {
+        let Some(path) = file.take() else { continue };
+        let field = format!("auth.credentials.{name}_file");
+        if value.is_some() {
+            return Err(invalid(
+                field,
+                format!("give {name} or {name}_file, not both"),
+            ));
+        }
+        if path.is_empty() {
+            return Err(invalid(field, "empty path"));
+        }
+        let path = PathBuf::from(path);
+        let text = read(&path)
+            .map_err(|e| invalid(&field, format!("cannot read {}: {e}", path.display())))?;
+        let text = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        *value = Some(text.to_owned());
+        files.push(path);
+    }
+    Ok(files)
+}
+
+/// The error for `*_file` credentials that reached [`resolve`](super::resolve) unread: only
+/// the loading functions read files.
+pub(super) fn unread_credential_files(auth: Option<&FileAuth>) -> Result<(), ConfigError> {
+    let Some(credentials) = auth.and_then(|a| a.credentials.as_ref()) else {
+        return Ok(());
+    };
+    for (name, file) in [
+        ("username_file", &credentials.username_file),
+        ("password_file", &credentials.password_file),
+        ("secret_file", &credentials.secret_file),
+    ] {
+        if file.is_some() {
+            return Err(invalid(
+                format!("auth.credentials.{name}"),
+                "files are read by config::load and load_text, not by resolve",
+            ));
+        }
+    }
+    Ok(())
+}

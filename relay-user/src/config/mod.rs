@@ -378,6 +378,9 @@ pub struct Config {
     pub auth_secrets: Vec<String>,
     /// A STUN server only (`auth.type: none` and no credential flags): TURN requests get 403.
     pub stun_only: bool,
+    /// The files `users` and `auth_secrets` were read from (`auth.credentials.*_file`): a
+    /// change to any of them reloads the configuration.
+    pub credential_files: Vec<PathBuf>,
     /// Test-only: loopback peers pass the deny list.
     pub allow_loopback_peers: bool,
     /// `0 < default_lifetime <= max_lifetime`.
@@ -527,7 +530,9 @@ pub fn load(args: &XturndArgs) -> Result<Config, ConfigError> {
         None => resolve(args, None, &env),
         Some(path) => {
             let text = read_text(path)?;
-            resolve_text(args, &text, &path.display().to_string(), &env)
+            resolve_text(args, &text, &path.display().to_string(), &env, &|path| {
+                std::fs::read_to_string(path)
+            })
         }
     }
 }
@@ -535,18 +540,27 @@ pub fn load(args: &XturndArgs) -> Result<Config, ConfigError> {
 /// [`load`] with the file's text given (`--config-map`: the ConfigMap's); `origin` names it
 /// in errors.
 pub fn load_text(args: &XturndArgs, text: &str, origin: &str) -> Result<Config, ConfigError> {
-    resolve_text(args, text, origin, &|name| std::env::var(name).ok())
+    resolve_text(
+        args,
+        text,
+        origin,
+        &|name| std::env::var(name).ok(),
+        &|path| std::fs::read_to_string(path),
+    )
 }
 
-/// [`load_text`] without the I/O: `env` looks up the environment variables the text names.
+/// [`load_text`] without the I/O: `env` looks up the environment variables the text names,
+/// `read` reads the credential files it names (`auth.credentials.password_file`, ...).
 pub fn resolve_text(
     args: &XturndArgs,
     text: &str,
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    read: &dyn Fn(&Path) -> std::io::Result<String>,
 ) -> Result<Config, ConfigError> {
-    let (file, unset) = parse_file_with_env(text, origin, env)?;
-    resolve(args, Some(&file), env).map_err(|error| {
+    let (mut file, unset) = parse_file_with_env(text, origin, env)?;
+    let credential_files = read_credential_files(file.auth.as_mut(), read)?;
+    let mut config = resolve(args, Some(&file), env).map_err(|error| {
         if unset.is_empty() {
             error
         } else {
@@ -555,7 +569,9 @@ pub fn resolve_text(
                 vars: unset,
             }
         }
-    })
+    })?;
+    config.credential_files = credential_files;
+    Ok(config)
 }
 
 /// [`load`] without the I/O: `file` is the parsed file (if any) and `env` looks up the
@@ -579,6 +595,7 @@ pub fn resolve(
         ));
     }
 
+    unread_credential_files(file.auth.as_ref())?;
     let clusters = resolve_clusters(&file.clusters)?;
     let listeners = resolve_listeners(args, file, &clusters, env)?;
     let Credentials {
@@ -710,6 +727,7 @@ pub fn resolve(
         users,
         auth_secrets,
         stun_only,
+        credential_files: Vec::new(),
         allow_loopback_peers: args.allow_loopback_peers,
         default_lifetime: Duration::from_secs(u64::from(default_lifetime_secs)),
         max_lifetime: Duration::from_secs(u64::from(max_lifetime_secs)),
@@ -1818,6 +1836,87 @@ mod tests {
         move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
+    fn no_files(path: &Path) -> std::io::Result<String> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no file {} in this test", path.display()),
+        ))
+    }
+
+    /// A mounted Secret: `DIR/KEY` reads `KEY`'s value.
+    fn secret_mount(
+        dir: &'static str,
+        data: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&Path) -> std::io::Result<String> {
+        move |path| {
+            data.iter()
+                .find(|(key, _)| Path::new(dir).join(key) == path)
+                .map(|(_, value)| (*value).to_owned())
+                .ok_or_else(|| no_files(path).unwrap_err())
+        }
+    }
+
+    #[test]
+    fn credentials_are_read_from_files_and_the_files_are_watched() {
+        let listener = "listeners: [{name: l, address: 192.0.2.1}]\n";
+        let mount = secret_mount(
+            "/etc/xturn/auth",
+            &[
+                ("username", "alice\n"),
+                ("password", "pa$$word\r\n"),
+                ("secret", "s3cret"),
+            ],
+        );
+        let text = format!(
+            "auth: {{type: static, credentials: {{username_file: /etc/xturn/auth/username, \
+             password_file: /etc/xturn/auth/password}}}}\n{listener}"
+        );
+        let c = resolve_text(&XturndArgs::default(), &text, "t", &|_| None, &mount).unwrap();
+        // One trailing newline is not part of the value; `$` is not expanded.
+        assert_eq!(c.users, [("alice".to_owned(), "pa$$word".to_owned())]);
+        assert_eq!(
+            c.credential_files,
+            [
+                PathBuf::from("/etc/xturn/auth/username"),
+                PathBuf::from("/etc/xturn/auth/password")
+            ]
+        );
+        let text = format!(
+            "auth: {{type: ephemeral, credentials: {{secret_file: /etc/xturn/auth/secret}}}}\n{listener}"
+        );
+        let c = resolve_text(&XturndArgs::default(), &text, "t", &|_| None, &mount).unwrap();
+        assert_eq!(c.auth_secrets, ["s3cret"]);
+        assert_eq!(
+            c.credential_files,
+            [PathBuf::from("/etc/xturn/auth/secret")]
+        );
+
+        // A file that cannot be read names the field and the path, not a value.
+        let text = format!(
+            "auth: {{type: ephemeral, credentials: {{secret_file: /etc/xturn/auth/gone}}}}\n{listener}"
+        );
+        let e = resolve_text(&XturndArgs::default(), &text, "t", &|_| None, &mount).unwrap_err();
+        assert_err(&e, "auth.credentials.secret_file", "/etc/xturn/auth/gone");
+        // A value and its file: refused rather than one silently winning.
+        let text = format!(
+            "auth: {{credentials: {{username: u, password: p, password_file: /etc/xturn/auth/password}}}}\n{listener}"
+        );
+        let e = resolve_text(&XturndArgs::default(), &text, "t", &|_| None, &mount).unwrap_err();
+        assert_err(&e, "auth.credentials.password_file", "not both");
+        // Inline credentials name no file.
+        let text = format!("auth: {{credentials: {{username: u, password: p}}}}\n{listener}");
+        let c = resolve_text(&XturndArgs::default(), &text, "t", &|_| None, &mount).unwrap();
+        assert!(c.credential_files.is_empty());
+        // `resolve` does no I/O: files left unread are an error, not an open relay.
+        let file = parse_file(
+            "auth: {type: ephemeral, credentials: {secret_file: /s}}\nlisteners: [{name: l, address: 192.0.2.1}]",
+            "t",
+        )
+        .unwrap();
+        let e = resolve(&XturndArgs::default(), Some(&file), &|_| None).unwrap_err();
+        assert_err(&e, "auth.credentials.secret_file", "not by resolve");
+    }
+
     #[test]
     fn variables_are_expanded_in_the_whole_file_but_the_credentials() {
         let text = r#"{
@@ -1839,7 +1938,7 @@ mod tests {
             ("TCP_PORT", "443"),
             ("PEER_NET", "198.18.0.0/16"),
         ]);
-        let c = resolve_text(&XturndArgs::default(), text, "test.json", &env).unwrap();
+        let c = resolve_text(&XturndArgs::default(), text, "test.json", &env, &no_files).unwrap();
         assert_eq!(c.name, "ns/gw");
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.realm, "example.org");
@@ -1860,7 +1959,8 @@ mod tests {
         // Unset variables read as empty; when the configuration is then refused, the error
         // says which were unset.
         let env = env_of(&[("TCP_PORT", "443"), ("PEER_NET", "198.18.0.0/16")]);
-        let e = resolve_text(&XturndArgs::default(), text, "test.json", &env).unwrap_err();
+        let e =
+            resolve_text(&XturndArgs::default(), text, "test.json", &env, &no_files).unwrap_err();
         let message = e.to_string();
         assert!(matches!(e, ConfigError::UnsetEnv { .. }), "{message}");
         assert!(
@@ -1870,7 +1970,7 @@ mod tests {
         // `--listen` replaces the unset address: then nothing is refused.
         let args = args(&["--listen", "192.0.2.1:3478"]);
         let text = text.replace("\"$REALM\"", "\"r\"");
-        let c = resolve_text(&args, &text, "test.json", &env).unwrap();
+        let c = resolve_text(&args, &text, "test.json", &env, &no_files).unwrap();
         assert_eq!(c.realm, "r");
     }
 
