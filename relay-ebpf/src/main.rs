@@ -51,6 +51,7 @@ mod program {
             ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, Ipv4Hdr,
             Ipv6Hdr, UDP_LEN, UdpHdr,
         },
+        parse::{Datagram, MAX_DATA, Packet, Refused, channel_header, channel_lengths, parse},
     };
 
     /// Packets and bytes per [`Reason`], per CPU.
@@ -95,8 +96,6 @@ mod program {
     /// `MOVE_BUFFER_LEN - 1` is provably in bounds.
     const MOVE_BUFFER_LEN: usize = 4096;
 
-    /// Largest ChannelData length handled here: single-buffer XDP frames fit in a page.
-    const MAX_DATA: u16 = 4000;
     /// TTL / hop limit of datagrams the relay originates, as its sockets would.
     const TTL: u8 = 64;
 
@@ -116,7 +115,7 @@ mod program {
 
     /// A frame as the shared relay logic sees it: its length, reads at offsets, and the
     /// hook-specific rewrite.
-    trait Frame {
+    trait Frame: Sized {
         /// Bytes from the Ethernet header to the end of the frame.
         fn frame_len(&self) -> usize;
         /// A copy of the `T` at `offset`, or `None` past the end.
@@ -272,35 +271,6 @@ mod program {
         unsafe { *counter += n };
     }
 
-    /// What the parser learned about a UDP datagram.
-    #[derive(Clone, Copy)]
-    struct Datagram {
-        v6: bool,
-        src: Endpoint,
-        dst: Endpoint,
-        /// IPv4 TOS or IPv6 traffic class, kept on the relayed datagram (DSCP and ECN).
-        tos: u8,
-        /// UDP length (header + payload), validated against the IP length and the frame.
-        udp_len: u16,
-        udp_check: u16,
-    }
-
-    impl Datagram {
-        #[inline(always)]
-        const fn payload_offset(&self) -> usize {
-            if self.v6 {
-                ETH_LEN + IPV6_LEN + UDP_LEN
-            } else {
-                ETH_LEN + IPV4_LEN + UDP_LEN
-            }
-        }
-
-        #[inline(always)]
-        const fn payload_len(&self) -> u16 {
-            self.udp_len - UDP_LEN as u16
-        }
-    }
-
     /// The two ends of a rewritten datagram and what changes around its data.
     #[derive(Clone, Copy)]
     struct Rewritten {
@@ -324,7 +294,7 @@ mod program {
     /// rest. Shared by both hooks.
     #[inline(always)]
     fn process<F: Frame>(ctx: &F, s: &mut Scratch) -> Outcome {
-        if let Err(reason) = parse(ctx, &mut s.datagram) {
+        if let Err(reason) = parse(&Loads(ctx), &mut s.datagram) {
             return Outcome::Pass(reason);
         }
 
@@ -354,15 +324,9 @@ mod program {
             return Outcome::Pass(Reason::UdpPassed);
         }
         let offset = s.datagram.payload_offset();
-        if s.datagram.payload_len() < 4 {
-            return Outcome::Pass(Reason::ListenerPassed);
-        }
-        let Some(header) = ctx.load::<[u8; 4]>(offset) else {
+        let Some(header) = channel_header(&Loads(ctx), &s.datagram) else {
             return Outcome::Pass(Reason::ListenerPassed);
         };
-        if !relay_common::is_channel_number(u16::from_be_bytes([header[0], header[1]])) {
-            return Outcome::Pass(Reason::ListenerPassed);
-        }
         s.channel_key.client = s.datagram.src;
         s.channel_key.listener = s.datagram.dst;
         s.channel_key.channel = [header[0], header[1]];
@@ -370,18 +334,13 @@ mod program {
         let Some(entry) = CHANNELS.get_ptr_mut(&s.channel_key) else {
             return Outcome::Pass(Reason::ChannelUnbound);
         };
-        let data_len = u16::from_be_bytes([header[2], header[3]]);
-        let available = s.datagram.payload_len() - 4;
-        if data_len > available {
-            return Outcome::Drop(Reason::ChannelMalformed);
-        }
-        let extra = available - data_len;
-        if extra > 3 || data_len > MAX_DATA {
-            // Not padding: let the agent decide what this is.
-            return Outcome::Pass(Reason::Unsupported);
-        }
-        s.rewritten.pad_len = extra as u8;
-        let Some(padding) = read_padding(ctx, offset, s.datagram.payload_len(), extra as u8) else {
+        let (data_len, pad_len) = match channel_lengths(header, s.datagram.payload_len()) {
+            Ok(lengths) => lengths,
+            Err(Refused::Drop(reason)) => return Outcome::Drop(reason),
+            Err(Refused::Pass(reason)) => return Outcome::Pass(reason),
+        };
+        s.rewritten.pad_len = pad_len;
+        let Some(padding) = read_padding(ctx, offset, s.datagram.payload_len(), pad_len) else {
             return Outcome::Pass(Reason::Truncated);
         };
         s.rewritten.padding = padding;
@@ -482,69 +441,18 @@ mod program {
         })
     }
 
-    /// Parses Ethernet, IPv4 (no options, not a fragment) or IPv6 (UDP directly), and UDP.
-    #[inline(always)]
-    fn parse<F: Frame>(ctx: &F, out: &mut Datagram) -> Result<(), Reason> {
-        let eth = ctx.load::<EthHdr>(0).ok_or(Reason::Truncated)?;
-        let frame_len = ctx.frame_len();
-        match eth.ether_type() {
-            ETH_P_IPV4 => {
-                let ip = ctx.load::<Ipv4Hdr>(ETH_LEN).ok_or(Reason::Truncated)?;
-                if ip.protocol != IPPROTO_UDP {
-                    return Err(Reason::NotUdp);
-                }
-                if ip.version_ihl != 0x45 || ip.is_fragment() {
-                    return Err(Reason::Unsupported);
-                }
-                let udp = ctx
-                    .load::<UdpHdr>(ETH_LEN + IPV4_LEN)
-                    .ok_or(Reason::Truncated)?;
-                let total = usize::from(u16::from_be_bytes(ip.total_len));
-                let udp_len = udp.length();
-                if total < IPV4_LEN + UDP_LEN
-                    || total > frame_len - ETH_LEN
-                    || usize::from(udp_len) != total - IPV4_LEN
-                {
-                    return Err(Reason::Truncated);
-                }
-                *out = Datagram {
-                    v6: false,
-                    src: Endpoint::v4(ip.src, udp.src_port),
-                    dst: Endpoint::v4(ip.dst, udp.dst_port),
-                    tos: ip.tos,
-                    udp_len,
-                    udp_check: u16::from_be_bytes(udp.check),
-                };
-                Ok(())
-            }
-            ETH_P_IPV6 => {
-                let ip = ctx.load::<Ipv6Hdr>(ETH_LEN).ok_or(Reason::Truncated)?;
-                if ip.next_header != IPPROTO_UDP {
-                    return Err(Reason::NotUdp);
-                }
-                let udp = ctx
-                    .load::<UdpHdr>(ETH_LEN + IPV6_LEN)
-                    .ok_or(Reason::Truncated)?;
-                let payload = usize::from(u16::from_be_bytes(ip.payload_len));
-                let udp_len = udp.length();
-                if payload < UDP_LEN
-                    || payload > frame_len - ETH_LEN - IPV6_LEN
-                    || usize::from(udp_len) != payload
-                {
-                    return Err(Reason::Truncated);
-                }
-                let tc = (ip.version_tc_flow[0] << 4) | (ip.version_tc_flow[1] >> 4);
-                *out = Datagram {
-                    v6: true,
-                    src: Endpoint::v6(ip.src, udp.src_port),
-                    dst: Endpoint::v6(ip.dst, udp.dst_port),
-                    tos: tc,
-                    udp_len,
-                    udp_check: u16::from_be_bytes(udp.check),
-                };
-                Ok(())
-            }
-            _ => Err(Reason::NotIp),
+    /// A hook's frame as the parser reads it.
+    struct Loads<'a, F>(&'a F);
+
+    impl<F: Frame> Packet for Loads<'_, F> {
+        #[inline(always)]
+        fn frame_len(&self) -> usize {
+            self.0.frame_len()
+        }
+
+        #[inline(always)]
+        fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+            self.0.load(offset)
         }
     }
 

@@ -8,7 +8,13 @@ use anyhow::{Result, bail};
 use crate::sh;
 
 /// Every target, in the order they run.
-pub const TARGETS: &[&str] = &["server", "stream_framer", "messages", "config"];
+pub const TARGETS: &[&str] = &[
+    "server",
+    "stream_framer",
+    "messages",
+    "config",
+    "kernel_parser",
+];
 /// The toolchain cargo-fuzz builds with (`-Z sanitizer` needs a nightly compiler).
 const TOOLCHAIN: &str = "nightly";
 /// An input that takes longer than this is reported as a hang.

@@ -53,7 +53,7 @@ enum Command {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u32,
-        /// Only these targets (default: all: server, stream_framer, messages, config).
+        /// Only these targets (default: all: server, stream_framer, messages, config, kernel_parser).
         targets: Vec<String>,
     },
     /// Setup, build, then benchmark xturnd (XDP and userspace), coturn and an XDP ceiling on one

@@ -2,7 +2,7 @@
 //! client session run against the harness's server (401 challenge, authenticated Allocate,
 //! Refresh, CreatePermission, ChannelBind, ChannelData, Send, peer data, expiry, delete), over
 //! UDP and over a TCP stream, recorded as scripts; every message either side sent, for the
-//! parsers; and STUNner configurations. `cargo xtask fuzz` runs it before fuzzing.
+//! parsers; Ethernet frames for the kernel program's parser; and STUNner configurations. `cargo xtask fuzz` runs it before fuzzing.
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -172,6 +172,40 @@ fn main() {
         "messages",
         &[&[13u8][..], &stream].concat(),
     );
+    // Frames as the kernel program sees them: ChannelData (with padding) and STUN to a
+    // listener, and a peer's datagram, over IPv4 and IPv6.
+    let mut frames = 0;
+    for (client, listener, peer) in [
+        ("198.18.1.2:40000", "198.18.1.1:3478", "198.18.2.2:5000"),
+        (
+            "[2001:db8::2]:40000",
+            "[2001:db8::1]:3478",
+            "[2001:db8:2::2]:5000",
+        ),
+    ] {
+        let [client, listener, peer]: [SocketAddr; 3] =
+            [client, listener, peer].map(|a| a.parse().expect("address"));
+        let payloads: [(&str, SocketAddr, SocketAddr, Vec<u8>); 3] = [
+            (
+                "channel-data",
+                client,
+                listener,
+                encode_channel_data(0x4000, b"media", false).expect("channel data"),
+            ),
+            ("stun", client, listener, all_messages[0].clone()),
+            ("peer", peer, listener, b"from the peer".to_vec()),
+        ];
+        for (name, src, dst, payload) in payloads {
+            let frame = relay_ebpf::frames::udp_frame(src, dst, &payload);
+            let family = if src.is_ipv4() { "v4" } else { "v6" };
+            write(
+                &root.join("kernel_parser"),
+                &format!("{name}-{family}"),
+                &frame,
+            );
+            frames += 1;
+        }
+    }
     for (i, config) in CONFIGS.iter().enumerate() {
         write(
             &root.join("config"),
@@ -180,7 +214,7 @@ fn main() {
         );
     }
     eprintln!(
-        "seeds: 2 sessions, {} messages, {} configurations in {}",
+        "seeds: 2 sessions, {} messages, {frames} frames, {} configurations in {}",
         all_messages.len(),
         CONFIGS.len(),
         root.display()
