@@ -16,6 +16,7 @@ pub mod attributes;
 pub mod auth;
 pub mod client;
 pub mod policy;
+pub mod rfc5769;
 pub mod server;
 pub mod stream;
 pub mod wire;

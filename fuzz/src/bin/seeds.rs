@@ -2,7 +2,8 @@
 //! client session run against the harness's server (401 challenge, authenticated Allocate,
 //! Refresh, CreatePermission, ChannelBind, ChannelData, Send, peer data, expiry, delete), over
 //! UDP and over a TCP stream, recorded as scripts; every message either side sent, for the
-//! parsers; Ethernet frames for the kernel program's parser; and STUNner configurations. `cargo xtask fuzz` runs it before fuzzing.
+//! parsers; RFC 5769's test vectors; Ethernet frames for the kernel program's parser; and
+//! STUNner configurations. `cargo xtask fuzz` runs it before fuzzing.
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use turn_proto::client::message::{
     Request, Signing, TransactionId, build_request, build_send_indication, decode_stun,
     encode_channel_data, nonce,
 };
+use turn_proto::rfc5769;
 use turn_proto::stream::frame_for_stream;
 use xturn_fuzz::{CLIENT_0, FROM_PEER, Harness, PASSWORD, PEER, REALM, STREAM, USER, WAIT, record};
 
@@ -162,6 +164,20 @@ fn main() {
     }
     for (i, message) in all_messages.iter().enumerate() {
         write(&root.join("messages"), &format!("message-{i:02}"), message);
+    }
+    // RFC 5769's vectors: for the parsers, and as datagrams of client 0 to the server.
+    let vectors: [(&str, &[u8]); 4] = [
+        ("rfc5769-request", &rfc5769::SAMPLE_REQUEST),
+        ("rfc5769-ipv4-response", &rfc5769::SAMPLE_IPV4_RESPONSE),
+        ("rfc5769-ipv6-response", &rfc5769::SAMPLE_IPV6_RESPONSE),
+        (
+            "rfc5769-long-term-request",
+            &rfc5769::SAMPLE_LONG_TERM_REQUEST,
+        ),
+    ];
+    for (name, vector) in vectors {
+        write(&root.join("messages"), name, vector);
+        write(&root.join("server"), name, &record(CLIENT_0, vector));
     }
     let stream: Vec<u8> = all_messages
         .iter()
