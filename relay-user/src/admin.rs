@@ -224,6 +224,7 @@ fn router(routes: Routes, state: Arc<AdminState>) -> Router {
     if routes.metrics {
         router = router
             .route("/metrics", get(scrape))
+            .route("/usage", get(usage))
             .route("/log-level", get(log_level).put(set_log_level));
     }
     if routes.health {
@@ -425,6 +426,28 @@ async fn scrape(State(state): State<Arc<AdminState>>) -> Response {
         Ok(Some(Ok(body))) => {
             ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
         }
+    }
+}
+
+/// `GET /usage`: per-user usage as JSON, read as a scrape reads it.
+async fn usage(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(source) = state.metrics.get() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
+    let _one_at_a_time = state.scrape.lock().await;
+    let source = Arc::clone(source);
+    let gathered = tokio::task::spawn_blocking(move || source.gather()).await;
+    match gathered {
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("reading the usage failed: {e}"),
+        ),
+        Ok(None) => text(StatusCode::SERVICE_UNAVAILABLE, "the relay has stopped"),
+        Ok(Some(snapshot)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            snapshot.usage_json().to_string(),
+        )
+            .into_response(),
     }
 }
 

@@ -245,7 +245,7 @@ impl<R: Relay> ChannelTable<R> {
                 .remove(&binding.peer, binding.channel);
         }
         if let Some(counters) = lock(&self.live).remove(binding) {
-            core.count_channel_traffic(binding.cluster, counters.take());
+            core.count_channel_traffic(binding, counters.take());
         }
     }
 
@@ -254,7 +254,7 @@ impl<R: Relay> ChannelTable<R> {
         for (binding, counters) in lock(&self.live).iter() {
             let traffic = counters.take();
             if !traffic.is_empty() {
-                core.count_channel_traffic(binding.cluster, traffic);
+                core.count_channel_traffic(binding, traffic);
             }
         }
     }
@@ -303,6 +303,7 @@ mod tests {
             peer: addr(peer),
             channel,
             cluster: 0,
+            user: 0,
         }
     }
 

@@ -801,6 +801,12 @@ impl FastPath {
             .collect()
     }
 
+    /// Whether the maps are pinned (`--bpf-pin-dir`): their entries and counters outlive the
+    /// process, for the next one to adopt.
+    pub fn is_pinned(&self) -> bool {
+        self.pin_dir.is_some()
+    }
+
     /// The capacity of each channel map.
     pub fn capacity(&self) -> u32 {
         self.capacity

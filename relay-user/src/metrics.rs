@@ -84,6 +84,43 @@ pub struct Snapshot {
     pub udp_sockets: Vec<Option<u64>>,
     /// STRICT_DNS lookups that failed since the start.
     pub dns_failures: u64,
+    /// Per-user usage by slot (slot 0: the users past `--max-tracked-users`, together), what
+    /// the kernel relayed for each added.
+    pub usage: Vec<turn::UserUsage>,
+    /// Users counted each on their own, and how many may be.
+    pub users_tracked: u64,
+    pub max_tracked_users: u64,
+    /// Allocations made by users past the cap.
+    pub untracked_allocations: u64,
+}
+
+impl Snapshot {
+    /// `GET /usage`: every tracked user's usage, and the users past the cap together, as
+    /// JSON (see docs/metrics.md).
+    pub fn usage_json(&self) -> serde_json::Value {
+        let entry = |u: &turn::UserUsage| {
+            serde_json::json!({
+                "allocations": u.allocations,
+                "allocations_total": u.allocations_total,
+                "to_peer": {"packets": u.to_peer_packets, "bytes": u.to_peer_bytes},
+                "to_client": {"packets": u.to_client_packets, "bytes": u.to_client_bytes},
+            })
+        };
+        let users: serde_json::Map<String, serde_json::Value> = self
+            .usage
+            .iter()
+            .skip(1)
+            .map(|u| (u.user.clone(), entry(u)))
+            .collect();
+        let untracked = self.usage.first().cloned().unwrap_or_default();
+        serde_json::json!({
+            "users": users,
+            "untracked": entry(&untracked),
+            "untracked_allocations": self.untracked_allocations,
+            "users_tracked": self.users_tracked,
+            "max_tracked_users": self.max_tracked_users,
+        })
+    }
 }
 
 impl Snapshot {
@@ -196,7 +233,7 @@ impl MetricsSource {
     /// one pass over the allocations (to count permissions and channels) and makes a few BPF
     /// syscalls per installed binding: run it off the async workers (`spawn_blocking`).
     pub fn gather(&self) -> Option<Snapshot> {
-        let (allocations, permissions, channels, stats, draining) =
+        let (allocations, permissions, channels, stats, draining, usage) =
             self.server.with_core(|core| {
                 let (permissions, channels) = core.allocations().fold((0u64, 0u64), |(p, c), a| {
                     (
@@ -210,6 +247,7 @@ impl MetricsSource {
                     channels,
                     core.stats().clone(),
                     core.is_draining(),
+                    core.usage().clone(),
                 )
             })?;
         let (listener_io, relay_io) = self.server.io()?;
@@ -237,6 +275,10 @@ impl MetricsSource {
         };
         let kernel_hook = meter.as_ref().map(|m| m.hook().hook().name());
         let xdp = meter.map(|offload| offload.snapshot());
+        let mut users = usage.users().to_vec();
+        if let Some(kernel) = &xdp {
+            add_kernel_usage(&mut users, &kernel.relayed_by_user);
+        }
         Some(Snapshot {
             dataplane,
             kernel_hook,
@@ -257,7 +299,21 @@ impl MetricsSource {
                 .dns_failures
                 .as_ref()
                 .map_or(0, |f| f.load(Ordering::Relaxed)),
+            usage: users,
+            users_tracked: usage.tracked() as u64,
+            max_tracked_users: usage.max_users() as u64,
+            untracked_allocations: usage.untracked_allocations(),
         })
+    }
+}
+
+/// Adds what the kernel relayed for each user slot (`by_user`) to `users`.
+pub fn add_kernel_usage(users: &mut [turn::UserUsage], by_user: &[crate::ebpf::ChannelCounters]) {
+    for (user, kernel) in users.iter_mut().zip(by_user) {
+        user.to_peer_packets += kernel.to_peer.packets;
+        user.to_peer_bytes += kernel.to_peer.bytes;
+        user.to_client_packets += kernel.to_client.packets;
+        user.to_client_bytes += kernel.to_client.bytes;
     }
 }
 
@@ -442,6 +498,60 @@ fn stunner_listener_and_cluster_metrics(out: &mut Out<'_, '_>, s: &Snapshot) -> 
     )
 }
 
+/// Per-user usage (`xturn_user_*{user}`): each tracked user's allocations and what was
+/// relayed for it, userspace and kernel.
+fn user_metrics(out: &mut Out<'_, '_>, s: &Snapshot) -> fmt::Result {
+    let users = s.usage.iter().skip(1);
+    let mut allocations = Vec::new();
+    let mut created = Vec::new();
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    for u in users {
+        let user = ("user", u.user.as_str());
+        allocations.push((labels([user]), u.allocations));
+        created.push((labels([user]), u.allocations_total));
+        push_traffic(
+            user,
+            [
+                ("to_peer", (u.to_peer_packets, u.to_peer_bytes)),
+                ("to_client", (u.to_client_packets, u.to_client_bytes)),
+            ],
+            &mut packets,
+            &mut bytes,
+        );
+    }
+    out.gauges(
+        "xturn_user_allocations",
+        "Allocations of each user now (a TURN REST username counts as its id part).",
+        &allocations,
+    )?;
+    out.counters(
+        "xturn_user_allocations_created",
+        "Allocations each user made (adoptions after a hitless restart are not new).",
+        &created,
+    )?;
+    out.counters(
+        "xturn_user_packets",
+        "Datagrams relayed for each user, to its peers and to its clients (userspace and kernel).",
+        &packets,
+    )?;
+    out.counters(
+        "xturn_user_bytes",
+        "Data bytes relayed for each user, to its peers and to its clients (userspace and kernel).",
+        &bytes,
+    )?;
+    out.gauge(
+        "xturn_users_tracked",
+        "Users whose usage is counted each on its own (at most --max-tracked-users).",
+        s.users_tracked,
+    )?;
+    out.counter(
+        "xturn_users_untracked_allocations",
+        "Allocations of users past --max-tracked-users (their usage counts together, in GET /usage's `untracked`).",
+        s.untracked_allocations,
+    )
+}
+
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
 
@@ -612,6 +722,7 @@ impl Collector for SnapshotCollector {
             "Lookups of STRICT_DNS cluster host names that failed or answered no address (the previous addresses stay).",
             s.dns_failures,
         )?;
+        user_metrics(&mut out, s)?;
         let errors: Vec<(Labels, u64)> = st
             .error_responses()
             .iter()
@@ -936,6 +1047,66 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    }
+
+    #[test]
+    fn per_user_usage_adds_the_kernel_and_renders_as_series_and_json() {
+        let user = |name: &str, allocations, to_peer_bytes| turn::UserUsage {
+            user: name.to_owned(),
+            allocations,
+            allocations_total: allocations + 1,
+            to_peer_packets: 1,
+            to_peer_bytes,
+            to_client_packets: 2,
+            to_client_bytes: 20,
+        };
+        let mut users = vec![user("", 0, 5), user("alice", 2, 100), user("bob", 1, 7)];
+        let kernel = |packets, bytes| Counter { packets, bytes };
+        // The kernel relayed for alice (slot 1) only.
+        add_kernel_usage(
+            &mut users,
+            &[
+                ChannelCounters::default(),
+                ChannelCounters {
+                    to_peer: kernel(10, 1000),
+                    to_client: kernel(4, 400),
+                },
+            ],
+        );
+        let snapshot = Snapshot {
+            usage: users,
+            users_tracked: 2,
+            max_tracked_users: 10,
+            untracked_allocations: 3,
+            ..sample()
+        };
+        let json = snapshot.usage_json();
+        assert_eq!(json["users"]["alice"]["to_peer"]["bytes"], 1100);
+        assert_eq!(json["users"]["alice"]["to_client"]["packets"], 6);
+        assert_eq!(json["users"]["bob"]["allocations"], 1);
+        assert_eq!(json["untracked"]["to_peer"]["bytes"], 5);
+        assert_eq!(json["untracked_allocations"], 3);
+        let text = render(snapshot).unwrap();
+        let series = |s: &str| value(&text, s);
+        assert_eq!(series(r#"xturn_user_allocations{user="alice"}"#), 2);
+        assert_eq!(
+            series(r#"xturn_user_allocations_created_total{user="bob"}"#),
+            2
+        );
+        assert_eq!(
+            series(r#"xturn_user_bytes_total{user="alice",direction="to_peer"}"#),
+            1100
+        );
+        assert_eq!(
+            series(r#"xturn_user_packets_total{user="alice",direction="to_client"}"#),
+            6
+        );
+        assert_eq!(series("xturn_users_tracked"), 2);
+        assert_eq!(series("xturn_users_untracked_allocations_total"), 3);
+        assert!(
+            !text.contains(r#"user="""#),
+            "the untracked users are not a series"
+        );
     }
 
     fn sample() -> Snapshot {

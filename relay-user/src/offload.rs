@@ -289,7 +289,8 @@ fn add_to(by_cluster: &mut Vec<ChannelCounters>, slot: usize, counters: ChannelC
     by_cluster[slot] = add(by_cluster[slot], counters);
 }
 
-/// What the kernel relayed on channel bindings: in all, per cluster slot and per listener.
+/// What the kernel relayed on channel bindings: in all, per cluster slot, per listener and
+/// per user slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Relayed {
     total: ChannelCounters,
@@ -297,6 +298,8 @@ struct Relayed {
     by_cluster: Vec<ChannelCounters>,
     /// Indexed by listener (`ListenerId`); listeners past its end relayed nothing.
     by_listener: Vec<ChannelCounters>,
+    /// Indexed by user slot ([`turn::Usage::users`]); slots past its end relayed nothing.
+    by_user: Vec<ChannelCounters>,
 }
 
 impl Relayed {
@@ -304,14 +307,17 @@ impl Relayed {
         self.total = add(self.total, counters);
         add_to(&mut self.by_cluster, owner.cluster, counters);
         add_to(&mut self.by_listener, owner.listener, counters);
+        add_to(&mut self.by_user, owner.user, counters);
     }
 }
 
-/// Whom a binding's kernel traffic counts for: its cluster slot and its client's listener.
+/// Whom a binding's kernel traffic counts for: its cluster slot, its client's listener and
+/// its user's slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Owner {
     cluster: usize,
     listener: usize,
+    user: usize,
 }
 
 impl Owner {
@@ -319,6 +325,7 @@ impl Owner {
         Owner {
             cluster: binding.cluster,
             listener: usize::from(binding.listener.0),
+            user: binding.user,
         }
     }
 }
@@ -395,6 +402,18 @@ impl ChannelOffload {
             relayed: relayed.total,
             relayed_by_cluster: relayed.by_cluster,
             relayed_by_listener: relayed.by_listener,
+            relayed_by_user: relayed.by_user,
+        }
+    }
+
+    /// What the kernel relayed per user slot that a restarted agent cannot read again: with
+    /// pinned maps, what bindings whose entries are gone relayed (the entries the next agent
+    /// adopts keep their counters, which it reads itself); without, everything.
+    pub fn by_user_to_save(&self) -> Vec<ChannelCounters> {
+        if self.hook.with_fast_path(|fp| fp.is_pinned()) {
+            lock(&self.retired).by_user.clone()
+        } else {
+            self.relayed_split().by_user
         }
     }
 
@@ -447,6 +466,7 @@ impl ChannelOffload {
         reported.total = max_counters(reported.total, now.total);
         never_below(&mut reported.by_cluster, &now.by_cluster);
         never_below(&mut reported.by_listener, &now.by_listener);
+        never_below(&mut reported.by_user, &now.by_user);
         reported.clone()
     }
 }
@@ -502,4 +522,6 @@ pub struct KernelSnapshot {
     pub relayed_by_cluster: Vec<ChannelCounters>,
     /// The same per listener (by `ListenerId`); may be shorter than the listeners.
     pub relayed_by_listener: Vec<ChannelCounters>,
+    /// The same per user slot ([`turn::Usage::users`]); may be shorter than the slots.
+    pub relayed_by_user: Vec<ChannelCounters>,
 }

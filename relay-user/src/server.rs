@@ -68,6 +68,8 @@ pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
 const MAX_TICK: Duration = Duration::from_millis(500);
 /// The allocation state is written at most this often (and at most this long after a change).
 const STATE_DEBOUNCE: Duration = Duration::from_millis(50);
+/// How often the per-user usage is written to the state directory (when it changed).
+const USAGE_SAVE: Duration = Duration::from_secs(2);
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +391,7 @@ impl RunningServer {
         let mut tasks = JoinSet::new();
         if let Some(dir) = &spec.state_dir {
             tasks.spawn(state_task(Arc::clone(&shared), dir.clone()));
+            tasks.spawn(usage_task(Arc::clone(&shared), dir.clone()));
         }
         for index in 0..shared.relays.readers() {
             tasks.spawn(reader_task(Arc::clone(&shared), index));
@@ -444,7 +447,8 @@ impl RunningServer {
         };
         // Generation 0: no journal continues it.
         let snapshot = lock(&self.shared.core).snapshot(Instant::now());
-        crate::state::save(dir, &snapshot).map(|_| ())
+        crate::state::save(dir, &snapshot)?;
+        crate::state::save_usage(dir, &self.shared.usage_to_save())
     }
 
     /// The bound address of each listener (useful when a port 0 was asked for).
@@ -615,6 +619,62 @@ fn bind_restored(shared: &Arc<Shared>, restored: &[SocketAddr]) -> usize {
     }
     execute(shared, &mut commands);
     dropped
+}
+
+impl Shared {
+    /// The per-user usage as a restarted agent should start from: what userspace relayed
+    /// (the channel table's too), plus what the kernel relayed that the next agent cannot read
+    /// ([`ChannelOffload::by_user_to_save`]: with pinned maps, the installed entries keep their
+    /// counters, and the agent that adopts them reads them whole).
+    fn usage_to_save(&self) -> Vec<turn::UserUsage> {
+        let mut users = {
+            let mut core = lock(&self.core);
+            self.channels.fold_into(&mut core);
+            core.usage().users().to_vec()
+        };
+        if let Some(offload) = &self.channel_events.offload {
+            crate::metrics::add_kernel_usage(&mut users, &offload.by_user_to_save());
+        }
+        users
+    }
+}
+
+/// Writes the per-user usage every [`USAGE_SAVE`] when it changed, so a restart (even a crash)
+/// loses at most that much of it.
+async fn usage_task(shared: Arc<Shared>, dir: PathBuf) {
+    let mut written: Vec<turn::UserUsage> = Vec::new();
+    let mut failing = false;
+    let mut tick = tokio::time::interval(USAGE_SAVE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let shared = Arc::clone(&shared);
+        let target = dir.clone();
+        let last = std::mem::take(&mut written);
+        let result = tokio::task::spawn_blocking(move || {
+            let usage = shared.usage_to_save();
+            if usage == last {
+                return Ok(usage);
+            }
+            crate::state::save_usage(&target, &usage).map(|()| usage)
+        })
+        .await;
+        match result {
+            Ok(Ok(usage)) => {
+                written = usage;
+                if failing {
+                    info!("usage written again");
+                    failing = false;
+                }
+            }
+            Ok(Err(e)) if !failing => {
+                warn!(error = %e, "cannot write the usage; retrying");
+                failing = true;
+            }
+            Ok(Err(_)) => {}
+            Err(e) => warn!(error = %e, "the usage writer failed"),
+        }
+    }
 }
 
 /// What the state writer writes next.

@@ -1,6 +1,9 @@
 //! Files of a hitless restart (`--state-dir`, `--bpf-pin-dir`): the allocation state, the
 //! nonce key, and the check that a pin directory is on bpffs.
 //!
+//! Per-user usage totals are in `usage.json` ([`save_usage`]), written every few seconds and
+//! at shutdown, so billing counters survive a restart.
+//!
 //! The allocation state is a whole [`Snapshot`] (`state.json`) and a journal of the changes
 //! since it (`journal.jsonl`, [`Journal`]): while allocations change, only the changed ones are
 //! appended, and a whole snapshot is written again once the journal outgrows it. The journal's
@@ -18,12 +21,14 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use turn_proto::server::{AllocationChange, Snapshot};
+use turn_proto::server::{AllocationChange, Snapshot, UserUsage};
 
 /// The allocation state file in a state directory.
 pub const STATE_FILE: &str = "state.json";
 /// The journal of changes since the state file's snapshot.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// The per-user usage file in a state directory ([`save_usage`]).
+pub const USAGE_FILE: &str = "usage.json";
 /// The nonce key file in a state directory: nonces handed out before a restart stay valid.
 pub const NONCE_KEY_FILE: &str = "nonce.key";
 /// The largest state file read (about 1 KiB per allocation: far more than any quota).
@@ -158,6 +163,26 @@ pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<u64, StateError> {
     })?;
     replace_synced(dir, STATE_FILE, &bytes)?;
     Ok(bytes.len() as u64)
+}
+
+/// Writes `dir/usage.json` atomically: every user's usage totals (its allocations now are
+/// not kept: adoption counts them again).
+pub fn save_usage(dir: &Path, usage: &[UserUsage]) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec(usage).map_err(|source| StateError::Parse {
+        path: dir.join(USAGE_FILE),
+        source,
+    })?;
+    replace_synced(dir, USAGE_FILE, &bytes)
+}
+
+/// Reads `dir/usage.json`: empty when there is none.
+pub fn load_usage(dir: &Path) -> Result<Vec<UserUsage>, StateError> {
+    let path = dir.join(USAGE_FILE);
+    let Some(file) = open_bounded(&path)? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_reader(io::BufReader::new(file))
+        .map_err(|source| StateError::Parse { path, source })
 }
 
 /// Replaces `dir/name` with `bytes` atomically (a synced temporary file renamed over it, the
@@ -305,6 +330,33 @@ mod tests {
         assert_eq!(load(&dir).unwrap(), Some(snapshot));
         fs::write(dir.join(STATE_FILE), b"{\"version\": 1, \"allocations\": [").unwrap();
         assert!(matches!(load(&dir), Err(StateError::Parse { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn usage_round_trips_without_allocations_now() {
+        let dir = temp_dir("usage");
+        assert!(load_usage(&dir).unwrap().is_empty());
+        let alice = UserUsage {
+            user: "alice".to_owned(),
+            allocations: 3,
+            allocations_total: 7,
+            to_peer_packets: 1,
+            to_peer_bytes: 2,
+            to_client_packets: 3,
+            to_client_bytes: 4,
+        };
+        save_usage(&dir, std::slice::from_ref(&alice)).unwrap();
+        let read = load_usage(&dir).unwrap();
+        assert_eq!(
+            read,
+            [UserUsage {
+                allocations: 0,
+                ..alice
+            }]
+        );
+        fs::write(dir.join(USAGE_FILE), b"[{\"user\": 1}]").unwrap();
+        assert!(matches!(load_usage(&dir), Err(StateError::Parse { .. })));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,6 +3,7 @@
 //! Every resource is owned by a guard that removes it on drop, so a failing test cleans up too.
 //! Addresses come from 198.18.0.0/15 and 2001:db8::/32 only.
 pub mod admin;
+pub mod certificates;
 pub mod clients;
 pub mod fake_kube;
 pub mod netns;

@@ -11,6 +11,7 @@ use std::{
 };
 
 use xturn_tests::{
+    certificates::certificate,
     clients::{
         PEER_PORT, assert_alive, assert_no_loss, log_path, start_echo_peers, uclient,
         uclient_command, uclient_totals,
@@ -21,34 +22,6 @@ use xturn_tests::{
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
-
-/// A fresh self-signed P-256 certificate (PKCS#8 key) in `dir`, named `name`.
-fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
 
 fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("xturn-stream-{tag}-{}", std::process::id()));

@@ -444,6 +444,14 @@ impl Signals {
 /// fresh start; an unreadable or corrupt one is logged and ignored (a fresh start too).
 fn adopt_state(config: &Config, core: &mut turn::Server) -> Option<turn::RestoreOutcome> {
     let dir = config.state_dir.as_ref()?;
+    match state::load_usage(dir) {
+        Ok(saved) if !saved.is_empty() => {
+            core.restore_usage(&saved);
+            info!(users = saved.len(), "usage read");
+        }
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "usage file unusable: usage counted from zero"),
+    }
     match state::load(dir) {
         Ok(Some(mut snapshot)) => {
             // A DTLS client's session did not survive the restart (TCP and TLS clients' are
@@ -516,6 +524,7 @@ fn build_core(config: &Config, host_ips: &[IpAddr], names: &ResolvedNames) -> Re
     server_config.max_allocations = config.max_allocations;
     server_config.max_allocations_per_user = config.max_allocations_per_user;
     server_config.max_allocations_per_ip = config.max_allocations_per_ip;
+    server_config.max_tracked_users = config.max_tracked_users;
     server_config.stun_only = config.stun_only;
     if config.stun_only {
         info!("auth type none: a STUN server only, every TURN request is refused (403)");

@@ -141,6 +141,11 @@ pub struct XturndArgs {
     #[arg(long, value_name = "N", env = "XTURN_MAX_ALLOCATIONS_PER_IP")]
     pub max_allocations_per_ip: Option<usize>,
 
+    /// Users whose usage is counted each on its own (`xturn_user_*`, `GET /usage`); the
+    /// users past it count together. Default: 10000.
+    #[arg(long, value_name = "N", env = "XTURN_MAX_TRACKED_USERS")]
+    pub max_tracked_users: Option<usize>,
+
     /// Longest allocation lifetime a client may ask for, in seconds. Default: 3600.
     #[arg(long, value_name = "SECS", env = "XTURN_MAX_LIFETIME_SECS")]
     pub max_lifetime_secs: Option<u32>,

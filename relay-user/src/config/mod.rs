@@ -37,6 +37,7 @@ const DEFAULT_MAX_LIFETIME_SECS: u32 = 3600;
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
 const DEFAULT_MAX_ALLOCATIONS_PER_IP: usize = 1000;
+const DEFAULT_MAX_TRACKED_USERS: usize = 10_000;
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 900;
 /// How long a SIGTERM waits for allocations to end (Kubernetes' default grace period is 30 s).
 const DEFAULT_DRAIN_TIMEOUT_SECS: u32 = 30;
@@ -392,6 +393,8 @@ pub struct Config {
     pub max_allocations_per_user: usize,
     /// At least 1.
     pub max_allocations_per_ip: usize,
+    /// Users counted each on its own in the usage; 0: none (all count together).
+    pub max_tracked_users: usize,
     /// SO_REUSEPORT sockets per listener; at least 1.
     pub threads: usize,
     pub dataplane: Dataplane,
@@ -508,6 +511,8 @@ impl fmt::Debug for Config {
             .field("max_allocations", &self.max_allocations)
             .field("max_allocations_per_user", &self.max_allocations_per_user)
             .field("max_allocations_per_ip", &self.max_allocations_per_ip)
+            .field("max_tracked_users", &self.max_tracked_users)
+            .field("credential_files", &self.credential_files)
             .field("threads", &self.threads)
             .field("dataplane", &self.dataplane)
             .field("xdp_max_channels", &self.xdp_max_channels)
@@ -660,6 +665,7 @@ pub fn resolve(
         Some(n) => n,
         None => DEFAULT_MAX_ALLOCATIONS_PER_IP,
     };
+    let max_tracked_users = args.max_tracked_users.unwrap_or(DEFAULT_MAX_TRACKED_USERS);
 
     let max_lifetime_secs = args.max_lifetime_secs.unwrap_or(DEFAULT_MAX_LIFETIME_SECS);
     let default_lifetime_secs = args.default_lifetime_secs.unwrap_or(DEFAULT_LIFETIME_SECS);
@@ -734,6 +740,7 @@ pub fn resolve(
         max_allocations,
         max_allocations_per_user,
         max_allocations_per_ip,
+        max_tracked_users,
         threads,
         dataplane,
         xdp_max_channels: match args.xdp_max_channels {

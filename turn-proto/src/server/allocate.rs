@@ -438,6 +438,8 @@ impl Server {
             self.ports.claim(r.0);
         }
         info!(client = %five_tuple.client, %username, relayed = ?relayed, "allocation created");
+        let user = self.usage.slot(&self.credentials.quota_key(username));
+        self.usage.allocation_made(user);
         self.allocations.insert(
             five_tuple,
             Allocation {
@@ -453,6 +455,7 @@ impl Server {
                 channel_by_peer: HashMap::default(),
                 channel_ips: BTreeSet::new(),
                 reservation,
+                user,
             },
         );
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
@@ -629,6 +632,7 @@ impl Server {
         }
         self.forget_user(&allocation.username, 1);
         self.forget_ip(five_tuple.client.ip(), 1);
+        self.usage.allocation_gone(allocation.user);
         if expired {
             self.stats.allocations_expired += 1;
         } else {

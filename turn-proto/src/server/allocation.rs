@@ -118,6 +118,8 @@ pub struct Allocation {
     /// RESERVATION-TOKEN of the port reserved with it (EVEN-PORT with R): released with it
     /// unless claimed first.
     pub(crate) reservation: Option<u64>,
+    /// Its user's slot in [`Usage`](super::Usage).
+    pub(crate) user: usize,
 }
 
 impl Allocation {
@@ -285,6 +287,7 @@ impl Allocation {
             peer,
             channel: number,
             cluster: self.channels.get(&number).map_or(0, |c| c.cluster),
+            user: self.user,
         })
     }
 }

@@ -8,7 +8,7 @@ use stun_codec::rfc5766::methods::SEND;
 use tracing::{debug, trace};
 
 use super::state::*;
-use super::{Command, FiveTuple, ListenerId};
+use super::{ChannelBinding, Command, FiveTuple, ListenerId};
 use crate::attributes::{Data, DontFragment, XorPeerAddress};
 use crate::wire::{self, StunFrame};
 
@@ -71,8 +71,10 @@ impl Server {
             self.listener_name(listener),
             peer,
         );
+        let user = allocation.user;
         // A borrowed payload is copied once here; a decoded one is moved.
         let data = data.into_owned();
+        self.usage.relayed_to_peer(user, data.len());
         self.stats.relayed_to_peer_packets += 1;
         self.stats.relayed_to_peer_bytes += data.len() as u64;
         self.stats.count_cluster_to_peer(cluster, data.len());
@@ -116,6 +118,8 @@ impl Server {
             self.stats.client_dropped_no_permission += 1;
             return;
         };
+        self.usage
+            .relayed_to_peer(allocation.user, channel_data.data.len());
         self.stats.relayed_to_peer_packets += 1;
         self.stats.relayed_to_peer_bytes += channel_data.data.len() as u64;
         self.stats
@@ -149,7 +153,11 @@ impl Server {
             self.stats.peer_dropped_no_permission += 1;
             return;
         }
-        let (listener, client) = (allocation.listener, allocation.five_tuple.client);
+        let (listener, client, user) = (
+            allocation.listener,
+            allocation.five_tuple.client,
+            allocation.user,
+        );
         let (bytes, cluster) = match allocation.channel_to(peer, now) {
             Some((number, cluster)) => {
                 (wire::encode_channel_data(number, data, false).ok(), cluster)
@@ -172,6 +180,7 @@ impl Server {
             self.stats.peer_dropped_oversized += 1;
             return;
         };
+        self.usage.relayed_to_client(user, data.len());
         self.stats.relayed_to_client_packets += 1;
         self.stats.relayed_to_client_bytes += data.len() as u64;
         self.stats.count_cluster_to_client(cluster, data.len());
@@ -208,10 +217,11 @@ impl ChannelTraffic {
 }
 
 impl Server {
-    /// Counts `traffic`, relayed outside the core on a channel bound with cluster slot
-    /// `cluster` ([`ChannelBinding::cluster`](super::ChannelBinding)), in the relayed totals
-    /// and the cluster's.
-    pub fn count_channel_traffic(&mut self, cluster: usize, traffic: ChannelTraffic) {
+    /// Counts `traffic`, relayed outside the core on `binding`, in the relayed totals, its
+    /// cluster's ([`ChannelBinding::cluster`]) and its user's ([`ChannelBinding::user`]).
+    pub fn count_channel_traffic(&mut self, binding: &ChannelBinding, traffic: ChannelTraffic) {
+        let cluster = binding.cluster;
+        self.usage.add_traffic(binding.user, &traffic);
         let stats = &mut self.stats;
         stats.relayed_to_peer_packets += traffic.to_peer_packets;
         stats.relayed_to_peer_bytes += traffic.to_peer_bytes;

@@ -41,6 +41,7 @@ mod state;
 mod stats;
 mod timers;
 mod txcache;
+mod usage;
 
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ pub use snapshot::{
 };
 pub use state::{Revoked, Server};
 pub use stats::{ClusterTraffic, Stats};
+pub use usage::{Usage, UserUsage};
 
 /// Index of a listener in [`ServerConfig::listeners`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,6 +113,8 @@ pub struct ServerConfig {
     pub stun_only: bool,
     /// What a UDP source may get back without authenticating (see [`AnswerLimits`]).
     pub answer_limits: AnswerLimits,
+    /// Users whose usage is counted each on its own ([`Usage`]); the rest count together.
+    pub max_tracked_users: usize,
 }
 
 impl ServerConfig {
@@ -137,6 +141,7 @@ impl ServerConfig {
             max_allocations_per_ip: 1000,
             stun_only: false,
             answer_limits: AnswerLimits::default(),
+            max_tracked_users: 10_000,
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct ChannelBinding {
     /// The cluster its traffic counts for: a slot of [`Stats::clusters`] (0 is no cluster),
     /// resolved by the peer policy in force when the channel was bound.
     pub cluster: usize,
+    /// The user its traffic counts for: a slot of [`Usage::users`] (0: users past the cap).
+    pub user: usize,
 }
 
 /// The transport between client and server (RFC 8656 §2: TLS runs over TCP, DTLS over UDP).

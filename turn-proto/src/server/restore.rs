@@ -263,6 +263,7 @@ impl Server {
             channel_by_peer: HashMap::default(),
             channel_ips: BTreeSet::new(),
             reservation: reservation.map(|(r, _)| r.token),
+            user: 0,
         };
         let mut timers = Vec::new();
         let permitted: Vec<IpAddr> = state.permissions.iter().map(|p| p.peer).collect();
@@ -348,6 +349,10 @@ impl Server {
         self.timers.extend(timers);
         self.count_user(&state.username, 1);
         self.count_ip(five_tuple.client.ip(), 1);
+        allocation.user = self
+            .usage
+            .slot(&self.credentials.quota_key(&state.username));
+        self.usage.allocation_adopted(allocation.user);
         self.allocations.insert(five_tuple, allocation);
         self.changes.mark(five_tuple, listener);
         debug!(client = %five_tuple.client, channels = bound, ?now, "allocation adopted");

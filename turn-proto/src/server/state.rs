@@ -27,6 +27,7 @@ use super::allocation::Allocation;
 use super::ports::Ports;
 use super::stats::Stats;
 use super::txcache::TransactionCache;
+use super::usage::Usage;
 use super::{Command, FiveTuple, ListenerId, ServerConfig};
 use crate::attributes::{Attribute, IGNORED_REQUIRED, Lifetime, Software};
 use crate::auth::{Credentials, IntegrityAlgorithm, NonceMint};
@@ -176,6 +177,8 @@ pub struct Server {
     pub(super) tx_cache: TransactionCache,
     pub(super) commands: VecDeque<Command>,
     pub(super) stats: Stats,
+    /// Per-user usage.
+    pub(super) usage: Usage,
     /// Draining (the agent is shutting down): new Allocates get 508, the rest goes on.
     pub(super) draining: bool,
     /// What changed of the state a [`Snapshot`] holds.
@@ -362,6 +365,7 @@ impl Server {
         let start_unix = start_unix.duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut stats = Stats::default();
         let cluster_slots = cluster_slots(&mut stats, &policy);
+        let usage = Usage::new(config.max_tracked_users);
         Server {
             ports: Ports::new(config.min_port, config.max_port),
             config,
@@ -390,6 +394,7 @@ impl Server {
             tx_cache: TransactionCache::new(TX_CACHE_TTL, TX_CACHE_CAPACITY, TX_CACHE_MAX_BYTES),
             commands: VecDeque::new(),
             stats,
+            usage,
             draining: false,
             changes: Changes::default(),
         }
@@ -403,6 +408,19 @@ impl Server {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Per-user usage: what userspace relayed, and what the I/O layer handed in with
+    /// [`Server::count_channel_traffic`] (the kernel path's traffic is the I/O layer's to add,
+    /// by [`ChannelBinding::user`](super::ChannelBinding::user)).
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Adds the usage saved before a restart (each user's totals; their allocations now are
+    /// counted by adoption).
+    pub fn restore_usage(&mut self, saved: &[super::UserUsage]) {
+        self.usage.add_saved(saved);
     }
 
     /// Replaces the credentials (a configuration reload). Live allocations stay and keep

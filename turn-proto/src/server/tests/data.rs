@@ -419,3 +419,134 @@ fn relayed_traffic_is_counted_per_cluster() {
         stats.relayed_to_client_bytes
     );
 }
+
+/// Per-user usage: each user id (a TURN REST username's id part) counts its allocations and
+/// the data relayed each way, by Send/Data indications, ChannelData, and what the I/O layer
+/// relayed on its bindings; allocations now follow the allocations, totals survive a snapshot
+/// and restore.
+#[test]
+fn usage_is_counted_per_user_id() {
+    let mut h = Harness::new();
+    let expiry = START_UNIX + 3600;
+    let rest = |at: &str, id: &str| {
+        let (username, password) = cred::rest_credentials(REST_SECRET, id, expiry);
+        Client::new(at, &username, &password)
+    };
+    // Two credentials of carol (two clients), one of dave.
+    let mut carol = rest("192.0.2.1:40000", "carol");
+    let mut carol2 = rest("192.0.2.1:40001", "carol");
+    let mut dave = rest("192.0.2.3:40000", "dave");
+    let relayed = h.allocate(&mut carol);
+    h.allocate(&mut carol2);
+    let dave_relayed = h.allocate(&mut dave);
+    permit(&mut h, &mut carol, peer());
+    permit(&mut h, &mut dave, peer());
+    // carol: a Send of 5 bytes, a ChannelData of 7; the peer answers 11 (Data indication)
+    // then 13 (ChannelData).
+    let bytes = send_indication(&mut carol, peer(), b"hello", false);
+    h.client_sends(carol.addr, &bytes);
+    h.peer_sends(relayed, peer(), &[0; 11]);
+    let r = h.ask(
+        &mut carol,
+        CHANNEL_BIND,
+        vec![
+            ChannelNumber::new(0x4000).into(),
+            XorPeerAddress::new(peer()).into(),
+        ],
+    );
+    assert!(r.is_success());
+    h.client_sends(carol.addr, &channel_data(0x4000, &[1; 7]));
+    h.peer_sends(relayed, peer(), &[2; 13]);
+    // dave: 3 bytes out; and what the I/O layer relayed on carol's binding.
+    let bytes = send_indication(&mut dave, peer(), b"abc", false);
+    h.client_sends(dave.addr, &bytes);
+    let binding = h
+        .server
+        .allocation(&super::super::FiveTuple {
+            client: carol.addr,
+            server: listener_addr(),
+            transport: crate::server::Transport::Udp,
+        })
+        .unwrap()
+        .channel_bindings()
+        .next()
+        .unwrap();
+    h.server.count_channel_traffic(
+        &binding,
+        super::super::ChannelTraffic {
+            to_peer_packets: 2,
+            to_peer_bytes: 100,
+            to_client_packets: 1,
+            to_client_bytes: 50,
+            ..Default::default()
+        },
+    );
+    let usage = |h: &Harness, id: &str| {
+        h.server
+            .usage()
+            .users()
+            .iter()
+            .find(|u| u.user == id)
+            .cloned()
+            .unwrap()
+    };
+    let c = usage(&h, "carol");
+    assert_eq!((c.allocations, c.allocations_total), (2, 2));
+    assert_eq!((c.to_peer_packets, c.to_peer_bytes), (4, 5 + 7 + 100));
+    assert_eq!((c.to_client_packets, c.to_client_bytes), (3, 11 + 13 + 50));
+    let d = usage(&h, "dave");
+    assert_eq!(
+        (d.allocations, d.to_peer_packets, d.to_peer_bytes),
+        (1, 1, 3)
+    );
+    assert_eq!(d.to_client_packets, 0);
+    assert_eq!(h.server.usage().tracked(), 2);
+    assert_eq!(binding.user, 1, "carol's slot");
+    let _ = dave_relayed;
+
+    // Totals survive a restart: the adopted allocations count now, the saved totals add.
+    let snapshot = h.server.snapshot(h.now);
+    let saved: Vec<_> = h.server.usage().users().to_vec();
+    let mut after = Harness::new();
+    after.server.restore(&snapshot, after.now);
+    after.server.restore_usage(&saved);
+    let c = usage(&after, "carol");
+    assert_eq!((c.allocations, c.allocations_total), (2, 2));
+    assert_eq!((c.to_peer_bytes, c.to_client_bytes), (112, 74));
+
+    // An allocation deleted: carol has one now, two in all.
+    let r = h.ask(
+        &mut carol2,
+        REFRESH,
+        vec![
+            crate::attributes::Lifetime::new(Duration::ZERO)
+                .unwrap()
+                .into(),
+        ],
+    );
+    assert!(r.is_success());
+    let c = usage(&h, "carol");
+    assert_eq!((c.allocations, c.allocations_total), (1, 2));
+}
+
+/// Past the cap, users count together (slot 0) and their allocations are counted.
+#[test]
+fn users_past_the_cap_count_together() {
+    let mut config = config();
+    config.max_tracked_users = 1;
+    let mut h = Harness::with_config(config);
+    let mut alice = Client::alice();
+    let mut bob = Client::bob();
+    h.allocate(&mut alice);
+    let bob_relayed = h.allocate(&mut bob);
+    permit(&mut h, &mut bob, peer());
+    let bytes = send_indication(&mut bob, peer(), b"xyz", false);
+    h.client_sends(bob.addr, &bytes);
+    let usage = h.server.usage();
+    assert_eq!(usage.tracked(), 1);
+    assert_eq!(usage.untracked_allocations(), 1);
+    assert_eq!(usage.users()[0].user, "");
+    assert_eq!(usage.users()[0].to_peer_bytes, 3);
+    assert_eq!(usage.users()[1].user, "alice");
+    let _ = bob_relayed;
+}

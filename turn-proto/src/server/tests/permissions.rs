@@ -153,6 +153,8 @@ fn channel_bind_rules() {
         peer: peer(),
         channel: 0x4000,
         cluster: 0,
+        // The first user with an allocation.
+        user: 1,
     };
     assert_eq!(bound(&commands), vec![expected]);
     // It also installed the permission.
