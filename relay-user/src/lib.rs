@@ -32,5 +32,6 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod stream;
+pub(crate) mod tcp_relay;
 pub mod telemetry;
 pub mod tls;

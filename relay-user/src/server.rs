@@ -41,7 +41,7 @@ use tokio::{
     net::UdpSocket,
     task::JoinSet,
 };
-use tracing::{info, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 pub use crate::config::Transport;
 use crate::{
@@ -273,6 +273,8 @@ pub(crate) struct Shared {
     /// Each listener's way to its clients, indexed by [`ListenerId`].
     clients: Vec<ClientIo>,
     relays: Relays,
+    /// TCP allocations' sockets (RFC 6062).
+    tcp: crate::tcp_relay::TcpRelays,
     channel_events: ChannelEvents,
     /// Traffic of each listener's sockets, indexed by [`ListenerId`].
     listener_io: Vec<IoCounters>,
@@ -376,6 +378,7 @@ impl RunningServer {
             channels: ChannelTable::new(),
             clients,
             relays: Relays::new(threads).map_err(ServerError::Relays)?,
+            tcp: crate::tcp_relay::TcpRelays::default(),
             channel_events,
             listener_io: spec
                 .listeners
@@ -473,6 +476,7 @@ impl RunningServer {
     pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> T {
         let mut core = lock(&self.shared.core);
         self.shared.channels.fold_into(&mut core);
+        self.shared.tcp.fold_into(&mut core);
         f(&core)
     }
 
@@ -522,6 +526,7 @@ impl ServerHandle {
         let shared = self.shared.upgrade()?;
         let mut core = lock(&shared.core);
         shared.channels.fold_into(&mut core);
+        shared.tcp.fold_into(&mut core);
         Some(f(&core))
     }
 
@@ -630,6 +635,7 @@ impl Shared {
         let mut users = {
             let mut core = lock(&self.core);
             self.channels.fold_into(&mut core);
+            self.tcp.fold_into(&mut core);
             core.usage().users().to_vec()
         };
         if let Some(offload) = &self.channel_events.offload {
@@ -995,6 +1001,22 @@ impl Shared {
     }
 
     /// A stream connection or DTLS session ended: so does its allocation.
+    /// TCP allocations' sockets.
+    pub(crate) fn tcp_relays(&self) -> &crate::tcp_relay::TcpRelays {
+        &self.tcp
+    }
+
+    /// Runs `f` on the core, then carries out the commands it made.
+    pub(crate) fn with_core_commands(self: &Arc<Self>, f: impl FnOnce(&mut turn::Server)) {
+        let mut commands = VecDeque::new();
+        {
+            let mut core = lock(&self.core);
+            f(&mut core);
+            drain(&mut core, self, &mut commands);
+        }
+        execute(self, &mut commands);
+    }
+
     pub(crate) fn client_closed(self: &Arc<Self>, listener: ListenerId, client: SocketAddr) {
         let mut commands = VecDeque::new();
         {
@@ -1132,7 +1154,49 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 drain(&mut core, shared, commands);
             }
             Command::ReleaseRelay { addr } => {
-                shared.relays.release(&addr);
+                if !shared.tcp.release(&addr) {
+                    shared.relays.release(&addr);
+                }
+            }
+            Command::ListenRelay { addr } => {
+                let result = shared.tcp.listen(shared, addr);
+                let mut core = lock(&shared.core);
+                core.handle_relay_bound(addr, result, Instant::now());
+                drain(&mut core, shared, commands);
+            }
+            Command::ConnectPeer {
+                connection,
+                relayed,
+                peer,
+            } => shared.tcp.connect(shared, connection, relayed, peer),
+            Command::CloseConnection { connection } => shared.tcp.close(connection),
+            Command::BindData {
+                connection,
+                listener,
+                client,
+                user,
+            } => {
+                let job =
+                    shared
+                        .tcp
+                        .take_waiting(connection)
+                        .map(|peer| crate::tcp_relay::SpliceJob {
+                            connection,
+                            user,
+                            peer,
+                        });
+                let handed = match (job, shared.clients.get(usize::from(listener.0))) {
+                    (Some(job), Some(ClientIo::Stream(connections))) => {
+                        connections.splice(client, job).is_ok()
+                    }
+                    _ => false,
+                };
+                if !handed {
+                    debug!(connection, %client, "ConnectionBind without a peer connection or a data connection to splice");
+                    let mut core = lock(&shared.core);
+                    core.handle_connection_closed(connection);
+                    drain(&mut core, shared, commands);
+                }
             }
             // Applied in `drain`, under the core lock.
             Command::ChannelBound(_) | Command::ChannelUnbound(_) => {}

@@ -34,6 +34,7 @@ use turn_proto::stream::{Framer, MAX_MESSAGE, frame_for_stream};
 
 use crate::{
     server::{ConnectionSnapshot, Shared, lock},
+    tcp_relay::SpliceJob,
     tls::CertStore,
 };
 
@@ -80,10 +81,29 @@ impl ConnectionCounters {
     }
 }
 
+/// What the event loop hands a connection's task.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A message to write.
+    Message(Vec<u8>),
+    /// After what was queued before: the connection is an RFC 6062 data connection now;
+    /// the writer hands the stream back for the splice (the job is in the connection's
+    /// [`ConnectionHandle::splice`]).
+    Splice,
+}
+
+/// A connection as the event loop reaches it.
+#[derive(Debug)]
+struct ConnectionHandle {
+    tx: mpsc::Sender<Outgoing>,
+    /// Set by `BindData` (RFC 6062): the peer connection to splice with.
+    splice: Arc<Mutex<Option<SpliceJob>>>,
+}
+
 /// A listener's open connections, by client address.
 #[derive(Debug, Default)]
 pub struct Connections {
-    open: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    open: Mutex<HashMap<SocketAddr, ConnectionHandle>>,
     /// Open connections per client IP address (locked after `open` where both are).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     pub counters: ConnectionCounters,
@@ -100,18 +120,34 @@ impl Connections {
 
     /// Queues `data` for `client`; `false` when it has no connection or its queue is full.
     pub fn send(&self, client: SocketAddr, data: Vec<u8>) -> bool {
-        let sender = lock(&self.open).get(&client).cloned();
+        let sender = lock(&self.open).get(&client).map(|c| c.tx.clone());
         let Some(sender) = sender else {
             trace!(%client, "no connection for a message");
             return false;
         };
-        match sender.try_send(frame_for_stream(data)) {
+        match sender.try_send(Outgoing::Message(frame_for_stream(data))) {
             Ok(()) => true,
             Err(_) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
         }
+    }
+
+    /// Makes `client`'s connection the data connection of `job`'s peer connection (RFC
+    /// 6062), once what was queued for it is written; gives the job back when there is no
+    /// such connection or its queue is full.
+    pub(crate) fn splice(&self, client: SocketAddr, job: SpliceJob) -> Result<(), SpliceJob> {
+        let open = lock(&self.open);
+        let Some(connection) = open.get(&client) else {
+            return Err(job);
+        };
+        let mut slot = lock(&connection.splice);
+        if slot.is_some() || connection.tx.try_send(Outgoing::Splice).is_err() {
+            return Err(job);
+        }
+        *slot = Some(job);
+        Ok(())
     }
 }
 
@@ -161,6 +197,11 @@ pub(crate) async fn accept_task(
         }
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let mine = tx.clone();
+        let splice = Arc::new(Mutex::new(None));
+        let handle = ConnectionHandle {
+            tx,
+            splice: Arc::clone(&splice),
+        };
         let replaced = {
             let mut open = lock(&listener.connections.open);
             let mut per_ip = lock(&listener.connections.per_ip);
@@ -172,7 +213,7 @@ pub(crate) async fn accept_task(
                 if !open.contains_key(&client) {
                     *from_ip += 1;
                 }
-                Some(open.insert(client, tx))
+                Some(open.insert(client, handle))
             }
         };
         let Some(replaced) = replaced else {
@@ -195,10 +236,12 @@ pub(crate) async fn accept_task(
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + FIRST_MESSAGE_TIMEOUT;
             match acceptor {
-                None => serve(&shared, &listener, client, stream, rx, deadline).await,
+                None => serve(&shared, &listener, client, stream, rx, &splice, deadline).await,
                 Some(acceptor) => {
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(&shared, &listener, client, tls, rx, deadline).await,
+                        Ok(Ok(tls)) => {
+                            serve(&shared, &listener, client, tls, rx, &splice, deadline).await;
+                        }
                         Ok(Err(e)) => {
                             listener
                                 .connections
@@ -223,26 +266,36 @@ pub(crate) async fn accept_task(
     }
 }
 
-/// Reads messages into the core and writes queued messages out, until the connection ends.
+/// Reads messages into the core and writes queued messages out, until the connection ends
+/// (or, as an RFC 6062 data connection, is spliced with its peer connection until both are
+/// done).
 async fn serve<S>(
     shared: &Arc<Shared>,
     listener: &StreamListener,
     client: SocketAddr,
     stream: S,
-    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    splice: &Mutex<Option<SpliceJob>>,
     first_deadline: tokio::time::Instant,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    // The writer runs on its own: a client that does not read blocks only its own writes.
-    let write_task = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            if writer.write_all(&message).await.is_err() {
-                break;
+    // The writer runs on its own: a client that does not read blocks only its own writes. It
+    // gives the stream's write half back when the connection becomes a data connection.
+    let mut write_task = tokio::spawn(async move {
+        while let Some(outgoing) = outgoing.recv().await {
+            match outgoing {
+                Outgoing::Message(message) => {
+                    if writer.write_all(&message).await.is_err() {
+                        break;
+                    }
+                }
+                Outgoing::Splice => return Some(writer),
             }
         }
         let _ = writer.shutdown().await;
+        None
     });
     let mut framer = Framer::default();
     let mut buf = vec![0u8; 16 * 1024];
@@ -269,6 +322,17 @@ async fn serve<S>(
                 Ok(Some(message)) => {
                     deadline = tokio::time::Instant::now() + listener.idle_timeout;
                     shared.client_message(listener.id, client, &message, &mut commands);
+                    let job = lock(splice).take();
+                    if let Some(job) = job {
+                        // A data connection now: what follows is the peer's, as it is.
+                        let rest = framer.take_rest();
+                        let Ok(Some(writer)) = (&mut write_task).await else {
+                            return;
+                        };
+                        let stream = reader.unsplit(writer);
+                        crate::tcp_relay::splice(shared, stream, rest, job).await;
+                        return;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -292,11 +356,11 @@ fn closed(
     shared: &Arc<Shared>,
     listener: &StreamListener,
     client: SocketAddr,
-    mine: &mpsc::Sender<Vec<u8>>,
+    mine: &mpsc::Sender<Outgoing>,
 ) {
     {
         let mut open = lock(&listener.connections.open);
-        if !open.get(&client).is_some_and(|tx| tx.same_channel(mine)) {
+        if !open.get(&client).is_some_and(|c| c.tx.same_channel(mine)) {
             return;
         }
         open.remove(&client);
@@ -347,7 +411,11 @@ mod tests {
         let connections = Connections::default();
         let client: SocketAddr = "198.18.0.9:5000".parse().unwrap();
         let (tx, _rx) = mpsc::channel(2);
-        lock(&connections.open).insert(client, tx);
+        let handle = ConnectionHandle {
+            tx,
+            splice: Arc::default(),
+        };
+        lock(&connections.open).insert(client, handle);
         assert!(connections.send(client, stun(0)));
         assert!(connections.send(client, stun(0)));
         assert!(!connections.send(client, stun(0)));

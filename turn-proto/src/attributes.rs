@@ -4,7 +4,7 @@
 //! the RFC 8489 and RFC 8656 ones it lacks (MESSAGE-INTEGRITY-SHA256, PASSWORD-ALGORITHM,
 //! USERHASH, PASSWORD-ALGORITHMS, ADDRESS-ERROR-CODE) and a CHANNEL-NUMBER that decodes any
 //! value, so that an out-of-range channel number is answered with an authenticated 400 rather
-//! than failing to decode.
+//! than failing to decode; and RFC 6062's CONNECTION-ID.
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -447,6 +447,32 @@ impl AddressErrorCode {
 }
 value_attribute!(AddressErrorCode);
 
+/// CONNECTION-ID (RFC 6062 §6.2.1): names a TCP connection with a peer of a TCP allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(u32);
+
+impl ConnectionId {
+    /// Attribute type.
+    pub const CODEPOINT: u16 = 0x002A;
+
+    pub fn new(id: u32) -> Self {
+        ConnectionId(id)
+    }
+
+    pub fn value(self) -> u32 {
+        self.0
+    }
+
+    fn decode(value: &[u8]) -> Option<Self> {
+        Some(ConnectionId(u32::from_be_bytes(value.try_into().ok()?)))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        self.0.to_be_bytes().to_vec()
+    }
+}
+value_attribute!(ConnectionId);
+
 stun_codec::define_attribute_enums!(
     Attribute,
     AttributeDecoder,
@@ -480,7 +506,9 @@ stun_codec::define_attribute_enums!(
         ReservationToken,
         RequestedAddressFamily,
         AdditionalAddressFamily,
-        AddressErrorCode
+        AddressErrorCode,
+        // RFC 6062
+        ConnectionId
     ]
 );
 
@@ -500,6 +528,8 @@ mod tests {
 
     #[test]
     fn custom_attributes_round_trip() {
+        round_trip(&ConnectionId::new(0xdead_beef));
+        assert_eq!(ConnectionId::decode_value(&[1, 2, 3]), None);
         round_trip(&ChannelNumber::new(0x4001));
         round_trip(&ChannelNumber::new(0x1234));
         round_trip(&MessageIntegritySha256::new(vec![1; 32]));

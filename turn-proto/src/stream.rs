@@ -38,6 +38,16 @@ impl Framer {
         self.buf.len() - self.start
     }
 
+    /// Takes the bytes held that are not part of a message handed out yet: a connection that
+    /// stops carrying TURN messages (an RFC 6062 data connection after its ConnectionBind)
+    /// passes them on as they are.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.start);
+        self.buf.clear();
+        self.start = 0;
+        rest
+    }
+
     /// The next complete message, with ChannelData padding removed; `Ok(None)`: more bytes
     /// are needed.
     pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
@@ -102,6 +112,17 @@ mod tests {
         m.extend_from_slice(&[7; 12]);
         m.extend(std::iter::repeat_n(0xAB, usize::from(length)));
         m
+    }
+
+    #[test]
+    fn what_follows_the_last_message_is_taken_as_it_is() {
+        let a = stun(4);
+        let mut framer = Framer::default();
+        framer.push(&[&a[..], b"raw bytes"].concat());
+        assert_eq!(framer.next_message().unwrap(), Some(a));
+        assert_eq!(framer.take_rest(), b"raw bytes");
+        assert_eq!(framer.pending(), 0);
+        assert!(framer.take_rest().is_empty());
     }
 
     #[test]

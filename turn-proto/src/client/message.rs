@@ -48,6 +48,14 @@ pub enum Request {
         peer: SocketAddr,
         channel: u16,
     },
+    /// RFC 6062: a TCP connection from a TCP allocation's relayed address to `peer`.
+    Connect {
+        peer: SocketAddr,
+    },
+    /// RFC 6062, on a new TCP connection: make it the data connection of `connection`.
+    ConnectionBind {
+        connection: u32,
+    },
 }
 
 impl Request {
@@ -58,6 +66,11 @@ impl Request {
             Request::Refresh { .. } => REFRESH,
             Request::CreatePermission { .. } => CREATE_PERMISSION,
             Request::ChannelBind { .. } => CHANNEL_BIND,
+            // Valid method numbers (below 0x1000): `new` cannot refuse them.
+            Request::Connect { .. } => Method::new(crate::server::CONNECT).unwrap_or(BINDING),
+            Request::ConnectionBind { .. } => {
+                Method::new(crate::server::CONNECTION_BIND).unwrap_or(BINDING)
+            }
         }
     }
 
@@ -97,6 +110,10 @@ impl Request {
                 message.add_attribute(ChannelNumber::new(*channel));
                 message.add_attribute(XorPeerAddress::new(*peer));
             }
+            Request::Connect { peer } => message.add_attribute(XorPeerAddress::new(*peer)),
+            Request::ConnectionBind { connection } => {
+                message.add_attribute(crate::attributes::ConnectionId::new(*connection));
+            }
         }
         Ok(())
     }
@@ -112,6 +129,9 @@ pub fn method_name(method: Method) -> &'static str {
         DATA => "Data",
         CREATE_PERMISSION => "CreatePermission",
         CHANNEL_BIND => "ChannelBind",
+        m if m.as_u16() == crate::server::CONNECT => "Connect",
+        m if m.as_u16() == crate::server::CONNECTION_BIND => "ConnectionBind",
+        m if m.as_u16() == crate::server::CONNECTION_ATTEMPT => "ConnectionAttempt",
         _ => "unknown",
     }
 }

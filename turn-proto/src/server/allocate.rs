@@ -15,7 +15,7 @@ use super::snapshot::AdoptionRefusal;
 use super::state::*;
 use super::{BindFailure, Command, FiveTuple, ListenerId, RelayedAddress};
 use crate::attributes::{
-    AdditionalAddressFamily, AddressErrorCode, Attribute, EvenPort, Lifetime,
+    AdditionalAddressFamily, AddressErrorCode, Attribute, DontFragment, EvenPort, Lifetime,
     RequestedAddressFamily, RequestedTransport, ReservationToken, XorMappedAddress,
     XorRelayAddress,
 };
@@ -58,9 +58,11 @@ impl Server {
         let Some(transport) = message.get_attribute::<RequestedTransport>() else {
             return Reply::error(400);
         };
-        if transport.protocol() != PROTOCOL_UDP {
-            return Reply::error(442);
-        }
+        let tcp = match transport.protocol() {
+            PROTOCOL_UDP => false,
+            PROTOCOL_TCP => true,
+            _ => return Reply::error(442),
+        };
         let token = message
             .get_attribute::<ReservationToken>()
             .map(ReservationToken::token);
@@ -80,6 +82,17 @@ impl Server {
             return Reply::error(400);
         }
         if additional.is_some() && (additional != Some(AddressFamily::V6) || even_port.is_some()) {
+            return Reply::error(400);
+        }
+        // RFC 6062 §5.1: TCP allocations only over TCP/TLS, and without the UDP-only options
+        // (nor a second family: a relayed TCP address is one listening socket).
+        if tcp
+            && (five_tuple.transport != super::Transport::Tcp
+                || token.is_some()
+                || even_port.is_some()
+                || additional.is_some()
+                || message.get_attribute::<DontFragment>().is_some())
+        {
             return Reply::error(400);
         }
         let primary = requested.unwrap_or(AddressFamily::V4);
@@ -133,6 +146,7 @@ impl Server {
                 &auth.username,
                 relayed.clone(),
                 None,
+                false,
                 lifetime,
                 now,
             );
@@ -189,7 +203,7 @@ impl Server {
         for group in &kept {
             for (addr, _) in &group.binds {
                 self.pending_by_addr.insert(*addr, id);
-                self.commands.push_back(Command::BindRelay { addr: *addr });
+                self.commands.push_back(bind_command(*addr, tcp));
             }
         }
         self.count_user(&auth.username, user_slots);
@@ -209,6 +223,7 @@ impl Server {
                 tried,
                 address_error,
                 slots: user_slots,
+                tcp,
             },
         );
         Reply::Parked
@@ -306,7 +321,7 @@ impl Server {
                     pending.attempts += 1;
                     for (other, _) in &group.binds {
                         self.pending_by_addr.insert(*other, id);
-                        self.commands.push_back(Command::BindRelay { addr: *other });
+                        self.commands.push_back(bind_command(*other, pending.tcp));
                     }
                     pending.groups.insert(index, group);
                 } else if group.optional {
@@ -400,6 +415,7 @@ impl Server {
             &pending.auth.username,
             relayed.clone(),
             token,
+            pending.tcp,
             pending.lifetime,
             now,
         );
@@ -429,6 +445,7 @@ impl Server {
         username: &str,
         relayed: Vec<RelayedAddress>,
         reservation: Option<u64>,
+        tcp: bool,
         lifetime: Duration,
         now: Instant,
     ) {
@@ -456,6 +473,7 @@ impl Server {
                 channel_ips: BTreeSet::new(),
                 reservation,
                 user,
+                tcp,
             },
         );
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
@@ -596,6 +614,9 @@ impl Server {
             return;
         };
         self.changes.mark(*five_tuple, allocation.listener);
+        if allocation.tcp {
+            self.close_connections_of(five_tuple);
+        }
         // Only channels whose permission is installed have kernel entries to remove.
         for binding in allocation.installed_bindings() {
             self.commands.push_back(Command::ChannelUnbound(binding));
@@ -643,6 +664,16 @@ impl Server {
 }
 
 /// Takes `slots` off `key`'s count in `counts`, dropping the entry at zero.
+/// The command binding a relayed address: a UDP socket, or a listening TCP socket for a TCP
+/// allocation.
+fn bind_command(addr: SocketAddr, tcp: bool) -> Command {
+    if tcp {
+        Command::ListenRelay { addr }
+    } else {
+        Command::BindRelay { addr }
+    }
+}
+
 fn take_slots<K, Q>(counts: &mut super::HashMap<K, usize>, key: &Q, slots: usize)
 where
     K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,

@@ -120,6 +120,9 @@ pub struct Allocation {
     pub(crate) reservation: Option<u64>,
     /// Its user's slot in [`Usage`](super::Usage).
     pub(crate) user: usize,
+    /// A TCP allocation (RFC 6062): its relayed address listens for TCP, it has connections
+    /// with peers instead of channels.
+    pub(crate) tcp: bool,
 }
 
 impl Allocation {
@@ -141,6 +144,11 @@ impl Allocation {
     /// Its relayed transport addresses.
     pub fn relayed_addresses(&self) -> &[RelayedAddress] {
         &self.relayed
+    }
+
+    /// Whether it is a TCP allocation (RFC 6062).
+    pub fn is_tcp(&self) -> bool {
+        self.tcp
     }
 
     /// When it expires unless refreshed.

@@ -33,9 +33,12 @@ impl Server {
         Reply::Error(code, attributes)
     }
 
+    /// `also`: another address whose nonces are good here too (a ConnectionBind's data
+    /// connection may reuse the nonce of its control connection, as clients do).
     pub(super) fn authenticate(
         &mut self,
         client: SocketAddr,
+        also: Option<SocketAddr>,
         frame: &StunFrame<'_>,
         message: &Message<Attribute>,
         now: Instant,
@@ -56,7 +59,13 @@ impl Server {
             // Neither, or both.
             return Err(Reply::error(400));
         }
-        match self.nonces.check(nonce.value(), client, unix_now) {
+        let check = match self.nonces.check(nonce.value(), client, unix_now) {
+            NonceCheck::Invalid => also.map_or(NonceCheck::Invalid, |other| {
+                self.nonces.check(nonce.value(), other, unix_now)
+            }),
+            check => check,
+        };
+        match check {
             NonceCheck::Valid => {}
             NonceCheck::Stale | NonceCheck::Invalid => {
                 self.stats.stale_nonces += 1;

@@ -25,6 +25,10 @@ impl Server {
             Ok(allocation) => allocation,
             Err(reply) => return reply,
         };
+        // A TCP allocation (RFC 6062) has connections, not channels.
+        if allocation.tcp {
+            return Reply::error(400);
+        }
         let (Some(number), Some(peer)) = (
             message.get_attribute::<ChannelNumber>().copied(),
             message

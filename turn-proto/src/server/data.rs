@@ -42,6 +42,11 @@ impl Server {
             self.stats.unknown_client_dropped += 1;
             return;
         };
+        if allocation.tcp {
+            // A TCP allocation's data goes over its connections (RFC 6062).
+            self.stats.malformed_dropped += 1;
+            return;
+        }
         let SendFields::Complete {
             peer,
             data,

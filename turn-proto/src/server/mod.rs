@@ -39,6 +39,7 @@ mod restore;
 mod snapshot;
 mod state;
 mod stats;
+mod tcp;
 mod timers;
 mod txcache;
 mod usage;
@@ -55,6 +56,7 @@ pub use snapshot::{
 };
 pub use state::{Revoked, Server};
 pub use stats::{ClusterTraffic, Stats};
+pub use tcp::{CONNECT, CONNECTION_ATTEMPT, CONNECTION_BIND, CONNECTION_BIND_TIMEOUT};
 pub use usage::{Usage, UserUsage};
 
 /// Index of a listener in [`ServerConfig::listeners`].
@@ -173,6 +175,29 @@ pub enum Command {
     },
     /// Bind a UDP socket on exactly `addr`; answer with [`Server::handle_relay_bound`].
     BindRelay { addr: SocketAddr },
+    /// A TCP allocation's relayed address (RFC 6062): listen for TCP on exactly `addr`; answer
+    /// with [`Server::handle_relay_bound`]. Peers that connect are reported with
+    /// [`Server::handle_peer_connection`]. `ReleaseRelay` closes it.
+    ListenRelay { addr: SocketAddr },
+    /// Connect over TCP from `relayed` to `peer` (a Connect); answer with
+    /// [`Server::handle_peer_connected`]. The connection is `connection` from then on.
+    ConnectPeer {
+        connection: u32,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// The client's TCP connection from `client` on `listener` became the data connection of
+    /// peer connection `connection` (after the ConnectionBind response queued before this):
+    /// splice their bytes, and report the end with [`Server::handle_connection_closed`].
+    BindData {
+        connection: u32,
+        listener: ListenerId,
+        client: SocketAddr,
+        /// The slot of the allocation's user in [`Usage`], for [`Server::count_tcp_traffic`].
+        user: usize,
+    },
+    /// Close peer connection `connection` (and its data connection, if bound).
+    CloseConnection { connection: u32 },
     /// Close the relayed socket at `addr` (allocation gone, or a reservation expired).
     ReleaseRelay { addr: SocketAddr },
     /// A channel relays now: the fast path may install its kernel entries. Sent when it is

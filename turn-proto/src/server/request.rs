@@ -9,6 +9,7 @@ use stun_codec::{Message, MessageClass, MessageEncoder};
 use tracing::{trace, warn};
 
 use super::state::*;
+use super::tcp::{CONNECT, CONNECTION_BIND};
 use super::{Command, FiveTuple, ListenerId, Transport};
 use crate::attributes::{Attribute, ErrorCode, UnknownAttributes, XorMappedAddress};
 use crate::wire::{self, Demux, FrameError, Header, StunFrame};
@@ -141,10 +142,13 @@ impl Server {
             self.respond(listener, five_tuple, header, reply, None, None);
             return;
         }
-        if !matches!(
-            header.method,
-            ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
-        ) {
+        let tcp_method = matches!(header.method.as_u16(), CONNECT | CONNECTION_BIND);
+        if !tcp_method
+            && !matches!(
+                header.method,
+                ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
+            )
+        {
             self.respond(listener, five_tuple, header, Reply::error(400), None, None);
             return;
         }
@@ -155,7 +159,11 @@ impl Server {
             self.respond(listener, five_tuple, header, Reply::error(403), None, None);
             return;
         }
-        let auth = match self.authenticate(five_tuple.client, frame, &message, now) {
+        // A ConnectionBind's data connection may use the nonce of its control connection.
+        let also = (header.method.as_u16() == CONNECTION_BIND)
+            .then(|| self.connection_owner(&message))
+            .flatten();
+        let auth = match self.authenticate(five_tuple.client, also, frame, &message, now) {
             Ok(auth) => auth,
             Err(reply) => {
                 self.respond(listener, five_tuple, header, reply, None, None);
@@ -172,7 +180,11 @@ impl Server {
                 CREATE_PERMISSION => {
                     self.create_permission(listener, five_tuple, &message, &auth, now)
                 }
-                _ => self.channel_bind(listener, five_tuple, &message, &auth, now),
+                CHANNEL_BIND => self.channel_bind(listener, five_tuple, &message, &auth, now),
+                m if m.as_u16() == CONNECT => {
+                    self.connect(listener, five_tuple, header, &message, &auth, now)
+                }
+                _ => self.connection_bind(listener, five_tuple, &message, &auth),
             }
         };
         if matches!(reply, Reply::Success(_)) {
@@ -181,6 +193,8 @@ impl Server {
         if !matches!(reply, Reply::Parked) {
             self.respond(listener, five_tuple, header, reply, Some(&auth), Some(now));
         }
+        let after = std::mem::take(&mut self.after_response);
+        self.commands.extend(after);
     }
 
     /// Encodes and sends a response; `cache_at`: remember it for retransmissions.

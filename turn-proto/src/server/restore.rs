@@ -264,6 +264,7 @@ impl Server {
             channel_ips: BTreeSet::new(),
             reservation: reservation.map(|(r, _)| r.token),
             user: 0,
+            tcp: false,
         };
         let mut timers = Vec::new();
         let permitted: Vec<IpAddr> = state.permissions.iter().map(|p| p.peer).collect();

@@ -52,6 +52,8 @@ pub(super) const TX_CACHE_CAPACITY: usize = 8192;
 pub(super) const TX_CACHE_MAX_BYTES: usize = 8 << 20;
 /// REQUESTED-TRANSPORT value of UDP.
 pub(super) const PROTOCOL_UDP: u8 = 17;
+/// REQUESTED-TRANSPORT value of TCP (RFC 6062).
+pub(super) const PROTOCOL_TCP: u8 = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Timer {
@@ -59,6 +61,8 @@ pub(super) enum Timer {
     Permission(FiveTuple, IpAddr),
     Channel(FiveTuple, u16),
     Reservation(u64),
+    /// A TCP allocation's peer connection waiting for its ConnectionBind (RFC 6062).
+    Connection(u32),
 }
 
 /// Which quota an Allocate (or an adopted allocation) would exceed.
@@ -135,6 +139,8 @@ pub(super) struct PendingAllocate {
     pub(super) address_error: Option<(AddressFamily, u16)>,
     /// Quota slots it holds: 1, or 2 when it will also make a reservation (EVEN-PORT with R).
     pub(super) slots: usize,
+    /// A TCP allocation (RFC 6062): its relayed addresses listen for TCP.
+    pub(super) tcp: bool,
 }
 
 /// The sans-IO TURN server. See the [module documentation](super).
@@ -179,6 +185,12 @@ pub struct Server {
     pub(super) stats: Stats,
     /// Per-user usage.
     pub(super) usage: Usage,
+    /// TCP allocations' connections with peers (RFC 6062), by CONNECTION-ID.
+    pub(super) tcp_connections: HashMap<u32, super::tcp::PeerConnection>,
+    /// The same by allocation and peer (one connection per peer and allocation).
+    pub(super) tcp_by_peer: HashMap<(FiveTuple, SocketAddr), u32>,
+    /// Commands that follow the response being made (ConnectionBind's `BindData`).
+    pub(super) after_response: Vec<Command>,
     /// Draining (the agent is shutting down): new Allocates get 508, the rest goes on.
     pub(super) draining: bool,
     /// What changed of the state a [`Snapshot`] holds.
@@ -223,6 +235,8 @@ pub(super) fn reason_phrase(code: u16) -> &'static str {
         441 => "Wrong Credentials",
         442 => "Unsupported Transport Protocol",
         443 => "Peer Address Family Mismatch",
+        446 => "Connection Already Exists",
+        447 => "Connection Timeout or Failure",
         486 => "Allocation Quota Reached",
         508 => "Insufficient Capacity",
         _ => "Error",
@@ -395,6 +409,9 @@ impl Server {
             commands: VecDeque::new(),
             stats,
             usage,
+            tcp_connections: HashMap::default(),
+            tcp_by_peer: HashMap::default(),
+            after_response: Vec::new(),
             draining: false,
             changes: Changes::default(),
         }

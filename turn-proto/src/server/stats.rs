@@ -26,6 +26,8 @@ pub struct Stats {
     pub error_441: u64,
     pub error_442: u64,
     pub error_443: u64,
+    pub error_446: u64,
+    pub error_447: u64,
     pub error_486: u64,
     pub error_508: u64,
     /// Error responses with any other code.
@@ -101,6 +103,16 @@ pub struct Stats {
     pub unauthenticated_answer_bytes_limited: u64,
     /// BindRelay outcomes that were failures.
     pub relay_bind_failures: u64,
+    /// TCP allocations (RFC 6062): Connects tried, those whose connection failed (447),
+    /// peers that connected and were offered to the client (ConnectionAttempt), those refused
+    /// (a second connection from the same peer address, or the allocation's limit), connections
+    /// bound to a data connection, and those closed unbound after 30 s.
+    pub tcp_connects: u64,
+    pub tcp_connect_failures: u64,
+    pub tcp_connection_attempts: u64,
+    pub tcp_connections_refused: u64,
+    pub tcp_connections_bound: u64,
+    pub tcp_connections_timed_out: u64,
     /// Saved allocations not adopted on a restart, by the rule that refused them (indexed like
     /// [`AdoptionRefusal::LABELS`]).
     pub adoption_refused: [u64; AdoptionRefusal::LABELS.len()],
@@ -137,7 +149,7 @@ impl ClusterTraffic {
 
 impl Stats {
     /// Error responses by code, for exporters: `(code, count)`, `0` standing for "other".
-    pub fn error_responses(&self) -> [(u16, u64); 13] {
+    pub fn error_responses(&self) -> [(u16, u64); 15] {
         [
             (400, self.error_400),
             (401, self.error_401),
@@ -149,6 +161,8 @@ impl Stats {
             (441, self.error_441),
             (442, self.error_442),
             (443, self.error_443),
+            (446, self.error_446),
+            (447, self.error_447),
             (486, self.error_486),
             (508, self.error_508),
             (0, self.error_other),
@@ -224,6 +238,8 @@ impl Stats {
             441 => &mut self.error_441,
             442 => &mut self.error_442,
             443 => &mut self.error_443,
+            446 => &mut self.error_446,
+            447 => &mut self.error_447,
             486 => &mut self.error_486,
             508 => &mut self.error_508,
             _ => &mut self.error_other,

@@ -28,6 +28,7 @@ impl Server {
                 Timer::Channel(five_tuple, number) => {
                     self.channel_timer(five_tuple, number, at, now);
                 }
+                Timer::Connection(id) => self.connection_timer(id, at),
                 Timer::Reservation(token) => {
                     if self
                         .reservations

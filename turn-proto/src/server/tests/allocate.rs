@@ -324,11 +324,16 @@ fn wrong_username_on_an_allocation_is_441() {
 fn allocate_attribute_checks() {
     let mut h = Harness::new();
     let mut client = Client::alice();
-    // REQUESTED-TRANSPORT missing → 400, TCP → 442.
+    // REQUESTED-TRANSPORT missing → 400, TCP over UDP → 400 (RFC 6062), SCTP → 442.
     assert_eq!(h.ask(&mut client, ALLOCATE, vec![]).error_code(), Some(400));
     let tcp = RequestedTransport::new(6).into();
     assert_eq!(
         h.ask(&mut client, ALLOCATE, vec![tcp]).error_code(),
+        Some(400)
+    );
+    let sctp = RequestedTransport::new(132).into();
+    assert_eq!(
+        h.ask(&mut client, ALLOCATE, vec![sctp]).error_code(),
         Some(442)
     );
     // Both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY → 400.
@@ -681,7 +686,7 @@ fn malformed_requests_get_400_and_other_garbage_is_dropped() {
     let mut other = Client::alice();
     let (_, bytes) = other.build(
         MessageClass::Request,
-        Method::new(0x00A).unwrap(),
+        Method::new(0x00F).unwrap(),
         vec![],
         false,
     );

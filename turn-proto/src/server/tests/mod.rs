@@ -15,6 +15,7 @@ mod reflection;
 mod restore;
 mod rfc5769;
 mod stun_only;
+mod tcp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,7 +175,7 @@ pub(super) fn bind_requests(commands: &[Command]) -> Vec<SocketAddr> {
     commands
         .iter()
         .filter_map(|c| match c {
-            Command::BindRelay { addr } => Some(*addr),
+            Command::BindRelay { addr } | Command::ListenRelay { addr } => Some(*addr),
             _ => None,
         })
         .collect()
@@ -303,6 +304,8 @@ impl Client {
 pub(super) struct Harness {
     pub server: Server,
     pub now: Instant,
+    /// The listener clients send on ([`MAIN`] unless a test says otherwise).
+    pub listener: ListenerId,
 }
 
 pub(super) const START_UNIX: u64 = 1_700_000_000;
@@ -338,7 +341,11 @@ impl Harness {
             start,
             UNIX_EPOCH + Duration::from_secs(START_UNIX),
         );
-        Harness { server, now: start }
+        Harness {
+            server,
+            now: start,
+            listener: MAIN,
+        }
     }
 
     pub fn drain(&mut self) -> Vec<Command> {
@@ -347,7 +354,7 @@ impl Harness {
 
     pub fn client_sends(&mut self, client: SocketAddr, data: &[u8]) -> Vec<Command> {
         self.server
-            .handle_client_datagram(MAIN, client, data, self.now);
+            .handle_client_datagram(self.listener, client, data, self.now);
         self.drain()
     }
 

@@ -27,7 +27,11 @@ fn restarted(h: &Harness, later: Duration) -> Harness {
         h.now,
         UNIX_EPOCH + taken + later,
     );
-    Harness { server, now: h.now }
+    Harness {
+        server,
+        now: h.now,
+        listener: MAIN,
+    }
 }
 
 fn bound_allocation() -> (Harness, Client, SocketAddr) {
