@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub gso: bool,
     pub draining: bool,
     pub allocations: u64,
+    /// TCP allocations' connections with peers (RFC 6062), waiting or spliced.
+    pub tcp_connections: u64,
     pub permissions: u64,
     pub channels: u64,
     pub stats: turn::Stats,
@@ -233,7 +235,7 @@ impl MetricsSource {
     /// one pass over the allocations (to count permissions and channels) and makes a few BPF
     /// syscalls per installed binding: run it off the async workers (`spawn_blocking`).
     pub fn gather(&self) -> Option<Snapshot> {
-        let (allocations, permissions, channels, stats, draining, usage) =
+        let (allocations, tcp_connections, permissions, channels, stats, draining, usage) =
             self.server.with_core(|core| {
                 let (permissions, channels) = core.allocations().fold((0u64, 0u64), |(p, c), a| {
                     (
@@ -243,6 +245,7 @@ impl MetricsSource {
                 });
                 (
                     core.allocation_count() as u64,
+                    core.tcp_connection_count() as u64,
                     permissions,
                     channels,
                     core.stats().clone(),
@@ -287,6 +290,7 @@ impl MetricsSource {
             interfaces: self.interfaces.clone(),
             draining,
             allocations,
+            tcp_connections,
             permissions,
             channels,
             stats,
@@ -723,6 +727,23 @@ impl Collector for SnapshotCollector {
             s.dns_failures,
         )?;
         user_metrics(&mut out, s)?;
+        out.gauge(
+            "xturn_tcp_connections_active",
+            "TCP allocations' connections with peers now (RFC 6062): waiting for their ConnectionBind or spliced with a data connection.",
+            s.tcp_connections,
+        )?;
+        out.counters(
+            "xturn_tcp_connection_events",
+            "TCP allocations' connections with peers (RFC 6062), by what happened: connect (a Connect), connect_failed (447), attempt (a peer connected, ConnectionAttempt sent), refused (a second connection from one peer address, or the allocation's limit of 64), bound (ConnectionBind), timed_out (no ConnectionBind in 30 s).",
+            &[
+                (labels([("event", "connect")]), st.tcp_connects),
+                (labels([("event", "connect_failed")]), st.tcp_connect_failures),
+                (labels([("event", "attempt")]), st.tcp_connection_attempts),
+                (labels([("event", "refused")]), st.tcp_connections_refused),
+                (labels([("event", "bound")]), st.tcp_connections_bound),
+                (labels([("event", "timed_out")]), st.tcp_connections_timed_out),
+            ],
+        )?;
         let errors: Vec<(Labels, u64)> = st
             .error_responses()
             .iter()

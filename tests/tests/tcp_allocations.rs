@@ -24,7 +24,7 @@ use turn_proto::{
     stream::{Framer, frame_for_stream},
 };
 use xturn_tests::{
-    admin::http,
+    admin::{http, metric, scrape},
     certificates::certificate,
     clients::{assert_alive, assert_no_loss, log_path, uclient, xturnd_args},
     netns::ChildGuard,
@@ -270,4 +270,15 @@ fn uclient_relays_through_tcp_allocations_and_unbound_peers_are_dropped() {
         });
     });
     assert_alive(&mut relay);
+    let metrics = scrape(&topology.relay, METRICS);
+    let event = |name: &str| {
+        metric(
+            &metrics,
+            &format!(r#"xturn_tcp_connection_events_total{{event="{name}"}}"#),
+        )
+    };
+    // Both uclient runs bound a data connection on each side, through a Connect on one.
+    assert!(event("connect") >= 2 && event("bound") >= 4, "{metrics}");
+    assert_eq!(event("connect_failed"), 0, "{metrics}");
+    assert_eq!(event("timed_out"), 1, "the unbound peer:\n{metrics}");
 }

@@ -557,6 +557,10 @@ pub struct PeerPolicy {
     /// with routes whose clusters have no endpoints is present with an empty list (reaches
     /// nothing); a listener absent from the map has no routes (reaches everything not denied).
     routed: HashMap<String, Vec<Endpoint>>,
+    /// The same for TCP allocations (RFC 6062): the endpoints of a listener's routed TCP
+    /// clusters. A routed listener is in both maps (a listener whose clusters are all UDP
+    /// reaches nothing over TCP, and the other way round).
+    tcp_routed: HashMap<String, Vec<Endpoint>>,
     /// The names of the clusters, for metrics: [`PeerPolicy::cluster_of`] answers an index
     /// into it.
     cluster_names: Vec<String>,
@@ -584,6 +588,7 @@ impl PeerPolicy {
             host_ips: Vec::new(),
             relay_ports: (0, u16::MAX),
             routed: HashMap::new(),
+            tcp_routed: HashMap::new(),
             cluster_names: Vec::new(),
             cluster_routes: HashMap::new(),
             allow_loopback: false,
@@ -660,11 +665,32 @@ impl PeerPolicy {
     /// Restricts `listener` to `endpoints` (added to any it already has). A listener given an
     /// empty list reaches no peer at all, like a STUNner listener whose routes have no endpoints.
     pub fn route(mut self, listener: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
-        self.routed
-            .entry(listener.into())
+        let listener = listener.into();
+        self.tcp_routed.entry(listener.clone()).or_default();
+        self.routed.entry(listener).or_default().extend(endpoints);
+        self
+    }
+
+    /// Like [`PeerPolicy::route`], for TCP allocations (RFC 6062): `listener`'s clients
+    /// reach `endpoints` over TCP relayed addresses (a STUNner cluster with `protocol: TCP`).
+    pub fn route_tcp(mut self, listener: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
+        let listener = listener.into();
+        self.routed.entry(listener.clone()).or_default();
+        self.tcp_routed
+            .entry(listener)
             .or_default()
             .extend(endpoints);
         self
+    }
+
+    /// The endpoints a routed `listener` reaches with UDP or TCP allocations; `None`: not
+    /// routed (everything not denied).
+    fn routes_of(&self, listener: &str, tcp: bool) -> Option<&Vec<Endpoint>> {
+        if tcp {
+            self.tcp_routed.get(listener)
+        } else {
+            self.routed.get(listener)
+        }
     }
 
     /// Lets loopback peers (`127.0.0.0/8`, `::1`, and IPv6 forms embedding `127.0.0.0/8`) through
@@ -681,8 +707,18 @@ impl PeerPolicy {
     /// The relay's listener addresses are not refused here: relayed addresses share their IP
     /// with the listeners, and a permission towards another allocation of this relay must work.
     pub fn permits_ip(&self, listener: &str, peer: IpAddr) -> Result<(), PeerDenied> {
+        self.permits_ip_over(listener, peer, false)
+    }
+
+    /// [`PeerPolicy::permits_ip`] for a UDP (`tcp` false) or TCP allocation.
+    pub fn permits_ip_over(
+        &self,
+        listener: &str,
+        peer: IpAddr,
+        tcp: bool,
+    ) -> Result<(), PeerDenied> {
         let canonical = self.check_deny_list(peer)?;
-        match self.routed.get(listener) {
+        match self.routes_of(listener, tcp) {
             None => Ok(()),
             Some(endpoints) => {
                 if endpoints
@@ -702,6 +738,17 @@ impl PeerPolicy {
 
     /// For ChannelBind and Send: may a client on `listener` reach `peer` (address and port)?
     pub fn permits(&self, listener: &str, peer: SocketAddr) -> Result<(), PeerDenied> {
+        self.permits_over(listener, peer, false)
+    }
+
+    /// [`PeerPolicy::permits`] for a UDP (`tcp` false) or TCP allocation (Connect, and peers
+    /// that connect to a TCP relayed address).
+    pub fn permits_over(
+        &self,
+        listener: &str,
+        peer: SocketAddr,
+        tcp: bool,
+    ) -> Result<(), PeerDenied> {
         let canonical = self.check_deny_list(peer.ip())?;
         if self
             .own
@@ -721,7 +768,7 @@ impl PeerPolicy {
                 why: OWN_HOST,
             });
         }
-        match self.routed.get(listener) {
+        match self.routes_of(listener, tcp) {
             None => Ok(()),
             Some(endpoints) => {
                 let canonical_peer = SocketAddr::new(canonical, peer.port());
@@ -1259,6 +1306,49 @@ mod tests {
         );
         assert_eq!(canonical_ip(ip("2001:db8::1")), ip("2001:db8::1"));
         assert_eq!(canonical_ip(ip("1.2.3.4")), ip("1.2.3.4"));
+    }
+
+    /// STUNner's `protocol: TCP` clusters: reached by TCP allocations only, and UDP clusters
+    /// by UDP allocations only; a listener without routes reaches both as before.
+    #[test]
+    fn tcp_and_udp_clusters_are_reached_over_their_own_allocations() {
+        let policy = open()
+            .route_cluster("media", "rtp", vec![ep("10.0.0.0/8")])
+            .route_tcp("media", vec![ep("192.0.2.0/24:443")])
+            .route("udp-only", vec![ep("10.0.0.0/8")]);
+        assert_eq!(policy.permits("media", sa("10.1.2.3:5000")), Ok(()));
+        assert!(
+            policy
+                .permits_over("media", sa("10.1.2.3:5000"), true)
+                .is_err()
+        );
+        assert_eq!(
+            policy.permits_over("media", sa("192.0.2.7:443"), true),
+            Ok(())
+        );
+        assert!(
+            policy
+                .permits_over("media", sa("192.0.2.7:444"), true)
+                .is_err()
+        );
+        assert!(policy.permits("media", sa("192.0.2.7:443")).is_err());
+        assert_eq!(
+            policy.permits_ip_over("media", ip("192.0.2.7"), true),
+            Ok(())
+        );
+        assert!(policy.permits_ip("media", ip("192.0.2.7")).is_err());
+        // Routed to UDP clusters only: nothing over TCP.
+        assert!(
+            policy
+                .permits_over("udp-only", sa("10.1.2.3:5000"), true)
+                .is_err()
+        );
+        // Not routed: everything not denied, either way.
+        assert_eq!(
+            policy.permits_over("open", sa("10.1.2.3:5000"), true),
+            Ok(())
+        );
+        assert_eq!(policy.permits("open", sa("10.1.2.3:5000")), Ok(()));
     }
 
     #[test]

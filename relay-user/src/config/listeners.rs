@@ -56,12 +56,24 @@ pub(super) fn resolve_clusters(
                 ));
             }
         };
-        check_choice(
-            &format!("{field}.protocol"),
-            cluster.protocol.as_deref(),
-            ("UDP", "unknown cluster protocol"),
-            ("TCP", "clusters are UDP only"),
-        )?;
+        let tcp = match cluster
+            .protocol
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            None | Some("" | "UDP") => false,
+            Some("TCP") => true,
+            Some(_) => {
+                return Err(invalid(
+                    format!("{field}.protocol"),
+                    format!(
+                        "unknown cluster protocol {:?} (expected UDP or TCP)",
+                        cluster.protocol.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        };
         let texts = cluster.endpoints.as_deref().unwrap_or_default();
         let endpoint_error =
             |j: usize, e: EndpointError| invalid(format!("{field}.endpoints[{j}]"), e.to_string());
@@ -87,6 +99,7 @@ pub(super) fn resolve_clusters(
             name: name.to_owned(),
             endpoints,
             dns,
+            tcp,
         });
     }
     Ok(resolved)

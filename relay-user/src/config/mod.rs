@@ -74,23 +74,13 @@ pub enum ConfigError {
         error: Box<ConfigError>,
         vars: Vec<String>,
     },
-    /// A field asks for something STUNner has and xturnd does not have yet; `hint` says what
-    /// to do instead.
-    #[error("{field}: {what} is not supported yet ({hint})")]
-    Unsupported {
-        field: String,
-        what: String,
-        hint: String,
-    },
 }
 
 impl ConfigError {
     /// The field or flag the error is about (`listeners[1].port`, `--user "bob"`), if any.
     pub fn field(&self) -> Option<&str> {
         match self {
-            ConfigError::Invalid { field, .. } | ConfigError::Unsupported { field, .. } => {
-                Some(field)
-            }
+            ConfigError::Invalid { field, .. } => Some(field),
             ConfigError::UnsetEnv { error, .. } => error.field(),
             ConfigError::Read { .. } | ConfigError::Parse { .. } => None,
         }
@@ -101,18 +91,6 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
-    }
-}
-
-fn unsupported(
-    field: impl Into<String>,
-    what: impl Into<String>,
-    hint: impl Into<String>,
-) -> ConfigError {
-    ConfigError::Unsupported {
-        field: field.into(),
-        what: what.into(),
-        hint: hint.into(),
     }
 }
 
@@ -347,6 +325,8 @@ pub struct ClusterConfig {
     /// STRICT_DNS: the host names whose addresses are its endpoints, resolved at run time
     /// ([`crate::dns`]; empty for STATIC).
     pub dns: Vec<DnsEndpoint>,
+    /// `protocol: TCP`: reached through TCP allocations (RFC 6062), not UDP ones.
+    pub tcp: bool,
 }
 
 /// The resolved configuration: flags merged over the file, defaults filled in, validated.
@@ -476,7 +456,11 @@ impl Config {
             {
                 let mut endpoints = cluster.endpoints.clone();
                 endpoints.extend(cluster.dns.iter().flat_map(|d| d.endpoints(names)));
-                policy = policy.route_cluster(listener.name.clone(), &cluster.name, endpoints);
+                policy = if cluster.tcp {
+                    policy.route_tcp(listener.name.clone(), endpoints)
+                } else {
+                    policy.route_cluster(listener.name.clone(), &cluster.name, endpoints)
+                };
             }
         }
         policy
@@ -763,34 +747,6 @@ pub fn resolve(
         state_dir: args.state_dir.clone(),
         bpf_pin_dir: args.bpf_pin_dir.clone(),
     })
-}
-
-/// Checks a case-insensitive choice field: absent, empty or `accepted.0` passes; `unsupported.0`
-/// is a known value we do not support yet (error with the hint `unsupported.1`); anything else is
-/// invalid (`accepted.1` names what it is).
-fn check_choice(
-    field: &str,
-    value: Option<&str>,
-    accepted: (&str, &str),
-    unsupported: (&'static str, &'static str),
-) -> Result<(), ConfigError> {
-    let upper = value.map(str::to_ascii_uppercase);
-    match upper.as_deref() {
-        None | Some("") => Ok(()),
-        Some(v) if v == accepted.0 => Ok(()),
-        Some(v) if v == unsupported.0 => {
-            Err(self::unsupported(field, unsupported.0, unsupported.1))
-        }
-        Some(_) => Err(invalid(
-            field.to_owned(),
-            format!(
-                "{} {:?} (expected {})",
-                accepted.1,
-                value.unwrap_or_default(),
-                accepted.0
-            ),
-        )),
-    }
 }
 
 /// STUNner's `all:INFO,turn:DEBUG` becomes the tracing filter `info` (component names are
@@ -1614,13 +1570,6 @@ mod tests {
         assert_err(&e, "clusters[0].endpoints[1]", "host name");
         let e = err(
             &[],
-            Some(&with(&format!(
-                "{base}clusters: [{{name: c, protocol: TCP}}]"
-            ))),
-        );
-        assert_eq!(e.field(), Some("clusters[0].protocol"));
-        let e = err(
-            &[],
             Some(&with(&format!("{base}clusters: [{{name: c, type: EDS}}]"))),
         );
         assert_err(
@@ -1637,7 +1586,7 @@ mod tests {
         assert_err(
             &e,
             "clusters[0].protocol",
-            "unknown cluster protocol \"sctp\" (expected UDP)",
+            "unknown cluster protocol \"sctp\" (expected UDP or TCP)",
         );
         let e = err(
             &[],
@@ -1979,6 +1928,34 @@ mod tests {
         let text = text.replace("\"$REALM\"", "\"r\"");
         let c = resolve_text(&args, &text, "test.json", &env, &no_files).unwrap();
         assert_eq!(c.realm, "r");
+    }
+
+    #[test]
+    fn tcp_clusters_are_for_tcp_allocations() {
+        let text = "auth: {credentials: {username: u, password: p}}\n\
+                    listeners: [{name: l, protocol: TURN-TCP, address: 192.0.2.1, routes: [media, web]}]\n\
+                    clusters:\n\
+                    - {name: media, endpoints: ['10.0.0.0/8']}\n\
+                    - {name: web, protocol: tcp, endpoints: ['198.51.100.0/24:443']}\n";
+        let c = resolve_with(&[], Some(text)).unwrap();
+        assert_eq!(
+            c.clusters.iter().map(|c| c.tcp).collect::<Vec<_>>(),
+            [false, true]
+        );
+        let policy = c.peer_policy();
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(
+            policy
+                .permits_over("l", peer("198.51.100.9:443"), true)
+                .is_ok()
+        );
+        assert!(policy.permits("l", peer("198.51.100.9:443")).is_err());
+        assert!(policy.permits("l", peer("10.1.1.1:5000")).is_ok());
+        assert!(
+            policy
+                .permits_over("l", peer("10.1.1.1:5000"), true)
+                .is_err()
+        );
     }
 
     #[test]

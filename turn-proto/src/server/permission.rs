@@ -73,10 +73,11 @@ impl Server {
         if let Err(rule) = allocation.check_permissions(&peers) {
             return Reply::error(rule.error_code());
         }
+        let tcp = allocation.tcp;
         // All or nothing: check every peer before installing any.
         if let Some(denied) = peers
             .iter()
-            .find_map(|peer| self.policy.permits_ip(&name, *peer).err())
+            .find_map(|peer| self.policy.permits_ip_over(&name, *peer, tcp).err())
         {
             debug!(client = %five_tuple.client, %denied, "CreatePermission refused");
             self.stats.peer_denied += 1;

@@ -498,7 +498,11 @@ impl Server {
             let refused_ips: Vec<IpAddr> = allocation
                 .permissions
                 .keys()
-                .filter(|ip| self.policy.permits_ip(name, **ip).is_err())
+                .filter(|ip| {
+                    self.policy
+                        .permits_ip_over(name, **ip, allocation.tcp)
+                        .is_err()
+                })
                 .copied()
                 .collect();
             for ip in refused_ips {

@@ -92,7 +92,7 @@ impl Server {
         let Some(relayed) = allocation.relayed_for(peer.ip()) else {
             return Reply::error(443);
         };
-        if let Err(denied) = self.policy.permits(&name, peer) {
+        if let Err(denied) = self.policy.permits_over(&name, peer, true) {
             debug!(client = %five_tuple.client, %denied, "Connect refused");
             self.stats.peer_denied += 1;
             return Reply::error(403);
@@ -182,7 +182,7 @@ impl Server {
             && allocation.has_permission(peer.ip(), now)
             && self
                 .policy
-                .permits(self.listener_name(listener), peer)
+                .permits_over(self.listener_name(listener), peer, true)
                 .is_ok();
         if !permitted {
             self.stats.peer_dropped_no_permission += 1;
