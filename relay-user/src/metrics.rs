@@ -694,6 +694,7 @@ impl Collector for SnapshotCollector {
             &[
                 (labels([("kind", "permission")]), st.permissions_revoked),
                 (labels([("kind", "channel")]), st.channels_revoked),
+                (labels([("kind", "connection")]), st.connections_revoked),
             ],
         )?;
         out.counters(

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use crate::{
     netns::ChildGuard,
-    topology::{PEER_V4, PEER_V6, Topology, binary},
+    topology::{LISTENER_V4, PEER_V4, PEER_V6, RELAY_V4, Topology, binary},
 };
 
 /// The UDP port of the echo peers.
@@ -216,6 +216,28 @@ pub fn xturnd_args(listeners: &[&str], relay_ips: &[&str], extra: &[&str]) -> Ve
     );
     args.extend(extra.iter().map(|e| (*e).to_owned()));
     args
+}
+
+/// [`xturnd_args`] for UDP and TCP on port 3478 and TLS on 5349 of [`LISTENER_V4`], relaying
+/// from [`RELAY_V4`], with the certificate `relay.crt`/`relay.key` in `dir` (made if missing),
+/// then `extra`.
+pub fn stream_xturnd_args(dir: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    if !cert.exists() || !key.exists() {
+        crate::certificates::certificate(dir, "relay");
+    }
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let mut flags = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    flags.extend_from_slice(extra);
+    xturnd_args(
+        &[
+            &format!("{LISTENER_V4}:3478"),
+            &format!("tcp://{LISTENER_V4}:3478"),
+            &format!("tls://{LISTENER_V4}:5349"),
+        ],
+        &[RELAY_V4],
+        &flags,
+    )
 }
 
 /// A TURN client of `server` as alice, with an allocation and `channel` bound to `peer`;

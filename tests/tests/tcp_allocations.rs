@@ -25,10 +25,9 @@ use turn_proto::{
 };
 use xturn_tests::{
     admin::{http, metric, scrape},
-    certificates::certificate,
-    clients::{assert_alive, assert_no_loss, log_path, uclient, xturnd_args},
+    clients::{assert_alive, assert_no_loss, log_path, stream_xturnd_args, uclient},
     netns::ChildGuard,
-    topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
+    topology::{LISTENER_V4, PEER_V4, Topology},
 };
 
 const METRICS: &str = "198.18.1.1:9100";
@@ -45,24 +44,7 @@ impl Drop for Scratch {
 
 /// xturnd with UDP and TCP on 3478 and TLS on 5349, userspace, metrics.
 fn start(topology: &Topology, dir: &std::path::Path) -> ChildGuard {
-    let (cert, key) = certificate(dir, "relay");
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let args = xturnd_args(
-        &[
-            &format!("{LISTENER_V4}:3478"),
-            &format!("tcp://{LISTENER_V4}:3478"),
-            &format!("tls://{LISTENER_V4}:5349"),
-        ],
-        &[RELAY_V4],
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--metrics-listen",
-            METRICS,
-        ],
-    );
+    let args = stream_xturnd_args(dir, &["--metrics-listen", METRICS]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     topology.start_xturnd_logged(&args, &log_path("tcp-allocations"))
 }

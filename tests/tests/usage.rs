@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use serde_json::Value;
 use xturn_tests::{
     admin::{http, metric, metric_sum, scrape},
-    certificates::certificate,
-    clients::{PEER_PORT, assert_no_loss, log_path, start_echo_peers, uclient, xturnd_args},
+    clients::{PEER_PORT, assert_no_loss, log_path, start_echo_peers, stream_xturnd_args, uclient},
     netns::ChildGuard,
-    topology::{LISTENER_V4, PEER_V4, RELAY_V4, Topology},
+    topology::{LISTENER_V4, PEER_V4, Topology},
 };
 
 const SECRET: &str = "usage-secret";
@@ -33,21 +32,10 @@ impl Drop for Scratch {
 /// xturnd with UDP and TCP on 3478, TLS on 5349, TURN REST credentials, metrics, and its state
 /// in `dir`.
 fn start(topology: &Topology, dir: &std::path::Path, log: &str) -> ChildGuard {
-    let cert = dir.join("relay.crt").display().to_string();
-    let key = dir.join("relay.key").display().to_string();
     let state = dir.join("state").display().to_string();
-    let args = xturnd_args(
+    let args = stream_xturnd_args(
+        dir,
         &[
-            &format!("{LISTENER_V4}:3478"),
-            &format!("tcp://{LISTENER_V4}:3478"),
-            &format!("tls://{LISTENER_V4}:5349"),
-        ],
-        &[RELAY_V4],
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
             "--auth-secret",
             SECRET,
             "--metrics-listen",
@@ -92,7 +80,6 @@ fn usage_adds_up_per_user_over_udp_tcp_and_tls_and_survives_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let scratch = Scratch(dir.clone());
-    certificate(&dir, "relay");
     let topology = Topology::new();
     let _peers = start_echo_peers(&topology);
     let relay = start(&topology, &dir, "usage");

@@ -318,6 +318,7 @@ async fn run(
                 info!(
                     permissions_revoked = revoked.permissions,
                     channels_revoked = revoked.channels,
+                    connections_revoked = revoked.connections,
                     "peer policy updated: STRICT_DNS addresses changed"
                 );
             }

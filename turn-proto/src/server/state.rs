@@ -202,6 +202,8 @@ pub struct Server {
 pub struct Revoked {
     pub permissions: u64,
     pub channels: u64,
+    /// TCP allocations' connections with peers (RFC 6062).
+    pub connections: u64,
 }
 
 /// Changes to the state a [`Snapshot`] holds: a version bumped on each (see
@@ -545,13 +547,35 @@ impl Server {
                 self.changes.mark(*five_tuple, allocation.listener);
             }
         }
+        // TCP allocations' connections: to a peer the policy refuses now, or whose permission
+        // went with it.
+        let refused_connections: Vec<u32> = self
+            .tcp_connections
+            .iter()
+            .filter(|(_, c)| {
+                self.allocations.get(&c.owner).is_none_or(|allocation| {
+                    let name = names
+                        .get(usize::from(allocation.listener.0))
+                        .map_or("", String::as_str);
+                    !allocation.permissions.contains_key(&c.peer.ip())
+                        || self.policy.permits_over(name, c.peer, true).is_err()
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in refused_connections {
+            self.close_connection(id);
+            revoked.connections += 1;
+        }
         self.stats.permissions_revoked += revoked.permissions;
         self.stats.channels_revoked += revoked.channels;
+        self.stats.connections_revoked += revoked.connections;
         if revoked != Revoked::default() {
             info!(
                 permissions = revoked.permissions,
                 channels = revoked.channels,
-                "the new peer policy ended permissions and channels it refuses"
+                connections = revoked.connections,
+                "the new peer policy ended permissions, channels and connections it refuses"
             );
         }
         revoked

@@ -93,6 +93,8 @@ pub struct Stats {
     /// once (see `Server::set_policy`).
     pub permissions_revoked: u64,
     pub channels_revoked: u64,
+    /// TCP allocations' connections with peers a new peer policy refused, closed at once.
+    pub connections_revoked: u64,
     /// Answers sent to UDP sources without MESSAGE-INTEGRITY (error responses to requests
     /// that did not authenticate, Binding responses), and their bytes.
     pub unauthenticated_answers: u64,

@@ -309,10 +309,15 @@ impl Server {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.remove_connection(id);
-            self.commands
-                .push_back(Command::CloseConnection { connection: id });
+            self.close_connection(id);
         }
+    }
+
+    /// Forgets connection `id` and has the I/O layer close it.
+    pub(super) fn close_connection(&mut self, id: u32) {
+        self.remove_connection(id);
+        self.commands
+            .push_back(Command::CloseConnection { connection: id });
     }
 
     /// Peer connections the allocation of `owner` holds.

@@ -289,3 +289,26 @@ fn connections_end_with_their_allocation() {
     assert_eq!(h.server.tcp_connection_count(), 0);
     assert_eq!(h.server.allocation_count(), 0);
 }
+
+#[test]
+fn a_new_policy_closes_connections_to_peers_it_refuses() {
+    let mut h = tcp_harness();
+    let mut alice = Client::alice();
+    let relayed = tcp_allocation(&mut h, &mut alice);
+    let id = h
+        .server
+        .handle_peer_connection(relayed, peer(), h.now)
+        .unwrap();
+    h.drain();
+    // The TCP listener is routed to a cluster without the peer now.
+    let policy = crate::policy::PeerPolicy::open(vec![listener_addr()])
+        .route_tcp("tcp", vec!["192.0.2.0/24".parse().unwrap()]);
+    let revoked = h.server.set_policy(policy);
+    assert_eq!((revoked.permissions, revoked.connections), (1, 1));
+    assert!(
+        h.drain()
+            .contains(&Command::CloseConnection { connection: id })
+    );
+    assert_eq!(h.server.tcp_connection_count(), 0);
+    assert_eq!(h.server.stats().connections_revoked, 1);
+}
