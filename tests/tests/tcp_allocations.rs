@@ -3,8 +3,8 @@
 //! over TCP and over TLS: two clients reach each other, one with a Connect (the relay connects
 //! from its relayed address), the other as the passive side (the relay accepts a peer on its
 //! relayed address and sends a ConnectionAttempt), both binding data connections with
-//! ConnectionBind; what was relayed counts for the user in `GET /usage`. (`-P` is not run: its
-//! active peer connects from 127.0.0.1, so it only works with the relay on uclient's host.) A
+//! ConnectionBind; and `-P`, where uclient's own peer connects to the relayed address. What was
+//! relayed counts, to the byte, for the user in `GET /usage`. A
 //! client of our own then checks what uclient does not reach: a Connect to a peer the policy
 //! refuses gets 403, and a peer that connects to a relayed address the client never binds is
 //! disconnected after 30 s. Needs root.
@@ -27,7 +27,7 @@ use xturn_tests::{
     admin::{http, metric, scrape},
     clients::{assert_alive, assert_no_loss, log_path, stream_xturnd_args, uclient},
     netns::ChildGuard,
-    topology::{LISTENER_V4, PEER_V4, Topology},
+    topology::{CLIENT_V4, LISTENER_V4, PEER_V4, Topology},
 };
 
 const METRICS: &str = "198.18.1.1:9100";
@@ -141,10 +141,27 @@ fn uclient_relays_through_tcp_allocations_and_unbound_peers_are_dropped() {
         "xturnd answers"
     );
 
-    let mut relayed_messages = 0;
+    // `-P`'s peer reaches the relayed address from the client's host, as a client on the
+    // internet would: a route there through the relay.
+    let routed = topology
+        .client
+        .command("ip", &["route", "add", "198.18.2.0/24", "via", LISTENER_V4])
+        .status()
+        .expect("ip route");
+    assert!(routed.success());
+    // Each run's data bytes, each way, as the relay counted them for alice.
+    let relayed = |topology: &Topology| {
+        let report = usage(topology);
+        let alice = &report["users"]["alice"];
+        let bytes = |direction: &str| alice[direction]["bytes"].as_u64().unwrap_or(0);
+        (bytes("to_peer"), bytes("to_client"))
+    };
     for (what, flags, port) in [
         ("client to client, TCP", &["-T"][..], "3478"),
         ("client to client, TLS", &["-T", "-S"][..], "5349"),
+        // Passive: uclient's peer connects to the relayed address itself, from `-L` (else
+        // from 127.0.0.1, which the relay refuses as a peer).
+        ("passive", &["-P", "-L", CLIENT_V4][..], "3478"),
     ] {
         let mut args = flags.to_vec();
         args.extend_from_slice(&[
@@ -163,25 +180,25 @@ fn uclient_relays_through_tcp_allocations_and_unbound_peers_are_dropped() {
             "-p",
             port,
         ]);
+        let before = relayed(&topology);
         let r = uclient(&topology, &args, LISTENER_V4);
-        assert_no_loss(what, &r, 100);
-        relayed_messages += r.sent;
+        let after = relayed(&topology);
+        let delta = (after.0 - before.0, after.1 - before.1);
+        if what == "passive" {
+            // The client and its peer each sent 50; uclient counts only what its TURN client
+            // received (50, "50 lost"), but the relay carried every byte both ways: the
+            // client's 50 messages to the peer, the peer's 50 to the client.
+            assert_eq!(r.sent, 100, "{what}: {r:?}");
+            assert!(r.received >= 50, "{what}: {r:?}");
+            assert_eq!(delta, (50 * LEN, 50 * LEN), "{what}");
+        } else {
+            assert_no_loss(what, &r, 100);
+            // Every message left one client's data connection into its peer connection and
+            // arrived through the other's.
+            assert_eq!(delta, (100 * LEN, 100 * LEN), "{what}");
+        }
     }
     assert_alive(&mut relay);
-    // Every message left one client's data connection into its peer connection, and arrived
-    // through the other's: all alice's.
-    let report = usage(&topology);
-    let alice = &report["users"]["alice"];
-    assert_eq!(
-        alice["to_peer"]["bytes"],
-        relayed_messages * LEN,
-        "{report}"
-    );
-    assert_eq!(
-        alice["to_client"]["bytes"],
-        relayed_messages * LEN,
-        "{report}"
-    );
 
     // Our own client: a TCP allocation with a permission for the peer host.
     let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
