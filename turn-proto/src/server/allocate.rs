@@ -474,6 +474,7 @@ impl Server {
                 reservation,
                 user,
                 tcp,
+                connections: HashMap::default(),
             },
         );
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
@@ -614,9 +615,7 @@ impl Server {
             return;
         };
         self.changes.mark(*five_tuple, allocation.listener);
-        if allocation.tcp {
-            self.close_connections_of(five_tuple);
-        }
+        self.close_connections(allocation.connections.values().copied());
         // Only channels whose permission is installed have kernel entries to remove.
         for binding in allocation.installed_bindings() {
             self.commands.push_back(Command::ChannelUnbound(binding));

@@ -123,6 +123,9 @@ pub struct Allocation {
     /// A TCP allocation (RFC 6062): its relayed address listens for TCP, it has connections
     /// with peers instead of channels.
     pub(crate) tcp: bool,
+    /// A TCP allocation's connections with peers (at most one per peer address), by peer:
+    /// their CONNECTION-IDs.
+    pub(crate) connections: HashMap<SocketAddr, u32>,
 }
 
 impl Allocation {

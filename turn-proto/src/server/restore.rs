@@ -265,6 +265,7 @@ impl Server {
             reservation: reservation.map(|(r, _)| r.token),
             user: 0,
             tcp: false,
+            connections: HashMap::default(),
         };
         let mut timers = Vec::new();
         let permitted: Vec<IpAddr> = state.permissions.iter().map(|p| p.peer).collect();

@@ -187,8 +187,6 @@ pub struct Server {
     pub(super) usage: Usage,
     /// TCP allocations' connections with peers (RFC 6062), by CONNECTION-ID.
     pub(super) tcp_connections: HashMap<u32, super::tcp::PeerConnection>,
-    /// The same by allocation and peer (one connection per peer and allocation).
-    pub(super) tcp_by_peer: HashMap<(FiveTuple, SocketAddr), u32>,
     /// Commands that follow the response being made (ConnectionBind's `BindData`).
     pub(super) after_response: Vec<Command>,
     /// Draining (the agent is shutting down): new Allocates get 508, the rest goes on.
@@ -412,7 +410,6 @@ impl Server {
             stats,
             usage,
             tcp_connections: HashMap::default(),
-            tcp_by_peer: HashMap::default(),
             after_response: Vec::new(),
             draining: false,
             changes: Changes::default(),

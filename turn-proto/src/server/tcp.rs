@@ -100,10 +100,10 @@ impl Server {
         if !allocation.has_permission(peer.ip(), now) {
             return Reply::error(403);
         }
-        if self.tcp_by_peer.contains_key(&(five_tuple, peer)) {
+        if allocation.connections.contains_key(&peer) {
             return Reply::error(446);
         }
-        if self.connections_of(&five_tuple) >= MAX_CONNECTIONS_PER_ALLOCATION {
+        if allocation.connections.len() >= MAX_CONNECTIONS_PER_ALLOCATION {
             return Reply::error(508);
         }
         let id = self.new_connection_id();
@@ -188,8 +188,8 @@ impl Server {
             self.stats.peer_dropped_no_permission += 1;
             return None;
         }
-        if self.tcp_by_peer.contains_key(&(five_tuple, peer))
-            || self.connections_of(&five_tuple) >= MAX_CONNECTIONS_PER_ALLOCATION
+        if allocation.connections.contains_key(&peer)
+            || allocation.connections.len() >= MAX_CONNECTIONS_PER_ALLOCATION
         {
             self.stats.tcp_connections_refused += 1;
             return None;
@@ -300,14 +300,8 @@ impl Server {
         stats.relayed_to_client_bytes += traffic.to_client_bytes;
     }
 
-    /// Closes every connection of the allocation of `owner` (it is going).
-    pub(super) fn close_connections_of(&mut self, owner: &FiveTuple) {
-        let ids: Vec<u32> = self
-            .tcp_connections
-            .iter()
-            .filter(|(_, c)| c.owner == *owner)
-            .map(|(id, _)| *id)
-            .collect();
+    /// Closes the connections `ids` of an allocation that is going.
+    pub(super) fn close_connections(&mut self, ids: impl IntoIterator<Item = u32>) {
         for id in ids {
             self.close_connection(id);
         }
@@ -320,11 +314,6 @@ impl Server {
             .push_back(Command::CloseConnection { connection: id });
     }
 
-    /// Peer connections the allocation of `owner` holds.
-    fn connections_of(&self, owner: &FiveTuple) -> usize {
-        self.tcp_by_peer.keys().filter(|(o, _)| o == owner).count()
-    }
-
     fn new_connection_id(&mut self) -> u32 {
         loop {
             let id: u32 = self.rng.random();
@@ -335,15 +324,17 @@ impl Server {
     }
 
     fn insert_connection(&mut self, id: u32, connection: PeerConnection) {
-        self.tcp_by_peer
-            .insert((connection.owner, connection.peer), id);
+        if let Some(allocation) = self.allocations.get_mut(&connection.owner) {
+            allocation.connections.insert(connection.peer, id);
+        }
         self.tcp_connections.insert(id, connection);
     }
 
     fn remove_connection(&mut self, id: u32) {
         if let Some(connection) = self.tcp_connections.remove(&id) {
-            self.tcp_by_peer
-                .remove(&(connection.owner, connection.peer));
+            if let Some(allocation) = self.allocations.get_mut(&connection.owner) {
+                allocation.connections.remove(&connection.peer);
+            }
             if let Some(at) = connection.timer_at {
                 self.timers.remove(&(at, Timer::Connection(id)));
             }
