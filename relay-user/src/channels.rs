@@ -16,9 +16,9 @@
 //! transports) goes to the core as before. What the table relays is counted per binding with
 //! relaxed atomic adds and handed to the core's statistics ([`ChannelTable::fold_into`]) when the
 //! binding goes and before every read of the statistics (metrics, admin), so the core's counters
-//! and everything built on them (STUNner's cluster counters) see it. Nothing folds
-//! periodically: a fold visits every binding (about 10 ms at 100 000), which a scrape can afford
-//! but the packet path should not pay twice a second.
+//! and everything built on them (STUNner's cluster counters) see it. Only the usage writer folds
+//! on a timer, every 10 s and only with `--state-dir`: a fold visits every binding (about 10 ms at
+//! 100 000), which a scrape can afford but the packet path should not pay twice a second.
 use std::{
     collections::HashMap,
     net::SocketAddr,

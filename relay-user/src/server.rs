@@ -68,8 +68,10 @@ pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
 const MAX_TICK: Duration = Duration::from_millis(500);
 /// The allocation state is written at most this often (and at most this long after a change).
 const STATE_DEBOUNCE: Duration = Duration::from_millis(50);
-/// How often the per-user usage is written to the state directory (when it changed).
-const USAGE_SAVE: Duration = Duration::from_secs(2);
+/// How often the per-user usage is written to the state directory (when it changed). Each
+/// write folds the channel table into the core (a pass over every binding, see
+/// [`crate::channels`]), so not often.
+const USAGE_SAVE: Duration = Duration::from_secs(10);
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -472,12 +474,9 @@ impl RunningServer {
     }
 
     /// Runs `f` with the protocol state locked (for stats and admin queries); the statistics
-    /// include what the channel table relayed until now.
+    /// include what the channel table and TCP splices relayed until now.
     pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> T {
-        let mut core = lock(&self.shared.core);
-        self.shared.channels.fold_into(&mut core);
-        self.shared.tcp.fold_into(&mut core);
-        f(&core)
+        f(&self.shared.core_counted())
     }
 
     /// Runs `f` with the protocol state locked for changing (a configuration reload).
@@ -524,10 +523,7 @@ impl ServerHandle {
     /// statistics include what the channel table relayed until now.
     pub fn with_core<T>(&self, f: impl FnOnce(&turn::Server) -> T) -> Option<T> {
         let shared = self.shared.upgrade()?;
-        let mut core = lock(&shared.core);
-        shared.channels.fold_into(&mut core);
-        shared.tcp.fold_into(&mut core);
-        Some(f(&core))
+        Some(f(&shared.core_counted()))
     }
 
     /// Traffic of each listener (indexed by [`ListenerId`]) and of the relayed sockets.
@@ -627,17 +623,21 @@ fn bind_restored(shared: &Arc<Shared>, restored: &[SocketAddr]) -> usize {
 }
 
 impl Shared {
+    /// The core, locked, with what the channel table and TCP splices relayed outside it
+    /// counted in its statistics.
+    fn core_counted(&self) -> std::sync::MutexGuard<'_, turn::Server> {
+        let mut core = lock(&self.core);
+        self.channels.fold_into(&mut core);
+        self.tcp.fold_into(&mut core);
+        core
+    }
+
     /// The per-user usage as a restarted agent should start from: what userspace relayed
     /// (the channel table's too), plus what the kernel relayed that the next agent cannot read
     /// ([`ChannelOffload::by_user_to_save`]: with pinned maps, the installed entries keep their
     /// counters, and the agent that adopts them reads them whole).
     fn usage_to_save(&self) -> Vec<turn::UserUsage> {
-        let mut users = {
-            let mut core = lock(&self.core);
-            self.channels.fold_into(&mut core);
-            self.tcp.fold_into(&mut core);
-            core.usage().users().to_vec()
-        };
+        let mut users = self.core_counted().usage().users().to_vec();
         if let Some(offload) = &self.channel_events.offload {
             crate::metrics::add_kernel_usage(&mut users, &offload.by_user_to_save());
         }

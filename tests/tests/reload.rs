@@ -81,11 +81,32 @@ fn start_with_config(
     tag: &str,
     extra: &[&str],
 ) -> (PathBuf, PathBuf, PathBuf, ChildGuard) {
-    let dir = std::env::temp_dir().join(format!("xturn-{tag}-{}", std::process::id()));
+    let dir = scratch_dir(tag);
+    start_with_config_text(
+        topology,
+        &dir,
+        &config_yaml("alice", "one", "198.18.2.0/24"),
+        extra,
+    )
+}
+
+/// The scratch directory of the test `tag`.
+fn scratch_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("xturn-{tag}-{}", std::process::id()))
+}
+
+/// [`start_with_config`] with the file's text given, in `dir`.
+fn start_with_config_text(
+    topology: &Topology,
+    dir: &Path,
+    text: &str,
+    extra: &[&str],
+) -> (PathBuf, PathBuf, PathBuf, ChildGuard) {
+    let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("xturnd.yaml");
     let log = dir.join("xturnd.log");
-    write(&file, &config_yaml("alice", "one", "198.18.2.0/24"));
+    write(&file, text);
     let file_arg = file.to_string_lossy().into_owned();
     let mut args = vec![
         "--config",
@@ -341,7 +362,7 @@ fn rotated_credential_files_are_taken_without_a_restart() {
     let _peer = topology
         .peer
         .spawn("turnutils_peer", &["-L", PEER_V4, "-p", "3480"]);
-    let dir = std::env::temp_dir().join(format!("xturn-rotation-{}", std::process::id()));
+    let dir = scratch_dir("rotation");
     let mut volume = SecretVolume::new(
         dir.join("auth"),
         &[("username", "alice\n"), ("password", "one\n")],
@@ -356,27 +377,8 @@ fn rotated_credential_files_are_taken_without_a_restart() {
         ),
     );
     assert!(config.contains("password_file"), "{config}");
-    let file = dir.join("xturnd.yaml");
-    let log = dir.join("xturnd.log");
-    write(&file, &config);
-    let file_arg = file.to_string_lossy().into_owned();
-    let _relay = topology.start_xturnd_logged(
-        &[
-            "--config",
-            &file_arg,
-            "--relay-ip",
-            RELAY_V4,
-            "--min-port",
-            "50000",
-            "--max-port",
-            "50999",
-            "--dataplane",
-            "userspace",
-            "--drain-timeout",
-            "0",
-        ],
-        &log,
-    );
+    let (_, _, log, _relay) =
+        start_with_config_text(&topology, &dir, &config, &["--dataplane", "userspace"]);
     let server: SocketAddr = format!("{LISTENER_V4}:3478").parse().expect("server");
     let peer: SocketAddr = format!("{PEER_V4}:3480").parse().expect("peer");
     let taken = topology.client.within(|| {
