@@ -250,7 +250,16 @@ impl MetricsSource {
                     channels,
                     core.stats().clone(),
                     core.is_draining(),
-                    core.usage().clone(),
+                    // The users' counters only (the core's slot index is not needed here).
+                    {
+                        let usage = core.usage();
+                        (
+                            usage.users().to_vec(),
+                            usage.tracked() as u64,
+                            usage.max_users() as u64,
+                            usage.untracked_allocations(),
+                        )
+                    },
                 )
             })?;
         let (listener_io, relay_io) = self.server.io()?;
@@ -278,7 +287,7 @@ impl MetricsSource {
         };
         let kernel_hook = meter.as_ref().map(|m| m.hook().hook().name());
         let xdp = meter.map(|offload| offload.snapshot());
-        let mut users = usage.users().to_vec();
+        let (mut users, users_tracked, max_tracked_users, untracked_allocations) = usage;
         if let Some(kernel) = &xdp {
             add_kernel_usage(&mut users, &kernel.relayed_by_user);
         }
@@ -304,9 +313,9 @@ impl MetricsSource {
                 .as_ref()
                 .map_or(0, |f| f.load(Ordering::Relaxed)),
             usage: users,
-            users_tracked: usage.tracked() as u64,
-            max_tracked_users: usage.max_users() as u64,
-            untracked_allocations: usage.untracked_allocations(),
+            users_tracked,
+            max_tracked_users,
+            untracked_allocations,
         })
     }
 }
