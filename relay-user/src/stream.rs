@@ -327,6 +327,11 @@ async fn serve<S>(
                         // A data connection now: what follows is the peer's, as it is.
                         let rest = framer.take_rest();
                         let Ok(Some(writer)) = (&mut write_task).await else {
+                            // The client went before the splice began: so does the peer.
+                            let connection = job.connection;
+                            shared.with_core_commands(|core| {
+                                core.handle_connection_closed(connection);
+                            });
                             return;
                         };
                         let stream = reader.unsplit(writer);
