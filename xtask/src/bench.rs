@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     setup, sh,
-    topology::{CLIENT_IP, LISTENER_IP, Names, PEER_IP, RELAY_IP, Topology},
+    topology::{CLIENT_IP, LISTENER_IP, Names, PEER_IP, RELAY_IP, Topology, netns_cmd, run_quiet},
 };
 
 const NAMES: Names = Names::BENCH;
@@ -48,6 +48,16 @@ const REALM: &str = "bench.xturn";
 const USER: &str = "bench:bench-password";
 
 const RELAY_IFS: [&str; 2] = ["xtb-r0", "xtb-r1"];
+/// Source addresses of the setup-rate round's clients, 198.18.1.10 onwards, added to the
+/// client's end. Real clients come from many addresses; from one, the relay's reflection defence
+/// (unauthenticated answers paid from a byte budget per source address, docs/security.md) would
+/// meter 256 handshakes at once and leave the relay idle while they wait to retransmit.
+/// 32 addresses give each source 8 handshakes in flight, well inside its burst.
+const SETUP_CLIENT_IPS: u8 = 32;
+
+fn setup_client_ips() -> impl Iterator<Item = String> {
+    (0..SETUP_CLIENT_IPS).map(|i| format!("198.18.1.{}", 10 + u16::from(i)))
+}
 const LOAD_IFS: [&str; 2] = ["xtb-c0", "xtb-p0"];
 
 /// The offered rate of the fixed-rate phases (ChannelData per second, client → relay; as many
@@ -454,6 +464,13 @@ pub fn run(opts: &Options) -> Result<()> {
 
     sh::step("bench: creating the topology (client ⇄ relay ⇄ peer namespaces)");
     let topology = Topology::create(&NAMES, true, true)?;
+    for ip in setup_client_ips() {
+        run_quiet(netns_cmd(
+            NAMES.client,
+            "ip",
+            &["addr", "add", &format!("{ip}/24"), "dev", LOAD_IFS[0]],
+        ))?;
+    }
     let bpf_stats = BpfStats::enable();
 
     let mut contenders = Vec::new();
@@ -999,6 +1016,9 @@ fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupRes
         "--max-seconds",
         "120",
     ]);
+    for ip in setup_client_ips() {
+        args.extend(["--client-ip".to_owned(), ip]);
+    }
     if let Some(relay) = relay {
         args.extend(["--relay-pid".to_owned(), relay.pid().to_string()]);
         for pid in napi_threads(&RELAY_IFS) {

@@ -11,7 +11,7 @@
 //! In raw mode (no credentials) no TURN exchange happens: every socket just sends ChannelData
 //! on [`CHANNEL`] to the server address. That is how the ceiling (an XDP program with a fixed
 //! rewrite) and the generator-alone baseline (an echo in place of the relay) are driven.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -126,6 +126,10 @@ pub struct LoadSpec {
     pub warmup: Duration,
     /// Only make (and time) the allocations, then delete them.
     pub setup_only: bool,
+    /// Source addresses the clients bind, in turn (empty: the route's, for all). Real clients
+    /// come from many addresses; from one, the relay's reflection defence (a budget of
+    /// unauthenticated answers per source address) would meter the handshakes.
+    pub client_ips: Vec<IpAddr>,
     /// The LIFETIME the Allocates ask for (`None`: the server's default).
     pub lifetime: Option<Duration>,
     /// The whole run must end by then.
@@ -343,9 +347,14 @@ async fn handshakes(
     let rss_before = relay_rss();
     // The clients' sockets are opened before the clock starts: the setup rate is the relay's.
     let mut unallocated = Vec::with_capacity(spec.allocations);
-    for _ in 0..spec.allocations {
+    for i in 0..spec.allocations {
+        let config = ClientConfig {
+            local: (!spec.client_ips.is_empty())
+                .then(|| SocketAddr::new(spec.client_ips[i % spec.client_ips.len()], 0)),
+            ..client_config()
+        };
         unallocated.push(Mutex::new(Some(
-            TurnClient::connect_with(spec.server, creds.clone(), client_config()).await?,
+            TurnClient::connect_with(spec.server, creds.clone(), config).await?,
         )));
     }
     let unallocated = Arc::new(unallocated);
@@ -951,6 +960,7 @@ mod tests {
             drain: Duration::from_millis(200),
             warmup: Duration::ZERO,
             setup_only: false,
+            client_ips: Vec::new(),
             lifetime: None,
             max_total: Duration::from_secs(10),
             interference_limit: 1.0,

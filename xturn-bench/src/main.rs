@@ -96,6 +96,10 @@ struct LoadArgs {
     /// Only time the allocations (then delete them); no data.
     #[arg(long)]
     setup_only: bool,
+    /// A source address for the clients (repeatable): client `i` binds the `i mod n`-th.
+    /// Default: the address the route to the server gives, for all of them.
+    #[arg(long = "client-ip")]
+    client_ips: Vec<std::net::IpAddr>,
     /// The LIFETIME (seconds) the Allocates ask for; default: none (the server's default).
     #[arg(long)]
     lifetime: Option<u64>,
@@ -184,6 +188,7 @@ fn run_load(args: LoadArgs) -> Result<()> {
         drain: Duration::from_millis(args.drain_ms),
         warmup: Duration::from_millis(args.warmup_ms),
         setup_only: args.setup_only,
+        client_ips: args.client_ips,
         lifetime: args.lifetime.map(Duration::from_secs),
         max_total: Duration::from_secs(args.max_seconds),
         interference_limit: args.interference_limit,
