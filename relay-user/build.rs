@@ -23,9 +23,11 @@ fn main() -> Result<()> {
     if skip {
         println!("cargo:warning=XTURN_SKIP_EBPF is set: embedding an empty eBPF object");
         fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
-        // The benchmark's ceiling program (relay-ebpf/src/bin/ceiling.rs), empty likewise.
-        let ceiling = out_dir.join("ceiling");
-        fs::write(&ceiling, []).with_context(|| format!("writing {}", ceiling.display()))?;
+        // The benchmark's programs (relay-ebpf/src/bin/), empty likewise.
+        for name in ["ceiling", "reflector"] {
+            let path = out_dir.join(name);
+            fs::write(&path, []).with_context(|| format!("writing {}", path.display()))?;
+        }
         return Ok(());
     }
 

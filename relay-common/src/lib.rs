@@ -294,6 +294,30 @@ pub mod ceiling {
     const _: () = assert!(core::mem::size_of::<CeilingConfig>() == 24);
 }
 
+/// The benchmark's reflector TC program (`relay-ebpf/src/bin/reflector.rs`) and its loader
+/// (`xturn-reflector`): a load side that sends every datagram straight back where it came from.
+pub mod reflector {
+    /// The program's entry point.
+    pub const PROGRAM: &str = "xturn_reflector";
+    /// Array map with the one [`ReflectorConfig`].
+    pub const CONFIG_MAP: &str = "REFLECTOR_CONFIG";
+    /// Per-CPU array: 0 datagrams reflected (a UDP GSO buffer counts its segments), 1 buffers
+    /// passed on.
+    pub const STATS_MAP: &str = "REFLECTOR_STATS";
+
+    /// Which IPv4 UDP datagrams go back: those to `port` (network order; 0: any port) and, when
+    /// `channel_data` is 1, only those whose payload is ChannelData (first two bits 01).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct ReflectorConfig {
+        pub port: [u8; 2],
+        pub channel_data: u8,
+        pub _pad: u8,
+    }
+
+    const _: () = assert!(core::mem::size_of::<ReflectorConfig>() == 4);
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY (all impls): `#[repr(C)]`, `Copy`, only byte arrays and u64s laid out without
@@ -305,6 +329,7 @@ mod user {
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::PeerToClient {}
     unsafe impl aya::Pod for super::ceiling::CeilingConfig {}
+    unsafe impl aya::Pod for super::reflector::ReflectorConfig {}
 }
 
 #[cfg(feature = "user")]

@@ -26,6 +26,7 @@ pub mod dtls;
 pub mod ebpf;
 pub mod metrics;
 pub mod offload;
+pub mod reflector;
 pub(crate) mod relayed;
 pub mod reload;
 pub mod route;

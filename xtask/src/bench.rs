@@ -19,10 +19,12 @@ mod output;
 mod procs;
 mod report;
 pub mod soak;
+mod threads;
 
 use checks::*;
 use output::*;
 use procs::*;
+use threads::{ThreadScaling, thread_scaling};
 
 use std::{
     fs,
@@ -119,6 +121,9 @@ impl ScalePlan {
         ]
     }
 }
+
+/// The `--only` key of the `--threads` scaling step (`bench/threads.rs`).
+const THREADS_SCALE: &str = "threads-scale";
 
 /// The allocation count the scale run is compared with (the headline's).
 const SCALE_BASE_ALLOCATIONS: usize = 16;
@@ -439,16 +444,19 @@ pub fn run(opts: &Options) -> Result<()> {
         command.push_str(&format!(" --only {}", opts.only.join(",")));
     }
     for key in &opts.only {
-        if key != "kernel-scale" && !CONTENDERS.iter().any(|c| c.key == key) {
+        if key != "kernel-scale" && key != THREADS_SCALE && !CONTENDERS.iter().any(|c| c.key == key)
+        {
             bail!(
-                "unknown contender {key:?}; known: {}, and kernel-scale",
+                "unknown contender {key:?}; known: {}, {THREADS_SCALE} and kernel-scale",
                 CONTENDERS.map(|c| c.key).join(", ")
             );
         }
     }
 
     setup::run()?;
-    sh::step("bench: building xturnd, xturn-ceiling, xturnctl and xturn-bench (release)");
+    sh::step(
+        "bench: building xturnd, xturn-ceiling, xturn-reflector, xturnctl and xturn-bench (release)",
+    );
     let bin = sh::build_release(&["relay-user", "xturnctl", "xturn-bench"])?;
     let cores = Cores::detect()?;
     let mut facts = Facts::collect(command, cores.clone());
@@ -511,6 +519,19 @@ pub fn run(opts: &Options) -> Result<()> {
         eprintln!("bench: {} done in {:.1?}", c.key, t.elapsed());
         contenders.push(result);
     }
+    let (thread_scaling, thread_scaling_error) =
+        if opts.only.is_empty() || opts.only.iter().any(|k| k == THREADS_SCALE) {
+            sh::step("bench: threads-scale (--threads 1 and 2, load reflected in the kernel)");
+            match thread_scaling(&ctx) {
+                Ok(t) => (Some(t), None),
+                Err(e) => {
+                    eprintln!("bench: threads-scale failed: {e:#}");
+                    (None, Some(format!("{e:#}")))
+                }
+            }
+        } else {
+            (None, None)
+        };
     drop(bpf_stats);
     let (kernel_scale, kernel_scale_error) = match &ctx.plan.scale {
         Some(scale) if opts.only.is_empty() || opts.only.iter().any(|k| k == "kernel-scale") => {
@@ -533,6 +554,8 @@ pub fn run(opts: &Options) -> Result<()> {
         facts,
         plan: ctx.plan.clone(),
         contenders,
+        thread_scaling,
+        thread_scaling_error,
         kernel_scale,
         kernel_scale_error,
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -569,6 +592,9 @@ pub fn run(opts: &Options) -> Result<()> {
         .collect();
     if report.kernel_scale_error.is_some() {
         failed.push("kernel-scale");
+    }
+    if report.thread_scaling_error.is_some() {
+        failed.push(THREADS_SCALE);
     }
     if !failed.is_empty() {
         bail!(

@@ -37,6 +37,11 @@ pub enum PhaseKind {
     /// [`LoadSpec::window`]), so an overloaded path is measured at what it delivers rather than
     /// at how much it drops.
     Max,
+    /// This many datagrams go out once, spread over the allocations, and circulate: reflectors
+    /// at the client's and the peer's interfaces (`xturn-reflector`) send each straight back, so
+    /// the generator adds no work per relayed datagram. Measured by the datagrams the relay's
+    /// network namespace received (`/proc/RELAY_PID/net/snmp`), not by echoes.
+    Reflected(u64),
 }
 
 /// One measurement: a kind of load, a payload size, a duration.
@@ -52,7 +57,8 @@ pub struct PhaseSpec {
 impl FromStr for PhaseSpec {
     type Err = BenchError;
 
-    /// `max:PAYLOAD:SECONDS` or `rate:PAYLOAD:SECONDS:PER_SECOND`.
+    /// `max:PAYLOAD:SECONDS`, `rate:PAYLOAD:SECONDS:PER_SECOND` or
+    /// `reflected:PAYLOAD:SECONDS:DATAGRAMS`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| BenchError::Invalid(format!("phase {s:?}: {why}"));
         let parts: Vec<&str> = s.split(':').collect();
@@ -79,9 +85,16 @@ impl FromStr for PhaseSpec {
                     .filter(|r| *r > 0)
                     .ok_or_else(|| bad("rate must be a positive integer"))?,
             ),
+            (Some("reflected"), Some(n)) => PhaseKind::Reflected(
+                n.parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_REFLECTED).contains(n))
+                    .ok_or_else(|| bad("datagrams must be 1..=65536"))?,
+            ),
             _ => {
                 return Err(bad(
-                    "expected max:PAYLOAD:SECONDS or rate:PAYLOAD:SECONDS:RATE",
+                    "expected max:PAYLOAD:SECONDS, rate:PAYLOAD:SECONDS:RATE or \
+                     reflected:PAYLOAD:SECONDS:DATAGRAMS",
                 ));
             }
         };
@@ -93,6 +106,9 @@ impl FromStr for PhaseSpec {
         })
     }
 }
+
+/// Datagrams a `reflected` phase puts in circulation at most.
+const MAX_REFLECTED: u64 = 65_536;
 
 /// Channels per allocation at most (numbers `CHANNEL..CHANNEL + 256`, peer ports likewise).
 pub const MAX_CHANNELS: usize = 256;
@@ -222,6 +238,10 @@ pub struct PhaseReport {
     pub received: u64,
     /// How many times the phase ran (more than once when others disturbed it).
     pub attempts: u32,
+    /// `reflected` phases: UDP datagrams the relay's network namespace received in the window
+    /// (`Udp InDatagrams`), i.e. relayed datagrams in both directions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_received: Option<u64>,
     pub rtt: RttReport,
     pub cpu: CpuUse,
 }
@@ -691,6 +711,9 @@ fn run_attempt(
     phase: &PhaseSpec,
     id: u8,
 ) -> Result<PhaseReport, BenchError> {
+    if let PhaseKind::Reflected(count) = phase.kind {
+        return reflected_attempt(spec, sockets, phase, id, count);
+    }
     current.store(id, Ordering::Relaxed);
     shared.current_received.store(0, Ordering::Relaxed);
     let batch_size = spec.batch.clamp(1, 1024);
@@ -748,6 +771,8 @@ fn run_attempt(
                 }
                 usize::try_from(owed).unwrap_or(usize::MAX).min(batch_size)
             }
+            // Sent by `reflected_attempt`, never here.
+            PhaseKind::Reflected(_) => break,
         };
         let now = mono_ns();
         for i in 0..n {
@@ -792,10 +817,11 @@ fn run_attempt(
         kind: match phase.kind {
             PhaseKind::Max => "max",
             PhaseKind::Rate(_) => "rate",
+            PhaseKind::Reflected(_) => "reflected",
         },
         offered_pps: match phase.kind {
             PhaseKind::Rate(r) => Some(r),
-            PhaseKind::Max => None,
+            PhaseKind::Max | PhaseKind::Reflected(_) => None,
         },
         payload: phase.payload,
         allocations: sockets.len(),
@@ -805,9 +831,104 @@ fn run_attempt(
         send_errors,
         received,
         attempts: 1,
+        relay_received: None,
         rtt,
         cpu,
     })
+}
+
+/// How long a `reflected` phase lets its datagrams spread before the window opens.
+const REFLECTED_SETTLE: Duration = Duration::from_millis(300);
+
+/// A `reflected` phase: `count` datagrams out once, then the relay's received datagrams and CPU
+/// over the phase's duration.
+fn reflected_attempt(
+    spec: &LoadSpec,
+    sockets: &[OwnedFd],
+    phase: &PhaseSpec,
+    id: u8,
+    count: u64,
+) -> Result<PhaseReport, BenchError> {
+    let relay = spec.cpu.relay_pids.first().copied().ok_or_else(|| {
+        BenchError::Invalid("a reflected phase needs --relay-pid (its namespace's counters)".into())
+    })?;
+    let batch_size = spec.batch.clamp(1, 1024);
+    let stride = CHANNEL_HEADER_LEN + phase.payload;
+    let mut batch = Batch::new(batch_size, stride);
+    let sockets_n = sockets.len() as u64;
+    let (mut sent, mut send_errors, mut seq) = (0u64, 0u64, 0u64);
+    for (i, socket) in sockets.iter().enumerate() {
+        // An even share each; the first ones take the remainder.
+        let mut share = count / sockets_n + u64::from((i as u64) < count % sockets_n);
+        while share > 0 {
+            let n = usize::try_from(share).unwrap_or(usize::MAX).min(batch_size);
+            let now = mono_ns();
+            for slot in 0..n {
+                let stamp = Stamp {
+                    phase: id,
+                    seq,
+                    sent_ns: now,
+                };
+                seq += 1;
+                let len =
+                    wire::fill_channel_data(batch.slot_mut(slot), CHANNEL, phase.payload, stamp);
+                batch.set_len(slot, len);
+            }
+            match batch.send(socket.as_fd(), n) {
+                Ok(k) => {
+                    sent += k as u64;
+                    send_errors += (n - k.min(n)) as u64;
+                }
+                Err(_) => send_errors += n as u64,
+            }
+            share -= n as u64;
+        }
+    }
+    std::thread::sleep(REFLECTED_SETTLE);
+    let cpu_start = spec.cpu.snapshot();
+    let rx_start = relay_received(relay)?;
+    let t0 = Instant::now();
+    std::thread::sleep(phase.duration);
+    let rx_end = relay_received(relay)?;
+    let window_s = t0.elapsed().as_secs_f64();
+    let cpu = spec.cpu.between(&cpu_start, &spec.cpu.snapshot());
+    Ok(PhaseReport {
+        name: phase.name.clone(),
+        id,
+        kind: "reflected",
+        offered_pps: None,
+        payload: phase.payload,
+        allocations: sockets.len(),
+        duration_s: window_s,
+        window_s,
+        sent,
+        send_errors,
+        received: 0,
+        attempts: 1,
+        relay_received: Some(rx_end.saturating_sub(rx_start)),
+        rtt: RttReport::default(),
+        cpu,
+    })
+}
+
+/// UDP datagrams the sockets of `pid`'s network namespace received (`InDatagrams` of
+/// `/proc/PID/net/snmp`): every datagram the relay relays, in either direction, is one it read,
+/// and unlike interface counters this counts each datagram of a UDP GSO buffer.
+fn relay_received(pid: u32) -> Result<u64, BenchError> {
+    let path = format!("/proc/{pid}/net/snmp");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| BenchError::Invalid(format!("reading {path}: {e}")))?;
+    udp_in_datagrams(&text)
+        .ok_or_else(|| BenchError::Invalid(format!("no Udp InDatagrams in {path}")))
+}
+
+/// `InDatagrams` of the `Udp:` lines (names, then values) of `/proc/net/snmp`.
+fn udp_in_datagrams(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter_map(|l| l.strip_prefix("Udp:"));
+    let names = udp.next()?;
+    let values = udp.next()?;
+    let column = names.split_whitespace().position(|n| n == "InDatagrams")?;
+    values.split_whitespace().nth(column)?.parse().ok()
 }
 
 /// The receiver: every socket behind one epoll set; counts echoes per phase and records their
@@ -913,7 +1034,12 @@ mod tests {
         let rate: PhaseSpec = "rate:1200:1.5:20000".parse().expect("rate");
         assert_eq!(rate.kind, PhaseKind::Rate(20_000));
         assert_eq!(rate.duration, Duration::from_millis(1500));
+        let reflected: PhaseSpec = "reflected:100:3:256".parse().expect("reflected");
+        assert_eq!(reflected.kind, PhaseKind::Reflected(256));
         for bad in [
+            "reflected:100:3",
+            "reflected:100:3:0",
+            "reflected:100:3:65537",
             "max:10:4",
             "max:100:0",
             "max:100:601",
@@ -925,6 +1051,20 @@ mod tests {
         ] {
             assert!(bad.parse::<PhaseSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn udp_in_datagrams_are_read_from_snmp() {
+        let snmp = "Ip: Forwarding DefaultTTL
+Ip: 1 64
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors
+Udp: 418788 0 0 416558 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors
+UdpLite: 0 0 0 0 0 0
+";
+        assert_eq!(udp_in_datagrams(snmp), Some(418_788));
+        assert_eq!(udp_in_datagrams("Udp: InDatagrams\n"), None);
+        assert_eq!(udp_in_datagrams(""), None);
     }
 
     /// The whole generator in raw mode against an echo on loopback.

@@ -54,7 +54,9 @@ struct LoadArgs {
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 32)]
     setup_concurrency: usize,
-    /// A phase: max:PAYLOAD:SECONDS or rate:PAYLOAD:SECONDS:PER_SECOND. Repeatable, in order.
+    /// A phase: max:PAYLOAD:SECONDS, rate:PAYLOAD:SECONDS:PER_SECOND or
+    /// reflected:PAYLOAD:SECONDS:DATAGRAMS (DATAGRAMS sent once and sent back by reflectors at
+    /// both ends; needs --relay-pid). Repeatable, in order.
     #[arg(long = "phase")]
     phases: Vec<String>,
     /// Datagrams per sendmmsg.

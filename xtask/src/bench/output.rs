@@ -41,6 +41,9 @@ pub(super) struct PhaseOut {
     pub(super) sent: u64,
     pub(super) received: u64,
     pub(super) attempts: u32,
+    /// `reflected` phases: UDP datagrams the relay's namespace received in the window.
+    #[serde(default)]
+    pub(super) relay_received: Option<u64>,
     pub(super) rtt: RttOut,
     pub(super) cpu: CpuOut,
 }
@@ -230,6 +233,10 @@ pub struct Report {
     pub facts: Facts,
     pub plan: Plan,
     pub contenders: Vec<ContenderResult>,
+    /// `--threads 1` against `--threads 2` under a reflected load.
+    pub thread_scaling: Option<ThreadScaling>,
+    /// Why there is none, when the step failed.
+    pub thread_scaling_error: Option<String>,
     /// The kernel program's scale figures (full runs).
     pub kernel_scale: Option<KernelScale>,
     /// Why there are none, when the step failed.

@@ -299,20 +299,36 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
         opt(p99("coturn"), 0),
         at_most(user_rtt, 1.0)
     );
-    let threads = ratio(pps("userspace-2t"), pps("userspace"));
-    let shared = contender(r, "userspace-2t").and_then(|c| c.note.as_ref());
-    let _ = writeln!(
-        s,
-        "| `--threads 2` ≥ 1.8× `--threads 1` (relayed packets/s at max, the relay on 2 cores) | {} | {} |",
-        times(threads),
-        match shared {
-            Some(_) if threads.is_some() => format!(
-                "not measurable on this machine: the load side shares the relay's cores ({})",
-                at_least(threads, 1.8)
-            ),
-            _ => at_least(threads, 1.8),
+    match r.thread_scaling.as_ref() {
+        Some(t) => {
+            let kpps = |n: usize| t.median_kpps(n);
+            let _ = writeln!(
+                s,
+                "| `--threads 2` ≥ 1.8× `--threads 1` (relayed packets/s, the relay on 2 cores; \
+                 load reflected in the kernel; medians) | {} ({} vs {} kpps) | {} |",
+                times(t.ratio()),
+                opt(kpps(2), 1),
+                opt(kpps(1), 1),
+                at_least(t.ratio(), 1.8)
+            );
         }
-    );
+        None => {
+            let threads = ratio(pps("userspace-2t"), pps("userspace"));
+            let shared = contender(r, "userspace-2t").and_then(|c| c.note.as_ref());
+            let _ = writeln!(
+                s,
+                "| `--threads 2` ≥ 1.8× `--threads 1` (relayed packets/s at max, the relay on 2 cores) | {} | {} |",
+                times(threads),
+                match shared {
+                    Some(_) if threads.is_some() => format!(
+                        "not measurable on this machine: the load side shares the relay's cores ({})",
+                        at_least(threads, 1.8)
+                    ),
+                    _ => at_least(threads, 1.8),
+                }
+            );
+        }
+    }
     let of_ceiling = ratio(pps("xdp"), pps("ceiling"));
     let _ = writeln!(
         s,
@@ -349,6 +365,7 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
     );
     scale_targets(&mut s, r, n, pl);
     s.push('\n');
+    threads_section(&mut s, r);
     scale_section(&mut s, r, n, pl);
 
     let busy_others = r
@@ -531,6 +548,50 @@ fn scale_targets(s: &mut String, r: &Report, n: usize, pl: usize) {
 }
 
 /// The scale section: per-packet cost at scale, memory, the kernel program by binding count.
+/// The `--threads` scaling step's table.
+fn threads_section(s: &mut String, r: &Report) {
+    match (&r.thread_scaling, &r.thread_scaling_error) {
+        (Some(t), _) => {
+            let _ = writeln!(
+                s,
+                "### `--threads` scaling (userspace, load reflected in the kernel)\n\n\
+                 {} allocations, {} datagrams of {} B in circulation, {:.1} s a round, rounds \
+                 alternating: reflectors at the \
+                 client's and the peer's interfaces send every datagram straight back, so the load \
+                 side needs no core of its own (docs/benchmarks.md).\n",
+                t.allocations, t.in_flight, t.payload, t.seconds
+            );
+            let _ = writeln!(
+                s,
+                "| `--threads` | relay CPUs | relayed kpps | relay cores used | reflected (both ends) | reflector program ns per run |"
+            );
+            let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|");
+            for round in &t.rounds {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} | {} | {} | {} |",
+                    round.threads,
+                    round.cpus,
+                    round.kpps,
+                    opt(round.relay_cores_used, 2),
+                    round.reflected,
+                    opt(round.reflector_ns_per_run, 0)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\n`--threads 2` / `--threads 1`, medians of {} rounds each: {}\n",
+                t.rounds.iter().filter(|r| r.threads == 1).count(),
+                times(t.ratio())
+            );
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(s, "The `--threads` scaling step failed: {e}\n");
+        }
+        (None, None) => {}
+    }
+}
+
 fn scale_section(s: &mut String, r: &Report, n: usize, pl: usize) {
     let Some(scale) = &r.plan.scale else {
         return;

@@ -1,0 +1,268 @@
+//! The `--threads` scaling step: xturnd's userspace data plane with `--threads 1` on one core,
+//! then `--threads 2` on two, under a load side that takes almost no CPU.
+//!
+//! On a machine with few CPUs a load generator needs a core of its own, so the relay cannot be
+//! given every core while it is driven. Here the load side is two reflectors (`xturn-reflector`,
+//! a TC program at the ingress of `xtb-c0` and `xtb-p0`) that send each of the relay's datagrams
+//! straight back. The generator makes the allocations, puts a fixed number of ChannelData in
+//! circulation once (a `reflected` phase) and sleeps; the datagrams then go client → relay →
+//! peer → relay → client by themselves, as many in flight as the closed-loop phases allow. The
+//! UDP datagrams the relay's namespace received over the window (`Udp InDatagrams`: each relayed
+//! datagram is read once, and each datagram of a UDP GSO buffer counts) give the rate, in the
+//! same unit as the other phases: relayed datagrams in both directions per second.
+//!
+//! The reflectors' own work (the program, and the veth transmit back) runs in the softirq of the
+//! relay's own sends, on the relay's cores, the same per datagram in both rounds; its program
+//! time is reported.
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// Allocations of a round: enough flows that `SO_REUSEPORT` spreads clients over two listener
+/// sockets evenly (16 would split unevenly often).
+const ALLOCATIONS: usize = 64;
+/// Datagrams in circulation: the closed-loop phases' window.
+const IN_FLIGHT: usize = WINDOW;
+const PAYLOAD: usize = 100;
+/// Rounds of each setting, alternating (1, 2, 1, 2, ...): the ratio is of their medians, so one
+/// round disturbed by the shared machine does not decide it.
+const REPEATS: usize = 3;
+/// Each round's measuring window.
+const SECONDS: f64 = 2.0;
+
+/// The step's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadScaling {
+    pub allocations: usize,
+    pub in_flight: usize,
+    pub payload: usize,
+    pub seconds: f64,
+    /// Every round, in the order they ran.
+    pub rounds: Vec<ThreadRound>,
+}
+
+/// One `--threads` setting.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadRound {
+    pub threads: usize,
+    /// The CPUs the relay (process and its interfaces' NAPI threads) was pinned to.
+    pub cpus: String,
+    /// Relayed datagrams per second, both directions.
+    pub kpps: f64,
+    /// The relay's CPU time over the window, in cores.
+    pub relay_cores_used: Option<f64>,
+    /// Datagrams the reflectors sent back over the whole round, and their program's mean run
+    /// time per run (`kernel.bpf_stats_enabled`).
+    pub reflected: u64,
+    pub reflector_ns_per_run: Option<f64>,
+}
+
+impl ThreadScaling {
+    /// The median rate of the rounds with `threads`.
+    pub fn median_kpps(&self, threads: usize) -> Option<f64> {
+        let mut rates: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter(|r| r.threads == threads)
+            .map(|r| r.kpps)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        let n = rates.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(rates[n / 2]),
+            _ => Some((rates[n / 2 - 1] + rates[n / 2]) / 2.0),
+        }
+    }
+
+    /// `--threads 2` over `--threads 1`: the ratio of their median rates.
+    pub fn ratio(&self) -> Option<f64> {
+        match (self.median_kpps(2), self.median_kpps(1)) {
+            (Some(two), Some(one)) if one > 0.0 => Some(two / one),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReflectorOut {
+    counters: ReflectorCounts,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReflectorCounts {
+    reflected: u64,
+    runs: u64,
+    run_time_ns: u64,
+}
+
+/// The relay's interfaces out of threaded NAPI for the step, back in it on drop.
+///
+/// Threaded NAPI is there to charge each side's receive work to its own threads; here the load
+/// side has no core, only throughput counts, and a NAPI thread on the other CPU than the relay
+/// thread that feeds it costs a cross-CPU wake-up (an IPI, a hypervisor exit on this VM) per poll
+/// that one CPU never pays. Without it the receive work runs in the softirq of the CPU that
+/// raised it, as a NIC's queue's does on its CPU: the same work in both settings.
+struct SoftirqNapi;
+
+impl SoftirqNapi {
+    fn set(on: bool) -> Result<()> {
+        for ifname in RELAY_IFS {
+            let threaded = format!("echo {} > /sys/class/net/{ifname}/threaded", u8::from(on));
+            run_quiet(netns_cmd(NAMES.relay, "sh", &["-c", &threaded]))?;
+        }
+        Ok(())
+    }
+
+    fn enter() -> Result<SoftirqNapi> {
+        SoftirqNapi::set(false)?;
+        Ok(SoftirqNapi)
+    }
+}
+
+impl Drop for SoftirqNapi {
+    fn drop(&mut self) {
+        if let Err(e) = SoftirqNapi::set(true) {
+            eprintln!("bench: threaded NAPI back on for {RELAY_IFS:?} failed: {e:#}");
+        }
+    }
+}
+
+/// Runs both settings, alternating.
+pub(super) fn thread_scaling(ctx: &Ctx) -> Result<ThreadScaling> {
+    let _napi = SoftirqNapi::enter()?;
+    let seconds = SECONDS;
+    let mut rounds = Vec::new();
+    for _ in 0..REPEATS {
+        for threads in [1, 2] {
+            rounds.push(
+                round(ctx, threads, seconds)
+                    .with_context(|| format!("a --threads {threads} round"))?,
+            );
+        }
+    }
+    Ok(ThreadScaling {
+        allocations: ALLOCATIONS,
+        in_flight: IN_FLIGHT,
+        payload: PAYLOAD,
+        seconds,
+        rounds,
+    })
+}
+
+fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
+    let bin = |name: &str| ctx.bin.join(name).to_string_lossy().into_owned();
+    // One round: the relay on the last CPU; two: on every CPU (the load side needs none).
+    let relay_cpus: Vec<usize> = if threads == 1 {
+        ctx.cores.relay.clone()
+    } else {
+        let mut all: Vec<usize> = ctx
+            .cores
+            .load
+            .iter()
+            .chain(&ctx.cores.relay)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    };
+    if relay_cpus.len() < threads {
+        bail!(
+            "{threads} threads need {threads} CPUs; this machine has {}",
+            relay_cpus.len()
+        );
+    }
+    let relay_list = Cores::list(&relay_cpus);
+    let load_list = Cores::list(&ctx.cores.load);
+    // The relay's interfaces poll in softirq here (`SoftirqNapi`); the load side's threads stay
+    // off the relay's core.
+    for pid in napi_threads(&LOAD_IFS) {
+        run_quiet(sh::cmd("taskset", &["-pc", &load_list, &pid.to_string()]))?;
+    }
+    let key = format!("threads-{threads}");
+
+    let reflectors = [
+        (NAMES.client, LOAD_IFS[0], vec!["--channel-data"]),
+        (NAMES.peer, LOAD_IFS[1], vec!["--port", "4000"]),
+    ]
+    .into_iter()
+    .map(|(ns, interface, extra)| {
+        let mut args = vec!["--interface", interface, "--max-seconds", "300"];
+        args.extend(extra);
+        let log = ctx.run_dir.join(format!("{key}-reflector-{interface}"));
+        let proc = Proc::spawn(ns, &load_list, &bin("xturn-reflector"), &args, &log)?;
+        proc.wait_for_stderr("ready", Duration::from_secs(10))?;
+        Ok(proc)
+    })
+    .collect::<Result<Vec<_>>>()?;
+
+    let args = xturnd_args("userspace", &["--threads", &threads.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = Proc::spawn(
+        NAMES.relay,
+        &relay_list,
+        &bin("xturnd"),
+        &args,
+        &ctx.run_dir.join(format!("{key}-relay")),
+    )?;
+    wait_for_stun(ctx, &relay)?;
+
+    let mut load = load_args(&[
+        "--user",
+        USER,
+        "--allocations",
+        &ALLOCATIONS.to_string(),
+        "--setup-concurrency",
+        &ALLOCATIONS.to_string(),
+        "--phase",
+        &format!("reflected:{PAYLOAD}:{seconds}:{IN_FLIGHT}"),
+        "--warmup-ms",
+        "0",
+        "--relay-cpus",
+        &relay_list,
+        "--load-cpus",
+        &load_list,
+        "--max-seconds",
+        "60",
+    ]);
+    load.extend(["--relay-pid".to_owned(), relay.pid().to_string()]);
+    for pid in napi_threads(&RELAY_IFS) {
+        load.extend(["--relay-pid".to_owned(), pid.to_string()]);
+    }
+    eprintln!(
+        "bench: {key}: {ALLOCATIONS} allocations, {IN_FLIGHT} datagrams reflected for {seconds} s, \
+         relay on CPU {relay_list}"
+    );
+    let out = run_load(ctx, &key, ALLOCATIONS, &load, 90);
+    relay.stop()?;
+    let mut reflected = 0;
+    let (mut runs, mut run_ns) = (0, 0);
+    for proc in reflectors {
+        let (stdout, _) = proc.stop()?;
+        let r: ReflectorOut = parse_json(&stdout, "xturn-reflector")?;
+        reflected += r.counters.reflected;
+        runs += r.counters.runs;
+        run_ns += r.counters.run_time_ns;
+    }
+    let out = out?;
+    let phase = out
+        .phases
+        .first()
+        .context("the generator reported no phase")?;
+    let received = phase
+        .relay_received
+        .context("the generator reported no datagrams received by the relay")?;
+    let window = phase.window_s.max(1e-9);
+    Ok(ThreadRound {
+        threads,
+        cpus: relay_list,
+        kpps: received as f64 / window / 1e3,
+        relay_cores_used: phase.cpu.relay_s().map(|s| s / window),
+        reflected,
+        reflector_ns_per_run: (runs > 0).then(|| run_ns as f64 / runs as f64),
+    })
+}
