@@ -7,6 +7,7 @@
 //! - [`reload`]: what a configuration means at run time, and what a reload may change.
 //! - [`dns`]: resolving STRICT_DNS clusters' host names, every 5 s.
 //! - [`server`]: the tokio event loop that runs [`turn_proto::server::Server`] over real sockets.
+//! - [`lanes`]: the data plane pinned one thread per CPU, with the kernel steering datagrams.
 //! - [`dataplane`]: choosing XDP, TC or userspace relaying, attaching to interfaces.
 //! - [`ceiling`]: the benchmark's ceiling XDP program (`xturn-ceiling`).
 //! - [`offload`]: the kernel offload of channel bindings: applies the core's channel events,
@@ -24,6 +25,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod dtls;
 pub mod ebpf;
+pub mod lanes;
 pub mod metrics;
 pub mod offload;
 pub mod reflector;

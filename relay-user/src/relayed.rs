@@ -1,7 +1,8 @@
 //! Relayed sockets: one non-blocking UDP socket per relayed transport address.
 //!
 //! They are not tokio sockets with a task each: every socket is registered (level-triggered) in
-//! the epoll set of one of a few readers (one per worker thread, sockets dealt round-robin),
+//! the epoll set of one of a few readers (one per worker thread; a socket goes to the reader of
+//! the lane that bound it ([`crate::lanes`]), else they are dealt round-robin),
 //! and each reader's task waits on its epoll set (itself registered with tokio) and reads the
 //! sockets it reports. An allocation costs its socket and one map entry, not a task and a
 //! tokio registration (about 2.4 → under 2 KiB per allocation), and one wake-up serves every
@@ -133,7 +134,11 @@ impl Relays {
             dont_fragment: AtomicBool::new(false),
             peers: PeerChannels::default(),
         });
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        // On a lane, its own reader: the client's datagrams arrive on this lane's CPU, and so
+        // (where the kernel receives them on the CPU that sent to the peer) do the peer's.
+        let index = crate::lanes::current()
+            .filter(|&lane| lane < self.readers.len())
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len());
         let reader = &self.readers[index];
         let fd = relay.socket.as_raw_fd();
         let mut event = libc::epoll_event {

@@ -1,7 +1,10 @@
 //! The event loop: runs the sans-IO [`turn::Server`] over real sockets.
 //!
 //! - Each UDP listener has `threads` sockets bound with `SO_REUSEPORT`, each read by its own
-//!   task, so the kernel spreads clients over cores. TCP and TLS listeners accept connections
+//!   task, so the kernel spreads clients over cores. With lanes ([`crate::lanes`]) socket `i`
+//!   and reader `i` run on a thread pinned to a CPU of their own and the kernel steers each
+//!   datagram to the socket of the CPU it arrived on; otherwise they are tasks of the main
+//!   runtime. TCP and TLS listeners accept connections
 //!   ([`crate::stream`]); DTLS listeners run sessions on one UDP socket ([`crate::dtls`]).
 //! - Each relayed address is a real UDP socket owned by its allocation, read by one of
 //!   `threads` reader tasks through that reader's epoll set ([`crate::relayed`]).
@@ -86,6 +89,8 @@ pub enum ServerError {
     Dtls { addr: SocketAddr, message: String },
     #[error("cannot create the epoll sets of the relayed sockets: {0}")]
     Relays(#[source] io::Error),
+    #[error("cannot start a data-plane lane's thread: {0}")]
+    Lanes(#[source] io::Error),
 }
 
 /// Where the core's channel events go: the data plane's kernel offload, for the clients of
@@ -161,8 +166,11 @@ pub struct ServerSpec {
     pub max_connections_per_ip: usize,
     /// Stream connections and DTLS sessions without a complete message for this long close.
     pub idle_timeout: Duration,
-    /// Sockets per listener (`SO_REUSEPORT`).
+    /// Sockets per listener (`SO_REUSEPORT`) and relayed-socket readers.
     pub threads: usize,
+    /// The CPU of each data-plane lane ([`crate::lanes::plan`]; as many as `threads`), or
+    /// `None` to run the data plane on the main runtime.
+    pub lanes: Option<Vec<usize>>,
     /// Relayed addresses of allocations the core adopted ([`turn::Server::restore`]): bound
     /// before any listener is read; an address that cannot be bound drops its allocation.
     pub restored: Vec<SocketAddr>,
@@ -170,9 +178,17 @@ pub struct ServerSpec {
     pub state_dir: Option<PathBuf>,
 }
 
-/// Datagrams and UDP payload bytes through a group of sockets, both ways.
-#[derive(Debug, Default)]
+/// Datagrams and UDP payload bytes through a group of sockets, both ways: a set of counters
+/// per lane (each on cache lines of its own, so lanes on different CPUs never write the same
+/// line), summed when read. Threads that are no lane count in the first set.
+#[derive(Debug)]
 pub struct IoCounters {
+    lanes: Box<[LaneIo]>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LaneIo {
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
@@ -182,14 +198,29 @@ pub struct IoCounters {
 }
 
 impl IoCounters {
+    /// Counters for `lanes` lanes (at least one set).
+    fn new(lanes: usize) -> IoCounters {
+        IoCounters {
+            lanes: (0..lanes.max(1)).map(|_| LaneIo::default()).collect(),
+        }
+    }
+
+    /// This thread's set.
+    fn mine(&self) -> &LaneIo {
+        crate::lanes::current()
+            .and_then(|lane| self.lanes.get(lane))
+            .unwrap_or(&self.lanes[0])
+    }
+
     fn received(&self, len: usize) {
         self.received_many(1, len);
     }
 
     fn received_many(&self, packets: usize, bytes: usize) {
         if packets > 0 {
-            self.rx_packets.fetch_add(packets as u64, Ordering::Relaxed);
-            self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            let io = self.mine();
+            io.rx_packets.fetch_add(packets as u64, Ordering::Relaxed);
+            io.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         }
     }
 
@@ -203,23 +234,30 @@ impl IoCounters {
 
     /// `packets` datagrams of `bytes` in all sent, `errors` refused.
     fn sent_many(&self, packets: usize, bytes: usize, errors: usize) {
+        let io = self.mine();
         if packets > 0 {
-            self.tx_packets.fetch_add(packets as u64, Ordering::Relaxed);
-            self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            io.tx_packets.fetch_add(packets as u64, Ordering::Relaxed);
+            io.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         }
         if errors > 0 {
-            self.tx_errors.fetch_add(errors as u64, Ordering::Relaxed);
+            io.tx_errors.fetch_add(errors as u64, Ordering::Relaxed);
         }
     }
 
-    /// The counters now.
+    /// The counters now, every lane's together.
     pub fn snapshot(&self) -> IoSnapshot {
+        let sum = |counter: fn(&LaneIo) -> &AtomicU64| {
+            self.lanes
+                .iter()
+                .map(|io| counter(io).load(Ordering::Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
         IoSnapshot {
-            rx_packets: self.rx_packets.load(Ordering::Relaxed),
-            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
-            tx_packets: self.tx_packets.load(Ordering::Relaxed),
-            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
-            tx_errors: self.tx_errors.load(Ordering::Relaxed),
+            rx_packets: sum(|io| &io.rx_packets),
+            rx_bytes: sum(|io| &io.rx_bytes),
+            tx_packets: sum(|io| &io.tx_packets),
+            tx_bytes: sum(|io| &io.tx_bytes),
+            tx_errors: sum(|io| &io.tx_errors),
         }
     }
 }
@@ -261,11 +299,21 @@ pub struct IoSnapshot {
 
 /// How replies reach a listener's clients.
 pub(crate) enum ClientIo {
-    /// The listener's first socket.
-    Udp(Arc<UdpSocket>),
+    /// The listener's sockets, one per thread: a lane answers through its own
+    /// ([`ClientIo::udp_socket`]), anybody else through the first.
+    Udp(Vec<Arc<std::net::UdpSocket>>),
     /// The listener's connections.
     Stream(Arc<Connections>),
     Dtls(Arc<DtlsListener>),
+}
+
+impl ClientIo {
+    /// The socket this thread sends a UDP listener's datagrams through.
+    fn udp_socket(sockets: &[Arc<std::net::UdpSocket>]) -> Option<&Arc<std::net::UdpSocket>> {
+        crate::lanes::current()
+            .and_then(|lane| sockets.get(lane))
+            .or_else(|| sockets.first())
+    }
 }
 
 pub(crate) struct Shared {
@@ -291,6 +339,8 @@ pub(crate) struct Shared {
 pub struct RunningServer {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
+    /// The data-plane lanes, when they run on threads of their own; stopped when dropped.
+    _lanes: Vec<crate::lanes::Lane>,
     local_addrs: Vec<SocketAddr>,
     /// Adopted allocations dropped because a relayed address could not be bound.
     dropped: usize,
@@ -312,7 +362,8 @@ impl RunningServer {
             .map(|l| l.transport == Transport::Udp)
             .collect();
         let channel_events = ChannelEvents { offload, udp };
-        let mut udp_sockets: Vec<(ListenerId, Vec<Arc<UdpSocket>>)> = Vec::new();
+        let lanes = spec.lanes.as_ref().filter(|cpus| cpus.len() == threads);
+        let mut udp_sockets: Vec<(ListenerId, Vec<Arc<std::net::UdpSocket>>)> = Vec::new();
         let mut tcp_sockets: Vec<(Arc<StreamListener>, tokio::net::TcpListener)> = Vec::new();
         let mut dtls: Vec<Arc<DtlsListener>> = Vec::new();
         let mut clients = Vec::new();
@@ -325,12 +376,18 @@ impl RunningServer {
                 Transport::Udp => {
                     let mut sockets = Vec::with_capacity(threads);
                     for _ in 0..threads {
-                        sockets.push(Arc::new(bind_udp(addr, true).map_err(bind_error)?));
+                        sockets.push(Arc::new(bind_udp_socket(addr, true).map_err(bind_error)?));
                     }
                     let local = sockets[0].local_addr().map_err(bind_error)?;
+                    if let Some(cpus) = lanes
+                        && let Err(e) = crate::lanes::attach_steering(&*sockets[0], cpus)
+                    {
+                        // Still correct: the kernel hashes clients over the sockets instead.
+                        warn!(%local, error = %e, "cannot steer datagrams to their CPU's socket");
+                    }
                     info!(%local, sockets = sockets.len(), "listening (TURN over UDP)");
                     local_addrs.push(local);
-                    clients.push(ClientIo::Udp(Arc::clone(&sockets[0])));
+                    clients.push(ClientIo::Udp(sockets.clone()));
                     udp_sockets.push((id, sockets));
                 }
                 Transport::Tcp | Transport::Tls => {
@@ -385,9 +442,9 @@ impl RunningServer {
             listener_io: spec
                 .listeners
                 .iter()
-                .map(|_| IoCounters::default())
+                .map(|_| IoCounters::new(threads))
                 .collect(),
-            relay_io: IoCounters::default(),
+            relay_io: IoCounters::new(threads),
             started: Instant::now(),
             last_tick_ms: AtomicU64::new(0),
         });
@@ -398,12 +455,38 @@ impl RunningServer {
             tasks.spawn(state_task(Arc::clone(&shared), dir.clone()));
             tasks.spawn(usage_task(Arc::clone(&shared), dir.clone()));
         }
-        for index in 0..shared.relays.readers() {
-            tasks.spawn(reader_task(Arc::clone(&shared), index));
-        }
-        for (id, sockets) in udp_sockets {
-            for socket in sockets {
-                tasks.spawn(listener_task(Arc::clone(&shared), id, socket));
+        let mut running_lanes = Vec::new();
+        if let Some(cpus) = lanes {
+            for (index, &cpu) in cpus.iter().enumerate() {
+                let lane_shared = Arc::clone(&shared);
+                let sockets: Vec<_> = udp_sockets
+                    .iter()
+                    .filter_map(|(id, sockets)| Some((*id, Arc::clone(sockets.get(index)?))))
+                    .collect();
+                let (lane, ended) = crate::lanes::spawn(index, cpu, move |tasks| {
+                    tasks.spawn(reader_task(Arc::clone(&lane_shared), index));
+                    for (id, socket) in sockets {
+                        tasks.spawn(listener_task(Arc::clone(&lane_shared), id, socket));
+                    }
+                })
+                .map_err(ServerError::Lanes)?;
+                running_lanes.push(lane);
+                // A lane whose task ended stops the agent as a task of the main runtime would.
+                tasks.spawn(async move {
+                    if let Ok(message) = ended.await {
+                        warn!("{message}");
+                    }
+                });
+            }
+            info!(?cpus, "data-plane lanes pinned to CPUs");
+        } else {
+            for index in 0..shared.relays.readers() {
+                tasks.spawn(reader_task(Arc::clone(&shared), index));
+            }
+            for (id, sockets) in udp_sockets {
+                for socket in sockets {
+                    tasks.spawn(listener_task(Arc::clone(&shared), id, socket));
+                }
             }
         }
         for (listener, socket) in tcp_sockets {
@@ -434,6 +517,7 @@ impl RunningServer {
         Ok(RunningServer {
             shared,
             tasks,
+            _lanes: running_lanes,
             local_addrs,
             dropped,
             state_dir: spec.state_dir.clone(),
@@ -772,23 +856,40 @@ async fn state_task(shared: Arc<Shared>, dir: PathBuf) {
 
 /// Reads a UDP listener's socket a batch at a time: ChannelData of channels in the table goes
 /// straight to the peer, everything else to the core.
-async fn listener_task(shared: Arc<Shared>, listener: ListenerId, socket: Arc<UdpSocket>) {
+async fn listener_task(
+    shared: Arc<Shared>,
+    listener: ListenerId,
+    socket: Arc<std::net::UdpSocket>,
+) {
+    // Registered with the runtime this task runs on (its lane's, or the main one).
+    // SAFETY: the AsyncFd holds a reference to the socket, so its descriptor stays open (and
+    // the same) as long as it is registered.
+    let socket = match unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) } {
+        Ok(socket) => socket,
+        Err(e) => {
+            warn!(error = %e, "cannot watch a listener socket");
+            return;
+        }
+    };
     let mut batch = Batch::new(BATCH, MAX_DATAGRAM);
     let mut commands = VecDeque::new();
     let mut to_peers = Vec::with_capacity(BATCH);
     loop {
-        if let Err(e) = socket.readable().await {
-            warn!(error = %e, "listener socket failed");
-            return;
-        }
-        let n = match socket.try_io(Interest::READABLE, || batch.try_recv(socket.as_fd())) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+        let mut guard = match socket.readable().await {
+            Ok(guard) => guard,
             Err(e) => {
+                warn!(error = %e, "listener socket failed");
+                return;
+            }
+        };
+        let n = match guard.try_io(|socket| batch.try_recv(socket.get_ref().as_fd())) {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
                 // ICMP errors surface here on some kernels; they concern one peer, not us.
                 trace!(error = %e, "listener receive error");
                 continue;
             }
+            Err(_would_block) => continue,
         };
         let mut received = 0;
         for i in 0..n {
@@ -941,7 +1042,9 @@ impl Shared {
         let relayed = fast.count_ones() as usize;
         if let Some((listener, client)) = to {
             let index = usize::from(listener.0);
-            if let Some(ClientIo::Udp(socket)) = self.clients.get(index) {
+            if let Some(ClientIo::Udp(sockets)) = self.clients.get(index)
+                && let Some(socket) = ClientIo::udp_socket(sockets)
+            {
                 let is_fast = |i: &usize| fast & (1 << i) != 0;
                 let frames: Vec<&[u8]> = (0..n)
                     .filter(is_fast)
@@ -1126,7 +1229,9 @@ fn execute(shared: &Arc<Shared>, commands: &mut VecDeque<Command>) {
                 let index = usize::from(listener.0);
                 let len = data.len();
                 let sent = match shared.clients.get(index) {
-                    Some(ClientIo::Udp(socket)) => send(socket, &data, client),
+                    Some(ClientIo::Udp(sockets)) => {
+                        ClientIo::udp_socket(sockets).is_some_and(|s| send(s, &data, client))
+                    }
                     Some(ClientIo::Stream(connections)) => connections.send(client, data),
                     Some(ClientIo::Dtls(dtls)) => dtls.send(client, &data),
                     None => false,
@@ -1228,6 +1333,11 @@ pub(crate) fn send<S: std::os::fd::AsFd>(socket: &S, data: &[u8], to: SocketAddr
 
 /// A non-blocking UDP socket bound to `addr`, registered with tokio.
 pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(bind_udp_socket(addr, reuse_port)?)
+}
+
+/// A non-blocking UDP socket bound to `addr`, for whichever runtime reads it.
+fn bind_udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -1240,7 +1350,7 @@ pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSock
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// The wall clock and monotonic clock read together, for [`turn::Server::new`].

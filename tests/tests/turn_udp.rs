@@ -246,11 +246,51 @@ fn ping_args<'a>(server: &'a str, peer: &'a str, mode: &'a str, family: &'a str)
     ]
 }
 
+/// The CPUs in a `Cpus_allowed_list` line of `/proc/*/status` ("0-1", "0,2-3").
+fn cpus_allowed(status_path: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(status_path).expect("read a status file");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(a.parse::<usize>().expect("a CPU")..=b.parse::<usize>().expect("a CPU"));
+    }
+    cpus
+}
+
+/// `--threads 2` where xturnd may use exactly two CPUs runs the data plane in lanes: a thread
+/// pinned to each CPU (docs/architecture.md, "Lanes"); with any other count, no thread is pinned.
+fn assert_lanes(relay: &mut ChildGuard) {
+    let pid = relay.child().id();
+    let mut lanes = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("xturnd's threads") {
+        let dir = task.expect("a thread").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.starts_with("xturn-lane-") {
+            let status = dir.join("status");
+            lanes.push(cpus_allowed(&status.to_string_lossy()));
+        }
+    }
+    let allowed = cpus_allowed(&format!("/proc/{pid}/status"));
+    if allowed.len() == 2 {
+        lanes.sort();
+        let expected: Vec<Vec<usize>> = allowed.iter().map(|&cpu| vec![cpu]).collect();
+        assert_eq!(lanes, expected, "one lane pinned to each of {allowed:?}");
+    } else {
+        assert!(lanes.is_empty(), "no lanes on {allowed:?}: {lanes:?}");
+    }
+}
+
 #[test]
 fn xturnctl_round_trips_channels_and_send_ipv4_and_ipv6() {
     let topology = Topology::new();
     let _peers = start_echo_peers(&topology);
     let mut relay = start_relay(&topology);
+    assert_lanes(&mut relay);
     let v4_server = format!("{LISTENER_V4}:3478");
     let v6_server = format!("[{LISTENER_V6}]:3478");
     let v4_peer = format!("{PEER_V4}:{PEER_PORT}");

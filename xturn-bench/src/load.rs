@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -146,6 +148,11 @@ pub struct LoadSpec {
     /// come from many addresses; from one, the relay's reflection defence (a budget of
     /// unauthenticated answers per source address) would meter the handshakes.
     pub client_ips: Vec<IpAddr>,
+    /// CPUs the clients' traffic leaves from: client `k`'s Allocate and its `reflected`
+    /// datagrams from the `k mod n`-th (empty: wherever this process runs; Allocates then go
+    /// one at a time). A veth delivers a datagram on the CPU that sent it, so this spreads the
+    /// clients over the relay's CPUs as a multi-queue NIC's receive-side scaling would.
+    pub spread_cpus: Vec<usize>,
     /// The LIFETIME the Allocates ask for (`None`: the server's default).
     pub lifetime: Option<Duration>,
     /// The whole run must end by then.
@@ -360,7 +367,13 @@ async fn handshakes(
     spec: &LoadSpec,
     creds: &ClientCredentials,
 ) -> Result<(Vec<TurnClient>, SetupReport), BenchError> {
-    let concurrency = spec.setup_concurrency.clamp(1, 1024);
+    // Spread clients' Allocates leave one at a time, each from its client's CPU.
+    let concurrency = if spec.spread_cpus.is_empty() {
+        spec.setup_concurrency.clamp(1, 1024)
+    } else {
+        1
+    };
+    let home = Affinity::save(&spec.spread_cpus)?;
     let mut first_error: Option<String> = None;
 
     let relay_rss = || spec.cpu.relay_pids.first().and_then(|&pid| rss_kib(pid));
@@ -383,7 +396,11 @@ async fn handshakes(
     let lifetime = spec.lifetime;
     let results = bounded(spec.allocations, concurrency, |i| {
         let slots = Arc::clone(&unallocated);
+        let cpu = spread_cpu(&spec.spread_cpus, i);
         async move {
+            if let Some(cpu) = cpu {
+                pin(cpu)?;
+            }
             let mut client = take_slot(&slots[i])?;
             client
                 .allocate(AllocateOptions {
@@ -397,6 +414,7 @@ async fn handshakes(
     .await;
     let allocate_s = t0.elapsed().as_secs_f64();
     let cpu = spec.cpu.between(&cpu_start, &spec.cpu.snapshot());
+    home.restore()?;
     let mut clients = Vec::new();
     for r in results {
         match r {
@@ -857,7 +875,12 @@ fn reflected_attempt(
     let mut batch = Batch::new(batch_size, stride);
     let sockets_n = sockets.len() as u64;
     let (mut sent, mut send_errors, mut seq) = (0u64, 0u64, 0u64);
+    let home = Affinity::save(&spec.spread_cpus)?;
     for (i, socket) in sockets.iter().enumerate() {
+        // Socket `i` is client `i`'s (in the order they were allocated).
+        if let Some(cpu) = spread_cpu(&spec.spread_cpus, i) {
+            pin(cpu)?;
+        }
         // An even share each; the first ones take the remainder.
         let mut share = count / sockets_n + u64::from((i as u64) < count % sockets_n);
         while share > 0 {
@@ -884,6 +907,7 @@ fn reflected_attempt(
             share -= n as u64;
         }
     }
+    home.restore()?;
     std::thread::sleep(REFLECTED_SETTLE);
     let cpu_start = spec.cpu.snapshot();
     let rx_start = relay_received(relay)?;
@@ -909,6 +933,42 @@ fn reflected_attempt(
         rtt: RttReport::default(),
         cpu,
     })
+}
+
+/// The CPU client `k`'s traffic leaves from ([`LoadSpec::spread_cpus`]).
+fn spread_cpu(cpus: &[usize], k: usize) -> Option<usize> {
+    (!cpus.is_empty()).then(|| cpus[k % cpus.len()])
+}
+
+/// Moves the calling thread to `cpu`.
+fn pin(cpu: usize) -> Result<(), BenchError> {
+    let mut set = CpuSet::new();
+    set.set(cpu)
+        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set))
+        .map_err(|e| BenchError::Invalid(format!("cannot move to CPU {cpu}: {e}")))
+}
+
+/// The calling thread's CPUs before it was moved, to return to (nothing to do unless spreading).
+struct Affinity(Option<CpuSet>);
+
+impl Affinity {
+    fn save(spread: &[usize]) -> Result<Affinity, BenchError> {
+        if spread.is_empty() {
+            return Ok(Affinity(None));
+        }
+        sched_getaffinity(Pid::from_raw(0))
+            .map(|set| Affinity(Some(set)))
+            .map_err(|e| BenchError::Invalid(format!("cannot read this thread's CPUs: {e}")))
+    }
+
+    fn restore(&self) -> Result<(), BenchError> {
+        match &self.0 {
+            Some(set) => sched_setaffinity(Pid::from_raw(0), set).map_err(|e| {
+                BenchError::Invalid(format!("cannot return to this thread's CPUs: {e}"))
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// UDP datagrams the sockets of `pid`'s network namespace received (`InDatagrams` of
@@ -1101,6 +1161,7 @@ UdpLite: 0 0 0 0 0 0
             warmup: Duration::ZERO,
             setup_only: false,
             client_ips: Vec::new(),
+            spread_cpus: Vec::new(),
             lifetime: None,
             max_total: Duration::from_secs(10),
             interference_limit: 1.0,

@@ -102,6 +102,11 @@ struct LoadArgs {
     /// Default: the address the route to the server gives, for all of them.
     #[arg(long = "client-ip")]
     client_ips: Vec<std::net::IpAddr>,
+    /// CPUs the clients' traffic leaves from (comma-separated): client `k`'s Allocate and its
+    /// `reflected` datagrams from the `k mod n`-th, as a multi-queue NIC would spread clients
+    /// over CPUs (a veth delivers on the sending CPU). Allocates then go one at a time.
+    #[arg(long, value_delimiter = ',')]
+    spread_cpus: Vec<usize>,
     /// The LIFETIME (seconds) the Allocates ask for; default: none (the server's default).
     #[arg(long)]
     lifetime: Option<u64>,
@@ -191,6 +196,7 @@ fn run_load(args: LoadArgs) -> Result<()> {
         warmup: Duration::from_millis(args.warmup_ms),
         setup_only: args.setup_only,
         client_ips: args.client_ips,
+        spread_cpus: args.spread_cpus,
         lifetime: args.lifetime.map(Duration::from_secs),
         max_total: Duration::from_secs(args.max_seconds),
         interference_limit: args.interference_limit,

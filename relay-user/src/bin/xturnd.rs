@@ -13,7 +13,7 @@ use rand::{RngCore as _, SeedableRng as _};
 use relay_user::{
     admin::{self, AdminState, Phase},
     config::{self, Config, Transport, XturndArgs},
-    configmap, dataplane, dns,
+    configmap, dataplane, dns, lanes,
     metrics::MetricsSource,
     offload::{ChannelOffload, KernelPath},
     reload,
@@ -215,6 +215,13 @@ async fn run(
         max_connections_per_ip: config.max_connections_per_ip,
         idle_timeout: config.idle_timeout,
         threads: config.threads,
+        lanes: match lanes::allowed_cpus() {
+            Ok(cpus) => lanes::plan(config.threads, config.cpu_affinity, &cpus),
+            Err(e) => {
+                warn!(error = %e, "cannot read the CPUs this process may use: no lanes");
+                None
+            }
+        },
         restored: adopted
             .as_ref()
             .map(|a| a.relayed.clone())

@@ -128,6 +128,17 @@ pub struct XturndArgs {
     #[arg(long, value_name = "N", env = "XTURN_THREADS")]
     pub threads: Option<usize>,
 
+    /// "auto": when --threads equals the number of CPUs the agent may run on, pin one
+    /// data-plane thread to each CPU and have the kernel hand each UDP datagram to the thread on
+    /// the CPU that received it. "off": never pin.
+    #[arg(
+        long,
+        value_name = "auto|off",
+        env = "XTURN_CPU_AFFINITY",
+        default_value = "auto"
+    )]
+    pub cpu_affinity: crate::lanes::CpuAffinity,
+
     /// Most allocations at once, all users together. Default: 10000.
     #[arg(long, value_name = "N", env = "XTURN_MAX_ALLOCATIONS")]
     pub max_allocations: Option<usize>,

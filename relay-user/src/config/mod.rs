@@ -377,6 +377,8 @@ pub struct Config {
     pub max_tracked_users: usize,
     /// SO_REUSEPORT sockets per listener; at least 1.
     pub threads: usize,
+    /// Whether the data plane may be pinned to CPUs ([`crate::lanes`]).
+    pub cpu_affinity: crate::lanes::CpuAffinity,
     pub dataplane: Dataplane,
     /// Capacity of the XDP channel maps; at least 1.
     pub xdp_max_channels: u32,
@@ -498,6 +500,7 @@ impl fmt::Debug for Config {
             .field("max_tracked_users", &self.max_tracked_users)
             .field("credential_files", &self.credential_files)
             .field("threads", &self.threads)
+            .field("cpu_affinity", &self.cpu_affinity)
             .field("dataplane", &self.dataplane)
             .field("xdp_max_channels", &self.xdp_max_channels)
             .field("log_level", &self.log_level)
@@ -726,6 +729,7 @@ pub fn resolve(
         max_allocations_per_ip,
         max_tracked_users,
         threads,
+        cpu_affinity: args.cpu_affinity,
         dataplane,
         xdp_max_channels: match args.xdp_max_channels {
             Some(0) => {

@@ -558,7 +558,8 @@ fn threads_section(s: &mut String, r: &Report) {
                  {} allocations, {} datagrams of {} B in circulation, {:.1} s a round, rounds \
                  alternating: reflectors at the \
                  client's and the peer's interfaces send every datagram straight back, so the load \
-                 side needs no core of its own (docs/benchmarks.md).\n",
+                 side needs no core of its own; the clients are spread over the relay's CPUs as \
+                 a multi-queue NIC would spread them (docs/benchmarks.md).\n",
                 t.allocations, t.in_flight, t.payload, t.seconds
             );
             let _ = writeln!(

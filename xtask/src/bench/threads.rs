@@ -226,6 +226,10 @@ fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
         &relay_list,
         "--load-cpus",
         &load_list,
+        // Each client's Allocate and datagrams from one of the relay's CPUs in turn, as a
+        // multi-queue NIC would deliver them (the veths deliver on the sending CPU).
+        "--spread-cpus",
+        &relay_list,
         "--max-seconds",
         "60",
     ]);
