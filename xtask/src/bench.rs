@@ -50,18 +50,21 @@ const REALM: &str = "bench.xturn";
 const USER: &str = "bench:bench-password";
 
 const RELAY_IFS: [&str; 2] = ["xtb-r0", "xtb-r1"];
-/// Source addresses of the setup-rate round's clients, 198.18.3.10 onwards, added to the
-/// client's end (the relay reaches their network on-link through `xtb-r0`). Real clients come
-/// from many addresses; from one, the relay's reflection defence (unauthenticated answers paid
-/// from a byte budget per source address and per /24, docs/security.md) would meter 256
-/// handshakes at once and leave the relay idle while they wait to retransmit. 32 addresses give
-/// each source 8 handshakes in flight, well inside its burst, and their own /24 keeps them clear
-/// of the budget the other rounds' clients (198.18.1.2) spent just before.
+/// Source addresses of the setup-rate round's clients: 8 in each of 198.18.4.0/24 to
+/// 198.18.7.0/24 (from .10 on), added to the client's end (the relay reaches that /22 on-link
+/// through `xtb-r0`). Real clients come from many addresses; from one, the relay's reflection
+/// defence (unauthenticated answers paid from a byte budget per source address and per /24,
+/// docs/security.md) would meter 256 handshakes at once and leave the relay idle while they
+/// wait to retransmit. 32 addresses give each source 8 handshakes in flight, well inside its
+/// burst; four /24s give each network 64, whose 401s not yet paid back by their authenticated
+/// Allocates (about 6 KiB) stay well inside its burst (with one /24, 256 of them came to
+/// about 24 of its 32 KiB, and on a fast machine some were metered). The networks are also
+/// clear of the budget the other rounds' clients (198.18.1.2) spent just before.
 const SETUP_CLIENT_IPS: u8 = 32;
-const SETUP_CLIENT_NET: &str = "198.18.3.0/24";
+const SETUP_CLIENT_NET: &str = "198.18.4.0/22";
 
 fn setup_client_ips() -> impl Iterator<Item = String> {
-    (0..SETUP_CLIENT_IPS).map(|i| format!("198.18.3.{}", 10 + u16::from(i)))
+    (0..SETUP_CLIENT_IPS).map(|i| format!("198.18.{}.{}", 4 + i % 4, 10 + i / 4))
 }
 const LOAD_IFS: [&str; 2] = ["xtb-c0", "xtb-p0"];
 
@@ -479,7 +482,7 @@ pub fn run(opts: &Options) -> Result<()> {
         run_quiet(netns_cmd(
             NAMES.client,
             "ip",
-            &["addr", "add", &format!("{ip}/24"), "dev", LOAD_IFS[0]],
+            &["addr", "add", &format!("{ip}/22"), "dev", LOAD_IFS[0]],
         ))?;
     }
     run_quiet(netns_cmd(
