@@ -57,9 +57,9 @@ const RELAY_IFS: [&str; 2] = ["xtb-r0", "xtb-r1"];
 /// docs/security.md) would meter 256 handshakes at once and leave the relay idle while they
 /// wait to retransmit. 32 addresses give each source 8 handshakes in flight, well inside its
 /// burst; four /24s give each network 64, whose 401s not yet paid back by their authenticated
-/// Allocates (about 6 KiB) stay well inside its burst (with one /24, 256 of them came to
-/// about 24 of its 32 KiB, and on a fast machine some were metered). The networks are also
-/// clear of the budget the other rounds' clients (198.18.1.2) spent just before.
+/// Allocates owe about 6 KiB of its 32 KiB burst (256 in one /24 would owe about 24). The
+/// networks are also clear of the budget the other rounds' clients (198.18.1.2) spent just
+/// before.
 const SETUP_CLIENT_IPS: u8 = 32;
 const SETUP_CLIENT_NET: &str = "198.18.4.0/22";
 
