@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, MapData, PerCpuArray},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
@@ -74,28 +74,12 @@ impl Ceiling {
     /// Loads the program, writes the configuration and attaches to every interface (native
     /// mode, else generic).
     pub fn start(spec: &CeilingSpec) -> Result<Ceiling, CeilingError> {
-        if OBJECT.is_empty() {
-            return Err(CeilingError(
-                "this build has no eBPF objects (XTURN_SKIP_EBPF); rebuild after `cargo xtask setup`"
-                    .into(),
-            ));
-        }
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(|e| ebpf_err("loading the ceiling object", e))?;
-        let mut config: Array<MapData, CeilingConfig> = ebpf
-            .take_map(CONFIG_MAP)
-            .ok_or_else(|| ebpf_err(CONFIG_MAP, "missing"))?
-            .try_into()
-            .map_err(|e| ebpf_err(CONFIG_MAP, e))?;
-        config
-            .set(0, spec.config(), 0)
-            .map_err(|e| ebpf_err(CONFIG_MAP, e))?;
-        let stats: PerCpuArray<MapData, u64> = ebpf
-            .take_map(STATS_MAP)
-            .ok_or_else(|| ebpf_err(STATS_MAP, "missing"))?
-            .try_into()
-            .map_err(|e| ebpf_err(STATS_MAP, e))?;
+        let crate::ebpf::BenchObject {
+            ebpf,
+            config,
+            stats,
+        } = crate::ebpf::load_bench_object(OBJECT, "ceiling", CONFIG_MAP, spec.config(), STATS_MAP)
+            .map_err(CeilingError)?;
         let mut ceiling = Ceiling {
             ebpf,
             links: Vec::new(),

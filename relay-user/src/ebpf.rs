@@ -993,3 +993,49 @@ fn stale<K: Eq + std::hash::Hash>(
         .map_err(|source| FastPathError::Map { name, source })?;
     Ok(keys.into_iter().filter(|k| !keep.contains(k)).collect())
 }
+
+/// A benchmark program's object (the ceiling's, the reflector's) loaded, with its one-entry
+/// configuration written and its per-CPU counters taken.
+pub(crate) struct BenchObject<C: Pod> {
+    pub(crate) ebpf: Ebpf,
+    /// Kept open for as long as the program runs.
+    pub(crate) config: aya::maps::Array<MapData, C>,
+    pub(crate) stats: PerCpuArray<MapData, u64>,
+}
+
+/// Loads `object` (`what` names it in errors), writes `config` as entry 0 of `config_map` and
+/// takes `stats_map`. The error says what failed.
+pub(crate) fn load_bench_object<C: Pod>(
+    object: &[u8],
+    what: &str,
+    config_map: &str,
+    config: C,
+    stats_map: &str,
+) -> Result<BenchObject<C>, String> {
+    if object.is_empty() {
+        return Err(
+            "this build has no eBPF objects (XTURN_SKIP_EBPF); rebuild after `cargo xtask setup`"
+                .into(),
+        );
+    }
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    let mut ebpf = EbpfLoader::new()
+        .load(object)
+        .map_err(|e| fail(&format!("loading the {what} object"), &e))?;
+    let mut table: aya::maps::Array<MapData, C> = ebpf
+        .take_map(config_map)
+        .ok_or_else(|| fail(config_map, &"missing"))?
+        .try_into()
+        .map_err(|e| fail(config_map, &e))?;
+    table.set(0, config, 0).map_err(|e| fail(config_map, &e))?;
+    let stats: PerCpuArray<MapData, u64> = ebpf
+        .take_map(stats_map)
+        .ok_or_else(|| fail(stats_map, &"missing"))?
+        .try_into()
+        .map_err(|e| fail(stats_map, &e))?;
+    Ok(BenchObject {
+        ebpf,
+        config: table,
+        stats,
+    })
+}

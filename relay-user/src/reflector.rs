@@ -2,7 +2,7 @@
 //! (`relay-ebpf/src/bin/reflector.rs`), gives it its configuration entry, attaches it at TC
 //! ingress of the load side's interfaces and reads its counters.
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, MapData, PerCpuArray},
     programs::{
         SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, tc::SchedClassifierLinkId,
@@ -83,28 +83,18 @@ impl Reflector {
     /// Loads the program and writes the configuration, attached nowhere
     /// ([`Reflector::test_run`]).
     pub fn load(spec: &ReflectorSpec) -> Result<Reflector, ReflectorError> {
-        if OBJECT.is_empty() {
-            return Err(ReflectorError(
-                "this build has no eBPF objects (XTURN_SKIP_EBPF); rebuild after `cargo xtask setup`"
-                    .into(),
-            ));
-        }
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(|e| ebpf_err("loading the reflector object", e))?;
-        let mut config: Array<MapData, ReflectorConfig> = ebpf
-            .take_map(CONFIG_MAP)
-            .ok_or_else(|| ebpf_err(CONFIG_MAP, "missing"))?
-            .try_into()
-            .map_err(|e| ebpf_err(CONFIG_MAP, e))?;
-        config
-            .set(0, spec.config(), 0)
-            .map_err(|e| ebpf_err(CONFIG_MAP, e))?;
-        let stats: PerCpuArray<MapData, u64> = ebpf
-            .take_map(STATS_MAP)
-            .ok_or_else(|| ebpf_err(STATS_MAP, "missing"))?
-            .try_into()
-            .map_err(|e| ebpf_err(STATS_MAP, e))?;
+        let crate::ebpf::BenchObject {
+            ebpf,
+            config,
+            stats,
+        } = crate::ebpf::load_bench_object(
+            OBJECT,
+            "reflector",
+            CONFIG_MAP,
+            spec.config(),
+            STATS_MAP,
+        )
+        .map_err(ReflectorError)?;
         let mut reflector = Reflector {
             ebpf,
             links: Vec::new(),
