@@ -1034,6 +1034,40 @@ fn measure(key: &str, p: &PhaseOut, echo: EchoCounts, channels: usize) -> Measur
     }
 }
 
+/// TX checksum offload back on at the client's end, its kernel default, while it lives (off
+/// again when dropped). The topology turns it off at the outer ends for XDP's ChannelData
+/// redirects; the setup round sends none, and with it off, a threaded-NAPI veth at the relay's
+/// end doubled xturnd's CPU per Allocate (21 → 42–47 µs on a bare veth pair) and left both
+/// sides half idle, a testbed artifact no pod has.
+struct ClientTxChecksum;
+
+impl ClientTxChecksum {
+    fn set(on: bool) -> Result<()> {
+        let value = if on { "on" } else { "off" };
+        run_quiet(netns_cmd(
+            NAMES.client,
+            "ethtool",
+            &["-K", LOAD_IFS[0], "tx", value],
+        ))
+    }
+
+    fn on() -> Result<ClientTxChecksum> {
+        ClientTxChecksum::set(true)?;
+        Ok(ClientTxChecksum)
+    }
+}
+
+impl Drop for ClientTxChecksum {
+    fn drop(&mut self) {
+        if let Err(e) = ClientTxChecksum::set(false) {
+            eprintln!(
+                "bench: cannot turn TX checksum offload off again on {}: {e:#}",
+                LOAD_IFS[0]
+            );
+        }
+    }
+}
+
 /// Allocations per second with authentication, from `--setup-only`.
 fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupResult> {
     let relay_cpus = Cores::list(&ctx.cores.relay);
@@ -1068,8 +1102,10 @@ fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupRes
     );
     let log = ctx.run_dir.join(format!("{}-setup", c.key));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tx_checksum = ClientTxChecksum::on()?;
     let proc = spawn_load(ctx, &load_cpus, &args, &log)?;
     let (stdout, stderr) = proc.wait(Duration::from_secs(150))?;
+    drop(tx_checksum);
     if stdout.trim().is_empty() {
         bail!(
             "xturn-bench load --setup-only printed nothing: {}",
