@@ -530,19 +530,22 @@ pub fn run(opts: &Options) -> Result<()> {
         eprintln!("bench: {} done in {:.1?}", c.key, t.elapsed());
         contenders.push(result);
     }
-    let (thread_scaling, thread_scaling_error) =
-        if opts.only.is_empty() || opts.only.iter().any(|k| k == THREADS_SCALE) {
-            sh::step("bench: threads-scale (--threads 1 and 2, load reflected in the kernel)");
-            match thread_scaling(&ctx) {
-                Ok(t) => (Some(t), None),
-                Err(e) => {
-                    eprintln!("bench: threads-scale failed: {e:#}");
-                    (None, Some(format!("{e:#}")))
-                }
+    let (thread_scaling, thread_scaling_error) = if opts.only.is_empty()
+        || opts.only.iter().any(|k| k == THREADS_SCALE)
+    {
+        sh::step(
+            "bench: threads-scale (xturnd --threads 1 and 2, coturn on one core; load reflected in the kernel)",
+        );
+        match thread_scaling(&ctx) {
+            Ok(t) => (Some(t), None),
+            Err(e) => {
+                eprintln!("bench: threads-scale failed: {e:#}");
+                (None, Some(format!("{e:#}")))
             }
-        } else {
-            (None, None)
-        };
+        }
+    } else {
+        (None, None)
+    };
     drop(bpf_stats);
     let (kernel_scale, kernel_scale_error) = match &ctx.plan.scale {
         Some(scale) if opts.only.is_empty() || opts.only.iter().any(|k| k == "kernel-scale") => {
@@ -620,8 +623,6 @@ pub fn run(opts: &Options) -> Result<()> {
 fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
     let bin = |name: &str| ctx.bin.join(name).to_string_lossy().into_owned();
     let relay_cpus = Cores::list(&ctx.cores.relay);
-    let pidfile = ctx.run_dir.join("turnserver.pid");
-    let userdb = ctx.run_dir.join("turndb");
 
     let relay_cmd: Option<(String, Vec<String>)> = match c.kind {
         Kind::Generator => None,
@@ -655,42 +656,7 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
                 &["--threads", &c.threads.to_string()],
             ),
         )),
-        Kind::Coturn => Some((
-            "turnserver".into(),
-            strings(&[
-                "-n",
-                "--listening-ip",
-                LISTENER_IP,
-                "--listening-port",
-                "3478",
-                "--relay-ip",
-                RELAY_IP,
-                "--min-port",
-                "49152",
-                "--max-port",
-                "65535",
-                "--realm",
-                REALM,
-                "--lt-cred-mech",
-                "--user",
-                USER,
-                "--relay-threads",
-                "0",
-                "--no-tcp",
-                "--no-tls",
-                "--no-dtls",
-                "--no-tcp-relay",
-                "--no-cli",
-                "--log-file",
-                "/dev/null",
-                "--simple-log",
-                "--no-stdout-log",
-                "--pidfile",
-                &pidfile.to_string_lossy(),
-                "--userdb",
-                &userdb.to_string_lossy(),
-            ]),
-        )),
+        Kind::Coturn => Some(("turnserver".into(), coturn_args(ctx))),
     };
     let command = match &relay_cmd {
         Some((program, args)) => format!(
@@ -966,6 +932,46 @@ fn xturnd_args(dataplane: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// coturn on the topology's addresses with the benchmark's user: UDP only, every relay in the
+/// listener's thread (`--relay-threads 0`), so it uses one core as `xturnd --threads 1` does.
+fn coturn_args(ctx: &Ctx) -> Vec<String> {
+    let pidfile = ctx.run_dir.join("turnserver.pid");
+    let userdb = ctx.run_dir.join("turndb");
+    strings(&[
+        "-n",
+        "--listening-ip",
+        LISTENER_IP,
+        "--listening-port",
+        "3478",
+        "--relay-ip",
+        RELAY_IP,
+        "--min-port",
+        "49152",
+        "--max-port",
+        "65535",
+        "--realm",
+        REALM,
+        "--lt-cred-mech",
+        "--user",
+        USER,
+        "--relay-threads",
+        "0",
+        "--no-tcp",
+        "--no-tls",
+        "--no-dtls",
+        "--no-tcp-relay",
+        "--no-cli",
+        "--log-file",
+        "/dev/null",
+        "--simple-log",
+        "--no-stdout-log",
+        "--pidfile",
+        &pidfile.to_string_lossy(),
+        "--userdb",
+        &userdb.to_string_lossy(),
+    ])
+}
+
 /// `xturn-bench load` against the relay's listener and the echo, then `extra`.
 fn load_args(extra: &[&str]) -> Vec<String> {
     let mut args = strings(&["load", "--server", LISTENER, "--peer", PEER]);
@@ -1034,35 +1040,47 @@ fn measure(key: &str, p: &PhaseOut, echo: EchoCounts, channels: usize) -> Measur
     }
 }
 
-/// TX checksum offload back on at the client's end, its kernel default, while it lives (off
+/// TX checksum offload back on at load-side interfaces, its kernel default, while it lives (off
 /// again when dropped). The topology turns it off at the outer ends for XDP's ChannelData
-/// redirects; the setup round sends none, and with it off, a threaded-NAPI veth at the relay's
-/// end doubled xturnd's CPU per Allocate (21 → 42–47 µs on a bare veth pair) and left both
-/// sides half idle, a testbed artifact no pod has.
-struct ClientTxChecksum;
+/// redirects. Rounds without XDP put it back:
+/// - the setup round at the client's end: with it off, a threaded-NAPI veth at the relay's end
+///   doubled xturnd's CPU per Allocate (21 → 42–47 µs on a bare veth pair) and left both sides
+///   half idle, a testbed artifact no pod has;
+/// - the reflected rounds at both ends: a reflector's redirect out of an interface without
+///   checksum offload checksums every datagram in software and cuts every UDP GSO buffer into
+///   datagrams there, in the softirq of the relay's send, so on the relay's core: load-side work
+///   a pod's NIC does in hardware.
+struct LoadTxChecksum {
+    ends: &'static [(&'static str, &'static str)],
+}
 
-impl ClientTxChecksum {
-    fn set(on: bool) -> Result<()> {
+/// The client's end, with its namespace.
+const CLIENT_END: [(&str, &str); 1] = [(NAMES.client, LOAD_IFS[0])];
+/// Both load-side ends, with their namespaces.
+const LOAD_ENDS: [(&str, &str); 2] = [(NAMES.client, LOAD_IFS[0]), (NAMES.peer, LOAD_IFS[1])];
+
+impl LoadTxChecksum {
+    fn set(ends: &[(&str, &str)], on: bool) -> Result<()> {
         let value = if on { "on" } else { "off" };
-        run_quiet(netns_cmd(
-            NAMES.client,
-            "ethtool",
-            &["-K", LOAD_IFS[0], "tx", value],
-        ))
+        for &(ns, ifname) in ends {
+            run_quiet(netns_cmd(ns, "ethtool", &["-K", ifname, "tx", value]))?;
+        }
+        Ok(())
     }
 
-    fn on() -> Result<ClientTxChecksum> {
-        ClientTxChecksum::set(true)?;
-        Ok(ClientTxChecksum)
+    fn on(ends: &'static [(&'static str, &'static str)]) -> Result<LoadTxChecksum> {
+        let guard = LoadTxChecksum { ends };
+        LoadTxChecksum::set(ends, true)?;
+        Ok(guard)
     }
 }
 
-impl Drop for ClientTxChecksum {
+impl Drop for LoadTxChecksum {
     fn drop(&mut self) {
-        if let Err(e) = ClientTxChecksum::set(false) {
+        if let Err(e) = LoadTxChecksum::set(self.ends, false) {
             eprintln!(
-                "bench: cannot turn TX checksum offload off again on {}: {e:#}",
-                LOAD_IFS[0]
+                "bench: cannot turn TX checksum offload off again on {:?}: {e:#}",
+                self.ends
             );
         }
     }
@@ -1102,7 +1120,7 @@ fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupRes
     );
     let log = ctx.run_dir.join(format!("{}-setup", c.key));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let tx_checksum = ClientTxChecksum::on()?;
+    let tx_checksum = LoadTxChecksum::on(&CLIENT_END)?;
     let proc = spawn_load(ctx, &load_cpus, &args, &log)?;
     let (stdout, stderr) = proc.wait(Duration::from_secs(150))?;
     drop(tx_checksum);

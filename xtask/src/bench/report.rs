@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
+use super::threads::Relay;
 use super::{ContenderResult, KernelScale, Measurement, Report};
 
 /// Markers around the generated part of docs/benchmarks.md.
@@ -257,7 +258,7 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
     let at_least = |v: Option<f64>, goal: f64| match v {
         None => "not measured".to_owned(),
         Some(v) if v >= goal => format!("met ({:.1}× the goal)", v / goal),
-        Some(v) => format!("missed: {:.0} % of the goal", v / goal * 100.0),
+        Some(v) => format!("missed: {:.1} % of the goal", v / goal * 100.0),
     };
     // Relayed packets per relay CPU-second against coturn's, at the maximum and the fixed rate.
     let mut efficiency_row = |key: &str, target: &str, goal: f64| {
@@ -286,6 +287,18 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
         "userspace ≥ 2× coturn's relayed packets per relay CPU-second",
         2.0,
     );
+    if let Some(t) = r.thread_scaling.as_ref() {
+        let us = |relay| t.median_us_per_packet(relay, 1);
+        let _ = writeln!(
+            s,
+            "| userspace ≥ 2× coturn's, at the relay's limit (one core each, load reflected in \
+             the kernel; medians) | {} ({} vs {} µs of relay CPU per packet) | {} |",
+            times(t.coturn_ratio()),
+            opt(us(Relay::Xturnd), 2),
+            opt(us(Relay::Coturn), 2),
+            at_least(t.coturn_ratio(), 2.0)
+        );
+    }
     let at_most = |v: Option<f64>, goal: f64| match v {
         None => "not measured".to_owned(),
         Some(v) if v <= goal => format!("met ({:.0} % of the limit)", v / goal * 100.0),
@@ -554,23 +567,29 @@ fn threads_section(s: &mut String, r: &Report) {
         (Some(t), _) => {
             let _ = writeln!(
                 s,
-                "### `--threads` scaling (userspace, load reflected in the kernel)\n\n\
+                "### `--threads` scaling and the relay's limit (userspace, load reflected in the kernel)\n\n\
                  {} allocations, {} datagrams of {} B in circulation, {:.1} s a round, rounds \
-                 alternating: reflectors at the \
-                 client's and the peer's interfaces send every datagram straight back, so the load \
-                 side needs no core of its own; the clients are spread over the relay's CPUs as \
-                 a multi-queue NIC would spread them (docs/benchmarks.md).\n",
+                 alternating (xturnd `--threads 1`, xturnd `--threads 2`, coturn on one core): \
+                 reflectors at the client's and the peer's interfaces send every datagram straight \
+                 back, so the load side needs no core of its own and the relay is the limit; the \
+                 clients are spread over the relay's CPUs as a multi-queue NIC would spread them; \
+                 TX checksum offload is on at the load-side interfaces, its kernel default \
+                 (docs/benchmarks.md).\n",
                 t.allocations, t.in_flight, t.payload, t.seconds
             );
             let _ = writeln!(
                 s,
-                "| `--threads` | relay CPUs | relayed kpps | relay cores used | reflected (both ends) | reflector program ns per run |"
+                "| relay | `--threads` | relay CPUs | relayed kpps | relay cores used | reflected (both ends) | reflector program ns per run |"
             );
-            let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|");
+            let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|");
             for round in &t.rounds {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.1} | {} | {} | {} |",
+                    "| {} | {} | {} | {:.1} | {} | {} | {} |",
+                    match round.relay {
+                        Relay::Xturnd => "xturnd",
+                        Relay::Coturn => "coturn",
+                    },
                     round.threads,
                     round.cpus,
                     round.kpps,
@@ -581,9 +600,17 @@ fn threads_section(s: &mut String, r: &Report) {
             }
             let _ = writeln!(
                 s,
-                "\n`--threads 2` / `--threads 1`, medians of {} rounds each: {}\n",
-                t.rounds.iter().filter(|r| r.threads == 1).count(),
-                times(t.ratio())
+                "\nxturnd `--threads 2` / `--threads 1`, medians of {} rounds each: {}. \
+                 xturnd `--threads 1` / coturn, both on one core: {} ({} vs {} µs of relay CPU \
+                 per packet).\n",
+                t.rounds
+                    .iter()
+                    .filter(|r| r.relay == Relay::Xturnd && r.threads == 1)
+                    .count(),
+                times(t.ratio()),
+                times(t.coturn_ratio()),
+                opt(t.median_us_per_packet(Relay::Xturnd, 1), 2),
+                opt(t.median_us_per_packet(Relay::Coturn, 1), 2)
             );
         }
         (None, Some(e)) => {

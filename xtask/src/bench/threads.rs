@@ -1,5 +1,6 @@
 //! The `--threads` scaling step: xturnd's userspace data plane with `--threads 1` on one core,
-//! then `--threads 2` on two, under a load side that takes almost no CPU.
+//! then `--threads 2` on two, and coturn on one core, under a load side that takes almost no CPU
+//! (so the relay is the limit: the userspace efficiency target is also measured here).
 //!
 //! On a machine with few CPUs a load generator needs a core of its own, so the relay cannot be
 //! given every core while it is driven. Here the load side is two reflectors (`xturn-reflector`,
@@ -12,7 +13,7 @@
 //! same unit as the other phases: relayed datagrams in both directions per second.
 //!
 //! The reflectors' own work (the program, and the veth transmit back) runs in the softirq of the
-//! relay's own sends, on the relay's cores, the same per datagram in both rounds; its program
+//! relay's own sends, on the relay's cores, the same per datagram in every round; its program
 //! time is reported.
 use std::time::Duration;
 
@@ -44,9 +45,20 @@ pub struct ThreadScaling {
     pub rounds: Vec<ThreadRound>,
 }
 
-/// One `--threads` setting.
+/// Who relays in a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relay {
+    /// `xturnd --dataplane userspace --threads N`.
+    Xturnd,
+    /// coturn on one core (`--relay-threads 0`), for the efficiency target at the relay's limit.
+    Coturn,
+}
+
+/// One round: a relay and its thread count.
 #[derive(Debug, Clone, Serialize)]
 pub struct ThreadRound {
+    pub relay: Relay,
     pub threads: usize,
     /// The CPUs the relay (process and its interfaces' NAPI threads) was pinned to.
     pub cpus: String,
@@ -61,12 +73,17 @@ pub struct ThreadRound {
 }
 
 impl ThreadScaling {
-    /// The median rate of the rounds with `threads`.
+    /// The median rate of xturnd's rounds with `threads`.
     pub fn median_kpps(&self, threads: usize) -> Option<f64> {
+        self.median_kpps_of(Relay::Xturnd, threads)
+    }
+
+    /// The median rate of `relay`'s rounds with `threads`.
+    pub fn median_kpps_of(&self, relay: Relay, threads: usize) -> Option<f64> {
         let mut rates: Vec<f64> = self
             .rounds
             .iter()
-            .filter(|r| r.threads == threads)
+            .filter(|r| r.relay == relay && r.threads == threads)
             .map(|r| r.kpps)
             .collect();
         rates.sort_by(f64::total_cmp);
@@ -83,6 +100,33 @@ impl ThreadScaling {
         match (self.median_kpps(2), self.median_kpps(1)) {
             (Some(two), Some(one)) if one > 0.0 => Some(two / one),
             _ => None,
+        }
+    }
+
+    /// xturnd's `--threads 1` over coturn, both on one core and at its limit: the ratio of
+    /// their median rates, which is the ratio of packets per relay CPU-second when both rounds
+    /// used their core fully (the report shows the cores used).
+    pub fn coturn_ratio(&self) -> Option<f64> {
+        match (self.median_kpps(1), self.median_kpps_of(Relay::Coturn, 1)) {
+            (Some(x), Some(c)) if c > 0.0 => Some(x / c),
+            _ => None,
+        }
+    }
+
+    /// The median relay CPU time per relayed datagram (µs) of `relay`'s rounds with `threads`.
+    pub fn median_us_per_packet(&self, relay: Relay, threads: usize) -> Option<f64> {
+        let mut costs: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter(|r| r.relay == relay && r.threads == threads && r.kpps > 0.0)
+            .filter_map(|r| r.relay_cores_used.map(|cores| cores / r.kpps * 1e3))
+            .collect();
+        costs.sort_by(f64::total_cmp);
+        let n = costs.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(costs[n / 2]),
+            _ => Some((costs[n / 2 - 1] + costs[n / 2]) / 2.0),
         }
     }
 }
@@ -131,16 +175,17 @@ impl Drop for SoftirqNapi {
     }
 }
 
-/// Runs both settings, alternating.
+/// Runs the three settings, alternating: xturnd with one thread, with two, coturn with one.
 pub(super) fn thread_scaling(ctx: &Ctx) -> Result<ThreadScaling> {
     let _napi = SoftirqNapi::enter()?;
+    let _tx_checksum = LoadTxChecksum::on(&LOAD_ENDS)?;
     let seconds = SECONDS;
     let mut rounds = Vec::new();
     for _ in 0..REPEATS {
-        for threads in [1, 2] {
+        for (relay, threads) in [(Relay::Xturnd, 1), (Relay::Xturnd, 2), (Relay::Coturn, 1)] {
             rounds.push(
-                round(ctx, threads, seconds)
-                    .with_context(|| format!("a --threads {threads} round"))?,
+                round(ctx, relay, threads, seconds)
+                    .with_context(|| format!("a {relay:?} round with {threads} thread(s)"))?,
             );
         }
     }
@@ -153,7 +198,7 @@ pub(super) fn thread_scaling(ctx: &Ctx) -> Result<ThreadScaling> {
     })
 }
 
-fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
+fn round(ctx: &Ctx, relay: Relay, threads: usize, seconds: f64) -> Result<ThreadRound> {
     let bin = |name: &str| ctx.bin.join(name).to_string_lossy().into_owned();
     // One round: the relay on the last CPU; two: on every CPU (the load side needs none).
     let relay_cpus: Vec<usize> = if threads == 1 {
@@ -183,7 +228,10 @@ fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
     for pid in napi_threads(&LOAD_IFS) {
         run_quiet(sh::cmd("taskset", &["-pc", &load_list, &pid.to_string()]))?;
     }
-    let key = format!("threads-{threads}");
+    let key = match relay {
+        Relay::Xturnd => format!("threads-{threads}"),
+        Relay::Coturn => "threads-coturn".to_owned(),
+    };
 
     let reflectors = [
         (NAMES.client, LOAD_IFS[0], vec!["--channel-data"]),
@@ -200,16 +248,22 @@ fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
     })
     .collect::<Result<Vec<_>>>()?;
 
-    let args = xturnd_args("userspace", &["--threads", &threads.to_string()]);
+    let (program, args) = match relay {
+        Relay::Xturnd => (
+            bin("xturnd"),
+            xturnd_args("userspace", &["--threads", &threads.to_string()]),
+        ),
+        Relay::Coturn => ("turnserver".to_owned(), coturn_args(ctx)),
+    };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = Proc::spawn(
+    let relay_proc = Proc::spawn(
         NAMES.relay,
         &relay_list,
-        &bin("xturnd"),
+        &program,
         &args,
         &ctx.run_dir.join(format!("{key}-relay")),
     )?;
-    wait_for_stun(ctx, &relay)?;
+    wait_for_stun(ctx, &relay_proc)?;
 
     let mut load = load_args(&[
         "--user",
@@ -233,7 +287,7 @@ fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
         "--max-seconds",
         "60",
     ]);
-    load.extend(["--relay-pid".to_owned(), relay.pid().to_string()]);
+    load.extend(["--relay-pid".to_owned(), relay_proc.pid().to_string()]);
     for pid in napi_threads(&RELAY_IFS) {
         load.extend(["--relay-pid".to_owned(), pid.to_string()]);
     }
@@ -242,7 +296,7 @@ fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
          relay on CPU {relay_list}"
     );
     let out = run_load(ctx, &key, ALLOCATIONS, &load, 90);
-    relay.stop()?;
+    relay_proc.stop()?;
     let mut reflected = 0;
     let (mut runs, mut run_ns) = (0, 0);
     for proc in reflectors {
@@ -262,6 +316,7 @@ fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
         .context("the generator reported no datagrams received by the relay")?;
     let window = phase.window_s.max(1e-9);
     Ok(ThreadRound {
+        relay,
         threads,
         cpus: relay_list,
         kpps: received as f64 / window / 1e3,
@@ -269,4 +324,53 @@ fn round(ctx: &Ctx, threads: usize, seconds: f64) -> Result<ThreadRound> {
         reflected,
         reflector_ns_per_run: (runs > 0).then(|| run_ns as f64 / runs as f64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(relay: Relay, threads: usize, kpps: f64, cores: f64) -> ThreadRound {
+        ThreadRound {
+            relay,
+            threads,
+            cpus: String::new(),
+            kpps,
+            relay_cores_used: Some(cores),
+            reflected: 0,
+            reflector_ns_per_run: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_of_each_settings_medians() {
+        let t = ThreadScaling {
+            allocations: 64,
+            in_flight: 256,
+            payload: 100,
+            seconds: 2.0,
+            rounds: vec![
+                round(Relay::Xturnd, 1, 900.0, 1.0),
+                round(Relay::Xturnd, 2, 1700.0, 2.0),
+                round(Relay::Coturn, 1, 500.0, 1.0),
+                round(Relay::Xturnd, 1, 1000.0, 1.0),
+                round(Relay::Xturnd, 2, 1900.0, 2.0),
+                round(Relay::Coturn, 1, 450.0, 1.0),
+                round(Relay::Xturnd, 1, 400.0, 1.0),
+                round(Relay::Xturnd, 2, 1800.0, 2.0),
+                round(Relay::Coturn, 1, 400.0, 0.8),
+            ],
+        };
+        assert_eq!(t.median_kpps(1), Some(900.0));
+        assert_eq!(t.median_kpps_of(Relay::Coturn, 1), Some(450.0));
+        assert_eq!(t.ratio(), Some(2.0));
+        assert_eq!(t.coturn_ratio(), Some(2.0));
+        // 1 core / 900 kpps; coturn: 1/500, 1/450, 0.8/400 µs → the middle one.
+        let us = |relay| {
+            t.median_us_per_packet(relay, 1)
+                .map(|v| (v * 1e4).round() / 1e4)
+        };
+        assert_eq!(us(Relay::Xturnd), Some(1.1111));
+        assert_eq!(us(Relay::Coturn), Some(2.0));
+    }
 }
