@@ -9,6 +9,7 @@
 //! - [`server`]: the tokio event loop that runs [`turn_proto::server::Server`] over real sockets.
 //! - [`lanes`]: the data plane pinned one thread per CPU, with the kernel steering datagrams.
 //! - [`dataplane`]: choosing XDP, TC or userspace relaying, attaching to interfaces.
+//! - [`descriptors`]: the open-files limit and the descriptor table, sized at start.
 //! - [`ceiling`]: the benchmark's ceiling XDP program (`xturn-ceiling`).
 //! - [`offload`]: the kernel offload of channel bindings: applies the core's channel events,
 //!   owns what the kernel relayed.
@@ -22,6 +23,7 @@ pub mod channels;
 pub mod config;
 pub mod configmap;
 pub mod dataplane;
+pub mod descriptors;
 pub mod dns;
 pub mod dtls;
 pub mod ebpf;

@@ -285,12 +285,42 @@ fn assert_lanes(relay: &mut ChildGuard) {
     }
 }
 
+/// xturnd sized its descriptor table at start for its allocations' sockets (default
+/// `--max-allocations` 10 000: 2 × 10 000 + 1 024 slots, within the open-files limit), so a
+/// burst of Allocates never waits for the table to grow (`relay_user::descriptors`).
+fn assert_descriptor_table(relay: &mut ChildGuard) {
+    let pid = relay.child().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("xturnd's status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in xturnd's status"))
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("xturnd's limits");
+    let open_files: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("xturnd's open-files limit");
+    let wanted = (2 * 10_000 + 1_024).min(open_files);
+    let size = field("FDSize:");
+    assert!(
+        size >= wanted,
+        "descriptor table of {size} slots, wanted {wanted}"
+    );
+}
+
 #[test]
 fn xturnctl_round_trips_channels_and_send_ipv4_and_ipv6() {
     let topology = Topology::new();
     let _peers = start_echo_peers(&topology);
     let mut relay = start_relay(&topology);
     assert_lanes(&mut relay);
+    assert_descriptor_table(&mut relay);
     let v4_server = format!("{LISTENER_V4}:3478");
     let v6_server = format!("[{LISTENER_V6}]:3478");
     let v4_peer = format!("{PEER_V4}:{PEER_PORT}");

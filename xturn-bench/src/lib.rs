@@ -4,6 +4,7 @@
 //! - [`load`]: N allocations by real TURN handshakes (timed), then ChannelData in phases
 //!   (fixed rate or maximum) with `sendmmsg`/`recvmmsg`, round-trip times from stamps, and the
 //!   relay's CPU time sampled at each phase's edges.
+//! - [`setup`]: many clients' requests from one thread and one epoll set (the setup rate).
 //! - [`echo`]: the peer, which returns every datagram and counts them per phase.
 //! - [`wire`], [`cpu`], [`hist`]: the payload stamp, `/proc`
 //!   CPU accounting, a latency histogram; batched socket I/O is the `udp-batch` crate.
@@ -11,6 +12,7 @@ pub mod cpu;
 pub mod echo;
 pub mod hist;
 pub mod load;
+pub mod setup;
 pub mod wire;
 
 use std::time::Duration;

@@ -26,7 +26,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::cpu::{CpuSpec, CpuUse};
 use super::hist::Histogram;
 use super::wire::{self, CHANNEL, CHANNEL_HEADER_LEN, STAMP_LEN, Stamp};
-use super::{BenchError, mono_ns, tune_socket};
+use super::{BenchError, mono_ns, setup, tune_socket};
+use turn_proto::client::Request;
 use udp_batch::Batch;
 use xturnctl::{AllocateOptions, ClientConfig, ClientCredentials, RetransmitPolicy, TurnClient};
 
@@ -188,6 +189,9 @@ pub struct SetupReport {
     /// allocations and after the channel bindings (`None` where unreadable).
     pub relay_rss_kib: [Option<u64>; 3],
     pub first_error: Option<String>,
+    /// Allocate requests sent again for want of an answer (counted by the one-thread setup
+    /// engine, `--setup-only`; `None` otherwise).
+    pub retransmissions: Option<u64>,
 }
 
 /// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
@@ -301,6 +305,17 @@ pub fn run(spec: &LoadSpec) -> Result<LoadReport, BenchError> {
         .build()?;
 
     let (locals, setup) = match &spec.credentials {
+        Some(creds) if spec.setup_only && spec.spread_cpus.is_empty() => {
+            let (setup, deleted) = setup_only(spec, creds)?;
+            return Ok(LoadReport {
+                mode: "turn",
+                allocations: setup.allocated,
+                batch: spec.batch,
+                setup: Some(setup),
+                phases: Vec::new(),
+                deleted,
+            });
+        }
         Some(creds) => {
             let (clients, setup) = runtime.block_on(handshakes(spec, creds))?;
             let locals = clients
@@ -360,6 +375,75 @@ fn client_config() -> ClientConfig {
         retransmit: RetransmitPolicy::with_budget(Duration::from_secs(8)),
         ..ClientConfig::default()
     }
+}
+
+/// The setup rate alone: every client's Allocate from this thread ([`crate::setup`]), timed,
+/// then every allocation deleted (untimed). Returns the report and how many were deleted.
+fn setup_only(
+    spec: &LoadSpec,
+    creds: &ClientCredentials,
+) -> Result<(SetupReport, usize), BenchError> {
+    let concurrency = spec.setup_concurrency.clamp(1, 1024);
+    let relay_rss = || spec.cpu.relay_pids.first().and_then(|&pid| rss_kib(pid));
+    let rss_before = relay_rss();
+    // The clients' sockets are opened and registered before the clock starts.
+    let clients = (0..spec.allocations)
+        .map(|i| {
+            let ip =
+                (!spec.client_ips.is_empty()).then(|| spec.client_ips[i % spec.client_ips.len()]);
+            setup::Client::open(spec.server, ip, creds.clone())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = client_config();
+    let mut clients = setup::Clients::new(clients, config.retransmit)?;
+    let software = config.software.as_deref();
+    let allocate = Request::Allocate(AllocateOptions {
+        lifetime: spec.lifetime,
+        ..AllocateOptions::default()
+    });
+    let cpu_start = spec.cpu.snapshot();
+    let t0 = Instant::now();
+    clients.run(&allocate, concurrency, software, t0 + spec.max_total)?;
+    let allocate_s = t0.elapsed().as_secs_f64();
+    let cpu = spec.cpu.between(&cpu_start, &spec.cpu.snapshot());
+    let rss_allocated = relay_rss();
+    let retransmissions = clients.retransmissions;
+    let allocated = clients.count(&setup::Outcome::Done);
+    let first_error = clients.first_error();
+    if allocated == 0 {
+        return Err(BenchError::Invalid(format!(
+            "no allocation succeeded: {}",
+            first_error.unwrap_or_default()
+        )));
+    }
+    let delete = Request::Refresh {
+        lifetime: Duration::ZERO,
+    };
+    clients.run(
+        &delete,
+        64,
+        software,
+        Instant::now() + Duration::from_secs(10),
+    )?;
+    let deleted = clients.count(&setup::Outcome::Done);
+    let per_s = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    let report = SetupReport {
+        requested: spec.allocations,
+        allocated,
+        failed: spec.allocations - allocated,
+        allocate_s,
+        allocations_per_s: per_s(allocated, allocate_s),
+        bound: 0,
+        channels_bound: 0,
+        bind_s: 0.0,
+        channel_binds_per_s: 0.0,
+        concurrency,
+        cpu,
+        relay_rss_kib: [rss_before, rss_allocated, rss_allocated],
+        first_error,
+        retransmissions: Some(retransmissions),
+    };
+    Ok((report, deleted))
 }
 
 /// Makes the allocations, then binds their channels, `setup_concurrency` at a time.
@@ -496,6 +580,7 @@ async fn handshakes(
         cpu,
         relay_rss_kib: [rss_before, rss_allocated, rss_bound],
         first_error,
+        retransmissions: None,
     };
     Ok((bound_clients, report))
 }

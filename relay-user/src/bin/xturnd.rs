@@ -13,7 +13,7 @@ use rand::{RngCore as _, SeedableRng as _};
 use relay_user::{
     admin::{self, AdminState, Phase},
     config::{self, Config, Transport, XturndArgs},
-    configmap, dataplane, dns, lanes,
+    configmap, dataplane, descriptors, dns, lanes,
     metrics::MetricsSource,
     offload::{ChannelOffload, KernelPath},
     reload,
@@ -23,7 +23,7 @@ use relay_user::{
     tls::CertStore,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use turn_proto::{
     policy::ResolvedNames,
     server::{self as turn, Listener, ServerConfig},
@@ -69,7 +69,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    raise_open_files_limit();
+    descriptors::raise_open_files_limit();
+    // Before the runtime starts threads: growing the table later costs a grace period a time.
+    let slots = descriptors::reserve_table(config.max_allocations);
+    debug!(slots = ?slots, max_allocations = config.max_allocations, "descriptor table sized");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads.max(1))
         .enable_all()
@@ -702,24 +705,5 @@ fn log_final_stats(running: &RunningServer, xdp: Option<&ChannelOffload>) {
             }
         }
         Err(e) => error!(error = %e, "cannot read the kernel counters"),
-    }
-}
-
-/// Every allocation holds a socket (two with dual stack or a reservation): lift the soft limit
-/// on open files to the hard one, so the default 1024 does not cap the relay far below
-/// `--max-allocations`.
-fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a pointer to a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
-            && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
-        }
     }
 }
