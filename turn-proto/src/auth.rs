@@ -107,6 +107,53 @@ impl IntegrityAlgorithm {
     }
 }
 
+/// A long-term key prepared for one MESSAGE-INTEGRITY algorithm: HMAC's inner and outer hash
+/// states are computed once, so that verifying a request and signing its response do not each
+/// compute them again. Its `Debug` shows the algorithm only.
+#[derive(Clone)]
+pub struct IntegrityKey {
+    algorithm: IntegrityAlgorithm,
+    key: hmac::Key,
+}
+
+impl IntegrityKey {
+    pub fn new(algorithm: IntegrityAlgorithm, key: &[u8]) -> Self {
+        let hmac_algorithm = match algorithm {
+            IntegrityAlgorithm::HmacSha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            IntegrityAlgorithm::HmacSha256 { .. } => hmac::HMAC_SHA256,
+        };
+        IntegrityKey {
+            algorithm,
+            key: hmac::Key::new(hmac_algorithm, key),
+        }
+    }
+
+    pub fn algorithm(&self) -> IntegrityAlgorithm {
+        self.algorithm
+    }
+
+    /// The tag of `data`, truncated to the algorithm's [`IntegrityAlgorithm::tag_len`].
+    pub fn tag(&self, data: &[u8]) -> Vec<u8> {
+        let tag = hmac::sign(&self.key, data);
+        let full = tag.as_ref();
+        full[..self.algorithm.tag_len().min(full.len())].to_vec()
+    }
+
+    /// Is `tag` this key's tag of `data`? Constant time in the contents.
+    pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        tag.len() == self.algorithm.tag_len()
+            && tags_equal(hmac::sign(&self.key, data).as_ref(), tag)
+    }
+}
+
+impl fmt::Debug for IntegrityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntegrityKey")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The long-term key of RFC 8489 §9.2.2: `alg(username ":" realm ":" password)`.
 pub fn long_term_key(
     alg: PasswordAlgorithm,
@@ -207,6 +254,8 @@ pub fn rest_expiry(username: &str) -> Option<(usize, i64)> {
 pub struct Credentials {
     realm: String,
     users: HashMap<String, String>,
+    /// Each static user's long-term keys in `realm` (MD5, then SHA-256), computed once.
+    user_keys: HashMap<String, [Vec<u8>; 2]>,
     by_userhash: HashMap<[u8; 32], String>,
     rest_secrets: Vec<String>,
 }
@@ -236,9 +285,13 @@ impl Credentials {
     #[must_use]
     pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
         let name = name.into();
+        let password = password.into();
         self.by_userhash
             .insert(userhash(&name, &self.realm), name.clone());
-        self.users.insert(name, password.into());
+        let keys = [PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256]
+            .map(|alg| long_term_key(alg, &name, &self.realm, &password));
+        self.user_keys.insert(name.clone(), keys);
+        self.users.insert(name, password);
         self
     }
 
@@ -325,6 +378,15 @@ impl Credentials {
         alg: PasswordAlgorithm,
         unix_now: u64,
     ) -> Result<Vec<Vec<u8>>, AuthError> {
+        if realm == self.realm
+            && let Some(keys) = self.user_keys.get(username)
+        {
+            let key = match alg {
+                PasswordAlgorithm::Md5 => &keys[0],
+                PasswordAlgorithm::Sha256 => &keys[1],
+            };
+            return Ok(vec![key.clone()]);
+        }
         Ok(self
             .passwords(username, unix_now)?
             .iter()
@@ -663,5 +725,64 @@ mod tests {
         ));
         assert!(!verify_tag(IntegrityAlgorithm::HmacSha1, b"k", data, &[]));
         assert_eq!(alg.tag(b"k", data), full[..16].to_vec());
+    }
+
+    #[test]
+    fn a_prepared_key_tags_and_verifies_as_the_plain_functions() {
+        let data = b"message";
+        for alg in [
+            IntegrityAlgorithm::HmacSha1,
+            IntegrityAlgorithm::HmacSha256 { len: 32 },
+            IntegrityAlgorithm::HmacSha256 { len: 16 },
+        ] {
+            let key = IntegrityKey::new(alg, b"k");
+            let tag = key.tag(data);
+            assert_eq!(tag, alg.tag(b"k", data), "{alg:?}");
+            assert!(key.verify(data, &tag), "{alg:?}");
+            assert!(verify_tag(alg, b"k", data, &tag), "{alg:?}");
+            assert!(!key.verify(b"other", &tag), "{alg:?}");
+            assert!(!IntegrityKey::new(alg, b"x").verify(data, &tag), "{alg:?}");
+            assert!(
+                !key.verify(data, &tag[..tag.len() - 4]),
+                "{alg:?}: a shorter tag"
+            );
+        }
+        let debug = format!(
+            "{:?}",
+            IntegrityKey::new(IntegrityAlgorithm::HmacSha1, b"secret")
+        );
+        assert!(
+            !debug.contains("secret") && debug.contains("HmacSha1"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn static_users_keys_are_computed_once_and_match_the_definition() {
+        let creds = Credentials::new("example.org").with_user("alice", "pw");
+        for alg in [PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256] {
+            assert_eq!(
+                creds.keys("alice", "example.org", alg, 0).unwrap(),
+                vec![long_term_key(alg, "alice", "example.org", "pw")]
+            );
+            // Another realm than the one they were computed in: computed afresh.
+            assert_eq!(
+                creds.keys("alice", "other.org", alg, 0).unwrap(),
+                vec![long_term_key(alg, "alice", "other.org", "pw")]
+            );
+        }
+        // Replacing a user replaces the keys.
+        let creds = creds.with_user("alice", "new");
+        assert_eq!(
+            creds
+                .keys("alice", "example.org", PasswordAlgorithm::Md5, 0)
+                .unwrap(),
+            vec![long_term_key(
+                PasswordAlgorithm::Md5,
+                "alice",
+                "example.org",
+                "new"
+            )]
+        );
     }
 }

@@ -257,14 +257,24 @@ impl<'a> StunFrame<'a> {
 
     /// Does the integrity attribute verify under `key`?
     pub fn verify_integrity(&self, key: &[u8]) -> bool {
+        self.integrity.is_some_and(|attr| {
+            self.verify_integrity_with(&auth::IntegrityKey::new(attr.algorithm, key))
+        })
+    }
+
+    /// Does the integrity attribute verify under `key`, prepared for the attribute's algorithm?
+    pub fn verify_integrity_with(&self, key: &auth::IntegrityKey) -> bool {
         let Some(attr) = self.integrity else {
             return false;
         };
+        if attr.algorithm != key.algorithm() {
+            return false;
+        }
         // The HMAC covers everything before the attribute, with the length field set as if
         // the attribute ended the message.
         let mut input = self.bytes[..attr.offset].to_vec();
         set_length(&mut input, attr.offset + 4 + attr.tag.len() - HEADER_LEN);
-        auth::verify_tag(attr.algorithm, key, &input, attr.tag)
+        key.verify(&input, attr.tag)
     }
 }
 
@@ -344,10 +354,16 @@ pub fn encode_data_indication(
 
 /// Appends MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 under `key` to an encoded message.
 pub fn append_integrity(message: &mut Vec<u8>, algorithm: IntegrityAlgorithm, key: &[u8]) {
+    append_integrity_with(message, &auth::IntegrityKey::new(algorithm, key));
+}
+
+/// [`append_integrity`] with a key prepared for its algorithm.
+pub fn append_integrity_with(message: &mut Vec<u8>, key: &auth::IntegrityKey) {
+    let algorithm = key.algorithm();
     let tag_len = algorithm.tag_len();
     let length = message.len() + 4 + tag_len - HEADER_LEN;
     set_length(message, length);
-    let tag = algorithm.tag(key, message);
+    let tag = key.tag(message);
     let kind = match algorithm {
         IntegrityAlgorithm::HmacSha1 => ATTR_MESSAGE_INTEGRITY,
         IntegrityAlgorithm::HmacSha256 { .. } => ATTR_MESSAGE_INTEGRITY_SHA256,

@@ -11,9 +11,12 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use stun_codec::TransactionId;
-use turn_proto::client::message::{self, Request};
+use bytecodec::DecodeExt;
+use stun_codec::{MessageDecoder, TransactionId};
+use turn_proto::attributes::Attribute;
+use turn_proto::client::message::{self, Request, StunMessage};
 use turn_proto::client::{AuthState, RetransmitPolicy, Step, Transaction};
+use turn_proto::wire::StunFrame;
 use xturnctl::ClientCredentials;
 
 use super::BenchError;
@@ -250,7 +253,7 @@ impl Clients {
             let Some(flight) = client.request.as_mut() else {
                 continue;
             };
-            let Ok(decoded) = message::decode_stun(raw) else {
+            let Some(decoded) = decode(raw) else {
                 continue;
             };
             match flight
@@ -329,6 +332,18 @@ fn send(client: &mut Client, software: Option<&str>) {
             client.request = None;
         }
     }
+}
+
+/// A response's attributes up to its MESSAGE-INTEGRITY or FINGERPRINT, its FINGERPRINT checked
+/// on the raw bytes ([`StunFrame::parse`]), as the server reads requests. `stun_codec` alone
+/// would encode the message again to check each of the two; the transaction checks integrity
+/// on the raw bytes itself.
+fn decode(raw: &[u8]) -> Option<StunMessage> {
+    let frame = StunFrame::parse(raw).ok()?;
+    MessageDecoder::<Attribute>::new()
+        .decode_from_bytes(&frame.codec_bytes())
+        .ok()?
+        .ok()
 }
 
 fn new_tid() -> TransactionId {

@@ -14,11 +14,12 @@ use stun_codec::rfc8656::attributes::AddressFamily;
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, Method};
 
 use crate::attributes::{
-    AdditionalAddressFamily, Data, DontFragment, ErrorCode, EvenPort, Fingerprint, Lifetime,
-    MappedAddress, MessageIntegrity, Nonce, Realm, RequestedAddressFamily, RequestedTransport,
-    Software, Username, XorMappedAddress, XorPeerAddress,
+    AdditionalAddressFamily, Data, DontFragment, ErrorCode, EvenPort, Lifetime, MappedAddress,
+    Nonce, Realm, RequestedAddressFamily, RequestedTransport, Software, Username, XorMappedAddress,
+    XorPeerAddress,
 };
 pub use crate::attributes::{Attribute, ChannelNumber};
+use crate::auth::{IntegrityAlgorithm, PasswordAlgorithm, long_term_key};
 use crate::wire::{self, StunFrame};
 
 use super::{AllocateOptions, Allocation, ClientError, Family};
@@ -158,6 +159,10 @@ pub struct Signing<'a> {
 
 /// Encodes `request` with transaction id `tid`: its attributes, SOFTWARE if given, then
 /// USERNAME, REALM, NONCE and MESSAGE-INTEGRITY if `signing` is given, and FINGERPRINT last.
+///
+/// The attributes are encoded once; MESSAGE-INTEGRITY and FINGERPRINT are computed over those
+/// bytes and appended ([`wire::append_integrity`], [`wire::append_fingerprint`], as the server
+/// does), the same bytes `stun_codec`'s attributes give, which encode the message again for each.
 pub fn build_request(
     request: &Request,
     tid: TransactionId,
@@ -170,26 +175,28 @@ pub fn build_request(
         let software = Software::new(software.to_owned()).map_err(encode_error("SOFTWARE"))?;
         message.add_attribute(software);
     }
+    let mut key = None;
     if let Some(signing) = signing {
         let username =
             Username::new(signing.username.to_owned()).map_err(encode_error("USERNAME"))?;
         let realm = Realm::new(signing.realm.to_owned()).map_err(encode_error("REALM"))?;
         let nonce = Nonce::new(signing.nonce.to_owned()).map_err(encode_error("NONCE"))?;
-        message.add_attribute(username.clone());
-        message.add_attribute(realm.clone());
+        message.add_attribute(username);
+        message.add_attribute(realm);
         message.add_attribute(nonce);
-        let integrity = MessageIntegrity::new_long_term_credential(
-            &message,
-            &username,
-            &realm,
+        key = Some(long_term_key(
+            PasswordAlgorithm::Md5,
+            signing.username,
+            signing.realm,
             signing.password,
-        )
-        .map_err(encode_error("MESSAGE-INTEGRITY"))?;
-        message.add_attribute(integrity);
+        ));
     }
-    let fingerprint = Fingerprint::new(&message).map_err(encode_error("FINGERPRINT"))?;
-    message.add_attribute(fingerprint);
-    encode(message)
+    let mut bytes = encode(message)?;
+    if let Some(key) = key {
+        wire::append_integrity(&mut bytes, IntegrityAlgorithm::HmacSha1, &key);
+    }
+    wire::append_fingerprint(&mut bytes);
+    Ok(bytes)
 }
 
 /// Encodes a Send indication carrying `data` to `peer`.
@@ -376,8 +383,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::attributes::XorRelayAddress;
-    use crate::auth::{PasswordAlgorithm, long_term_key};
+    use crate::attributes::{Fingerprint, MessageIntegrity, XorRelayAddress};
     use crate::client::TRANSPORT_UDP;
 
     const TID: [u8; 12] = [7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
@@ -391,6 +397,33 @@ mod tests {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
             3480,
         )
+    }
+
+    /// `request` signed and fingerprinted the way `stun_codec`'s attributes do it.
+    fn signed_by_stun_codec(request: &Request, signing: Signing<'_>, software: &str) -> Vec<u8> {
+        let mut message = StunMessage::new(
+            MessageClass::Request,
+            request.method(),
+            TransactionId::new(TID),
+        );
+        request.add_attributes(&mut message).unwrap();
+        message.add_attribute(Software::new(software.to_owned()).unwrap());
+        let username = Username::new(signing.username.to_owned()).unwrap();
+        let realm = Realm::new(signing.realm.to_owned()).unwrap();
+        message.add_attribute(username.clone());
+        message.add_attribute(realm.clone());
+        message.add_attribute(Nonce::new(signing.nonce.to_owned()).unwrap());
+        let integrity = MessageIntegrity::new_long_term_credential(
+            &message,
+            &username,
+            &realm,
+            signing.password,
+        )
+        .unwrap();
+        message.add_attribute(integrity);
+        let fingerprint = Fingerprint::new(&message).unwrap();
+        message.add_attribute(fingerprint);
+        encode(message).unwrap()
     }
 
     fn roundtrip(request: &Request, signing: Option<Signing<'_>>) -> (Vec<u8>, StunMessage) {
@@ -538,6 +571,17 @@ mod tests {
         assert_eq!(check_integrity(&tampered, &key), Integrity::Invalid);
         let (unsigned, _) = roundtrip(&Request::Binding, None);
         assert_eq!(check_integrity(&unsigned, &key), Integrity::Absent);
+        // The same bytes as stun_codec's own MESSAGE-INTEGRITY and FINGERPRINT attributes.
+        assert_eq!(
+            build_request(
+                &Request::Binding,
+                TransactionId::new(TID),
+                Some(signing),
+                Some("xturnctl")
+            )
+            .unwrap(),
+            signed_by_stun_codec(&Request::Binding, signing, "xturnctl")
+        );
     }
 
     #[test]

@@ -118,12 +118,12 @@ impl Server {
                 return Err(self.challenge(401, client, unix_now));
             }
         };
-        match keys.into_iter().find(|key| frame.verify_integrity(key)) {
-            Some(key) => Ok(AuthContext {
-                username,
-                key,
-                integrity: integrity.algorithm,
-            }),
+        let verified = keys
+            .iter()
+            .map(|key| auth::IntegrityKey::new(integrity.algorithm, key))
+            .find(|key| frame.verify_integrity_with(key));
+        match verified {
+            Some(key) => Ok(AuthContext { username, key }),
             None => {
                 self.stats.auth_failures += 1;
                 self.stats.auth_failures_by_reason.wrong_integrity += 1;

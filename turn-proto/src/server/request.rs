@@ -238,7 +238,7 @@ impl Server {
             }
         };
         if let Some(auth) = auth {
-            wire::append_integrity(&mut bytes, auth.integrity, &auth.key);
+            wire::append_integrity_with(&mut bytes, &auth.key);
         }
         wire::append_fingerprint(&mut bytes);
         if auth.is_none() && five_tuple.transport == Transport::Udp {

@@ -30,7 +30,7 @@ use super::txcache::TransactionCache;
 use super::usage::Usage;
 use super::{Command, FiveTuple, ListenerId, ServerConfig};
 use crate::attributes::{Attribute, IGNORED_REQUIRED, Lifetime, Software};
-use crate::auth::{Credentials, IntegrityAlgorithm, NonceMint};
+use crate::auth::{Credentials, NonceMint};
 use crate::policy::PeerPolicy;
 use crate::wire::{Header, StunFrame};
 
@@ -78,8 +78,9 @@ pub(super) enum Quota {
 #[derive(Debug, Clone)]
 pub(super) struct AuthContext {
     pub(super) username: String,
-    pub(super) key: Vec<u8>,
-    pub(super) integrity: IntegrityAlgorithm,
+    /// The key the request verified under, prepared for its MESSAGE-INTEGRITY algorithm: the
+    /// response is signed with it.
+    pub(super) key: crate::auth::IntegrityKey,
 }
 
 /// What a request handler decided.

@@ -46,7 +46,8 @@ pub(super) enum PeerConnectionState {
     Connecting {
         listener: ListenerId,
         header: Header,
-        auth: AuthContext,
+        /// Boxed: its prepared key makes it the largest variant by far.
+        auth: Box<AuthContext>,
     },
     /// Connected, waiting for the client's ConnectionBind until its timer.
     Unbound,
@@ -115,7 +116,7 @@ impl Server {
                 state: PeerConnectionState::Connecting {
                     listener,
                     header,
-                    auth: auth.clone(),
+                    auth: Box::new(auth.clone()),
                 },
                 timer_at: None,
             },
