@@ -15,6 +15,7 @@ pub mod load;
 pub mod setup;
 pub mod wire;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use socket2::Socket;
@@ -33,6 +34,30 @@ pub enum BenchError {
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: comparable across the threads of one process.
+/// An epoll set watching `fds` for input, each event carrying its descriptor's index in `fds`.
+pub fn epoll_set(fds: impl IntoIterator<Item = RawFd>) -> Result<OwnedFd, BenchError> {
+    // SAFETY: epoll_create1 with a valid flag; the result is checked.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+    for (i, fd) in fds.into_iter().enumerate() {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: both descriptors are open; `event` is a valid epoll_event.
+        let rc =
+            unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &raw mut event) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(epoll)
+}
+
 pub fn mono_ns() -> u64 {
     // SAFETY: all-zero is a valid timespec, and clock_gettime writes into it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };

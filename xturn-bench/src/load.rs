@@ -305,8 +305,13 @@ pub fn run(spec: &LoadSpec) -> Result<LoadReport, BenchError> {
         .build()?;
 
     let (locals, setup) = match &spec.credentials {
-        Some(creds) if spec.setup_only && spec.spread_cpus.is_empty() => {
-            let (setup, deleted) = setup_only(spec, creds)?;
+        Some(creds) if spec.setup_only => {
+            let (setup, deleted) = if spec.spread_cpus.is_empty() {
+                setup_only(spec, creds)?
+            } else {
+                let (clients, setup) = runtime.block_on(handshakes(spec, creds))?;
+                (setup, runtime.block_on(delete_clients(clients)))
+            };
             return Ok(LoadReport {
                 mode: "turn",
                 allocations: setup.allocated,
@@ -322,17 +327,6 @@ pub fn run(spec: &LoadSpec) -> Result<LoadReport, BenchError> {
                 .iter()
                 .map(TurnClient::local_addr)
                 .collect::<Result<Vec<_>, _>>()?;
-            if spec.setup_only {
-                let deleted = runtime.block_on(delete_clients(clients));
-                return Ok(LoadReport {
-                    mode: "turn",
-                    allocations: setup.allocated,
-                    batch: spec.batch,
-                    setup: Some(setup),
-                    phases: Vec::new(),
-                    deleted,
-                });
-            }
             // Closing the client sockets frees their ports for the data sockets below.
             drop(clients);
             (locals, Some(setup))
@@ -1079,31 +1073,7 @@ fn udp_in_datagrams(snmp: &str) -> Option<u64> {
 /// The receiver: every socket behind one epoll set; counts echoes per phase and records their
 /// round-trip times.
 fn receive(sockets: &[OwnedFd], shared: &Shared, current: &AtomicU8) -> Result<(), BenchError> {
-    // SAFETY: epoll_create1 has no memory preconditions; the result is checked.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epfd < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: a fresh descriptor we own from here on.
-    let epoll = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(epfd) };
-    for (i, socket) in sockets.iter().enumerate() {
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: i as u64,
-        };
-        // SAFETY: valid descriptors and a valid event struct.
-        let rc = unsafe {
-            libc::epoll_ctl(
-                epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                socket.as_raw_fd(),
-                &raw mut event,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
+    let epoll = super::epoll_set(sockets.iter().map(AsRawFd::as_raw_fd))?;
     let mut batch = Batch::new(64, 2048);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut local: Vec<(u8, u64)> = Vec::with_capacity(64);

@@ -8,7 +8,7 @@
 //! round measured the generator. Here a client costs its two requests' encoding, their two
 //! responses' decoding and the system calls to send and receive them.
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use bytecodec::DecodeExt;
@@ -92,31 +92,7 @@ const MAX_RESPONSE: usize = 1500;
 impl Clients {
     /// Registers `clients` (done before any clock starts: it is the generator's set-up).
     pub fn new(clients: Vec<Client>, policy: RetransmitPolicy) -> Result<Clients, BenchError> {
-        // SAFETY: epoll_create1 with a valid flag; the descriptor is owned below.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: `fd` is a new descriptor nobody else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        for (i, client) in clients.iter().enumerate() {
-            let mut event = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            // SAFETY: both descriptors are open; `event` is a valid epoll_event.
-            let rc = unsafe {
-                libc::epoll_ctl(
-                    epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    client.socket.as_raw_fd(),
-                    &raw mut event,
-                )
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-        }
+        let epoll = super::epoll_set(clients.iter().map(|c| c.socket.as_raw_fd()))?;
         Ok(Clients {
             clients,
             epoll,

@@ -80,19 +80,13 @@ impl ThreadScaling {
 
     /// The median rate of `relay`'s rounds with `threads`.
     pub fn median_kpps_of(&self, relay: Relay, threads: usize) -> Option<f64> {
-        let mut rates: Vec<f64> = self
-            .rounds
-            .iter()
-            .filter(|r| r.relay == relay && r.threads == threads)
-            .map(|r| r.kpps)
-            .collect();
-        rates.sort_by(f64::total_cmp);
-        let n = rates.len();
-        match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(rates[n / 2]),
-            _ => Some((rates[n / 2 - 1] + rates[n / 2]) / 2.0),
-        }
+        median(
+            self.rounds
+                .iter()
+                .filter(|r| r.relay == relay && r.threads == threads)
+                .map(|r| r.kpps)
+                .collect(),
+        )
     }
 
     /// `--threads 2` over `--threads 1`: the ratio of their median rates.
@@ -115,19 +109,24 @@ impl ThreadScaling {
 
     /// The median relay CPU time per relayed datagram (µs) of `relay`'s rounds with `threads`.
     pub fn median_us_per_packet(&self, relay: Relay, threads: usize) -> Option<f64> {
-        let mut costs: Vec<f64> = self
-            .rounds
-            .iter()
-            .filter(|r| r.relay == relay && r.threads == threads && r.kpps > 0.0)
-            .filter_map(|r| r.relay_cores_used.map(|cores| cores / r.kpps * 1e3))
-            .collect();
-        costs.sort_by(f64::total_cmp);
-        let n = costs.len();
-        match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(costs[n / 2]),
-            _ => Some((costs[n / 2 - 1] + costs[n / 2]) / 2.0),
-        }
+        median(
+            self.rounds
+                .iter()
+                .filter(|r| r.relay == relay && r.threads == threads && r.kpps > 0.0)
+                .filter_map(|r| r.relay_cores_used.map(|cores| cores / r.kpps * 1e3))
+                .collect(),
+        )
+    }
+}
+
+/// The median of `values` (the mean of the middle two when their number is even).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
 
