@@ -258,6 +258,48 @@ pub struct Credentials {
     user_keys: HashMap<String, [Vec<u8>; 2]>,
     by_userhash: HashMap<[u8; 32], String>,
     rest_secrets: Vec<String>,
+    rest_keys: RestKeyCache,
+}
+
+/// TURN REST long-term keys already computed, by username and password algorithm: a REST
+/// client signs every request of its session with the same username, and computing its key
+/// takes an HMAC and a hash per secret. Emptied when it holds [`REST_KEY_CACHE`] usernames; a
+/// copy of the credentials starts with an empty one, and adding a secret empties it.
+#[derive(Default)]
+struct RestKeyCache(std::sync::Mutex<HashMap<RestKeyId, Vec<Vec<u8>>>>);
+
+/// A REST username and the password algorithm its keys were computed under.
+type RestKeyId = (String, PasswordAlgorithm);
+
+/// Most usernames in the [`RestKeyCache`].
+const REST_KEY_CACHE: usize = 4096;
+
+impl Clone for RestKeyCache {
+    fn clone(&self) -> Self {
+        RestKeyCache::default()
+    }
+}
+
+impl RestKeyCache {
+    fn get(&self, username: &str, alg: PasswordAlgorithm) -> Option<Vec<Vec<u8>>> {
+        let cache = self.0.lock().ok()?;
+        cache.get(&(username.to_owned(), alg)).cloned()
+    }
+
+    fn insert(&self, username: &str, alg: PasswordAlgorithm, keys: &[Vec<u8>]) {
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= REST_KEY_CACHE {
+                cache.clear();
+            }
+            cache.insert((username.to_owned(), alg), keys.to_vec());
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut cache) = self.0.lock() {
+            cache.clear();
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -299,6 +341,7 @@ impl Credentials {
     #[must_use]
     pub fn with_rest_secret(mut self, secret: impl Into<String>) -> Self {
         self.rest_secrets.push(secret.into());
+        self.rest_keys.clear();
         self
     }
 
@@ -348,6 +391,16 @@ impl Credentials {
         if let Some(password) = self.users.get(username) {
             return Ok(vec![password.clone()]);
         }
+        self.check_rest_username(username, unix_now)?;
+        Ok(self
+            .rest_secrets
+            .iter()
+            .map(|secret| rest_password(secret, username))
+            .collect())
+    }
+
+    /// Is `username` a TURN REST username that these credentials accept at `unix_now`?
+    fn check_rest_username(&self, username: &str, unix_now: u64) -> Result<(), AuthError> {
         if self.rest_secrets.is_empty() {
             return Err(AuthError::UnknownUser(username.to_owned()));
         }
@@ -362,11 +415,7 @@ impl Credentials {
                 now: unix_now,
             });
         }
-        Ok(self
-            .rest_secrets
-            .iter()
-            .map(|secret| rest_password(secret, username))
-            .collect())
+        Ok(())
     }
 
     /// The long-term key(s) of `username` in `realm` under `alg` at `unix_now`; any of them may
@@ -387,11 +436,23 @@ impl Credentials {
             };
             return Ok(vec![key.clone()]);
         }
-        Ok(self
+        // A REST username: its expiry is checked on every request, its keys computed once.
+        let cached = realm == self.realm && !self.users.contains_key(username);
+        if cached {
+            self.check_rest_username(username, unix_now)?;
+            if let Some(keys) = self.rest_keys.get(username, alg) {
+                return Ok(keys);
+            }
+        }
+        let keys: Vec<Vec<u8>> = self
             .passwords(username, unix_now)?
             .iter()
             .map(|password| long_term_key(alg, username, realm, password))
-            .collect())
+            .collect();
+        if cached {
+            self.rest_keys.insert(username, alg, &keys);
+        }
+        Ok(keys)
     }
 }
 
@@ -755,6 +816,102 @@ mod tests {
             !debug.contains("secret") && debug.contains("HmacSha1"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn rest_keys_are_cached_but_expiry_and_secrets_still_apply() {
+        let username = "1700000100:alice";
+        let creds = Credentials::new("example.org").with_rest_secret("s1");
+        let expected = |secret: &str, alg| {
+            long_term_key(
+                alg,
+                username,
+                "example.org",
+                &rest_password(secret, username),
+            )
+        };
+        for alg in [PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256] {
+            for _ in 0..2 {
+                // The first call computes and caches, the second is served from the cache.
+                assert_eq!(
+                    creds
+                        .keys(username, "example.org", alg, 1_700_000_000)
+                        .unwrap(),
+                    vec![expected("s1", alg)]
+                );
+            }
+        }
+        // Cached, but expired now.
+        assert!(matches!(
+            creds.keys(
+                username,
+                "example.org",
+                PasswordAlgorithm::Md5,
+                1_700_000_101
+            ),
+            Err(AuthError::Expired { .. })
+        ));
+        // Another realm is computed afresh, not taken from the cache.
+        assert_eq!(
+            creds
+                .keys(username, "other.org", PasswordAlgorithm::Md5, 1_700_000_000)
+                .unwrap(),
+            vec![long_term_key(
+                PasswordAlgorithm::Md5,
+                username,
+                "other.org",
+                &rest_password("s1", username)
+            )]
+        );
+        // A secret added: both secrets' keys, not the cached one alone.
+        let creds = creds.with_rest_secret("s2");
+        assert_eq!(
+            creds
+                .keys(
+                    username,
+                    "example.org",
+                    PasswordAlgorithm::Md5,
+                    1_700_000_000
+                )
+                .unwrap(),
+            vec![
+                expected("s1", PasswordAlgorithm::Md5),
+                expected("s2", PasswordAlgorithm::Md5)
+            ]
+        );
+        // A copy (what a reload builds from) starts empty and computes the same.
+        let copy = creds.clone();
+        assert_eq!(
+            copy.keys(
+                username,
+                "example.org",
+                PasswordAlgorithm::Md5,
+                1_700_000_000
+            )
+            .unwrap(),
+            creds
+                .keys(
+                    username,
+                    "example.org",
+                    PasswordAlgorithm::Md5,
+                    1_700_000_000
+                )
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn the_rest_key_cache_is_bounded() {
+        let creds = Credentials::new("r").with_rest_secret("s");
+        for n in 0..REST_KEY_CACHE + 10 {
+            let username = format!("1700000100:user{n}");
+            creds
+                .keys(&username, "r", PasswordAlgorithm::Md5, 0)
+                .unwrap();
+        }
+        let len = creds.rest_keys.0.lock().unwrap().len();
+        assert!(len <= REST_KEY_CACHE, "{len} entries");
+        assert!(len > 0);
     }
 
     #[test]

@@ -42,7 +42,9 @@ struct LoadArgs {
     /// The peer the channels are bound to (the echo).
     #[arg(long)]
     peer: SocketAddr,
-    /// Long-term credential NAME:PASSWORD. Without it: raw mode, no TURN exchange.
+    /// Long-term credential NAME:PASSWORD, split at the last `:` (a TURN REST username such as
+    /// `1700000000:alice` has one; its password, base64, has none). Without it: raw mode, no
+    /// TURN exchange.
     #[arg(long)]
     user: Option<String>,
     /// Allocations (each with one channel), or sockets in raw mode.
@@ -162,7 +164,7 @@ fn run_load(args: LoadArgs) -> Result<()> {
     let credentials = match &args.user {
         Some(user) => {
             let (name, password) = user
-                .split_once(':')
+                .rsplit_once(':')
                 .context("--user must be NAME:PASSWORD")?;
             Some(ClientCredentials::new(name, password))
         }
