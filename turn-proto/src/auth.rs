@@ -865,39 +865,24 @@ mod tests {
         );
         // A secret added: both secrets' keys, not the cached one alone.
         let creds = creds.with_rest_secret("s2");
+        let md5_keys = |c: &Credentials| {
+            c.keys(
+                username,
+                "example.org",
+                PasswordAlgorithm::Md5,
+                1_700_000_000,
+            )
+            .unwrap()
+        };
         assert_eq!(
-            creds
-                .keys(
-                    username,
-                    "example.org",
-                    PasswordAlgorithm::Md5,
-                    1_700_000_000
-                )
-                .unwrap(),
+            md5_keys(&creds),
             vec![
                 expected("s1", PasswordAlgorithm::Md5),
                 expected("s2", PasswordAlgorithm::Md5)
             ]
         );
         // A copy (what a reload builds from) starts empty and computes the same.
-        let copy = creds.clone();
-        assert_eq!(
-            copy.keys(
-                username,
-                "example.org",
-                PasswordAlgorithm::Md5,
-                1_700_000_000
-            )
-            .unwrap(),
-            creds
-                .keys(
-                    username,
-                    "example.org",
-                    PasswordAlgorithm::Md5,
-                    1_700_000_000
-                )
-                .unwrap()
-        );
+        assert_eq!(md5_keys(&creds.clone()), md5_keys(&creds));
     }
 
     #[test]
