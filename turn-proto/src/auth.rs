@@ -55,6 +55,14 @@ pub enum PasswordAlgorithm {
 }
 
 impl PasswordAlgorithm {
+    /// Where this algorithm's key is kept in a per-user pair of keys (MD5, then SHA-256).
+    fn slot(self) -> usize {
+        match self {
+            PasswordAlgorithm::Md5 => 0,
+            PasswordAlgorithm::Sha256 => 1,
+        }
+    }
+
     /// What the server offers in PASSWORD-ALGORITHMS, most preferred first.
     pub const OFFERED: [PasswordAlgorithm; 2] = [PasswordAlgorithm::Sha256, PasswordAlgorithm::Md5];
 
@@ -97,13 +105,7 @@ impl IntegrityAlgorithm {
 
     /// The tag of `data` under `key`, truncated to [`Self::tag_len`].
     pub fn tag(self, key: &[u8], data: &[u8]) -> Vec<u8> {
-        match self {
-            IntegrityAlgorithm::HmacSha1 => hmac_sha1(key, data).to_vec(),
-            IntegrityAlgorithm::HmacSha256 { len } => {
-                let full = hmac_sha256(key, data);
-                full[..len.min(full.len())].to_vec()
-            }
-        }
+        IntegrityKey::new(self, key).tag(data)
     }
 }
 
@@ -211,13 +213,7 @@ fn tags_equal(expected: &[u8], tag: &[u8]) -> bool {
 
 /// Is `tag` the `alg` tag of `data` under `key`?
 pub fn verify_tag(alg: IntegrityAlgorithm, key: &[u8], data: &[u8], tag: &[u8]) -> bool {
-    if tag.len() != alg.tag_len() {
-        return false;
-    }
-    match alg {
-        IntegrityAlgorithm::HmacSha1 => tags_equal(&hmac_sha1(key, data), tag),
-        IntegrityAlgorithm::HmacSha256 { .. } => tags_equal(&hmac_sha256(key, data), tag),
-    }
+    IntegrityKey::new(alg, key).verify(data, tag)
 }
 
 /// The TURN REST API password of `username` under `secret`: base64(HMAC-SHA1(secret, username)).
@@ -266,10 +262,10 @@ pub struct Credentials {
 /// takes an HMAC and a hash per secret. Emptied when it holds [`REST_KEY_CACHE`] usernames; a
 /// copy of the credentials starts with an empty one, and adding a secret empties it.
 #[derive(Default)]
-struct RestKeyCache(std::sync::Mutex<HashMap<RestKeyId, Vec<Vec<u8>>>>);
+struct RestKeyCache(std::sync::Mutex<HashMap<String, RestKeys>>);
 
-/// A REST username and the password algorithm its keys were computed under.
-type RestKeyId = (String, PasswordAlgorithm);
+/// A REST username's keys under each password algorithm (MD5, then SHA-256), once computed.
+type RestKeys = [Option<Vec<Vec<u8>>>; 2];
 
 /// Most usernames in the [`RestKeyCache`].
 const REST_KEY_CACHE: usize = 4096;
@@ -283,15 +279,15 @@ impl Clone for RestKeyCache {
 impl RestKeyCache {
     fn get(&self, username: &str, alg: PasswordAlgorithm) -> Option<Vec<Vec<u8>>> {
         let cache = self.0.lock().ok()?;
-        cache.get(&(username.to_owned(), alg)).cloned()
+        cache.get(username)?[alg.slot()].clone()
     }
 
     fn insert(&self, username: &str, alg: PasswordAlgorithm, keys: &[Vec<u8>]) {
         if let Ok(mut cache) = self.0.lock() {
-            if cache.len() >= REST_KEY_CACHE {
+            if cache.len() >= REST_KEY_CACHE && !cache.contains_key(username) {
                 cache.clear();
             }
-            cache.insert((username.to_owned(), alg), keys.to_vec());
+            cache.entry(username.to_owned()).or_default()[alg.slot()] = Some(keys.to_vec());
         }
     }
 
@@ -392,11 +388,15 @@ impl Credentials {
             return Ok(vec![password.clone()]);
         }
         self.check_rest_username(username, unix_now)?;
-        Ok(self
-            .rest_secrets
+        Ok(self.rest_passwords(username))
+    }
+
+    /// `username`'s password under each REST secret (its expiry not checked).
+    fn rest_passwords(&self, username: &str) -> Vec<String> {
+        self.rest_secrets
             .iter()
             .map(|secret| rest_password(secret, username))
-            .collect())
+            .collect()
     }
 
     /// Is `username` a TURN REST username that these credentials accept at `unix_now`?
@@ -430,28 +430,24 @@ impl Credentials {
         if realm == self.realm
             && let Some(keys) = self.user_keys.get(username)
         {
-            let key = match alg {
-                PasswordAlgorithm::Md5 => &keys[0],
-                PasswordAlgorithm::Sha256 => &keys[1],
-            };
-            return Ok(vec![key.clone()]);
+            return Ok(vec![keys[alg.slot()].clone()]);
+        }
+        let derive = |passwords: Vec<String>| -> Vec<Vec<u8>> {
+            passwords
+                .iter()
+                .map(|password| long_term_key(alg, username, realm, password))
+                .collect()
+        };
+        if realm != self.realm || self.users.contains_key(username) {
+            return Ok(derive(self.passwords(username, unix_now)?));
         }
         // A REST username: its expiry is checked on every request, its keys computed once.
-        let cached = realm == self.realm && !self.users.contains_key(username);
-        if cached {
-            self.check_rest_username(username, unix_now)?;
-            if let Some(keys) = self.rest_keys.get(username, alg) {
-                return Ok(keys);
-            }
+        self.check_rest_username(username, unix_now)?;
+        if let Some(keys) = self.rest_keys.get(username, alg) {
+            return Ok(keys);
         }
-        let keys: Vec<Vec<u8>> = self
-            .passwords(username, unix_now)?
-            .iter()
-            .map(|password| long_term_key(alg, username, realm, password))
-            .collect();
-        if cached {
-            self.rest_keys.insert(username, alg, &keys);
-        }
+        let keys = derive(self.rest_passwords(username));
+        self.rest_keys.insert(username, alg, &keys);
         Ok(keys)
     }
 }

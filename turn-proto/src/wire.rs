@@ -10,8 +10,10 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use stun_codec::{MessageClass, Method, TransactionId};
+use bytecodec::DecodeExt as _;
+use stun_codec::{Message, MessageClass, MessageDecoder, Method, TransactionId};
 
+use crate::attributes::Attribute;
 use crate::auth::{self, IntegrityAlgorithm};
 
 /// Length of the STUN header.
@@ -221,6 +223,18 @@ impl<'a> StunFrame<'a> {
         let mut out = self.bytes[..self.plain_end].to_vec();
         set_length(&mut out, self.plain_end - HEADER_LEN);
         Cow::Owned(out)
+    }
+
+    /// The message decoded by `stun_codec` from [`StunFrame::codec_bytes`]: its attributes up
+    /// to its integrity or fingerprint attribute, which [`StunFrame::parse`] and
+    /// [`StunFrame::verify_integrity`] check on the bytes (`stun_codec` would encode the message
+    /// again to check each). How the server reads requests and the load generator responses.
+    pub fn decode(&self) -> Result<Message<Attribute>, String> {
+        match MessageDecoder::<Attribute>::new().decode_from_bytes(&self.codec_bytes()) {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(broken)) => Err(format!("undecodable STUN attributes: {}", broken.error())),
+            Err(error) => Err(format!("undecodable STUN message: {error}")),
+        }
     }
 
     /// The fields of a Send indication if its attributes (before any integrity or fingerprint)

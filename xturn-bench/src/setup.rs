@@ -11,10 +11,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use bytecodec::DecodeExt;
-use stun_codec::{MessageDecoder, TransactionId};
-use turn_proto::attributes::Attribute;
-use turn_proto::client::message::{self, Request, StunMessage};
+use turn_proto::client::message::{self, Request, TransactionId};
 use turn_proto::client::{AuthState, RetransmitPolicy, Step, Transaction};
 use turn_proto::wire::StunFrame;
 use xturnctl::ClientCredentials;
@@ -229,7 +226,8 @@ impl Clients {
             let Some(flight) = client.request.as_mut() else {
                 continue;
             };
-            let Some(decoded) = decode(raw) else {
+            // Decoded as the server decodes requests; the transaction checks integrity on `raw`.
+            let Some(decoded) = StunFrame::parse(raw).ok().and_then(|f| f.decode().ok()) else {
                 continue;
             };
             match flight
@@ -308,18 +306,6 @@ fn send(client: &mut Client, software: Option<&str>) {
             client.request = None;
         }
     }
-}
-
-/// A response's attributes up to its MESSAGE-INTEGRITY or FINGERPRINT, its FINGERPRINT checked
-/// on the raw bytes ([`StunFrame::parse`]), as the server reads requests. `stun_codec` alone
-/// would encode the message again to check each of the two; the transaction checks integrity
-/// on the raw bytes itself.
-fn decode(raw: &[u8]) -> Option<StunMessage> {
-    let frame = StunFrame::parse(raw).ok()?;
-    MessageDecoder::<Attribute>::new()
-        .decode_from_bytes(&frame.codec_bytes())
-        .ok()?
-        .ok()
 }
 
 fn new_tid() -> TransactionId {

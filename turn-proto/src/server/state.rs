@@ -8,7 +8,6 @@
 //! Whoever removes an item (or moves its timer earlier) removes its entry too, so the set holds
 //! one entry per live item: its size follows live state, not how many items clients created and
 //! deleted (a heap with lazily skipped stale entries would grow with churn).
-use bytecodec::DecodeExt as _;
 use std::collections::{BTreeSet, VecDeque};
 
 use super::answers::AnswerBudget;
@@ -19,8 +18,8 @@ use stun_codec::Attribute as _;
 
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
+use stun_codec::Message;
 use stun_codec::rfc8656::attributes::AddressFamily;
-use stun_codec::{Message, MessageDecoder};
 use tracing::{debug, info, warn};
 
 use super::allocation::Allocation;
@@ -339,18 +338,10 @@ pub(super) fn cluster_slots(stats: &mut Stats, policy: &PeerPolicy) -> Vec<usize
 }
 
 pub(super) fn decode(frame: &StunFrame<'_>) -> Option<Message<Attribute>> {
-    let bytes = frame.codec_bytes();
-    match MessageDecoder::<Attribute>::new().decode_from_bytes(&bytes) {
-        Ok(Ok(message)) => Some(message),
-        Ok(Err(broken)) => {
-            debug!(error = %broken.error(), "undecodable STUN attributes");
-            None
-        }
-        Err(error) => {
-            debug!(%error, "undecodable STUN message");
-            None
-        }
-    }
+    frame
+        .decode()
+        .map_err(|error| debug!(%error, "request not decoded"))
+        .ok()
 }
 
 impl Server {
