@@ -459,7 +459,7 @@ impl Server {
         self.usage.allocation_made(user);
         self.allocations.insert(
             five_tuple,
-            Allocation {
+            Box::new(Allocation {
                 five_tuple,
                 listener,
                 username: username.to_owned(),
@@ -475,7 +475,7 @@ impl Server {
                 user,
                 tcp,
                 connections: HashMap::default(),
-            },
+            }),
         );
         self.timers.insert((expires, Timer::Allocation(five_tuple)));
         self.count_user(username, 1);

@@ -67,7 +67,7 @@ impl Server {
     pub fn installed_channel_bindings(&self) -> Vec<ChannelBinding> {
         self.allocations
             .values()
-            .flat_map(Allocation::installed_bindings)
+            .flat_map(|a| a.installed_bindings())
             .collect()
     }
 
@@ -355,7 +355,7 @@ impl Server {
             .usage
             .slot(&self.credentials.quota_key(&state.username));
         self.usage.allocation_adopted(allocation.user);
-        self.allocations.insert(five_tuple, allocation);
+        self.allocations.insert(five_tuple, Box::new(allocation));
         self.changes.mark(five_tuple, listener);
         debug!(client = %five_tuple.client, channels = bound, ?now, "allocation adopted");
         Ok(bound)
