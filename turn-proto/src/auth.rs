@@ -143,8 +143,19 @@ impl IntegrityKey {
 
     /// Is `tag` this key's tag of `data`? Constant time in the contents.
     pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
-        tag.len() == self.algorithm.tag_len()
-            && tags_equal(hmac::sign(&self.key, data).as_ref(), tag)
+        self.verify_parts(&[data], tag)
+    }
+
+    /// [`IntegrityKey::verify`] of the concatenation of `parts`, without building it.
+    pub fn verify_parts(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        if tag.len() != self.algorithm.tag_len() {
+            return false;
+        }
+        let mut context = hmac::Context::with_key(&self.key);
+        for part in parts {
+            context.update(part);
+        }
+        tags_equal(context.sign().as_ref(), tag)
     }
 }
 
@@ -251,10 +262,41 @@ pub struct Credentials {
     realm: String,
     users: HashMap<String, String>,
     /// Each static user's long-term keys in `realm` (MD5, then SHA-256), computed once.
-    user_keys: HashMap<String, [Vec<u8>; 2]>,
+    user_keys: HashMap<String, [UserKey; 2]>,
     by_userhash: HashMap<[u8; 32], String>,
     rest_secrets: Vec<String>,
     rest_keys: RestKeyCache,
+}
+
+/// A static user's long-term key under one password algorithm, with its HMAC keys for both
+/// integrity algorithms prepared (an HMAC key costs two hash blocks to prepare).
+#[derive(Clone)]
+struct UserKey {
+    long_term: Vec<u8>,
+    sha1: IntegrityKey,
+    sha256: IntegrityKey,
+}
+
+impl UserKey {
+    fn new(long_term: Vec<u8>) -> Self {
+        UserKey {
+            sha1: IntegrityKey::new(IntegrityAlgorithm::HmacSha1, &long_term),
+            sha256: IntegrityKey::new(IntegrityAlgorithm::HmacSha256 { len: 32 }, &long_term),
+            long_term,
+        }
+    }
+
+    /// The prepared key for `algorithm` (its truncation included).
+    fn integrity_key(&self, algorithm: IntegrityAlgorithm) -> IntegrityKey {
+        let prepared = match algorithm {
+            IntegrityAlgorithm::HmacSha1 => &self.sha1,
+            IntegrityAlgorithm::HmacSha256 { .. } => &self.sha256,
+        };
+        IntegrityKey {
+            algorithm,
+            key: prepared.key.clone(),
+        }
+    }
 }
 
 /// TURN REST long-term keys already computed, by username and password algorithm: a REST
@@ -327,7 +369,7 @@ impl Credentials {
         self.by_userhash
             .insert(userhash(&name, &self.realm), name.clone());
         let keys = [PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256]
-            .map(|alg| long_term_key(alg, &name, &self.realm, &password));
+            .map(|alg| UserKey::new(long_term_key(alg, &name, &self.realm, &password)));
         self.user_keys.insert(name.clone(), keys);
         self.users.insert(name, password);
         self
@@ -430,7 +472,7 @@ impl Credentials {
         if realm == self.realm
             && let Some(keys) = self.user_keys.get(username)
         {
-            return Ok(vec![keys[alg.slot()].clone()]);
+            return Ok(vec![keys[alg.slot()].long_term.clone()]);
         }
         let derive = |passwords: Vec<String>| -> Vec<Vec<u8>> {
             passwords
@@ -449,6 +491,28 @@ impl Credentials {
         let keys = derive(self.rest_passwords(username));
         self.rest_keys.insert(username, alg, &keys);
         Ok(keys)
+    }
+
+    /// [`Credentials::keys`] prepared as HMAC keys for `integrity`: static users' are prepared
+    /// once, when the user is added.
+    pub fn integrity_keys(
+        &self,
+        username: &str,
+        realm: &str,
+        alg: PasswordAlgorithm,
+        integrity: IntegrityAlgorithm,
+        unix_now: u64,
+    ) -> Result<Vec<IntegrityKey>, AuthError> {
+        if realm == self.realm
+            && let Some(keys) = self.user_keys.get(username)
+        {
+            return Ok(vec![keys[alg.slot()].integrity_key(integrity)]);
+        }
+        Ok(self
+            .keys(username, realm, alg, unix_now)?
+            .iter()
+            .map(|key| IntegrityKey::new(integrity, key))
+            .collect())
     }
 }
 
@@ -922,5 +986,42 @@ mod tests {
                 "new"
             )]
         );
+    }
+
+    #[test]
+    fn prepared_integrity_keys_sign_as_keys_prepared_afresh() {
+        let creds = Credentials::new("example.org")
+            .with_user("alice", "pw")
+            .with_rest_secret("s3cret");
+        let rest = "1700000600:bob";
+        let data = b"a STUN message up to its integrity attribute";
+        for alg in [PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256] {
+            for integrity in [
+                IntegrityAlgorithm::HmacSha1,
+                IntegrityAlgorithm::HmacSha256 { len: 16 },
+                IntegrityAlgorithm::HmacSha256 { len: 32 },
+            ] {
+                for (user, realm) in [
+                    ("alice", "example.org"),
+                    ("alice", "other.org"),
+                    (rest, "example.org"),
+                ] {
+                    let now = 1_700_000_000;
+                    let expected: Vec<Vec<u8>> = creds
+                        .keys(user, realm, alg, now)
+                        .unwrap()
+                        .iter()
+                        .map(|key| IntegrityKey::new(integrity, key).tag(data))
+                        .collect();
+                    let prepared = creds
+                        .integrity_keys(user, realm, alg, integrity, now)
+                        .unwrap();
+                    let tags: Vec<Vec<u8>> = prepared.iter().map(|k| k.tag(data)).collect();
+                    assert_eq!(tags, expected, "{user} in {realm}, {alg:?}, {integrity:?}");
+                    assert_eq!(tags[0].len(), integrity.tag_len());
+                    assert!(prepared.iter().all(|k| k.algorithm() == integrity));
+                }
+            }
+        }
     }
 }

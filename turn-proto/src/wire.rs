@@ -285,10 +285,17 @@ impl<'a> StunFrame<'a> {
             return false;
         }
         // The HMAC covers everything before the attribute, with the length field set as if
-        // the attribute ended the message.
-        let mut input = self.bytes[..attr.offset].to_vec();
-        set_length(&mut input, attr.offset + 4 + attr.tag.len() - HEADER_LEN);
-        key.verify(&input, attr.tag)
+        // the attribute ended the message: the header is adjusted in a copy of its own.
+        let (Some(head), Some(rest)) = (
+            self.bytes.get(..HEADER_LEN),
+            self.bytes.get(HEADER_LEN..attr.offset),
+        ) else {
+            return false;
+        };
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(head);
+        set_length(&mut header, attr.offset + 4 + attr.tag.len() - HEADER_LEN);
+        key.verify_parts(&[&header, rest], attr.tag)
     }
 }
 

@@ -99,10 +99,13 @@ impl Server {
             },
             (None, None) => return Err(Reply::error(400)),
         };
-        let keys = match self
-            .credentials
-            .keys(&username, &self.config.realm, algorithm, unix_now)
-        {
+        let keys = match self.credentials.integrity_keys(
+            &username,
+            &self.config.realm,
+            algorithm,
+            integrity.algorithm,
+            unix_now,
+        ) {
             Ok(keys) => keys,
             Err(error) => {
                 self.stats.auth_failures += 1;
@@ -119,8 +122,7 @@ impl Server {
             }
         };
         let verified = keys
-            .iter()
-            .map(|key| auth::IntegrityKey::new(integrity.algorithm, key))
+            .into_iter()
             .find(|key| frame.verify_integrity_with(key));
         match verified {
             Some(key) => Ok(AuthContext { username, key }),

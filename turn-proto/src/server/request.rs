@@ -128,6 +128,19 @@ impl Server {
             // A retransmission while its relayed sockets are being bound: the answer is coming.
             return;
         }
+        let tcp_method = matches!(header.method.as_u16(), CONNECT | CONNECTION_BIND);
+        let turn_method = tcp_method
+            || matches!(
+                header.method,
+                ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
+            );
+        if turn_method && frame.integrity.is_none() && !self.config.stun_only {
+            // No credentials: the challenge (RFC 8489 §9.2.4) comes before anything else is
+            // checked, so an unauthenticated request costs no attribute decoding.
+            let reply = self.challenge(401, five_tuple.client, self.unix_now(now));
+            self.respond(listener, five_tuple, header, reply, None, None);
+            return;
+        }
         let Some(message) = decode(frame) else {
             self.respond(listener, five_tuple, header, Reply::error(400), None, None);
             return;
@@ -142,13 +155,7 @@ impl Server {
             self.respond(listener, five_tuple, header, reply, None, None);
             return;
         }
-        let tcp_method = matches!(header.method.as_u16(), CONNECT | CONNECTION_BIND);
-        if !tcp_method
-            && !matches!(
-                header.method,
-                ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
-            )
-        {
+        if !turn_method {
             self.respond(listener, five_tuple, header, Reply::error(400), None, None);
             return;
         }

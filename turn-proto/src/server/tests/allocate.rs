@@ -694,3 +694,34 @@ fn malformed_requests_get_400_and_other_garbage_is_dropped() {
     assert_eq!(r.error_code(), Some(400));
     assert_eq!(h.server.stats().other_requests, 1);
 }
+
+#[test]
+fn requests_without_credentials_are_challenged_before_their_attributes_are_decoded() {
+    let mut h = Harness::new();
+    let mut client = Client::alice();
+    h.ask(&mut client, REFRESH, vec![]); // learn a nonce (437 is fine)
+    // An XOR-PEER-ADDRESS of no address family: framed well, but undecodable.
+    let bad = [0x00, 0x12, 0x00, 0x08, 0x00, 0x03, 0x12, 0x34, 1, 2, 3, 4];
+    let with_bad = |mut bytes: Vec<u8>, trailer: usize| {
+        bytes.truncate(bytes.len() - trailer);
+        bytes.extend_from_slice(&bad);
+        let length = u16::try_from(bytes.len() - 20).expect("short");
+        bytes[2..4].copy_from_slice(&length.to_be_bytes());
+        bytes
+    };
+    // Without MESSAGE-INTEGRITY: the challenge, as for any request without credentials.
+    let (_, bytes) = client.build(MessageClass::Request, ALLOCATE, vec![udp()], false);
+    let mut bytes = with_bad(bytes, 8);
+    wire::append_fingerprint(&mut bytes);
+    let r = response_in(&h.client_sends(client.addr, &bytes), client.addr);
+    assert_eq!(r.error_code(), Some(401));
+    assert!(r.get::<Nonce>().is_some());
+    // With valid credentials the attributes are decoded: 400.
+    let (_, bytes) = client.build(MessageClass::Request, ALLOCATE, vec![udp()], true);
+    let mut bytes = with_bad(bytes, 24 + 8);
+    wire::append_integrity(&mut bytes, client.integrity, &client.key());
+    wire::append_fingerprint(&mut bytes);
+    let r = response_in(&h.client_sends(client.addr, &bytes), client.addr);
+    assert_eq!(r.error_code(), Some(400));
+    assert_eq!(h.server.allocation_count(), 0);
+}
