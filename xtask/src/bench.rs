@@ -1144,6 +1144,7 @@ fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupRes
         relay_core_share: setup.cpu.relay_s().map(|s| s / setup.allocate_s.max(1e-9)),
         load_core_busy: setup.cpu.load_cores_busy_s
             / (setup.allocate_s.max(1e-9) * setup.cpu.load_cores.max(1) as f64),
+        retransmissions: setup.retransmissions,
         first_error: setup.first_error,
     })
 }

@@ -27,6 +27,9 @@ pub(super) struct SetupOut {
     pub(super) bind_s: f64,
     #[serde(default)]
     pub(super) relay_rss_kib: [Option<u64>; 3],
+    /// Requests the load generator sent again for want of an answer (`--setup-only`).
+    #[serde(default)]
+    pub(super) retransmissions: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +159,9 @@ pub struct SetupResult {
     pub relay_core_share: Option<f64>,
     /// How busy the load cores were meanwhile.
     pub load_core_busy: f64,
+    /// Requests sent again for want of an answer: a relay that drops requests under the load
+    /// pays for them here (and is slower for it).
+    pub retransmissions: Option<u64>,
     pub first_error: Option<String>,
 }
 

@@ -168,7 +168,7 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
     let _ = writeln!(s, "### Headline: {n} allocations, {pl}-byte payloads\n");
     let _ = writeln!(
         s,
-        "| contender | relayed kpps at max | Gbit/s at max ({big} B) | loss at max | relay CPU s per Mpkt at max | relay CPU s per Mpkt at {rate_k:.0} kpps | RTT p50 / p99 / p99.9 µs at {rate_k:.0} kpps | allocations/s (relay CPU each, relay core used) | relay core used at max | load core busy at max |"
+        "| contender | relayed kpps at max | Gbit/s at max ({big} B) | loss at max | relay CPU s per Mpkt at max | relay CPU s per Mpkt at {rate_k:.0} kpps | RTT p50 / p99 / p99.9 µs at {rate_k:.0} kpps | allocations/s (relay CPU each, relay core used, requests resent) | relay core used at max | load core busy at max |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in &r.contenders {
@@ -179,10 +179,12 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
             || "–".into(),
             |s| {
                 format!(
-                    "{:.0} ({} µs, core {})",
+                    "{:.0} ({} µs, core {}, {} resent)",
                     s.allocations_per_s,
                     opt(s.relay_cpu_us_per_allocation, 0),
-                    pct(s.relay_core_share)
+                    pct(s.relay_core_share),
+                    s.retransmissions
+                        .map_or_else(|| "–".to_owned(), |n| n.to_string())
                 )
             },
         );
