@@ -899,8 +899,6 @@ async fn listener_task(
             let message = batch.received(i);
             received += message.len();
             if !shared.channel_data_to_peer(listener, client, message, i, &mut to_peers) {
-                // The core may change the table: the next ChannelData is looked up afresh.
-                to_peers.forget_last();
                 shared.core_message(listener, client, message, &mut commands);
             }
         }
@@ -917,9 +915,10 @@ struct PeerSends<R = RelayShared> {
     bindings: Vec<ToPeer<R>>,
     /// Where each message's data is in the batch, in the order they came.
     sends: Vec<PeerSend>,
-    /// The binding of the last message queued and its key, while no message went to the core
-    /// since: the next message on the same channel reuses it without a lookup (no shard lock,
-    /// no reference counts: these atomics were a fifth of the fast path's own time).
+    /// The channel of the last message queued (its binding is the last of `bindings`), while no
+    /// message went to the core since: the next message on the same channel reuses the binding
+    /// without a lookup (no shard lock, no reference counts: these atomics were a fifth of the
+    /// fast path's own time).
     last: Option<(ListenerId, SocketAddr, u16)>,
 }
 
@@ -1003,7 +1002,8 @@ impl Shared {
 
     /// If `message` (slot `slot` of a listener's batch) from `client` is ChannelData of a
     /// channel in the table, queues it for [`Shared::send_to_peers`] and says `true`; else it
-    /// is the core's to handle.
+    /// is the core's to handle, and as the core may change the table, the next ChannelData is
+    /// looked up afresh.
     fn channel_data_to_peer(
         &self,
         listener: ListenerId,
@@ -1013,6 +1013,7 @@ impl Shared {
         to_peers: &mut PeerSends,
     ) -> bool {
         let Ok(channel_data) = wire::parse_channel_data(message) else {
+            to_peers.forget_last();
             return false;
         };
         let channel = channel_data.channel;
@@ -1047,7 +1048,10 @@ impl Shared {
         let (mut packets, mut bytes, mut errors) = (0, 0, 0);
         for group in sends.chunk_by(|a, b| {
             let (a, b) = (&bindings[a.binding], &bindings[b.binding]);
-            Arc::ptr_eq(&a.relay, &b.relay) && a.peer == b.peer
+            // The counters too: a binding removed and added again meanwhile has new ones.
+            Arc::ptr_eq(&a.relay, &b.relay)
+                && a.peer == b.peer
+                && Arc::ptr_eq(&a.counters, &b.counters)
         }) {
             slices.clear();
             slices.extend(
@@ -1057,10 +1061,12 @@ impl Shared {
             );
             let to = &bindings[group[0].binding];
             let sent = to.relay.send_all_to_peer(to.peer, &slices);
-            // One relayed socket and one peer: one binding, counted once for the group.
+            // One binding (relayed socket, peer and counters): counted once for the group.
             let data: usize = slices.iter().take(sent).map(|d| d.len()).sum();
-            let wire: usize = group.iter().take(sent).map(|s| s.offset).sum::<usize>() + data;
-            to.counters.to_peer(sent as u64, data as u64, wire as u64);
+            if sent > 0 {
+                let wire = group.iter().take(sent).map(|s| s.offset).sum::<usize>() + data;
+                to.counters.to_peer(sent as u64, data as u64, wire as u64);
+            }
             bytes += data;
             packets += sent;
             errors += group.len() - sent;
@@ -1472,12 +1478,13 @@ mod tests {
         // A message for the core in between: the same channel is looked up again.
         sends.forget_last();
         assert!(sends.push(b, || lookup("198.18.1.2:1"), 4, 4, 10));
-        // Not in the table: not queued, and the next message is looked up.
+        // Not in the table: not queued, and the next message is looked up even on the channel
+        // queued before it.
         assert!(!sends.push(a, || None, 5, 4, 10));
-        assert!(sends.push(a, || lookup("198.18.1.1:1"), 6, 4, 10));
+        assert!(sends.push(b, || lookup("198.18.1.2:1"), 6, 4, 10));
         assert_eq!(lookups, 4);
         let queued: Vec<(usize, usize)> = sends.sends.iter().map(|s| (s.slot, s.binding)).collect();
         assert_eq!(queued, [(0, 0), (1, 0), (2, 1), (4, 2), (6, 3)]);
-        assert_eq!(sends.bindings[3].peer.to_string(), "198.18.1.1:1");
+        assert_eq!(sends.bindings[3].peer.to_string(), "198.18.1.2:1");
     }
 }

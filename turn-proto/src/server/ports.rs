@@ -140,6 +140,20 @@ mod tests {
         assert!(!ports.is_claimed(released));
         assert_eq!(ports.pick(ip, false, false, &none, &mut rng), Some(50002));
         assert!(ports.is_claimed(SocketAddr::new(ip, 50003)));
+        // The top of the range and the edges of the bitmap's words.
+        let mut top = Ports::new(65534, 65535);
+        assert_eq!(top.pick(ip, true, true, &none, &mut rng), Some(65534));
+        top.claim(SocketAddr::new(ip, 65535));
+        assert!(top.is_claimed(SocketAddr::new(ip, 65535)));
+        assert!(!top.is_claimed(SocketAddr::new(ip, 65534)));
+        assert_eq!(top.pick(ip, true, true, &none, &mut rng), None);
+        assert_eq!(top.pick(ip, false, false, &none, &mut rng), Some(65534));
+        let mut edge = Ports::new(63, 64);
+        edge.claim(SocketAddr::new(ip, 63));
+        assert_eq!(edge.pick(ip, false, false, &none, &mut rng), Some(64));
+        edge.claim(SocketAddr::new(ip, 64));
+        edge.release(SocketAddr::new(ip, 63));
+        assert_eq!(edge.pick(ip, false, false, &none, &mut rng), Some(63));
         // Another IP has its own ports.
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(ports.pick(other, false, false, &none, &mut rng).is_some());
