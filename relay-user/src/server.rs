@@ -915,11 +915,11 @@ struct PeerSends<R = RelayShared> {
     bindings: Vec<ToPeer<R>>,
     /// Where each message's data is in the batch, in the order they came.
     sends: Vec<PeerSend>,
-    /// The channel of the last message queued (its binding is the last of `bindings`), while no
-    /// message went to the core since: the next message on the same channel reuses the binding
-    /// without a lookup (no shard lock, no reference counts: these atomics were a fifth of the
-    /// fast path's own time).
-    last: Option<(ListenerId, SocketAddr, u16)>,
+    /// The channel of the last message queued and its binding (in `bindings`), while no message
+    /// went to the core since: the next message on the same channel reuses the binding without
+    /// a lookup (no shard lock, no reference counts: these atomics were a fifth of the fast
+    /// path's own time).
+    last: Option<((ListenerId, SocketAddr, u16), usize)>,
 }
 
 impl<R> Default for PeerSends<R> {
@@ -945,15 +945,16 @@ impl<R> PeerSends<R> {
         len: usize,
     ) -> bool {
         let binding = match self.last {
-            Some(last) if last == key && !self.bindings.is_empty() => self.bindings.len() - 1,
+            Some((last, binding)) if last == key => binding,
             _ => {
                 let Some(to) = lookup() else {
                     self.last = None;
                     return false;
                 };
                 self.bindings.push(to);
-                self.last = Some(key);
-                self.bindings.len() - 1
+                let binding = self.bindings.len() - 1;
+                self.last = Some((key, binding));
+                binding
             }
         };
         self.sends.push(PeerSend {

@@ -702,14 +702,6 @@ mod tests {
         let mut batch = Batch::new(4, 32);
         assert_eq!(batch.recv(a.as_fd()).expect("recv"), 0);
     }
-}
-
-#[cfg(test)]
-mod reuse_tests {
-    use super::*;
-    use std::net::UdpSocket;
-    use std::os::fd::AsFd;
-    use std::time::{Duration, Instant};
 
     /// Waits (2 s at most) until `batch` receives something; what arrived, with its sources.
     fn receive(batch: &mut Batch, socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
