@@ -115,19 +115,35 @@ impl IntegrityAlgorithm {
 #[derive(Clone)]
 pub struct IntegrityKey {
     algorithm: IntegrityAlgorithm,
-    key: hmac::Key,
+    key: PreparedHmac,
+}
+
+/// HMAC with its key's hash states computed. SHA-1 is RustCrypto's, which uses the CPU's SHA
+/// extensions where there are some (ring's SHA-1 is portable code, about 3× slower per
+/// MESSAGE-INTEGRITY); SHA-256 is ring's.
+#[derive(Clone)]
+enum PreparedHmac {
+    Sha1(Sha1Hmac),
+    Sha256(hmac::Key),
+}
+
+type Sha1Hmac = ::hmac::Hmac<sha1::Sha1>;
+
+/// A SHA-1 HMAC state for `key` (HMAC takes keys of any length, so this cannot fail).
+fn sha1_hmac(key: &[u8]) -> Sha1Hmac {
+    <Sha1Hmac as ::hmac::digest::KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"))
 }
 
 impl IntegrityKey {
     pub fn new(algorithm: IntegrityAlgorithm, key: &[u8]) -> Self {
-        let hmac_algorithm = match algorithm {
-            IntegrityAlgorithm::HmacSha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-            IntegrityAlgorithm::HmacSha256 { .. } => hmac::HMAC_SHA256,
+        let key = match algorithm {
+            IntegrityAlgorithm::HmacSha1 => PreparedHmac::Sha1(sha1_hmac(key)),
+            IntegrityAlgorithm::HmacSha256 { .. } => {
+                PreparedHmac::Sha256(hmac::Key::new(hmac::HMAC_SHA256, key))
+            }
         };
-        IntegrityKey {
-            algorithm,
-            key: hmac::Key::new(hmac_algorithm, key),
-        }
+        IntegrityKey { algorithm, key }
     }
 
     pub fn algorithm(&self) -> IntegrityAlgorithm {
@@ -136,9 +152,32 @@ impl IntegrityKey {
 
     /// The tag of `data`, truncated to the algorithm's [`IntegrityAlgorithm::tag_len`].
     pub fn tag(&self, data: &[u8]) -> Vec<u8> {
-        let tag = hmac::sign(&self.key, data);
-        let full = tag.as_ref();
-        full[..self.algorithm.tag_len().min(full.len())].to_vec()
+        let (tag, len) = self.full_tag(&[data]);
+        tag[..self.algorithm.tag_len().min(len)].to_vec()
+    }
+
+    /// The untruncated HMAC of the concatenation of `parts`: the first 20 (SHA-1) or 32
+    /// (SHA-256) bytes of the array.
+    fn full_tag(&self, parts: &[&[u8]]) -> ([u8; 32], usize) {
+        let mut out = [0u8; 32];
+        match &self.key {
+            PreparedHmac::Sha1(state) => {
+                let mut mac = state.clone();
+                for part in parts {
+                    ::hmac::Mac::update(&mut mac, part);
+                }
+                out[..20].copy_from_slice(&::hmac::Mac::finalize(mac).into_bytes());
+                (out, 20)
+            }
+            PreparedHmac::Sha256(key) => {
+                let mut context = hmac::Context::with_key(key);
+                for part in parts {
+                    context.update(part);
+                }
+                out.copy_from_slice(context.sign().as_ref());
+                (out, 32)
+            }
+        }
     }
 
     /// Is `tag` this key's tag of `data`? Constant time in the contents.
@@ -151,11 +190,8 @@ impl IntegrityKey {
         if tag.len() != self.algorithm.tag_len() {
             return false;
         }
-        let mut context = hmac::Context::with_key(&self.key);
-        for part in parts {
-            context.update(part);
-        }
-        tags_equal(context.sign().as_ref(), tag)
+        let (expected, len) = self.full_tag(parts);
+        tags_equal(&expected[..len], tag)
     }
 }
 
@@ -193,13 +229,9 @@ pub fn userhash(username: &str, realm: &str) -> [u8; 32] {
 
 /// HMAC-SHA1 (MESSAGE-INTEGRITY).
 pub fn hmac_sha1(key: &[u8], data: &[u8]) -> [u8; 20] {
-    let tag = hmac::sign(
-        &hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key),
-        data,
-    );
-    let mut out = [0u8; 20];
-    out.copy_from_slice(tag.as_ref());
-    out
+    let mut mac = sha1_hmac(key);
+    ::hmac::Mac::update(&mut mac, data);
+    ::hmac::Mac::finalize(mac).into_bytes().into()
 }
 
 /// HMAC-SHA256 (MESSAGE-INTEGRITY-SHA256, nonces).
