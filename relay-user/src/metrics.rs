@@ -814,7 +814,7 @@ impl Collector for SnapshotCollector {
         out.counter(
             "xturn_retransmissions_answered",
             "Retransmitted requests answered from the transaction cache.",
-            st.retransmissions_answered_from_cache,
+            st.retransmissions_answered,
         )?;
         out.counters(
             "xturn_dropped",

@@ -373,6 +373,60 @@ pub fn encode_data_indication(
     Some(out)
 }
 
+/// NONCE (RFC 8489 §14.10).
+pub const ATTR_NONCE: u16 = 0x0015;
+
+/// Where the value of the first attribute of type `kind` is in an encoded message, if it has
+/// one and its attributes are well formed up to it.
+pub fn attribute_value(message: &[u8], kind: u16) -> Option<std::ops::Range<usize>> {
+    let mut offset = HEADER_LEN;
+    while offset + 4 <= message.len() {
+        let len = usize::from(be16(message, offset + 2)?);
+        let value = offset + 4..offset + 4 + len;
+        if value.end > message.len() {
+            return None;
+        }
+        if be16(message, offset)? == kind {
+            return Some(value);
+        }
+        offset = value.start + ((len + 3) & !3);
+    }
+    None
+}
+
+/// Writes again the FINGERPRINT that ends `message` (its last 8 bytes), for what precedes it.
+pub fn rewrite_fingerprint(message: &mut [u8]) {
+    let Some(start) = message.len().checked_sub(8) else {
+        return;
+    };
+    let crc = crc32(&message[..start]) ^ FINGERPRINT_XOR;
+    message[start + 4..].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Room for what is appended to an encoded message: MESSAGE-INTEGRITY(-SHA256) at its longest
+/// and FINGERPRINT (each with its 4-byte attribute header).
+pub const TRAILER_ROOM: usize = 4 + 32 + 4 + 4;
+
+/// Encodes `message` into a buffer with [`TRAILER_ROOM`] spare, so that appending integrity and
+/// a fingerprint does not move it.
+pub fn encode_message(message: Message<Attribute>) -> bytecodec::Result<Vec<u8>> {
+    use bytecodec::io::IoEncodeExt as _;
+    use bytecodec::{ByteCount, Encode as _, Eos};
+    let mut encoder = stun_codec::MessageEncoder::<Attribute>::new();
+    encoder.start_encoding(message)?;
+    let ByteCount::Finite(size) = encoder.requiring_bytes() else {
+        // A STUN message always knows its length once started; keep the library's way if not.
+        let mut bytes = Vec::with_capacity(TRAILER_ROOM);
+        encoder.encode_all(&mut bytes)?;
+        return Ok(bytes);
+    };
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    let mut bytes = Vec::with_capacity(size.saturating_add(TRAILER_ROOM));
+    bytes.resize(size, 0);
+    encoder.encode(&mut bytes, Eos::new(true))?;
+    Ok(bytes)
+}
+
 /// Appends MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 under `key` to an encoded message.
 pub fn append_integrity(message: &mut Vec<u8>, algorithm: IntegrityAlgorithm, key: &[u8]) {
     append_integrity_with(message, &auth::IntegrityKey::new(algorithm, key));

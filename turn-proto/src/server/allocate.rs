@@ -39,7 +39,9 @@ impl Server {
             if allocation.transaction_id == header.transaction_id
                 && allocation.username == auth.username
             {
-                // A retransmission whose cached response is gone: answer from the allocation.
+                // A retransmission: answer from the allocation (its success is not cached
+                // unless it carried what the allocation cannot say again).
+                self.stats.retransmissions_answered += 1;
                 let lifetime = allocation.expires.saturating_duration_since(now);
                 let relayed = allocation.relayed.clone();
                 return Reply::Success(
@@ -426,13 +428,18 @@ impl Server {
             token,
             pending.address_error,
         );
+        // A retransmission of this Allocate is recognised by the allocation, which answers it
+        // with the same addresses (`allocate`), so the success needs no copy in the transaction
+        // cache; only what the allocation cannot say again (a reservation token, an address
+        // family that failed) is kept there.
+        let cache = token.is_some() || pending.address_error.is_some();
         self.respond(
             pending.listener,
             pending.five_tuple,
             pending.header,
             Reply::Success(attributes),
             Some(&pending.auth),
-            Some(now),
+            cache.then_some(now),
         );
     }
 

@@ -1,8 +1,9 @@
 //! Authentication (RFC 8489 §9.2.4): challenges, long-term credentials, nonces, quotas per user.
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::Instant;
 
-use stun_codec::Message;
+use stun_codec::{Message, Method};
 use tracing::{debug, warn};
 
 use super::state::*;
@@ -10,7 +11,17 @@ use crate::attributes::{
     Attribute, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm, UserHash, Username,
 };
 use crate::auth::{self, NonceCheck};
-use crate::wire::StunFrame;
+use crate::wire::{self, HEADER_LEN, Header, StunFrame};
+
+/// The last 401 encoded for a request without credentials, for [`Server::challenge_401`].
+#[derive(Debug, Clone)]
+pub(super) struct ChallengeTemplate {
+    method: Method,
+    realm: String,
+    bytes: Vec<u8>,
+    /// Where its NONCE's value is.
+    nonce: Range<usize>,
+}
 
 impl Server {
     // ---------------------------------------------------------------------------------------
@@ -19,18 +30,62 @@ impl Server {
 
     /// A 401 or 438 carrying what the client needs to (re)authenticate.
     pub(super) fn challenge(&self, code: u16, client: SocketAddr, unix_now: u64) -> Reply {
+        self.challenge_with(code, self.issue_nonce(client, unix_now))
+    }
+
+    pub(super) fn issue_nonce(&self, client: SocketAddr, unix_now: u64) -> String {
+        let expires = unix_now.saturating_add(self.config.nonce_lifetime.as_secs());
+        self.nonces.issue(client, expires)
+    }
+
+    pub(super) fn challenge_with(&self, code: u16, nonce: String) -> Reply {
         let mut attributes: Vec<Attribute> = Vec::with_capacity(3);
         match Realm::new(self.config.realm.clone()) {
             Ok(realm) => attributes.push(realm.into()),
             Err(error) => warn!(%error, "realm cannot be sent"),
         }
-        let expires = unix_now.saturating_add(self.config.nonce_lifetime.as_secs());
-        match Nonce::new(self.nonces.issue(client, expires)) {
+        match Nonce::new(nonce) {
             Ok(nonce) => attributes.push(nonce.into()),
             Err(error) => warn!(%error, "nonce cannot be sent"),
         }
         attributes.push(PasswordAlgorithms::new(&auth::PasswordAlgorithm::OFFERED).into());
         Reply::Error(code, attributes)
+    }
+
+    /// The 401 for a request without credentials, encoded. Such 401s differ from each other
+    /// only in transaction ID, nonce (of one length) and FINGERPRINT, and they are the answers
+    /// anyone can ask for most, so the last one encoded (by [`Server::encode_response`], like
+    /// every response) is kept and copied with those three rewritten.
+    pub(super) fn challenge_401(
+        &mut self,
+        header: Header,
+        client: SocketAddr,
+        unix_now: u64,
+    ) -> Option<Vec<u8>> {
+        let nonce = self.issue_nonce(client, unix_now);
+        if let Some(template) = &self.challenge_template
+            && template.method == header.method
+            && template.realm == self.config.realm
+            && template.nonce.len() == nonce.len()
+        {
+            let mut bytes = template.bytes.clone();
+            bytes[8..HEADER_LEN].copy_from_slice(header.transaction_id.as_bytes());
+            bytes[template.nonce.clone()].copy_from_slice(nonce.as_bytes());
+            wire::rewrite_fingerprint(&mut bytes);
+            self.stats.count_error(401);
+            return Some(bytes);
+        }
+        let reply = self.challenge_with(401, nonce.clone());
+        let bytes = self.encode_response(header, reply, None)?;
+        self.challenge_template = wire::attribute_value(&bytes, wire::ATTR_NONCE)
+            .filter(|at| bytes.get(at.clone()) == Some(nonce.as_bytes()))
+            .map(|nonce| ChallengeTemplate {
+                method: header.method,
+                realm: self.config.realm.clone(),
+                bytes: bytes.clone(),
+                nonce,
+            });
+        Some(bytes)
     }
 
     /// `also`: another address whose nonces are good here too (a ConnectionBind's data

@@ -1,11 +1,10 @@
 //! Client datagrams: demultiplexing, request dispatch, responses and the transaction cache.
-use bytecodec::EncodeExt as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
-use stun_codec::{Message, MessageClass, MessageEncoder};
+use stun_codec::{Message, MessageClass};
 use tracing::{trace, warn};
 
 use super::state::*;
@@ -111,7 +110,7 @@ impl Server {
         let key = (five_tuple, header.transaction_id, header.method);
         if let Some(response) = self.tx_cache.get(&key, now) {
             let data = response.to_vec();
-            self.stats.retransmissions_answered_from_cache += 1;
+            self.stats.retransmissions_answered += 1;
             self.commands.push_back(Command::SendToClient {
                 listener,
                 client: five_tuple.client,
@@ -137,8 +136,10 @@ impl Server {
         if turn_method && frame.integrity.is_none() && !self.config.stun_only {
             // No credentials: the challenge (RFC 8489 §9.2.4) comes before anything else is
             // checked, so an unauthenticated request costs no attribute decoding.
-            let reply = self.challenge(401, five_tuple.client, self.unix_now(now));
-            self.respond(listener, five_tuple, header, reply, None, None);
+            let unix_now = self.unix_now(now);
+            if let Some(bytes) = self.challenge_401(header, five_tuple.client, unix_now) {
+                self.deliver(listener, five_tuple, header, bytes, false, None);
+            }
             return;
         }
         let Some(message) = decode(frame) else {
@@ -214,6 +215,26 @@ impl Server {
         auth: Option<&AuthContext>,
         cache_at: Option<Instant>,
     ) {
+        if let Some(bytes) = self.encode_response(header, reply, auth) {
+            self.deliver(
+                listener,
+                five_tuple,
+                header,
+                bytes,
+                auth.is_some(),
+                cache_at,
+            );
+        }
+    }
+
+    /// A response encoded, signed if `auth` and fingerprinted; `None` for [`Reply::Parked`] (or
+    /// what cannot be encoded, logged).
+    pub(super) fn encode_response(
+        &mut self,
+        header: Header,
+        reply: Reply,
+        auth: Option<&AuthContext>,
+    ) -> Option<Vec<u8>> {
         let (class, mut attributes) = match reply {
             Reply::Success(attributes) => (MessageClass::SuccessResponse, attributes),
             Reply::Error(code, attributes) => {
@@ -226,7 +247,7 @@ impl Server {
                 all.extend(attributes);
                 (MessageClass::ErrorResponse, all)
             }
-            Reply::Parked => return,
+            Reply::Parked => return None,
         };
         // No SOFTWARE on errors to clients that did not authenticate: the answers anyone can
         // ask for most (401s) stay small.
@@ -237,19 +258,32 @@ impl Server {
         for attribute in attributes {
             message.add_attribute(attribute);
         }
-        let mut bytes = match MessageEncoder::<Attribute>::new().encode_into_bytes(message) {
+        let mut bytes = match wire::encode_message(message) {
             Ok(bytes) => bytes,
             Err(error) => {
                 warn!(%error, "could not encode a response");
-                return;
+                return None;
             }
         };
         if let Some(auth) = auth {
             wire::append_integrity_with(&mut bytes, &auth.key);
         }
         wire::append_fingerprint(&mut bytes);
-        if auth.is_none() && five_tuple.transport == Transport::Udp {
-            // Its source address may be spoofed: answer only within the source's budget.
+        Some(bytes)
+    }
+
+    /// Sends an encoded response: an unauthenticated one over UDP within its source's budget
+    /// (the source may be spoofed); `cache_at`: remember it for retransmissions.
+    fn deliver(
+        &mut self,
+        listener: ListenerId,
+        five_tuple: FiveTuple,
+        header: Header,
+        bytes: Vec<u8>,
+        authenticated: bool,
+        cache_at: Option<Instant>,
+    ) {
+        if !authenticated && five_tuple.transport == Transport::Udp {
             let len = bytes.len() as u64;
             if !self
                 .answers

@@ -152,6 +152,8 @@ pub struct Server {
     /// The slot in `stats.clusters` of each of the policy's clusters (by its index).
     pub(super) cluster_slots: Vec<usize>,
     pub(super) nonces: NonceMint,
+    /// The 401 to copy for requests without credentials (`authenticate.rs`).
+    pub(super) challenge_template: Option<super::authenticate::ChallengeTemplate>,
     /// What unauthenticated UDP sources may still get back.
     pub(super) answers: AnswerBudget,
     /// When the client message being handled arrived (answers are charged at that time).
@@ -381,6 +383,7 @@ impl Server {
             policy,
             cluster_slots,
             nonces: NonceMint::new(&nonce_key),
+            challenge_template: None,
             answers,
             arrived: start,
             rng: StdRng::from_seed(rng_seed),

@@ -78,7 +78,7 @@ pub struct Stats {
     /// The ChannelData messages and Data indications those went to the client in (UDP payload
     /// bytes).
     pub relayed_to_client_wire_bytes: u64,
-    pub retransmissions_answered_from_cache: u64,
+    pub retransmissions_answered: u64,
     /// Allocates refused by a quota (486 per user, 508 in total).
     pub quota_rejections: u64,
     /// Allocates refused (508) because the server is draining.

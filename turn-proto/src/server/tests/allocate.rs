@@ -174,10 +174,11 @@ fn bind_failure_other_is_508_at_once() {
 }
 
 #[test]
-fn retransmitted_allocate_is_answered_from_the_cache() {
+fn retransmitted_allocate_is_answered_from_its_allocation() {
     let mut h = Harness::new();
     let mut client = Client::alice();
     h.call(&mut client, REFRESH, vec![]); // learn a nonce (437 is fine)
+    let cached = h.server.tx_cache_len(); // the 437
     let bytes = client.request(ALLOCATE, vec![udp()]);
     let first = h.client_sends(client.addr, &bytes);
     let binds = bind_requests(&first);
@@ -187,18 +188,21 @@ fn retransmitted_allocate_is_answered_from_the_cache() {
     let done = h.bound(binds[0], Ok(()));
     let original = sent_to(&done, client.addr);
     assert_eq!(original.len(), 1);
-    // Retransmitted after success: identical bytes, no second allocation or bind.
+    // Retransmitted after success: the same answer (the allocation's), no second allocation
+    // or bind, and no copy of the success kept in the transaction cache for it.
+    assert_eq!(h.server.tx_cache_len(), cached);
     let again = h.client_sends(client.addr, &bytes);
     assert!(bind_requests(&again).is_empty());
     assert_eq!(sent_to(&again, client.addr), original);
-    assert_eq!(h.server.stats().retransmissions_answered_from_cache, 1);
+    assert_eq!(h.server.stats().retransmissions_answered, 1);
     assert_eq!(h.server.allocation_count(), 1);
 
-    // After the cache entry is gone (40 s) the allocation itself still recognises it.
+    // Later, with less of the lifetime left, it is still recognised.
     h.advance(Duration::from_secs(45));
     let late = response_in(&h.client_sends(client.addr, &bytes), client.addr);
     assert!(late.is_success());
     assert_eq!(late.relayed(), vec![binds[0]]);
+    assert_eq!(h.server.stats().retransmissions_answered, 2);
     // A new transaction on the same 5-tuple: 437.
     let response = h.ask(&mut client, ALLOCATE, vec![udp()]);
     assert_eq!(response.error_code(), Some(437));
@@ -581,6 +585,52 @@ fn even_port_reservation_and_token() {
 }
 
 #[test]
+fn a_retransmitted_allocate_gets_its_token_and_address_error_again() {
+    let mut h = Harness::new();
+    // EVEN-PORT with R: the token is in the first answer only, so that answer is cached.
+    let mut bob = Client::bob();
+    h.call(&mut bob, REFRESH, vec![]); // learn a nonce (437 is fine)
+    let mut cached = h.server.tx_cache_len(); // the 437
+    let bytes = bob.request(ALLOCATE, vec![udp(), EvenPort::new(true).into()]);
+    let binds = bind_requests(&h.client_sends(bob.addr, &bytes));
+    assert_eq!(binds.len(), 2);
+    let mut done = h.bound(binds[1], Ok(()));
+    done.extend(h.bound(binds[0], Ok(())));
+    assert!(
+        response_in(&done, bob.addr)
+            .get::<ReservationToken>()
+            .is_some()
+    );
+    assert_eq!(h.server.tx_cache_len(), cached + 1);
+    let again = h.client_sends(bob.addr, &bytes);
+    assert_eq!(sent_to(&again, bob.addr), sent_to(&done, bob.addr));
+
+    // A family that could not be allocated: its ADDRESS-ERROR-CODE is in the first answer only.
+    let mut alice = Client::alice();
+    h.call(&mut alice, REFRESH, vec![]);
+    cached = h.server.tx_cache_len();
+    let dual = vec![
+        udp(),
+        AdditionalAddressFamily::new(AddressFamily::V6).into(),
+    ];
+    let bytes = alice.request(ALLOCATE, dual);
+    let binds = bind_requests(&h.client_sends(alice.addr, &bytes));
+    let v6 = binds.iter().copied().find(SocketAddr::is_ipv6).unwrap();
+    let v4 = binds.iter().copied().find(SocketAddr::is_ipv4).unwrap();
+    assert!(h.bound(v6, Err(BindFailure::Other)).is_empty());
+    let done = h.bound(v4, Ok(()));
+    assert!(
+        response_in(&done, alice.addr)
+            .get::<AddressErrorCode>()
+            .is_some()
+    );
+    assert_eq!(h.server.tx_cache_len(), cached + 1);
+    let again = h.client_sends(alice.addr, &bytes);
+    assert_eq!(sent_to(&again, alice.addr), sent_to(&done, alice.addr));
+    assert_eq!(h.server.stats().retransmissions_answered, 2);
+}
+
+#[test]
 fn unused_reservations_expire_after_30_seconds() {
     let mut h = Harness::new();
     let mut bob = Client::bob();
@@ -724,4 +774,41 @@ fn requests_without_credentials_are_challenged_before_their_attributes_are_decod
     let r = response_in(&h.client_sends(client.addr, &bytes), client.addr);
     assert_eq!(r.error_code(), Some(400));
     assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn copied_challenges_equal_challenges_encoded_afresh() {
+    use stun_codec::TransactionId;
+    use stun_codec::rfc5766::methods::CHANNEL_BIND;
+    let mut h = Harness::new();
+    // Methods change (a new copy is made), clients and transactions change (the copy is used).
+    for (i, method) in [
+        ALLOCATE,
+        ALLOCATE,
+        REFRESH,
+        ALLOCATE,
+        CHANNEL_BIND,
+        CHANNEL_BIND,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = u8::try_from(i).unwrap();
+        let client = SocketAddr::from(([192, 0, 2, 10 + n], 40_000 + u16::from(n)));
+        let header = crate::wire::Header {
+            class: MessageClass::Request,
+            method,
+            transaction_id: TransactionId::new([n + 1; 12]),
+        };
+        let unix_now = 1_700_000_000 + u64::from(n) * 7;
+        let copied = h.server.challenge_401(header, client, unix_now).unwrap();
+        let nonce = h.server.issue_nonce(client, unix_now);
+        let reply = h.server.challenge_with(401, nonce);
+        let fresh = h.server.encode_response(header, reply, None).unwrap();
+        assert_eq!(copied, fresh, "challenge {i}");
+        let response = Response::parse(copied);
+        assert_eq!(response.error_code(), Some(401));
+    }
+    // Each challenge counted once, and once more for each made afresh here.
+    assert_eq!(h.server.stats().error_401, 12);
 }
