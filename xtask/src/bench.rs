@@ -92,6 +92,9 @@ pub struct Plan {
     pub window: usize,
     pub setup_allocations: usize,
     pub setup_concurrency: usize,
+    /// Setup rounds per contender (against the same relay, each round's allocations deleted
+    /// before the next); the reported round is the median one by rate.
+    pub setup_rounds: usize,
     pub drain_ms: u64,
     pub warmup_ms: u64,
     /// The scale run (full runs only).
@@ -145,6 +148,7 @@ impl Plan {
                 window: WINDOW,
                 setup_allocations: 4000,
                 setup_concurrency: 256,
+                setup_rounds: SETUP_ROUNDS,
                 drain_ms: 300,
                 warmup_ms: 300,
                 scale: None,
@@ -158,6 +162,7 @@ impl Plan {
                 window: WINDOW,
                 setup_allocations: 10_000,
                 setup_concurrency: 256,
+                setup_rounds: SETUP_ROUNDS,
                 drain_ms: 300,
                 warmup_ms: 300,
                 scale: Some(ScalePlan {
@@ -745,7 +750,7 @@ fn run_contender(ctx: &Ctx, c: &Contender) -> Result<ContenderResult> {
     }
 
     let setup = if c.kind.turn() {
-        Some(setup_rate(ctx, c, relay.as_ref())?)
+        Some(setup_rounds(ctx, c, relay.as_ref())?)
     } else {
         None
     };
@@ -1086,6 +1091,30 @@ impl Drop for LoadTxChecksum {
     }
 }
 
+/// Setup rounds per contender. One round's rate moved by 10–20 % between full runs on this
+/// shared machine (relay cores at 92–100 %); the median of three alternating with nothing else
+/// is steadier, as the `--threads` step's medians are.
+const SETUP_ROUNDS: usize = 3;
+
+/// [`setup_rate`] `plan.setup_rounds` times: the median round by rate, with every round's rate.
+fn setup_rounds(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupResult> {
+    let mut rounds = Vec::with_capacity(ctx.plan.setup_rounds);
+    for _ in 0..ctx.plan.setup_rounds.max(1) {
+        rounds.push(setup_rate(ctx, c, relay)?);
+    }
+    let rates: Vec<f64> = rounds.iter().map(|r| r.allocations_per_s).collect();
+    let mut median = median_round(rounds);
+    median.rounds_per_s = rates;
+    Ok(median)
+}
+
+/// The round whose rate is the median (the lower middle one of an even count).
+fn median_round(mut rounds: Vec<SetupResult>) -> SetupResult {
+    rounds.sort_by(|a, b| a.allocations_per_s.total_cmp(&b.allocations_per_s));
+    let middle = rounds.len().saturating_sub(1) / 2;
+    rounds.swap_remove(middle)
+}
+
 /// Allocations per second with authentication, from `--setup-only`.
 fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupResult> {
     let relay_cpus = Cores::list(&ctx.cores.relay);
@@ -1146,6 +1175,7 @@ fn setup_rate(ctx: &Ctx, c: &Contender, relay: Option<&Proc>) -> Result<SetupRes
             / (setup.allocate_s.max(1e-9) * setup.cpu.load_cores.max(1) as f64),
         retransmissions: setup.retransmissions,
         first_error: setup.first_error,
+        rounds_per_s: vec![setup.allocations_per_s],
     })
 }
 
@@ -1216,4 +1246,36 @@ fn kernel_scale(ctx: &Ctx, scale: &ScalePlan) -> Result<KernelScale> {
         bail!("xturn-kernel-scale printed nothing: {}", stderr.trim());
     }
     parse_json(&stdout, "xturn-kernel-scale")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(rate: f64) -> SetupResult {
+        SetupResult {
+            allocations: 10,
+            failed: 0,
+            allocations_per_s: rate,
+            relay_cpu_us_per_allocation: Some(1e6 / rate),
+            relay_core_share: None,
+            load_core_busy: 0.0,
+            retransmissions: Some(0),
+            first_error: None,
+            rounds_per_s: vec![rate],
+        }
+    }
+
+    #[test]
+    fn the_median_setup_round_is_reported_whole() {
+        let median = median_round(vec![round(300.0), round(100.0), round(200.0)]);
+        assert_eq!(median.allocations_per_s, 200.0);
+        assert_eq!(median.relay_cpu_us_per_allocation, Some(5000.0));
+        // An even count takes the lower middle round; one round is itself.
+        assert_eq!(
+            median_round(vec![round(4.0), round(1.0), round(3.0), round(2.0)]).allocations_per_s,
+            2.0
+        );
+        assert_eq!(median_round(vec![round(7.0)]).allocations_per_s, 7.0);
+    }
 }

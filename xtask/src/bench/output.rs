@@ -163,6 +163,9 @@ pub struct SetupResult {
     /// pays for them here (and is slower for it).
     pub retransmissions: Option<u64>,
     pub first_error: Option<String>,
+    /// Every round's allocations per second, in the order they ran; the figures above are the
+    /// median round's.
+    pub rounds_per_s: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

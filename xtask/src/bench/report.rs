@@ -142,13 +142,14 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
     let _ = writeln!(
         s,
         "- **Traffic:** {} allocation(s) × {} B payloads; each {} s phase at {} ChannelData/s \
-         (fixed rate), then at the maximum (closed loop, {} datagrams in flight); setup rate from \
-         {} allocations, {} in flight",
+         (fixed rate), then at the maximum (closed loop, {} datagrams in flight); setup rate: the \
+         median of {} rounds of {} allocations, {} in flight",
         list(&p.allocations),
         list(&p.payloads),
         p.phase_seconds,
         p.fixed_rate,
         p.window,
+        p.setup_rounds,
         p.setup_allocations,
         p.setup_concurrency
     );
@@ -368,14 +369,27 @@ pub fn body(r: &Report, png: &str, chart_note: &str) -> String {
         rtt_verdict
     );
     let sr = ratio(setup("userspace"), setup("coturn"));
-    let setup_core = contender(r, "userspace")
-        .and_then(|c| c.setup.as_ref())
-        .and_then(|s| s.relay_core_share);
+    let setup_of = |k: &str| contender(r, k).and_then(|c| c.setup.as_ref());
+    let setup_core = setup_of("userspace").and_then(|s| s.relay_core_share);
+    let rounds = |k: &str| {
+        setup_of(k).map_or_else(
+            || "–".to_owned(),
+            |s| {
+                s.rounds_per_s
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        )
+    };
     let _ = writeln!(
         s,
-        "| allocation setup rate ≥ 5× coturn's (the relay the limit) | {} (userspace; relay core {}) | {} |",
+        "| allocation setup rate ≥ 5× coturn's (the relay the limit) | {} (userspace; relay core {}; medians of rounds at {} vs {} allocations/s) | {} |",
         times(sr),
         pct(setup_core),
+        rounds("userspace"),
+        rounds("coturn"),
         at_least(sr, 5.0)
     );
     scale_targets(&mut s, r, n, pl);
