@@ -332,6 +332,34 @@ fn xor_address(value: &[u8], transaction_id: TransactionId) -> Option<SocketAddr
     Some(SocketAddr::new(ip, port))
 }
 
+/// Writes `addr` as the value of an XOR-…-ADDRESS attribute (RFC 8489 §14.2) under
+/// `transaction_id` into `out`, which must be its exact length (8 bytes for IPv4, 20 for
+/// IPv6); `false`, writing nothing, if it is not.
+pub fn write_xor_address(out: &mut [u8], addr: SocketAddr, transaction_id: TransactionId) -> bool {
+    let mut octets = [0u8; 16];
+    let (family, len) = match addr.ip() {
+        IpAddr::V4(ip) => {
+            octets[..4].copy_from_slice(&ip.octets());
+            (FAMILY_IPV4, 4)
+        }
+        IpAddr::V6(ip) => {
+            octets.copy_from_slice(&ip.octets());
+            (FAMILY_IPV6, 16)
+        }
+    };
+    if out.len() != 4 + len {
+        return false;
+    }
+    let port = addr.port() ^ u16::from_be_bytes([MAGIC_COOKIE[0], MAGIC_COOKIE[1]]);
+    out[..2].copy_from_slice(&[0, family]);
+    out[2..4].copy_from_slice(&port.to_be_bytes());
+    let mask = xor_mask(transaction_id);
+    for ((o, byte), m) in out[4..].iter_mut().zip(&octets[..len]).zip(mask) {
+        *o = byte ^ m;
+    }
+    true
+}
+
 /// Encodes a Data indication from `peer` carrying `data` (XOR-PEER-ADDRESS, then DATA; no
 /// FINGERPRINT), written in one pass into one buffer. `None` if it does not fit a STUN
 /// message.
@@ -375,6 +403,12 @@ pub fn encode_data_indication(
 
 /// NONCE (RFC 8489 §14.10).
 pub const ATTR_NONCE: u16 = 0x0015;
+/// LIFETIME (RFC 8656 §18.2).
+pub const ATTR_LIFETIME: u16 = 0x000D;
+/// XOR-RELAYED-ADDRESS (RFC 8656 §18.5).
+pub const ATTR_XOR_RELAYED_ADDRESS: u16 = 0x0016;
+/// XOR-MAPPED-ADDRESS (RFC 8489 §14.2).
+pub const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 
 /// Where the value of the first attribute of type `kind` is in an encoded message, if it has
 /// one and its attributes are well formed up to it.
@@ -542,6 +576,26 @@ pub fn encode_channel_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xor_addresses_written_read_back() {
+        let tid = TransactionId::new([0xA5; 12]);
+        for addr in [
+            "192.0.2.1:3478",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[2001:db8::1]:1",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut value = vec![0xEE; if addr.is_ipv4() { 8 } else { 20 }];
+            assert!(write_xor_address(&mut value, addr, tid));
+            assert_eq!(xor_address(&value, tid), Some(addr));
+            // The wrong length is refused and left alone.
+            let mut short = vec![0xEE; value.len() - 1];
+            assert!(!write_xor_address(&mut short, addr, tid));
+            assert!(short.iter().all(|&b| b == 0xEE));
+        }
+    }
 
     #[test]
     fn crc32_known_value() {

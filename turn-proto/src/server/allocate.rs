@@ -3,6 +3,7 @@ use std::collections::BTreeSet;
 
 use super::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -19,7 +20,7 @@ use crate::attributes::{
     RequestedAddressFamily, RequestedTransport, ReservationToken, XorMappedAddress,
     XorRelayAddress,
 };
-use crate::wire::Header;
+use crate::wire::{self, Header};
 
 impl Server {
     // ---------------------------------------------------------------------------------------
@@ -421,6 +422,29 @@ impl Server {
             pending.lifetime,
             now,
         );
+        // A retransmission of this Allocate is recognised by the allocation, which answers it
+        // with the same addresses (`allocate`), so the success needs no copy in the transaction
+        // cache; only what the allocation cannot say again (a reservation token, an address
+        // family that failed) is kept there.
+        if let ([only], None, None) = (relayed.as_slice(), token, pending.address_error)
+            && let Some(bytes) = self.plain_allocate_success(
+                pending.header,
+                only.0,
+                pending.lifetime,
+                pending.five_tuple,
+                &pending.auth,
+            )
+        {
+            self.deliver(
+                pending.listener,
+                pending.five_tuple,
+                pending.header,
+                bytes,
+                true,
+                None,
+            );
+            return;
+        }
         let attributes = self.allocate_success(
             &relayed,
             pending.lifetime,
@@ -428,10 +452,6 @@ impl Server {
             token,
             pending.address_error,
         );
-        // A retransmission of this Allocate is recognised by the allocation, which answers it
-        // with the same addresses (`allocate`), so the success needs no copy in the transaction
-        // cache; only what the allocation cannot say again (a reservation token, an address
-        // family that failed) is kept there.
         let cache = token.is_some() || pending.address_error.is_some();
         self.respond(
             pending.listener,
@@ -441,6 +461,48 @@ impl Server {
             Some(&pending.auth),
             cache.then_some(now),
         );
+    }
+
+    /// The success of an Allocate with one relayed address, no reservation token and no
+    /// address error (nearly all of them), encoded and signed. Such successes differ only in
+    /// transaction ID, the two addresses (of the same families), LIFETIME and the signature, so
+    /// the last one encoded (by [`Server::encode_plain`], like every response) is kept before
+    /// its MESSAGE-INTEGRITY and copied with those rewritten; it is kept only if rewriting it
+    /// with its own values gives it back.
+    pub(super) fn plain_allocate_success(
+        &mut self,
+        header: Header,
+        relayed: SocketAddr,
+        lifetime: Duration,
+        five_tuple: FiveTuple,
+        auth: &AuthContext,
+    ) -> Option<Vec<u8>> {
+        let client = five_tuple.client;
+        let seconds = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+        let mut bytes = match &self.success_template {
+            Some(template)
+                if template.relayed_v6 == relayed.is_ipv6()
+                    && template.client_v6 == client.is_ipv6() =>
+            {
+                template.copy(header.transaction_id, relayed, seconds, client)?
+            }
+            _ => {
+                let attributes = self.allocate_success(
+                    &[RelayedAddress(relayed)],
+                    lifetime,
+                    five_tuple,
+                    None,
+                    None,
+                );
+                let plain = self.encode_plain(header, Reply::Success(attributes), true)?;
+                self.success_template =
+                    SuccessTemplate::of(&plain, header.transaction_id, relayed, seconds, client);
+                plain
+            }
+        };
+        wire::append_integrity_with(&mut bytes, &auth.key);
+        wire::append_fingerprint(&mut bytes);
+        Some(bytes)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -690,5 +752,71 @@ where
         if *count == 0 {
             counts.remove(key);
         }
+    }
+}
+
+/// The last plain Allocate success encoded, before its MESSAGE-INTEGRITY, for
+/// [`Server::plain_allocate_success`].
+#[derive(Debug, Clone)]
+pub(super) struct SuccessTemplate {
+    relayed_v6: bool,
+    client_v6: bool,
+    bytes: Vec<u8>,
+    /// Where the values of XOR-RELAYED-ADDRESS, LIFETIME and XOR-MAPPED-ADDRESS are.
+    relayed: Range<usize>,
+    lifetime: Range<usize>,
+    mapped: Range<usize>,
+}
+
+impl SuccessTemplate {
+    /// A template of `plain`, if its three values are where they can be rewritten and
+    /// rewriting them with what it was made of gives `plain` back.
+    fn of(
+        plain: &[u8],
+        transaction_id: TransactionId,
+        relayed: SocketAddr,
+        seconds: u32,
+        client: SocketAddr,
+    ) -> Option<SuccessTemplate> {
+        let template = SuccessTemplate {
+            relayed_v6: relayed.is_ipv6(),
+            client_v6: client.is_ipv6(),
+            bytes: plain.to_vec(),
+            relayed: wire::attribute_value(plain, wire::ATTR_XOR_RELAYED_ADDRESS)?,
+            lifetime: wire::attribute_value(plain, wire::ATTR_LIFETIME)?,
+            mapped: wire::attribute_value(plain, wire::ATTR_XOR_MAPPED_ADDRESS)?,
+        };
+        let again = template.copy(transaction_id, relayed, seconds, client)?;
+        (again == plain).then_some(template)
+    }
+
+    /// The template with another transaction ID, addresses (of its families) and lifetime.
+    fn copy(
+        &self,
+        transaction_id: TransactionId,
+        relayed: SocketAddr,
+        seconds: u32,
+        client: SocketAddr,
+    ) -> Option<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(self.bytes.len() + wire::TRAILER_ROOM);
+        bytes.extend_from_slice(&self.bytes);
+        bytes
+            .get_mut(8..wire::HEADER_LEN)?
+            .copy_from_slice(transaction_id.as_bytes());
+        let lifetime = bytes.get_mut(self.lifetime.clone())?;
+        if lifetime.len() != 4 {
+            return None;
+        }
+        lifetime.copy_from_slice(&seconds.to_be_bytes());
+        let written = wire::write_xor_address(
+            bytes.get_mut(self.relayed.clone())?,
+            relayed,
+            transaction_id,
+        ) && wire::write_xor_address(
+            bytes.get_mut(self.mapped.clone())?,
+            client,
+            transaction_id,
+        );
+        written.then_some(bytes)
     }
 }

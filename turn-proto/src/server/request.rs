@@ -235,6 +235,22 @@ impl Server {
         reply: Reply,
         auth: Option<&AuthContext>,
     ) -> Option<Vec<u8>> {
+        let mut bytes = self.encode_plain(header, reply, auth.is_some())?;
+        if let Some(auth) = auth {
+            wire::append_integrity_with(&mut bytes, &auth.key);
+        }
+        wire::append_fingerprint(&mut bytes);
+        Some(bytes)
+    }
+
+    /// A response encoded up to where MESSAGE-INTEGRITY would go (with room for it and a
+    /// FINGERPRINT); `authenticated`: it will be signed, and carries SOFTWARE.
+    pub(super) fn encode_plain(
+        &mut self,
+        header: Header,
+        reply: Reply,
+        authenticated: bool,
+    ) -> Option<Vec<u8>> {
         let (class, mut attributes) = match reply {
             Reply::Success(attributes) => (MessageClass::SuccessResponse, attributes),
             Reply::Error(code, attributes) => {
@@ -251,30 +267,25 @@ impl Server {
         };
         // No SOFTWARE on errors to clients that did not authenticate: the answers anyone can
         // ask for most (401s) stay small.
-        if auth.is_some() || class == MessageClass::SuccessResponse {
+        if authenticated || class == MessageClass::SuccessResponse {
             attributes.push(self.software.clone().into());
         }
         let mut message = Message::<Attribute>::new(class, header.method, header.transaction_id);
         for attribute in attributes {
             message.add_attribute(attribute);
         }
-        let mut bytes = match wire::encode_message(message) {
-            Ok(bytes) => bytes,
+        match wire::encode_message(message) {
+            Ok(bytes) => Some(bytes),
             Err(error) => {
                 warn!(%error, "could not encode a response");
-                return None;
+                None
             }
-        };
-        if let Some(auth) = auth {
-            wire::append_integrity_with(&mut bytes, &auth.key);
         }
-        wire::append_fingerprint(&mut bytes);
-        Some(bytes)
     }
 
     /// Sends an encoded response: an unauthenticated one over UDP within its source's budget
     /// (the source may be spoofed); `cache_at`: remember it for retransmissions.
-    fn deliver(
+    pub(super) fn deliver(
         &mut self,
         listener: ListenerId,
         five_tuple: FiveTuple,

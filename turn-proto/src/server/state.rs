@@ -154,6 +154,8 @@ pub struct Server {
     pub(super) nonces: NonceMint,
     /// The 401 to copy for requests without credentials (`authenticate.rs`).
     pub(super) challenge_template: Option<super::authenticate::ChallengeTemplate>,
+    /// The plain Allocate success to copy (`allocate.rs`).
+    pub(super) success_template: Option<super::allocate::SuccessTemplate>,
     /// What unauthenticated UDP sources may still get back.
     pub(super) answers: AnswerBudget,
     /// When the client message being handled arrived (answers are charged at that time).
@@ -384,6 +386,7 @@ impl Server {
             cluster_slots,
             nonces: NonceMint::new(&nonce_key),
             challenge_template: None,
+            success_template: None,
             answers,
             arrived: start,
             rng: StdRng::from_seed(rng_seed),

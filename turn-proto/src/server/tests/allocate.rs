@@ -812,3 +812,55 @@ fn copied_challenges_equal_challenges_encoded_afresh() {
     // Each challenge counted once, and once more for each made afresh here.
     assert_eq!(h.server.stats().error_401, 12);
 }
+
+#[test]
+fn copied_allocate_successes_equal_successes_encoded_afresh() {
+    use crate::auth::{IntegrityAlgorithm, IntegrityKey};
+    use crate::server::state::{AuthContext, Reply};
+    use crate::server::{FiveTuple, RelayedAddress, Transport};
+    use stun_codec::TransactionId;
+    let mut h = Harness::new();
+    // Families change (a new copy is made), addresses, ports and lifetimes change (the copy is
+    // used); the ports include 65535 and the lifetimes 0 and more than a u16.
+    let cases = [
+        ("192.0.2.10:40000", "198.51.100.1:50000", 600),
+        ("192.0.2.11:40001", "198.51.100.1:50002", 3_600),
+        ("192.0.2.255:65535", "198.51.100.200:65535", 0),
+        ("[2001:db8::1]:40000", "198.51.100.1:50004", 600),
+        ("[2001:db8::2]:1", "[2001:db8:1::1]:50006", 100_000),
+        ("[2001:db8::3]:2", "[2001:db8:1::ff]:49152", 1),
+        ("192.0.2.12:40002", "198.51.100.1:50008", 600),
+    ];
+    for (i, (client, relayed, seconds)) in cases.into_iter().enumerate() {
+        let n = u8::try_from(i).unwrap();
+        let header = crate::wire::Header {
+            class: MessageClass::Request,
+            method: ALLOCATE,
+            transaction_id: TransactionId::new([n + 1; 12]),
+        };
+        let client: SocketAddr = client.parse().unwrap();
+        let relayed: SocketAddr = relayed.parse().unwrap();
+        let five_tuple = FiveTuple {
+            client,
+            server: "192.0.2.2:3478".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        let auth = AuthContext {
+            username: "alice".into(),
+            key: IntegrityKey::new(IntegrityAlgorithm::HmacSha1, &[n; 16]),
+        };
+        let lifetime = Duration::from_secs(seconds);
+        let copied = h
+            .server
+            .plain_allocate_success(header, relayed, lifetime, five_tuple, &auth)
+            .unwrap();
+        let attributes =
+            h.server
+                .allocate_success(&[RelayedAddress(relayed)], lifetime, five_tuple, None, None);
+        let fresh = h
+            .server
+            .encode_response(header, Reply::Success(attributes), Some(&auth))
+            .unwrap();
+        assert_eq!(copied, fresh, "case {i}");
+    }
+}
