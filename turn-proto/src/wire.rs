@@ -332,10 +332,9 @@ fn xor_address(value: &[u8], transaction_id: TransactionId) -> Option<SocketAddr
     Some(SocketAddr::new(ip, port))
 }
 
-/// Writes `addr` as the value of an XOR-…-ADDRESS attribute (RFC 8489 §14.2) under
-/// `transaction_id` into `out`, which must be its exact length (8 bytes for IPv4, 20 for
-/// IPv6); `false`, writing nothing, if it is not.
-pub fn write_xor_address(out: &mut [u8], addr: SocketAddr, transaction_id: TransactionId) -> bool {
+/// `addr` as the value of an XOR-…-ADDRESS attribute (RFC 8489 §14.2) under
+/// `transaction_id`: the first 8 bytes (IPv4) or 20 (IPv6) of the array, and that length.
+pub fn xor_address_value(addr: SocketAddr, transaction_id: TransactionId) -> ([u8; 20], usize) {
     let mut octets = [0u8; 16];
     let (family, len) = match addr.ip() {
         IpAddr::V4(ip) => {
@@ -347,17 +346,15 @@ pub fn write_xor_address(out: &mut [u8], addr: SocketAddr, transaction_id: Trans
             (FAMILY_IPV6, 16)
         }
     };
-    if out.len() != 4 + len {
-        return false;
-    }
+    let mut value = [0u8; 20];
     let port = addr.port() ^ u16::from_be_bytes([MAGIC_COOKIE[0], MAGIC_COOKIE[1]]);
-    out[..2].copy_from_slice(&[0, family]);
-    out[2..4].copy_from_slice(&port.to_be_bytes());
+    value[..2].copy_from_slice(&[0, family]);
+    value[2..4].copy_from_slice(&port.to_be_bytes());
     let mask = xor_mask(transaction_id);
-    for ((o, byte), m) in out[4..].iter_mut().zip(&octets[..len]).zip(mask) {
-        *o = byte ^ m;
+    for ((out, byte), m) in value[4..].iter_mut().zip(&octets[..len]).zip(mask) {
+        *out = byte ^ m;
     }
-    true
+    (value, 4 + len)
 }
 
 /// Encodes a Data indication from `peer` carrying `data` (XOR-PEER-ADDRESS, then DATA; no
@@ -435,6 +432,63 @@ pub fn rewrite_fingerprint(message: &mut [u8]) {
     };
     let crc = crc32(&message[..start]) ^ FINGERPRINT_XOR;
     message[start + 4..].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// An encoded message kept to be copied with another transaction ID and other values of some of
+/// its attributes, each of the length it had: for responses that differ only in those (the
+/// server's 401s and plain Allocate successes), which are then encoded once and copied.
+#[derive(Debug, Clone)]
+pub struct MessageCopy {
+    bytes: Vec<u8>,
+    /// Where the value of each rewritten attribute is.
+    values: Vec<std::ops::Range<usize>>,
+}
+
+impl MessageCopy {
+    /// `message` to copy with the values of its first attributes of `kinds` rewritten; `None`
+    /// unless each is there and rewriting them with `values` (what `message` was made of, one
+    /// for each kind) under `transaction_id` gives `message` back.
+    pub fn of(
+        message: &[u8],
+        kinds: &[u16],
+        transaction_id: TransactionId,
+        values: &[&[u8]],
+    ) -> Option<MessageCopy> {
+        let copy = MessageCopy {
+            bytes: message.to_vec(),
+            values: kinds
+                .iter()
+                .map(|&kind| attribute_value(message, kind))
+                .collect::<Option<_>>()?,
+        };
+        (copy.with(transaction_id, values, 0)? == message).then_some(copy)
+    }
+
+    /// The message with `transaction_id` and `values` (one for each kind, each of the length it
+    /// had), with `room` bytes to spare; `None` if a value does not fit.
+    pub fn with(
+        &self,
+        transaction_id: TransactionId,
+        values: &[&[u8]],
+        room: usize,
+    ) -> Option<Vec<u8>> {
+        if values.len() != self.values.len() {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(self.bytes.len() + room);
+        bytes.extend_from_slice(&self.bytes);
+        bytes
+            .get_mut(8..HEADER_LEN)?
+            .copy_from_slice(transaction_id.as_bytes());
+        for (range, value) in self.values.iter().zip(values) {
+            let slot = bytes.get_mut(range.clone())?;
+            if slot.len() != value.len() {
+                return None;
+            }
+            slot.copy_from_slice(value);
+        }
+        Some(bytes)
+    }
 }
 
 /// Room for what is appended to an encoded message: MESSAGE-INTEGRITY(-SHA256) at its longest
@@ -587,14 +641,54 @@ mod tests {
             "[2001:db8::1]:1",
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
-            let mut value = vec![0xEE; if addr.is_ipv4() { 8 } else { 20 }];
-            assert!(write_xor_address(&mut value, addr, tid));
-            assert_eq!(xor_address(&value, tid), Some(addr));
-            // The wrong length is refused and left alone.
-            let mut short = vec![0xEE; value.len() - 1];
-            assert!(!write_xor_address(&mut short, addr, tid));
-            assert!(short.iter().all(|&b| b == 0xEE));
+            let (value, len) = xor_address_value(addr, tid);
+            assert_eq!(len, if addr.is_ipv4() { 8 } else { 20 });
+            assert_eq!(xor_address(&value[..len], tid), Some(addr));
         }
+    }
+
+    #[test]
+    fn message_copies_rewrite_the_transaction_and_values_of_their_length_only() {
+        // Header, then NONCE "abcd" and LIFETIME 600.
+        let mut message = vec![0x01, 0x13, 0, 16, 0x21, 0x12, 0xA4, 0x42];
+        message.extend_from_slice(&[1; 12]);
+        message.extend_from_slice(&[0x00, 0x15, 0, 4, b'a', b'b', b'c', b'd']);
+        message.extend_from_slice(&[0x00, 0x0D, 0, 4, 0, 0, 0x02, 0x58]);
+        let kinds = [ATTR_NONCE, ATTR_LIFETIME];
+        let tid = TransactionId::new([1; 12]);
+        let copy = MessageCopy::of(&message, &kinds, tid, &[b"abcd", &600u32.to_be_bytes()])
+            .expect("a copy");
+        // What it was not made of is refused.
+        assert!(
+            MessageCopy::of(&message, &kinds, tid, &[b"abce", &600u32.to_be_bytes()]).is_none()
+        );
+        assert!(
+            MessageCopy::of(
+                &message,
+                &[ATTR_NONCE, ATTR_FINGERPRINT],
+                tid,
+                &[b"abcd", b""]
+            )
+            .is_none()
+        );
+        let other = copy
+            .with(
+                TransactionId::new([2; 12]),
+                &[b"wxyz", &1u32.to_be_bytes()],
+                8,
+            )
+            .expect("same lengths");
+        assert_eq!(&other[8..20], &[2; 12]);
+        assert_eq!(&other[24..28], b"wxyz");
+        assert_eq!(&other[32..36], &[0, 0, 0, 1]);
+        assert_eq!(other.len(), message.len());
+        assert!(other.capacity() >= message.len() + 8);
+        // A value of another length, or a value too few, is refused.
+        assert!(
+            copy.with(tid, &[b"abc", &600u32.to_be_bytes()], 0)
+                .is_none()
+        );
+        assert!(copy.with(tid, &[b"abcd"], 0).is_none());
     }
 
     #[test]

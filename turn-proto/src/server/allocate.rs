@@ -3,7 +3,6 @@ use std::collections::BTreeSet;
 
 use super::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -20,7 +19,7 @@ use crate::attributes::{
     RequestedAddressFamily, RequestedTransport, ReservationToken, XorMappedAddress,
     XorRelayAddress,
 };
-use crate::wire::{self, Header};
+use crate::wire::{self, Header, MessageCopy};
 
 impl Server {
     // ---------------------------------------------------------------------------------------
@@ -465,10 +464,10 @@ impl Server {
 
     /// The success of an Allocate with one relayed address, no reservation token and no
     /// address error (nearly all of them), encoded and signed. Such successes differ only in
-    /// transaction ID, the two addresses (of the same families), LIFETIME and the signature, so
-    /// the last one encoded (by [`Server::encode_plain`], like every response) is kept before
-    /// its MESSAGE-INTEGRITY and copied with those rewritten; it is kept only if rewriting it
-    /// with its own values gives it back.
+    /// transaction ID, the two addresses, LIFETIME and the signature, so the last one encoded
+    /// (by [`Server::encode_plain`], like every response) is kept before its MESSAGE-INTEGRITY
+    /// and copied with those rewritten; a new one is encoded when an address is of another
+    /// family (a value of another length).
     pub(super) fn plain_allocate_success(
         &mut self,
         header: Header,
@@ -478,15 +477,24 @@ impl Server {
         auth: &AuthContext,
     ) -> Option<Vec<u8>> {
         let client = five_tuple.client;
-        let seconds = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
-        let mut bytes = match &self.success_template {
-            Some(template)
-                if template.relayed_v6 == relayed.is_ipv6()
-                    && template.client_v6 == client.is_ipv6() =>
-            {
-                template.copy(header.transaction_id, relayed, seconds, client)?
-            }
-            _ => {
+        let tid = header.transaction_id;
+        let seconds = u32::try_from(lifetime.as_secs())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes();
+        let (relayed_value, relayed_len) = wire::xor_address_value(relayed, tid);
+        let (mapped_value, mapped_len) = wire::xor_address_value(client, tid);
+        let values: [&[u8]; 3] = [
+            &relayed_value[..relayed_len],
+            &seconds,
+            &mapped_value[..mapped_len],
+        ];
+        let copied = self
+            .success_template
+            .as_ref()
+            .and_then(|copy| copy.with(tid, &values, wire::TRAILER_ROOM));
+        let mut bytes = match copied {
+            Some(bytes) => bytes,
+            None => {
                 let attributes = self.allocate_success(
                     &[RelayedAddress(relayed)],
                     lifetime,
@@ -495,8 +503,7 @@ impl Server {
                     None,
                 );
                 let plain = self.encode_plain(header, Reply::Success(attributes), true)?;
-                self.success_template =
-                    SuccessTemplate::of(&plain, header.transaction_id, relayed, seconds, client);
+                self.success_template = MessageCopy::of(&plain, &SUCCESS_VALUES, tid, &values);
                 plain
             }
         };
@@ -755,68 +762,10 @@ where
     }
 }
 
-/// The last plain Allocate success encoded, before its MESSAGE-INTEGRITY, for
-/// [`Server::plain_allocate_success`].
-#[derive(Debug, Clone)]
-pub(super) struct SuccessTemplate {
-    relayed_v6: bool,
-    client_v6: bool,
-    bytes: Vec<u8>,
-    /// Where the values of XOR-RELAYED-ADDRESS, LIFETIME and XOR-MAPPED-ADDRESS are.
-    relayed: Range<usize>,
-    lifetime: Range<usize>,
-    mapped: Range<usize>,
-}
-
-impl SuccessTemplate {
-    /// A template of `plain`, if its three values are where they can be rewritten and
-    /// rewriting them with what it was made of gives `plain` back.
-    fn of(
-        plain: &[u8],
-        transaction_id: TransactionId,
-        relayed: SocketAddr,
-        seconds: u32,
-        client: SocketAddr,
-    ) -> Option<SuccessTemplate> {
-        let template = SuccessTemplate {
-            relayed_v6: relayed.is_ipv6(),
-            client_v6: client.is_ipv6(),
-            bytes: plain.to_vec(),
-            relayed: wire::attribute_value(plain, wire::ATTR_XOR_RELAYED_ADDRESS)?,
-            lifetime: wire::attribute_value(plain, wire::ATTR_LIFETIME)?,
-            mapped: wire::attribute_value(plain, wire::ATTR_XOR_MAPPED_ADDRESS)?,
-        };
-        let again = template.copy(transaction_id, relayed, seconds, client)?;
-        (again == plain).then_some(template)
-    }
-
-    /// The template with another transaction ID, addresses (of its families) and lifetime.
-    fn copy(
-        &self,
-        transaction_id: TransactionId,
-        relayed: SocketAddr,
-        seconds: u32,
-        client: SocketAddr,
-    ) -> Option<Vec<u8>> {
-        let mut bytes = Vec::with_capacity(self.bytes.len() + wire::TRAILER_ROOM);
-        bytes.extend_from_slice(&self.bytes);
-        bytes
-            .get_mut(8..wire::HEADER_LEN)?
-            .copy_from_slice(transaction_id.as_bytes());
-        let lifetime = bytes.get_mut(self.lifetime.clone())?;
-        if lifetime.len() != 4 {
-            return None;
-        }
-        lifetime.copy_from_slice(&seconds.to_be_bytes());
-        let written = wire::write_xor_address(
-            bytes.get_mut(self.relayed.clone())?,
-            relayed,
-            transaction_id,
-        ) && wire::write_xor_address(
-            bytes.get_mut(self.mapped.clone())?,
-            client,
-            transaction_id,
-        );
-        written.then_some(bytes)
-    }
-}
+/// The attributes a plain Allocate success is copied with: XOR-RELAYED-ADDRESS, LIFETIME and
+/// XOR-MAPPED-ADDRESS, in [`Server::plain_allocate_success`]'s order of values.
+const SUCCESS_VALUES: [u16; 3] = [
+    wire::ATTR_XOR_RELAYED_ADDRESS,
+    wire::ATTR_LIFETIME,
+    wire::ATTR_XOR_MAPPED_ADDRESS,
+];

@@ -1,6 +1,5 @@
 //! Authentication (RFC 8489 §9.2.4): challenges, long-term credentials, nonces, quotas per user.
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::time::Instant;
 
 use stun_codec::{Message, Method};
@@ -11,16 +10,15 @@ use crate::attributes::{
     Attribute, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm, UserHash, Username,
 };
 use crate::auth::{self, NonceCheck};
-use crate::wire::{self, HEADER_LEN, Header, StunFrame};
+use crate::wire::{self, Header, MessageCopy, StunFrame};
 
 /// The last 401 encoded for a request without credentials, for [`Server::challenge_401`].
 #[derive(Debug, Clone)]
 pub(super) struct ChallengeTemplate {
     method: Method,
     realm: String,
-    bytes: Vec<u8>,
-    /// Where its NONCE's value is.
-    nonce: Range<usize>,
+    /// Its NONCE rewritable.
+    copy: MessageCopy,
 }
 
 impl Server {
@@ -66,25 +64,28 @@ impl Server {
         if let Some(template) = &self.challenge_template
             && template.method == header.method
             && template.realm == self.config.realm
-            && template.nonce.len() == nonce.len()
+            && let Some(mut bytes) =
+                template
+                    .copy
+                    .with(header.transaction_id, &[nonce.as_bytes()], 0)
         {
-            let mut bytes = template.bytes.clone();
-            bytes[8..HEADER_LEN].copy_from_slice(header.transaction_id.as_bytes());
-            bytes[template.nonce.clone()].copy_from_slice(nonce.as_bytes());
             wire::rewrite_fingerprint(&mut bytes);
             self.stats.count_error(401);
             return Some(bytes);
         }
         let reply = self.challenge_with(401, nonce.clone());
         let bytes = self.encode_response(header, reply, None)?;
-        self.challenge_template = wire::attribute_value(&bytes, wire::ATTR_NONCE)
-            .filter(|at| bytes.get(at.clone()) == Some(nonce.as_bytes()))
-            .map(|nonce| ChallengeTemplate {
-                method: header.method,
-                realm: self.config.realm.clone(),
-                bytes: bytes.clone(),
-                nonce,
-            });
+        self.challenge_template = MessageCopy::of(
+            &bytes,
+            &[wire::ATTR_NONCE],
+            header.transaction_id,
+            &[nonce.as_bytes()],
+        )
+        .map(|copy| ChallengeTemplate {
+            method: header.method,
+            realm: self.config.realm.clone(),
+            copy,
+        });
         Some(bytes)
     }
 

@@ -155,7 +155,7 @@ pub struct Server {
     /// The 401 to copy for requests without credentials (`authenticate.rs`).
     pub(super) challenge_template: Option<super::authenticate::ChallengeTemplate>,
     /// The plain Allocate success to copy (`allocate.rs`).
-    pub(super) success_template: Option<super::allocate::SuccessTemplate>,
+    pub(super) success_template: Option<crate::wire::MessageCopy>,
     /// What unauthenticated UDP sources may still get back.
     pub(super) answers: AnswerBudget,
     /// When the client message being handled arrived (answers are charged at that time).
